@@ -1,0 +1,38 @@
+use keel_proto::{IdError, RunId, RunStatus};
+
+/// Everything a store operation can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller's lease was taken over (it stalled past its expiry and another
+    /// worker claimed the run) or the run is gone. Nothing was written.
+    #[error("lease on run {run_id} (epoch {epoch}) is no longer held; nothing was written")]
+    LeaseLost { run_id: RunId, epoch: u64 },
+    /// The same idempotency key (or client-chosen run id) was used with other input.
+    #[error("run {run_id} already exists for this {what} with a different workflow or input")]
+    IdempotencyConflict { run_id: RunId, what: &'static str },
+    #[error("run {0} not found")]
+    RunNotFound(RunId),
+    #[error("run {run_id} is already {status}")]
+    RunFinal { run_id: RunId, status: RunStatus },
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error("cursor {0:?} is not one this store issued")]
+    BadCursor(String),
+    /// Data in the store could not be decoded (a newer format, or corruption).
+    #[error("corrupt or unsupported data for {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn corrupt(what: impl Into<String>, detail: impl ToString) -> Self {
+        Self::Corrupt { what: what.into(), detail: detail.to_string() }
+    }
+}

@@ -1,0 +1,99 @@
+//! The one place in Rust that spells a Redis key. (The Lua scripts build the same
+//! names in `store/redis/lua/prelude.lua`; a test holds the two together.)
+//!
+//! All of one run's keys share the hash tag `{<run_id>}`, so they live in one
+//! Redis Cluster slot.
+
+use keel_proto::{RunId, RunStatus};
+
+/// The consumer group every workflow queue is read through.
+pub const GROUP: &str = "keel";
+
+/// Key names under one namespace prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Hash: the run summary.
+    pub fn run(&self, id: &RunId) -> String {
+        format!("{}:run:{{{id}}}", self.prefix)
+    }
+
+    /// Stream: the run's journal.
+    pub fn journal(&self, id: &RunId) -> String {
+        format!("{}:run:{{{id}}}:journal", self.prefix)
+    }
+
+    /// String with expiry: `worker_id:epoch` of the lease holder.
+    pub fn lease(&self, id: &RunId) -> String {
+        format!("{}:run:{{{id}}}:lease", self.prefix)
+    }
+
+    /// Stream + consumer group [`GROUP`]: tasks of one workflow.
+    pub fn queue(&self, workflow: &str) -> String {
+        format!("{}:queue:{workflow}", self.prefix)
+    }
+
+    /// Sorted set: every run by creation time.
+    pub fn runs(&self) -> String {
+        format!("{}:runs", self.prefix)
+    }
+
+    pub fn runs_by_workflow(&self, workflow: &str) -> String {
+        format!("{}:runs:wf:{workflow}", self.prefix)
+    }
+
+    pub fn runs_by_status(&self, status: RunStatus) -> String {
+        format!("{}:runs:status:{status}", self.prefix)
+    }
+
+    /// Sorted set: run id by wake-up time.
+    pub fn timers(&self) -> String {
+        format!("{}:timers", self.prefix)
+    }
+
+    /// Sorted set: finished run id by expiry time.
+    pub fn retention(&self) -> String {
+        format!("{}:retention", self.prefix)
+    }
+
+    /// Set: runs waiting for an event key.
+    pub fn waiters(&self, event_key: &str) -> String {
+        format!("{}:waiters:{event_key}", self.prefix)
+    }
+
+    /// Capped stream with a TTL: recent events of a key, for the lookback.
+    pub fn events(&self, event_key: &str) -> String {
+        format!("{}:events:{event_key}", self.prefix)
+    }
+
+    /// String with a TTL: idempotency key -> run id.
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.prefix)
+    }
+
+    /// Capped stream: dead-lettered tasks.
+    pub fn dead_letters(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
+
+    /// Sorted set: worker id by registration expiry (wall clock ms).
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
+    /// String with a TTL: a live worker's registration (JSON).
+    pub fn worker(&self, worker_id: &str) -> String {
+        format!("{}:worker:{worker_id}", self.prefix)
+    }
+}

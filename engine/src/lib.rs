@@ -1,0 +1,26 @@
+//! keel-engine: the run model and the [`Store`] that keeps it.
+//!
+//! The store owns every state transition of a run: creating it, handing its task
+//! to one worker under a lease, recording its journal under that lease (fenced by
+//! the lease epoch), suspending it on timers and events, finishing it, and
+//! expiring it. Two stores implement the same trait: [`RedisStore`] (the real
+//! one) and [`MemoryStore`] (for `keel dev` without Redis and for unit tests). One
+//! conformance suite (`tests/conformance`) runs against both.
+//!
+//! This crate knows nothing of HTTP or of how a workflow's code runs.
+
+mod config;
+mod error;
+pub mod keys;
+pub mod store;
+
+pub use config::StoreConfig;
+pub use error::{Error, Result};
+pub use keel_proto as proto;
+pub use store::memory::MemoryStore;
+pub use store::redis::RedisStore;
+pub use keel_proto::WorkerInfo;
+pub use store::{
+    Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, EventWait, Finish, Finished,
+    Lease, RunQuery, Store, Suspension,
+};

@@ -1,0 +1,363 @@
+//! The [`Store`] trait: the narrow set of atomic operations the engine needs.
+//!
+//! Every operation is one atomic step in the backing store (one Lua script in
+//! Redis, one critical section in memory). Operations that act under a [`Lease`]
+//! are fenced: if the run's epoch moved on, they fail with
+//! [`Error::LeaseLost`](crate::Error::LeaseLost) and change nothing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keel_proto::{
+    ErrorInfo, JournalEntry, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary,
+    WorkerInfo,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{Error, Result, StoreConfig};
+
+pub mod memory;
+pub mod redis;
+
+/// Start a run.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRun {
+    pub workflow: String,
+    pub version: u32,
+    pub input: Value,
+    /// A client-chosen id; a second create with the same id (and the same workflow
+    /// and input) is the same run.
+    pub run_id: Option<RunId>,
+    /// Maps to one run for [`StoreConfig::idempotency_ttl`].
+    pub idempotency_key: Option<String>,
+    /// Start later: the first task is queued by the timer scheduler.
+    pub delay: Option<Duration>,
+    pub labels: BTreeMap<String, String>,
+    pub parent: Option<ParentRef>,
+}
+
+/// The answer to [`Store::create_run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub run_id: RunId,
+    /// False when the run already existed (same idempotency key or run id).
+    pub created: bool,
+}
+
+/// Take tasks from the queues of some workflows.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub workflows: Vec<String>,
+    /// Unique per worker process start; never reused.
+    pub worker_id: String,
+    /// How long the lease lasts without renewal. Reclaiming takes tasks idle longer than this.
+    pub lease: Duration,
+    /// At most this many tasks at once.
+    pub max: usize,
+    /// How long to block waiting for a task when none is queued.
+    pub block: Duration,
+}
+
+/// The right to write a run's journal: held by one worker, under one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub run_id: RunId,
+    pub workflow: String,
+    pub worker_id: String,
+    pub epoch: u64,
+    /// The queue entry this lease came from; acked when the lease ends.
+    pub task_id: String,
+}
+
+/// A claimed task: the lease, and what the worker needs to replay the run.
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    pub lease: Lease,
+    pub run: RunSummary,
+    pub journal: Vec<JournalRecord>,
+    /// How many times this task has been delivered (1 on the first delivery).
+    pub deliveries: u32,
+    /// The store's clock at the claim, Unix milliseconds: the time replay compares
+    /// timers against.
+    pub now_ms: u64,
+}
+
+/// What [`Store::append`] reports back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The sequence numbers of the appended entries, in order.
+    pub seqs: Vec<String>,
+    /// Somebody asked to cancel the run: stop at this step boundary.
+    pub cancel_requested: bool,
+}
+
+/// How a lease ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    Complete { output: Value },
+    Fail { error: ErrorInfo },
+    Cancel { reason: Option<String> },
+    /// Suspend until a timer fires or an event arrives, whichever comes first.
+    Suspend(Suspension),
+    /// Hand the run back at once (graceful shutdown): another worker may claim it now.
+    Release,
+}
+
+/// What a suspended run waits for. At least one of the two must be set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Suspension {
+    /// Wake the run at this store time (Unix ms).
+    pub wake_at_ms: Option<u64>,
+    pub wait: Option<EventWait>,
+}
+
+/// Wait for the first event on any of `keys`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventWait {
+    pub step_id: String,
+    pub keys: Vec<String>,
+    /// When the wait began (Unix ms, store time). Events delivered up to the
+    /// lookback window before this moment still count.
+    pub since_ms: u64,
+}
+
+/// What [`Store::finish`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finished {
+    Done,
+    /// A suspension found its event already delivered (within the lookback): the
+    /// `event_received` entry was appended, the lease is still held, go on.
+    EventArrived(JournalRecord),
+    /// A cancel was requested while the run was held; instead of suspending or
+    /// handing back, the run was cancelled.
+    Cancelled,
+}
+
+/// What [`Store::deliver_event`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub event_id: String,
+    /// The runs this event woke (each gets it exactly once).
+    pub woken: Vec<RunId>,
+}
+
+/// What [`Store::request_cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The run was not held by a worker and is now cancelled.
+    Cancelled,
+    /// A worker holds the run; it stops at its next step boundary.
+    Requested,
+}
+
+/// Filter and page through runs, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    pub workflow: Option<String>,
+    pub status: Option<RunStatus>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+/// A task that was delivered too often and set aside, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub run_id: RunId,
+    pub workflow: String,
+    pub task_id: String,
+    pub deliveries: u32,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+/// The engine's storage. See the module documentation.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    fn config(&self) -> &StoreConfig;
+
+    /// Create a run with its `run_started` entry and its first task (or its start
+    /// timer), atomically. Idempotent by key and by client run id.
+    async fn create_run(&self, req: CreateRun) -> Result<Created>;
+
+    /// Take up to `req.max` new tasks, waiting up to `req.block` for one. Each comes
+    /// with a fresh lease (epoch + 1) and the run's journal. Tasks of finished runs
+    /// are acked and skipped; tasks delivered too often are dead-lettered.
+    async fn claim(&self, req: &Claim) -> Result<Vec<ClaimedTask>>;
+
+    /// Take over tasks whose holder's lease expired (never one whose lease is live).
+    async fn reclaim_expired(&self, req: &Claim) -> Result<Vec<ClaimedTask>>;
+
+    /// Extend a lease by `ttl` from now (store time). Fenced.
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<()>;
+
+    /// Append journal entries and update the summary. Fenced.
+    async fn append(&self, lease: &Lease, events: &[JournalEvent]) -> Result<Appended>;
+
+    /// Append the last entries of this lease and end it as `how` says, acking the
+    /// task. Fenced.
+    async fn finish(&self, lease: &Lease, events: &[JournalEvent], how: Finish) -> Result<Finished>;
+
+    /// Queue a task for every run whose timer is due. Safe to run in many processes:
+    /// each due timer yields exactly one task. Returns the woken runs.
+    async fn fire_due_timers(&self, limit: usize) -> Result<Vec<RunId>>;
+
+    /// Deliver an event to every run waiting on `key`, and keep it for the lookback
+    /// window for runs that start waiting just after.
+    async fn deliver_event(&self, key: &str, data: &Value) -> Result<Delivered>;
+
+    /// Cancel a run now if no worker holds it, else ask its worker to stop.
+    async fn request_cancel(&self, run_id: &RunId, reason: Option<&str>) -> Result<CancelOutcome>;
+
+    async fn get_run(&self, run_id: &RunId) -> Result<Option<RunSummary>>;
+
+    /// Journal entries after `after` (exclusive; from the start when `None`).
+    async fn read_journal(&self, run_id: &RunId, after: Option<&str>, limit: usize) -> Result<Vec<JournalRecord>>;
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage>;
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
+
+    /// Delete finished runs whose retention has passed, with every key and index
+    /// entry they had. Returns how many were deleted.
+    async fn expire_finished(&self, limit: usize) -> Result<usize>;
+
+    /// Re-queue runs that should have a task but have none (pending with no queued
+    /// task, running with neither lease nor task): the repair after Redis lost its
+    /// last writes. Returns the runs re-queued.
+    async fn reconcile(&self, limit: usize) -> Result<Vec<RunId>>;
+
+    /// Register (or refresh) a live worker for `ttl`.
+    async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<()>;
+
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
+}
+
+/// How a batch of journal events changes the run summary. Written once, applied by
+/// both stores, so their summaries agree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SummaryPatch {
+    pub completed_delta: u32,
+    pub current_step: Option<String>,
+    pub total_steps: Option<u32>,
+}
+
+impl SummaryPatch {
+    pub fn of(events: &[JournalEvent]) -> Self {
+        let mut patch = Self::default();
+        for event in events {
+            match event {
+                JournalEvent::StepCompleted { .. }
+                | JournalEvent::TimerFired { .. }
+                | JournalEvent::EventReceived { .. }
+                | JournalEvent::WaitTimedOut { .. }
+                | JournalEvent::ChildCompleted { .. } => patch.completed_delta += 1,
+                JournalEvent::ProgressDeclared { total_steps } => patch.total_steps = Some(*total_steps),
+                _ => {}
+            }
+            if let Some(step) = event.step_id() {
+                patch.current_step = Some(step.to_owned());
+            }
+        }
+        patch
+    }
+}
+
+/// The JSON text of a journal event, as both stores keep it.
+pub(crate) fn encode_event(event: &JournalEvent) -> Result<String> {
+    serde_json::to_string(&JournalEntry::new(event.clone())).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+pub(crate) fn decode_record(seq: &str, text: &str) -> Result<JournalRecord> {
+    let entry: JournalEntry =
+        serde_json::from_str(text).map_err(|e| Error::corrupt(format!("journal entry {seq}"), e))?;
+    if entry.v > keel_proto::JOURNAL_VERSION {
+        return Err(Error::corrupt(
+            format!("journal entry {seq}"),
+            format!("format v{} is newer than this build (v{})", entry.v, keel_proto::JOURNAL_VERSION),
+        ));
+    }
+    Ok(JournalRecord { seq: seq.to_owned(), at_ms: seq_millis(seq)?, entry })
+}
+
+/// Stream ids are `<ms>-<n>`; both stores issue them that way.
+pub(crate) fn seq_millis(seq: &str) -> Result<u64> {
+    seq.split_once('-')
+        .and_then(|(ms, _)| ms.parse().ok())
+        .ok_or_else(|| Error::corrupt("stream id", seq))
+}
+
+/// The idempotency fingerprint of a start: the same workflow and input give the
+/// same text (serde_json sorts object keys, so key order does not matter).
+pub(crate) fn fingerprint(workflow: &str, input: &Value) -> String {
+    format!("{workflow}\n{input}")
+}
+
+pub(crate) fn validate_create(req: &CreateRun) -> Result<()> {
+    keel_proto::validate_workflow_name(&req.workflow)?;
+    if let Some(key) = &req.idempotency_key {
+        keel_proto::validate_idempotency_key(key)?;
+    }
+    for (name, value) in &req.labels {
+        if name.is_empty() || name.len() > 64 || value.len() > 256 {
+            return Err(Error::Invalid(format!(
+                "label {name:?}: names are 1-64 bytes and values at most 256 bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_claim(req: &Claim) -> Result<()> {
+    if req.workflows.is_empty() {
+        return Err(Error::Invalid("a claim needs at least one workflow".into()));
+    }
+    for workflow in &req.workflows {
+        keel_proto::validate_workflow_name(workflow)?;
+    }
+    if req.worker_id.is_empty() || req.worker_id.contains(char::is_whitespace) {
+        return Err(Error::Invalid("worker_id must be non-empty and without whitespace".into()));
+    }
+    if req.lease < Duration::from_millis(10) {
+        return Err(Error::Invalid("a lease must last at least 10 ms".into()));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_suspension(s: &Suspension) -> Result<()> {
+    match &s.wait {
+        None if s.wake_at_ms.is_none() => {
+            Err(Error::Invalid("a suspension needs a wake-up time, an event wait, or both".into()))
+        }
+        Some(wait) if wait.keys.is_empty() => Err(Error::Invalid("an event wait needs at least one key".into())),
+        Some(wait) => wait.keys.iter().try_for_each(|k| Ok(keel_proto::validate_event_key(k)?)),
+        None => Ok(()),
+    }
+}
+
+/// Listing cursors are `<created_ms>:<run_id>`: the last run of the previous page.
+pub(crate) fn parse_cursor(cursor: &str) -> Result<(u64, RunId)> {
+    let bad = || Error::BadCursor(cursor.to_owned());
+    let (ms, id) = cursor.split_once(':').ok_or_else(bad)?;
+    Ok((ms.parse().map_err(|_| bad())?, RunId::new(id).map_err(|_| bad())?))
+}
+
+pub(crate) fn make_cursor(run: &RunSummary) -> String {
+    format!("{}:{}", run.created_at_ms, run.run_id)
+}
+
+pub(crate) const DEFAULT_PAGE: usize = 50;
+pub(crate) const MAX_PAGE: usize = 1000;
+
+pub(crate) fn page_limit(limit: usize) -> usize {
+    if limit == 0 { DEFAULT_PAGE } else { limit.min(MAX_PAGE) }
+}
+
+pub(crate) fn dead_letter_reason(max_deliveries: u32) -> String {
+    format!(
+        "task delivered more than {max_deliveries} times without finishing (a worker crashing on this run?); \
+         the run was failed and the task set aside"
+    )
+}

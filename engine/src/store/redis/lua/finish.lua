@@ -1,0 +1,79 @@
+-- finish: the last entries of a lease, then complete / fail / cancel / suspend /
+-- release the run, and ack its task, together. Fenced.
+-- ARGV: P, run id, worker id, epoch, completed delta, current step or '',
+--       total steps or '', how, retention ms, final entry json or '',
+--       payload (output / error json) or '', cancelled entry json,
+--       wake at ms or '', wait step or '', wait keys ('\n'-joined) or '',
+--       wait since ms, lookback ms, n, entries...
+local id = ARGV[2]
+local h = fenced(id, ARGV[3], ARGV[4])
+if not h then return { 'LOST' } end
+local st, wf, created, cr, tid = h[2], h[3], h[4], h[5], h[6]
+local how = ARGV[8]
+local retention = tonumber(ARGV[9])
+local now = now_ms()
+append_events(id, 19, tonumber(ARGV[18]))
+apply_patch(id, ARGV[5], ARGV[6], ARGV[7], now)
+
+local function final(status, field)
+  redis.call('XADD', k_journal(id), '*', 'e', ARGV[10])
+  if field then redis.call('HSET', k_run(id), field, ARGV[11]) end
+  finalize(id, st, status, created, now, retention)
+  ack(wf, tid)
+  return { 'DONE' }
+end
+
+if how == 'complete' then return final('completed', 'out') end
+if how == 'fail' then return final('failed', 'err') end
+if how == 'cancel' then return final('cancelled', nil) end
+
+if how == 'release' then
+  ack(wf, tid)
+  redis.call('DEL', k_lease(id))
+  set_status(id, st, 'pending', created)
+  enqueue(id, wf)
+  return { 'DONE' }
+end
+
+-- suspend
+if cr == '1' then
+  redis.call('XADD', k_journal(id), '*', 'e', ARGV[12])
+  finalize(id, st, 'cancelled', created, now, retention)
+  ack(wf, tid)
+  return { 'CANCELLED' }
+end
+
+local keys = split_lines(ARGV[15])
+if #keys > 0 then
+  -- The lookback: an event delivered shortly before the wait began still counts,
+  -- but never one this run already consumed.
+  local from = n2s(math.max(0, tonumber(ARGV[16]) - tonumber(ARGV[17])))
+  local floor = redis.call('HGET', k_run(id), 'evf')
+  local start = from
+  if floor and id_gt(floor, from .. '-0') then start = '(' .. floor end
+  local best, best_key, best_data
+  for _, key in ipairs(keys) do
+    local found = redis.call('XRANGE', k_events(key), start, '+', 'COUNT', 1)
+    if #found > 0 and (not best or id_gt(best, found[1][1])) then
+      best, best_key, best_data = found[1][1], key, found[1][2][2]
+    end
+  end
+  if best then
+    local entry = event_received_json(ARGV[14], best_key, best, best_data)
+    local seq = redis.call('XADD', k_journal(id), '*', 'e', entry)
+    redis.call('HINCRBY', k_run(id), 'cs', 1)
+    redis.call('HSET', k_run(id), 'evf', best, 'cur', ARGV[14])
+    return { 'EVENT', seq, entry }
+  end
+  for _, key in ipairs(keys) do redis.call('SADD', k_waiters(key), id) end
+  redis.call('HSET', k_run(id), 'wk', ARGV[15], 'wstep', ARGV[14])
+end
+if ARGV[13] ~= '' then
+  redis.call('HSET', k_run(id), 'wake', ARGV[13])
+  redis.call('ZADD', K_TIMERS, ARGV[13], id)
+end
+ack(wf, tid)
+redis.call('HSET', k_run(id), 'task', '')
+redis.call('DEL', k_lease(id))
+if #keys > 0 then set_status(id, st, 'waiting', created) else set_status(id, st, 'sleeping', created) end
+return { 'DONE' }

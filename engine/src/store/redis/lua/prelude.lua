@@ -1,0 +1,129 @@
+-- Shared by every script (prepended at load time). ARGV[1] is always the key
+-- namespace. Key names here must match keys.rs (checked by a test).
+--
+-- Scripts compute the keys of the run they act on from ARGV rather than taking
+-- them in KEYS: fine on a single Redis; Redis Cluster will need the queue,
+-- timer and index keys partitioned under hash tags (see ARCHITECTURE.md).
+local P = ARGV[1]
+local GROUP = 'keel'
+
+local function k_run(id) return P .. ':run:{' .. id .. '}' end
+local function k_journal(id) return P .. ':run:{' .. id .. '}:journal' end
+local function k_lease(id) return P .. ':run:{' .. id .. '}:lease' end
+local function k_queue(wf) return P .. ':queue:' .. wf end
+local function k_runs_wf(wf) return P .. ':runs:wf:' .. wf end
+local function k_runs_status(st) return P .. ':runs:status:' .. st end
+local function k_waiters(key) return P .. ':waiters:' .. key end
+local function k_events(key) return P .. ':events:' .. key end
+local function k_idem(key) return P .. ':idem:' .. key end
+local K_RUNS = P .. ':runs'
+local K_TIMERS = P .. ':timers'
+local K_RETENTION = P .. ':retention'
+local K_DEAD = P .. ':dead'
+
+-- Integers as decimal text (tostring would switch to exponent form past 14 digits).
+local function n2s(x) return string.format('%.0f', x) end
+
+-- Server time: lease deadlines and timers never depend on a worker's clock.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local FINAL = { completed = true, failed = true, cancelled = true }
+
+local function set_status(id, old, new, created)
+  if old ~= new then
+    if old then redis.call('ZREM', k_runs_status(old), id) end
+    redis.call('ZADD', k_runs_status(new), created, id)
+    redis.call('HSET', k_run(id), 'st', new)
+  end
+end
+
+local function enqueue(id, wf)
+  local tid = redis.call('XADD', k_queue(wf), '*', 'v', '1', 'run_id', id)
+  redis.call('HSET', k_run(id), 'task', tid)
+  return tid
+end
+
+-- Ack and delete a task entry: an acked task never stays in the stream, so the
+-- queue's length is exactly the work not yet finished.
+local function ack(wf, tid)
+  if tid and tid ~= '' then
+    -- NOGROUP (Redis lost the group) is not an error here: nobody holds the entry.
+    redis.pcall('XACK', k_queue(wf), GROUP, tid)
+    redis.call('XDEL', k_queue(wf), tid)
+  end
+end
+
+local function split_lines(s)
+  local out = {}
+  if s then
+    for part in string.gmatch(s, '[^\n]+') do out[#out + 1] = part end
+  end
+  return out
+end
+
+local function clear_wait(id, wk)
+  for _, key in ipairs(split_lines(wk)) do redis.call('SREM', k_waiters(key), id) end
+  redis.call('ZREM', K_TIMERS, id)
+  redis.call('HDEL', k_run(id), 'wake', 'wk', 'wstep')
+end
+
+-- A suspended run becomes runnable: one task, exactly.
+local function wake(id, wf, st, created, wk)
+  clear_wait(id, wk)
+  set_status(id, st, 'pending', created)
+  enqueue(id, wf)
+end
+
+local function finalize(id, st, new, created, now, retention_ms)
+  set_status(id, st, new, created)
+  redis.call('HSET', k_run(id), 'fa', n2s(now), 'ua', n2s(now), 'task', '')
+  redis.call('HDEL', k_run(id), 'cr')
+  redis.call('DEL', k_lease(id))
+  redis.call('ZADD', K_RETENTION, now + retention_ms, id)
+end
+
+-- The fence: the caller's epoch must still be the run's and the run still running.
+-- A lease key that expired without a takeover (epoch unchanged) still counts: no
+-- other writer can exist until a claim bumps the epoch.
+local function fenced(id, worker, epoch)
+  local h = redis.call('HMGET', k_run(id), 'ep', 'st', 'wf', 'ca', 'cr', 'task')
+  if h[1] ~= epoch or h[2] ~= 'running' then return nil end
+  local holder = redis.call('GET', k_lease(id))
+  if holder and holder ~= worker .. ':' .. epoch then return nil end
+  return h
+end
+
+-- Append pre-encoded journal entries ARGV[from .. from+n-1]; returns their ids.
+local function append_events(id, from, n)
+  local seqs = {}
+  for i = 0, n - 1 do
+    seqs[#seqs + 1] = redis.call('XADD', k_journal(id), '*', 'e', ARGV[from + i])
+  end
+  return seqs
+end
+
+local function apply_patch(id, delta, cur, total, now)
+  if delta ~= '0' then redis.call('HINCRBY', k_run(id), 'cs', delta) end
+  if cur ~= '' then redis.call('HSET', k_run(id), 'cur', cur) end
+  if total ~= '' then redis.call('HSET', k_run(id), 'ts', total) end
+  redis.call('HSET', k_run(id), 'ua', n2s(now))
+end
+
+local function parse_id(s)
+  local ms, seq = string.match(s, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+local function id_gt(a, b)
+  local am, as = parse_id(a)
+  local bm, bs = parse_id(b)
+  return am > bm or (am == bm and as > bs)
+end
+
+local function event_received_json(step, key, eid, data)
+  return '{"v":1,"type":"event_received","step_id":' .. cjson.encode(step) .. ',"event_key":' ..
+    cjson.encode(key) .. ',"event_id":"' .. eid .. '","data":' .. data .. '}'
+end

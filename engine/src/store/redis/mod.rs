@@ -1,0 +1,806 @@
+//! [`RedisStore`]: the store on Redis, with the data model of DESIGN.md §3.
+//!
+//! Every state transition is one Lua script under `lua/`, loaded once and called
+//! by SHA (the `redis` crate reloads it on NOSCRIPT). Reads and scripts share one
+//! auto-reconnecting multiplexed connection; blocking reads (XREADGROUP BLOCK)
+//! take a dedicated connection from a small pool, under a watchdog timeout.
+//! It spawns no tasks.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use keel_proto::{
+    ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary, WorkerInfo,
+};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, Value};
+use serde_json::Value as Json;
+
+use super::{
+    Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished,
+    Lease, RunQuery, Store, SummaryPatch, decode_record, encode_event, fingerprint, make_cursor, page_limit,
+    parse_cursor, validate_claim, validate_create, validate_suspension,
+};
+use crate::keys::{GROUP, Keys};
+use crate::{Error, Result, StoreConfig};
+
+mod scripts;
+mod values;
+
+use scripts::Scripts;
+use values::{array, int, opt_text, pairs, text};
+
+/// How long an ordinary command or script may take before the call fails.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Blocking reads get this much beyond their BLOCK time before the watchdog
+/// drops their connection (a read that hangs after a peer reset must not hang us).
+const BLOCK_MARGIN: Duration = Duration::from_secs(3);
+
+/// The Redis-backed [`Store`].
+pub struct RedisStore {
+    client: Client,
+    conn: ConnectionManager,
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    keys: Keys,
+    config: StoreConfig,
+    scripts: Scripts,
+    /// Queues whose consumer group this process created or found.
+    groups: Mutex<HashSet<String>>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password: never print the client.
+        f.debug_struct("RedisStore").field("namespace", &self.config.namespace).finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connect to `url` (`redis://`, `rediss://`). Warns when Redis may evict keys.
+    pub async fn connect(url: &str, config: StoreConfig) -> Result<Self> {
+        let client = Client::open(url)?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(6);
+        let conn = client.get_connection_manager_with_config(manager_config).await?;
+        let store = Self {
+            client,
+            conn,
+            blocking: Mutex::new(Vec::new()),
+            keys: Keys::new(config.namespace.clone()),
+            config,
+            scripts: Scripts::new(),
+            groups: Mutex::new(HashSet::new()),
+        };
+        store.warn_on_eviction().await;
+        Ok(store)
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn warn_on_eviction(&self) {
+        let mut conn = self.conn.clone();
+        let reply: redis::RedisResult<Vec<String>> =
+            redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut conn).await;
+        // Managed Redis often forbids CONFIG: then we cannot tell, and say nothing.
+        if let Ok(reply) = reply
+            && let Some(policy) = reply.get(1)
+            && policy != "noeviction"
+        {
+            tracing::warn!(
+                policy = %policy,
+                "redis maxmemory-policy is not noeviction: Redis may evict Keel's keys and lose runs; \
+                 set `maxmemory-policy noeviction`"
+            );
+        }
+    }
+
+    fn lost(lease: &Lease) -> Error {
+        Error::LeaseLost { run_id: lease.run_id.clone(), epoch: lease.epoch }
+    }
+
+    async fn blocking_conn(&self, response_timeout: Duration) -> Result<MultiplexedConnection> {
+        let pooled = self.blocking.lock().map_err(|_| Error::Invalid("connection pool poisoned".into()))?.pop();
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => {
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(response_timeout))
+                    .set_connection_timeout(Some(Duration::from_secs(5)));
+                Ok(self.client.get_multiplexed_async_connection_with_config(&config).await?)
+            }
+        }
+    }
+
+    fn return_blocking_conn(&self, conn: MultiplexedConnection) {
+        if let Ok(mut pool) = self.blocking.lock() {
+            pool.push(conn);
+        }
+    }
+
+    /// Create the consumer group of each queue (at id 0, with MKSTREAM) unless this
+    /// process already did. Recreating at 0 after a Redis restart may redeliver
+    /// tasks; the fenced claim makes that harmless.
+    async fn ensure_groups(&self, workflows: &[String]) -> Result<()> {
+        let missing: Vec<String> = {
+            let known = self.groups.lock().map_err(|_| Error::Invalid("group cache poisoned".into()))?;
+            workflows.iter().map(|wf| self.keys.queue(wf)).filter(|q| !known.contains(q)).collect()
+        };
+        let mut conn = self.conn.clone();
+        for queue in missing {
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&queue)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match created {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e.into()),
+            }
+            if let Ok(mut known) = self.groups.lock() {
+                known.insert(queue);
+            }
+        }
+        Ok(())
+    }
+
+    fn forget_groups(&self) {
+        if let Ok(mut known) = self.groups.lock() {
+            known.clear();
+        }
+    }
+
+    /// Runs `op`, and once more after recreating the consumer groups when Redis
+    /// answers NOGROUP (it restarted empty, or someone deleted the queue).
+    async fn with_groups<T, F, Fut>(&self, workflows: &[String], op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.ensure_groups(workflows).await?;
+        match op().await {
+            Err(Error::Redis(e)) if e.code() == Some("NOGROUP") => {
+                tracing::warn!("a queue's consumer group vanished (Redis restarted empty?); recreating it");
+                self.forget_groups();
+                self.ensure_groups(workflows).await?;
+                op().await
+            }
+            other => other,
+        }
+    }
+
+    /// XREADGROUP on every queue of the claim: new entries only.
+    async fn read_new(&self, req: &Claim) -> Result<Vec<Delivery>> {
+        let queues: Vec<String> = req.workflows.iter().map(|wf| self.keys.queue(wf)).collect();
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(GROUP).arg(&req.worker_id).arg("COUNT").arg(req.max.max(1));
+        if !req.block.is_zero() {
+            cmd.arg("BLOCK").arg(req.block.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS").arg(&queues);
+        for _ in &queues {
+            cmd.arg(">");
+        }
+        let watchdog = req.block + BLOCK_MARGIN;
+        let mut conn = self.blocking_conn(watchdog).await?;
+        let reply: Value = match tokio::time::timeout(watchdog, cmd.query_async(&mut conn)).await {
+            Ok(Ok(reply)) => {
+                self.return_blocking_conn(conn);
+                reply
+            }
+            // The connection is dropped, not pooled: its state is unknown.
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(Error::Timeout(watchdog)),
+        };
+        let mut out = Vec::new();
+        if let Value::Nil = reply {
+            return Ok(out);
+        }
+        for stream in array(&reply)? {
+            let stream = array(stream)?;
+            let queue = text(stream.first().ok_or_else(|| Error::corrupt("XREADGROUP reply", "empty"))?)?;
+            let workflow = req
+                .workflows
+                .iter()
+                .find(|wf| self.keys.queue(wf) == queue)
+                .ok_or_else(|| Error::corrupt("XREADGROUP reply", format!("unasked queue {queue}")))?;
+            for entry in array(stream.get(1).unwrap_or(&Value::Nil))? {
+                out.push(Delivery::parse(workflow, entry)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// XAUTOCLAIM on every queue: entries idle longer than the lease.
+    async fn read_expired(&self, req: &Claim) -> Result<Vec<Delivery>> {
+        let mut out = Vec::new();
+        let mut conn = self.conn.clone();
+        let min_idle = req.lease.as_millis() as u64;
+        for workflow in &req.workflows {
+            let queue = self.keys.queue(workflow);
+            let mut cursor = "0-0".to_owned();
+            // Each call scans at most COUNT*10 pending entries; a few calls cover a
+            // large backlog, and the next reclaim goes on from the start again.
+            for _ in 0..8 {
+                let reply: Value = redis::cmd("XAUTOCLAIM")
+                    .arg(&queue)
+                    .arg(GROUP)
+                    .arg(&req.worker_id)
+                    .arg(min_idle)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(req.max.max(1))
+                    .query_async(&mut conn)
+                    .await?;
+                let reply = array(&reply)?;
+                cursor = text(reply.first().unwrap_or(&Value::Nil))?;
+                for entry in array(reply.get(1).unwrap_or(&Value::Nil))? {
+                    if !matches!(entry, Value::Nil) {
+                        out.push(Delivery::parse(workflow, entry)?);
+                    }
+                }
+                if let Some(deleted) = reply.get(2)
+                    && !array(deleted)?.is_empty()
+                {
+                    // A pending entry trimmed away is a task lost; the reconciler re-queues its run.
+                    tracing::warn!(queue = %queue, "XAUTOCLAIM found pending tasks deleted from the stream");
+                }
+                if cursor == "0-0" || out.len() >= req.max.max(1) {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn claim_deliveries(&self, req: &Claim, deliveries: Vec<Delivery>) -> Result<Vec<ClaimedTask>> {
+        let mut claimed = Vec::with_capacity(deliveries.len());
+        let reason = super::dead_letter_reason(self.config.max_deliveries);
+        let error = ErrorInfo::new("dead_lettered", reason.clone());
+        let failed = encode_event(&JournalEvent::RunFailed { error: error.clone() })?;
+        let error_json = to_json(&error)?;
+        let mut conn = self.conn.clone();
+        for delivery in deliveries {
+            let reply: Value = self
+                .scripts
+                .claim
+                .prepare_invoke()
+                .arg(self.keys.prefix())
+                .arg(&delivery.workflow)
+                .arg(&delivery.task_id)
+                .arg(delivery.run_id.as_str())
+                .arg(&req.worker_id)
+                .arg(req.lease.as_millis() as u64)
+                .arg(self.config.max_deliveries)
+                .arg(&reason)
+                .arg(&failed)
+                .arg(&error_json)
+                .arg(self.config.retention.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?;
+            let reply = array(&reply)?;
+            match text(&reply[0])?.as_str() {
+                "CLAIMED" => {
+                    let epoch = int(&reply[1])? as u64;
+                    let run = summary_from_hash(&delivery.run_id, pairs(&reply[4])?)?;
+                    let journal = journal_from_stream(&reply[5])?;
+                    claimed.push(ClaimedTask {
+                        lease: Lease {
+                            run_id: delivery.run_id,
+                            workflow: delivery.workflow,
+                            worker_id: req.worker_id.clone(),
+                            epoch,
+                            task_id: delivery.task_id,
+                        },
+                        run,
+                        journal,
+                        deliveries: int(&reply[2])? as u32,
+                        now_ms: text(&reply[3])?.parse().map_err(|e| Error::corrupt("claim time", e))?,
+                    });
+                }
+                "DEAD" => tracing::warn!(run_id = %delivery.run_id, "task dead-lettered: {reason}"),
+                other => tracing::debug!(
+                    run_id = %delivery.run_id, outcome = other, detail = ?reply.get(1),
+                    "delivery not claimed"
+                ),
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// The key names the Lua prelude builds, for the test that holds them equal to [`Keys`].
+    #[doc(hidden)]
+    pub async fn lua_key_names(&self, run_id: &RunId, workflow: &str, event_key: &str, idem: &str) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let names: Vec<String> = self
+            .scripts
+            .key_names
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(run_id.as_str())
+            .arg(workflow)
+            .arg(event_key)
+            .arg(idem)
+            .arg(RunStatus::Waiting.as_str())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(names)
+    }
+}
+
+/// One queue entry handed to this worker.
+struct Delivery {
+    workflow: String,
+    task_id: String,
+    run_id: RunId,
+}
+
+impl Delivery {
+    fn parse(workflow: &str, entry: &Value) -> Result<Self> {
+        let entry = array(entry)?;
+        let task_id = text(entry.first().unwrap_or(&Value::Nil))?;
+        let fields = pairs(entry.get(1).unwrap_or(&Value::Nil))?;
+        let run_id = fields
+            .get("run_id")
+            .ok_or_else(|| Error::corrupt(format!("task {task_id}"), "no run_id field"))?;
+        Ok(Self { workflow: workflow.to_owned(), task_id, run_id: RunId::new(run_id.clone())? })
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::corrupt(what, e))
+}
+
+fn now_wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Decode the run hash (short field names, see `lua/prelude.lua`).
+fn summary_from_hash(run_id: &RunId, hash: HashMap<String, String>) -> Result<RunSummary> {
+    let what = || format!("run {run_id}");
+    let field = |name: &str| hash.get(name).filter(|v| !v.is_empty());
+    let num = |name: &str| -> Result<Option<u64>> {
+        field(name).map(|v| v.parse::<u64>().map_err(|e| Error::corrupt(what(), format!("{name}: {e}")))).transpose()
+    };
+    let status: RunStatus = field("st")
+        .ok_or_else(|| Error::corrupt(what(), "no status"))?
+        .parse()
+        .map_err(|e: String| Error::corrupt(what(), e))?;
+    Ok(RunSummary {
+        run_id: run_id.clone(),
+        workflow: field("wf").cloned().ok_or_else(|| Error::corrupt(what(), "no workflow"))?,
+        version: num("ver")?.unwrap_or(0) as u32,
+        status,
+        created_at_ms: num("ca")?.unwrap_or(0),
+        updated_at_ms: num("ua")?.unwrap_or(0),
+        finished_at_ms: num("fa")?,
+        epoch: num("ep")?.unwrap_or(0),
+        completed_steps: num("cs")?.unwrap_or(0) as u32,
+        total_steps: num("ts")?.map(|n| n as u32),
+        current_step: field("cur").cloned(),
+        wake_at_ms: num("wake")?,
+        waiting_for: field("wk").map(|s| s.lines().map(str::to_owned).collect()).unwrap_or_default(),
+        cancel_requested: field("cr").is_some_and(|v| v == "1"),
+        output: field("out").map(|v| from_json::<Json>(&what(), v)).transpose()?,
+        error: field("err").map(|v| from_json::<ErrorInfo>(&what(), v)).transpose()?,
+        parent: field("par").map(|v| from_json::<ParentRef>(&what(), v)).transpose()?,
+        labels: field("lab").map(|v| from_json::<BTreeMap<String, String>>(&what(), v)).transpose()?.unwrap_or_default(),
+    })
+}
+
+fn journal_from_stream(reply: &Value) -> Result<Vec<JournalRecord>> {
+    array(reply)?
+        .iter()
+        .map(|entry| {
+            let entry = array(entry)?;
+            let seq = text(entry.first().unwrap_or(&Value::Nil))?;
+            let fields = pairs(entry.get(1).unwrap_or(&Value::Nil))?;
+            let body = fields.get("e").ok_or_else(|| Error::corrupt(format!("journal entry {seq}"), "no e field"))?;
+            decode_record(&seq, body)
+        })
+        .collect()
+}
+
+fn stream_id(s: &str) -> Result<&str> {
+    let ok = s.split_once('-').is_some_and(|(a, b)| {
+        !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+    });
+    if ok { Ok(s) } else { Err(Error::Invalid(format!("{s:?} is not a journal sequence number (<ms>-<n>)"))) }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    async fn create_run(&self, req: CreateRun) -> Result<Created> {
+        validate_create(&req)?;
+        let client_chose = req.run_id.is_some();
+        let run_id = match req.run_id.clone() {
+            Some(id) => id,
+            None => RunId::new(uuid::Uuid::now_v7().to_string())?,
+        };
+        let started = encode_event(&JournalEvent::RunStarted {
+            workflow: req.workflow.clone(),
+            version: req.version,
+            input: req.input.clone(),
+            parent: req.parent.clone(),
+            labels: req.labels.clone(),
+        })?;
+        let labels = if req.labels.is_empty() { String::new() } else { to_json(&req.labels)? };
+        let parent = req.parent.as_ref().map(to_json).transpose()?.unwrap_or_default();
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self
+            .scripts
+            .create
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(run_id.as_str())
+            .arg(&req.workflow)
+            .arg(req.version)
+            .arg(fingerprint(&req.workflow, &req.input))
+            .arg(req.idempotency_key.as_deref().unwrap_or(""))
+            .arg(self.config.idempotency_ttl.as_millis() as u64)
+            .arg(req.delay.map_or(0, |d| d.as_millis() as u64))
+            .arg(labels)
+            .arg(parent)
+            .arg(started)
+            .arg(if client_chose { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await?;
+        let id = || RunId::new(reply.get(1).cloned().unwrap_or_default());
+        match reply.first().map(String::as_str) {
+            Some("CREATED") => Ok(Created { run_id: id()?, created: true }),
+            Some("EXISTS") => Ok(Created { run_id: id()?, created: false }),
+            Some("CONFLICT") => Err(Error::IdempotencyConflict {
+                run_id: id()?,
+                what: if reply.get(2).map(String::as_str) == Some("run id") { "run id" } else { "idempotency key" },
+            }),
+            _ => Err(Error::corrupt("create reply", format!("{reply:?}"))),
+        }
+    }
+
+    async fn claim(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
+        validate_claim(req)?;
+        let deliveries = self.with_groups(&req.workflows, || self.read_new(req)).await?;
+        self.claim_deliveries(req, deliveries).await
+    }
+
+    async fn reclaim_expired(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
+        validate_claim(req)?;
+        let deliveries = self.with_groups(&req.workflows, || self.read_expired(req)).await?;
+        self.claim_deliveries(req, deliveries).await
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self
+            .scripts
+            .renew
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(lease.run_id.as_str())
+            .arg(&lease.worker_id)
+            .arg(lease.epoch)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(&lease.workflow)
+            .arg(&lease.task_id)
+            .invoke_async(&mut conn)
+            .await?;
+        if reply.first().map(String::as_str) == Some("OK") { Ok(()) } else { Err(Self::lost(lease)) }
+    }
+
+    async fn append(&self, lease: &Lease, events: &[JournalEvent]) -> Result<Appended> {
+        let patch = SummaryPatch::of(events);
+        let mut invocation = self.scripts.append.prepare_invoke();
+        invocation
+            .arg(self.keys.prefix())
+            .arg(lease.run_id.as_str())
+            .arg(&lease.worker_id)
+            .arg(lease.epoch)
+            .arg(patch.completed_delta)
+            .arg(patch.current_step.as_deref().unwrap_or(""))
+            .arg(patch.total_steps.map(|n| n.to_string()).unwrap_or_default())
+            .arg(events.len());
+        for event in events {
+            invocation.arg(encode_event(event)?);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Value = invocation.invoke_async(&mut conn).await?;
+        let reply = array(&reply)?;
+        if text(&reply[0])? != "OK" {
+            return Err(Self::lost(lease));
+        }
+        Ok(Appended {
+            cancel_requested: opt_text(&reply[1])?.is_some_and(|v| v == "1"),
+            seqs: array(&reply[2])?.iter().map(text).collect::<Result<_>>()?,
+        })
+    }
+
+    async fn finish(&self, lease: &Lease, events: &[JournalEvent], how: Finish) -> Result<Finished> {
+        let patch = SummaryPatch::of(events);
+        let (kind, final_entry, payload) = match &how {
+            Finish::Complete { output } => {
+                ("complete", encode_event(&JournalEvent::RunCompleted { output: output.clone() })?, to_json(output)?)
+            }
+            Finish::Fail { error } => {
+                ("fail", encode_event(&JournalEvent::RunFailed { error: error.clone() })?, to_json(error)?)
+            }
+            Finish::Cancel { reason } => {
+                ("cancel", encode_event(&JournalEvent::RunCancelled { reason: reason.clone() })?, String::new())
+            }
+            Finish::Suspend(s) => {
+                validate_suspension(s)?;
+                ("suspend", String::new(), String::new())
+            }
+            Finish::Release => ("release", String::new(), String::new()),
+        };
+        let cancelled = encode_event(&JournalEvent::RunCancelled { reason: None })?;
+        let (wake, wait) = match &how {
+            Finish::Suspend(s) => (s.wake_at_ms, s.wait.as_ref()),
+            _ => (None, None),
+        };
+        let mut invocation = self.scripts.finish.prepare_invoke();
+        invocation
+            .arg(self.keys.prefix())
+            .arg(lease.run_id.as_str())
+            .arg(&lease.worker_id)
+            .arg(lease.epoch)
+            .arg(patch.completed_delta)
+            .arg(patch.current_step.as_deref().unwrap_or(""))
+            .arg(patch.total_steps.map(|n| n.to_string()).unwrap_or_default())
+            .arg(kind)
+            .arg(self.config.retention.as_millis() as u64)
+            .arg(final_entry)
+            .arg(payload)
+            .arg(cancelled)
+            .arg(wake.map(|ms| ms.to_string()).unwrap_or_default())
+            .arg(wait.map(|w| w.step_id.as_str()).unwrap_or(""))
+            .arg(wait.map(|w| w.keys.join("\n")).unwrap_or_default())
+            .arg(wait.map_or(0, |w| w.since_ms))
+            .arg(self.config.event_lookback.as_millis() as u64)
+            .arg(events.len());
+        for event in events {
+            invocation.arg(encode_event(event)?);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Value = invocation.invoke_async(&mut conn).await?;
+        let reply = array(&reply)?;
+        match text(&reply[0])?.as_str() {
+            "DONE" => Ok(Finished::Done),
+            "CANCELLED" => Ok(Finished::Cancelled),
+            "EVENT" => Ok(Finished::EventArrived(decode_record(&text(&reply[1])?, &text(&reply[2])?)?)),
+            _ => Err(Self::lost(lease)),
+        }
+    }
+
+    async fn fire_due_timers(&self, limit: usize) -> Result<Vec<RunId>> {
+        let mut conn = self.conn.clone();
+        let woken: Vec<String> = self
+            .scripts
+            .timers
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(limit.max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        woken.into_iter().map(|id| Ok(RunId::new(id)?)).collect()
+    }
+
+    async fn deliver_event(&self, key: &str, data: &Json) -> Result<Delivered> {
+        keel_proto::validate_event_key(key)?;
+        let mut conn = self.conn.clone();
+        let reply: (String, Vec<String>) = self
+            .scripts
+            .deliver
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(key)
+            .arg(to_json(data)?)
+            .arg(self.config.event_lookback.as_millis().max(1) as u64)
+            .arg(self.config.event_lookback_max.max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(Delivered {
+            event_id: reply.0,
+            woken: reply.1.into_iter().map(RunId::new).collect::<Result<_, _>>()?,
+        })
+    }
+
+    async fn request_cancel(&self, run_id: &RunId, reason: Option<&str>) -> Result<CancelOutcome> {
+        let reason = reason.map(str::to_owned);
+        let requested = encode_event(&JournalEvent::CancelRequested { reason: reason.clone() })?;
+        let cancelled = encode_event(&JournalEvent::RunCancelled { reason })?;
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self
+            .scripts
+            .cancel
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(run_id.as_str())
+            .arg(requested)
+            .arg(cancelled)
+            .arg(self.config.retention.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("CANCELLED") => Ok(CancelOutcome::Cancelled),
+            Some("REQUESTED") => Ok(CancelOutcome::Requested),
+            Some("NOT_FOUND") => Err(Error::RunNotFound(run_id.clone())),
+            Some("FINAL") => Err(Error::RunFinal {
+                run_id: run_id.clone(),
+                status: reply.get(1).and_then(|s| s.parse().ok()).unwrap_or(RunStatus::Completed),
+            }),
+            _ => Err(Error::corrupt("cancel reply", format!("{reply:?}"))),
+        }
+    }
+
+    async fn get_run(&self, run_id: &RunId) -> Result<Option<RunSummary>> {
+        let mut conn = self.conn.clone();
+        let hash: HashMap<String, String> =
+            redis::cmd("HGETALL").arg(self.keys.run(run_id)).query_async(&mut conn).await?;
+        if hash.is_empty() { Ok(None) } else { summary_from_hash(run_id, hash).map(Some) }
+    }
+
+    async fn read_journal(&self, run_id: &RunId, after: Option<&str>, limit: usize) -> Result<Vec<JournalRecord>> {
+        let start = match after {
+            Some(seq) => format!("({}", stream_id(seq)?),
+            None => "-".to_owned(),
+        };
+        let mut conn = self.conn.clone();
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(self.keys.journal(run_id))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut conn)
+            .await?;
+        journal_from_stream(&reply)
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
+        if let Some(workflow) = &query.workflow {
+            keel_proto::validate_workflow_name(workflow)?;
+        }
+        let limit = page_limit(query.limit);
+        let cursor = query.cursor.as_deref().map(parse_cursor).transpose()?;
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .scripts
+            .list
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(query.workflow.as_deref().unwrap_or(""))
+            .arg(query.status.map(RunStatus::as_str).unwrap_or(""))
+            .arg(limit)
+            .arg(cursor.as_ref().map(|c| c.0.to_string()).unwrap_or_default())
+            .arg(cursor.as_ref().map(|c| c.1.as_str()).unwrap_or(""))
+            .invoke_async(&mut conn)
+            .await?;
+        let mut runs = Vec::new();
+        for item in array(&reply)? {
+            let item = array(item)?;
+            let id = RunId::new(text(&item[0])?)?;
+            runs.push(summary_from_hash(&id, pairs(&item[1])?)?);
+        }
+        let more = runs.len() > limit;
+        runs.truncate(limit);
+        let next_cursor = if more { runs.last().map(make_cursor) } else { None };
+        Ok(RunPage { runs, next_cursor })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        let mut conn = self.conn.clone();
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(self.keys.dead_letters())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut conn)
+            .await?;
+        array(&reply)?
+            .iter()
+            .map(|entry| {
+                let entry = array(entry)?;
+                let id = text(&entry[0])?;
+                let f = pairs(&entry[1])?;
+                let get = |name: &str| f.get(name).cloned().unwrap_or_default();
+                Ok(DeadLetter {
+                    run_id: RunId::new(get("run_id"))?,
+                    workflow: get("workflow"),
+                    task_id: get("task_id"),
+                    deliveries: get("deliveries").parse().unwrap_or(0),
+                    reason: get("reason"),
+                    at_ms: super::seq_millis(&id)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn expire_finished(&self, limit: usize) -> Result<usize> {
+        let mut conn = self.conn.clone();
+        let n: usize = self
+            .scripts
+            .expire
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(limit.max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(n)
+    }
+
+    async fn reconcile(&self, limit: usize) -> Result<Vec<RunId>> {
+        let mut conn = self.conn.clone();
+        let fixed: Vec<String> = self
+            .scripts
+            .reconcile
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(limit.max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        fixed.into_iter().map(|id| Ok(RunId::new(id)?)).collect()
+    }
+
+    async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<()> {
+        let mut info = info.clone();
+        info.heartbeat_at_ms = now_wall_ms();
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(self.keys.worker(&info.worker_id))
+            .arg(to_json(&info)?)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.keys.workers())
+            .arg(info.heartbeat_at_ms + ttl.as_millis() as u64)
+            .arg(&info.worker_id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
+        let mut conn = self.conn.clone();
+        let (ids,): (Vec<String>,) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.keys.workers())
+            .arg("-inf")
+            .arg(now_wall_ms())
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(self.keys.workers())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.worker(id)).collect();
+        let found: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
+        found.into_iter().flatten().map(|text| from_json("worker registration", &text)).collect()
+    }
+}

@@ -1,0 +1,44 @@
+//! The Lua scripts, each with the shared prelude prepended.
+
+use redis::Script;
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("lua/prelude.lua"), "\n", include_str!(concat!("lua/", $file))))
+    };
+}
+
+/// One compiled [`Script`] per atomic operation; each knows its SHA.
+pub(super) struct Scripts {
+    pub create: Script,
+    pub claim: Script,
+    pub renew: Script,
+    pub append: Script,
+    pub finish: Script,
+    pub timers: Script,
+    pub deliver: Script,
+    pub cancel: Script,
+    pub expire: Script,
+    pub list: Script,
+    pub reconcile: Script,
+    pub key_names: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Self {
+            create: script!("create.lua"),
+            claim: script!("claim.lua"),
+            renew: script!("renew.lua"),
+            append: script!("append.lua"),
+            finish: script!("finish.lua"),
+            timers: script!("timers.lua"),
+            deliver: script!("deliver.lua"),
+            cancel: script!("cancel.lua"),
+            expire: script!("expire.lua"),
+            list: script!("list.lua"),
+            reconcile: script!("reconcile.lua"),
+            key_names: script!("key_names.lua"),
+        }
+    }
+}

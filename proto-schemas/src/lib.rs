@@ -1,0 +1,31 @@
+//! Every Keel type that crosses a process boundary: journal entries, tasks and run
+//! summaries (and, later, HTTP bodies and webhook payloads).
+//!
+//! These are wire formats. Changing one is a versioned, deliberate act: journal
+//! entries carry `v`, and `json-schema/*.json` beside this crate is generated from
+//! these types and checked for drift by `tests/schemas.rs`. Regenerate it with
+//! `KEEL_BLESS=1 cargo test -p keel-proto --test schemas`.
+
+mod ids;
+mod journal;
+mod run;
+mod task;
+mod worker;
+
+pub use ids::{IdError, RunId, validate_event_key, validate_idempotency_key, validate_workflow_name};
+pub use journal::{ChildOutcome, JOURNAL_VERSION, JournalEntry, JournalEvent, JournalRecord};
+pub use run::{ErrorInfo, ParentRef, RunPage, RunStatus, RunSummary};
+pub use task::{TASK_VERSION, Task};
+pub use worker::WorkerInfo;
+
+/// The JSON Schemas of the wire formats, by file name under `json-schema/`.
+pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
+    vec![
+        ("journal-entry.json", schemars::schema_for!(JournalEntry)),
+        ("journal-record.json", schemars::schema_for!(JournalRecord)),
+        ("task.json", schemars::schema_for!(Task)),
+        ("run-summary.json", schemars::schema_for!(RunSummary)),
+        ("run-page.json", schemars::schema_for!(RunPage)),
+        ("worker-info.json", schemars::schema_for!(WorkerInfo)),
+    ]
+}
