@@ -13,6 +13,7 @@ mod config;
 mod error;
 pub mod keys;
 pub mod store;
+pub mod testing;
 
 pub use config::StoreConfig;
 pub use error::{Error, Result};

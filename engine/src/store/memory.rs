@@ -361,6 +361,21 @@ impl MemoryStore {
     }
 }
 
+/// Fault injection for the conformance suite: what a Redis that lost its last
+/// writes, or restarted empty, looks like to this store.
+#[doc(hidden)]
+impl MemoryStore {
+    /// Drop every queued task, as if Redis lost the queue streams' last writes.
+    pub fn lose_queued_tasks(&self) {
+        self.state().queues.clear();
+    }
+
+    /// Forget everything, as a Redis restarted without persistence would.
+    pub fn wipe(&self) {
+        *self.state() = State::default();
+    }
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new(StoreConfig::default())

@@ -801,6 +801,12 @@ impl Store for RedisStore {
         }
         let keys: Vec<String> = ids.iter().map(|id| self.keys.worker(id)).collect();
         let found: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
-        found.into_iter().flatten().map(|text| from_json("worker registration", &text)).collect()
+        let mut workers: Vec<WorkerInfo> = found
+            .into_iter()
+            .flatten()
+            .map(|text| from_json("worker registration", &text))
+            .collect::<Result<_>>()?;
+        workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        Ok(workers)
     }
 }

@@ -1,0 +1,952 @@
+//! The conformance cases. Each takes a fresh [`Fixture`] and asserts what a user
+//! of the store relies on.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_engine::proto::{ErrorInfo, JournalEvent, RunId, RunStatus, WorkerInfo};
+use keel_engine::{
+    CancelOutcome, Claim, ClaimedTask, CreateRun, Error, EventWait, Finish, Finished, RunQuery, Store, Suspension,
+};
+use serde_json::json;
+
+use crate::fixture::{Fixture, Opts};
+
+const WF: &str = "orders";
+
+fn start(input: serde_json::Value) -> CreateRun {
+    CreateRun { workflow: WF.into(), version: 1, input, ..Default::default() }
+}
+
+fn claim_req(worker: &str, lease_ms: u64, block_ms: u64) -> Claim {
+    Claim {
+        workflows: vec![WF.into()],
+        worker_id: worker.into(),
+        lease: Duration::from_millis(lease_ms),
+        max: 10,
+        block: Duration::from_millis(block_ms),
+    }
+}
+
+async fn claim_one(store: &dyn Store, worker: &str) -> ClaimedTask {
+    let mut req = claim_req(worker, 30_000, 3_000);
+    req.max = 1;
+    let mut claimed = store.claim(&req).await.expect("claim");
+    assert_eq!(claimed.len(), 1, "expected exactly one task for {worker}");
+    claimed.remove(0)
+}
+
+async fn nothing_to_claim(store: &dyn Store, worker: &str) {
+    let claimed = store.claim(&claim_req(worker, 30_000, 0)).await.expect("claim");
+    assert!(claimed.is_empty(), "expected no task, got {:?}", claimed.iter().map(|c| &c.lease).collect::<Vec<_>>());
+}
+
+async fn status(store: &dyn Store, id: &RunId) -> RunStatus {
+    store.get_run(id).await.expect("get").expect("run exists").status
+}
+
+async fn journal_types(store: &dyn Store, id: &RunId) -> Vec<String> {
+    store
+        .read_journal(id, None, 1000)
+        .await
+        .expect("journal")
+        .into_iter()
+        .map(|r| serde_json::to_value(&r.entry).expect("json")["type"].as_str().expect("type").to_owned())
+        .collect()
+}
+
+fn step_done(step: &str, output: serde_json::Value) -> JournalEvent {
+    JournalEvent::StepCompleted { step_id: step.into(), attempt: 1, output }
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Server time now, as the store sees it (the claim reports it; a run's
+/// `updated_at_ms` too). Used to place timers relative to the store's clock.
+async fn store_now(store: &dyn Store) -> u64 {
+    let probe = store.create_run(CreateRun { workflow: "clock".into(), ..start(json!(null)) }).await.expect("probe");
+    store.get_run(&probe.run_id).await.expect("get").expect("probe run").created_at_ms
+}
+
+pub async fn create_writes_summary_journal_indexes_and_task(f: Fixture) {
+    let s = f.store.as_ref();
+    let labels = BTreeMap::from([("tenant".to_owned(), "acme".to_owned())]);
+    let created = s
+        .create_run(CreateRun { labels: labels.clone(), ..start(json!({"order": 42})) })
+        .await
+        .expect("create");
+    assert!(created.created);
+    let run = s.get_run(&created.run_id).await.unwrap().expect("summary");
+    assert_eq!(run.status, RunStatus::Pending);
+    assert_eq!(run.workflow, WF);
+    assert_eq!(run.version, 1);
+    assert_eq!(run.epoch, 0);
+    assert_eq!(run.labels, labels);
+    assert!(run.created_at_ms > 1_600_000_000_000, "server time in ms");
+    // UUIDv7 ids sort by time.
+    let second = s.create_run(start(json!({"order": 43}))).await.unwrap();
+    assert!(second.run_id > created.run_id);
+
+    let journal = s.read_journal(&created.run_id, None, 100).await.unwrap();
+    assert_eq!(journal.len(), 1);
+    match &journal[0].entry.event {
+        JournalEvent::RunStarted { workflow, input, labels: l, .. } => {
+            assert_eq!(workflow, WF);
+            assert_eq!(input, &json!({"order": 42}));
+            assert_eq!(l, &labels);
+        }
+        other => panic!("first entry must be run_started, got {other:?}"),
+    }
+    assert_eq!(journal[0].entry.v, 1);
+
+    let page = s.list_runs(&RunQuery { status: Some(RunStatus::Pending), ..Default::default() }).await.unwrap();
+    assert_eq!(page.runs.len(), 2);
+    let task = claim_one(s, "w1").await;
+    assert_eq!(task.lease.run_id, created.run_id, "tasks are claimed in order");
+}
+
+pub async fn invalid_requests_are_refused_and_write_nothing(f: Fixture) {
+    let s = f.store.as_ref();
+    let bad_name = s.create_run(CreateRun { workflow: "no spaces".into(), ..start(json!(1)) }).await;
+    assert!(matches!(bad_name, Err(Error::Id(_))), "{bad_name:?}");
+    let bad_key =
+        s.create_run(CreateRun { idempotency_key: Some("a b".into()), ..start(json!(1)) }).await;
+    assert!(matches!(bad_key, Err(Error::Id(_))), "{bad_key:?}");
+    let bad_event = s.deliver_event("", &json!(1)).await;
+    assert!(bad_event.is_err());
+    let bad_cursor = s.list_runs(&RunQuery { cursor: Some("nonsense".into()), ..Default::default() }).await;
+    assert!(matches!(bad_cursor, Err(Error::BadCursor(_))));
+    let bad_claim = s.claim(&Claim { workflows: vec![], ..claim_req("w", 1000, 0) }).await;
+    assert!(matches!(bad_claim, Err(Error::Invalid(_))));
+    assert!(s.list_runs(&RunQuery::default()).await.unwrap().runs.is_empty(), "nothing was written");
+    if let Some(keys) = f.redis_keys_mentioning("").await {
+        assert!(keys.is_empty(), "Redis holds no keys after refused requests: {keys:?}");
+    }
+
+    // A suspension that waits for nothing is refused and leaves the lease intact.
+    s.create_run(start(json!(1))).await.unwrap();
+    let task = claim_one(s, "w1").await;
+    let refused = s.finish(&task.lease, &[], Finish::Suspend(Suspension::default())).await;
+    assert!(matches!(refused, Err(Error::Invalid(_))));
+    assert_eq!(status(s, &task.lease.run_id).await, RunStatus::Running);
+    s.finish(&task.lease, &[], Finish::Complete { output: json!(null) }).await.expect("lease still held");
+}
+
+pub async fn idempotency_key_maps_to_one_run_and_refuses_other_input(f: Fixture) {
+    let s = f.store.as_ref();
+    let req = CreateRun { idempotency_key: Some("order-42".into()), ..start(json!({"a": 1, "b": 2})) };
+    let first = s.create_run(req.clone()).await.unwrap();
+    assert!(first.created);
+    // The same input with keys in another order is the same input.
+    let again = s
+        .create_run(CreateRun { input: serde_json::from_str(r#"{"b":2,"a":1}"#).unwrap(), ..req.clone() })
+        .await
+        .unwrap();
+    assert_eq!(again, keel_engine::Created { run_id: first.run_id.clone(), created: false });
+    let other = s.create_run(CreateRun { input: json!({"a": 2}), ..req.clone() }).await;
+    match other {
+        Err(Error::IdempotencyConflict { run_id, what }) => {
+            assert_eq!(run_id, first.run_id);
+            assert_eq!(what, "idempotency key");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let other_workflow = s.create_run(CreateRun { workflow: "refunds".into(), ..req }).await;
+    assert!(matches!(other_workflow, Err(Error::IdempotencyConflict { .. })));
+    assert_eq!(s.list_runs(&RunQuery::default()).await.unwrap().runs.len(), 1);
+    assert_eq!(journal_types(s, &first.run_id).await, ["run_started"], "one run_started only");
+    claim_one(s, "w").await;
+    nothing_to_claim(s, "w").await;
+}
+
+pub async fn client_run_id_is_idempotent(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = RunId::new("order-42.v1").unwrap();
+    let req = CreateRun { run_id: Some(id.clone()), ..start(json!({"n": 1})) };
+    assert!(s.create_run(req.clone()).await.unwrap().created);
+    let again = s.create_run(req.clone()).await.unwrap();
+    assert_eq!((again.run_id.clone(), again.created), (id.clone(), false));
+    let conflict = s.create_run(CreateRun { input: json!({"n": 2}), ..req }).await;
+    assert!(matches!(conflict, Err(Error::IdempotencyConflict { what: "run id", .. })), "{conflict:?}");
+    claim_one(s, "w").await;
+    nothing_to_claim(s, "w").await;
+}
+
+pub async fn hundred_concurrent_creates_with_one_key_make_one_run(f: Fixture) {
+    let store = f.store.clone();
+    let mut handles = Vec::new();
+    for _ in 0..100 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            store
+                .create_run(CreateRun { idempotency_key: Some("same".into()), ..start(json!({"x": 1})) })
+                .await
+                .expect("create")
+        }));
+    }
+    let mut ids = HashSet::new();
+    let mut created = 0;
+    for h in handles {
+        let c = h.await.unwrap();
+        created += usize::from(c.created);
+        ids.insert(c.run_id);
+    }
+    assert_eq!(ids.len(), 1, "one run id for all 100 starts");
+    assert_eq!(created, 1, "exactly one start created it");
+    assert_eq!(store.list_runs(&RunQuery::default()).await.unwrap().runs.len(), 1);
+    claim_one(store.as_ref(), "w").await;
+    nothing_to_claim(store.as_ref(), "w").await;
+}
+
+pub async fn claim_hands_out_a_lease_with_the_journal(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!({"goal": "x"}))).await.unwrap().run_id;
+    let task = claim_one(s, "w1").await;
+    assert_eq!(task.lease.run_id, id);
+    assert_eq!(task.lease.epoch, 1);
+    assert_eq!(task.lease.worker_id, "w1");
+    assert_eq!(task.lease.workflow, WF);
+    assert_eq!(task.deliveries, 1);
+    assert_eq!(task.run.status, RunStatus::Running);
+    assert_eq!(task.journal.len(), 1);
+    assert!(task.now_ms >= task.run.created_at_ms);
+    assert_eq!(status(s, &id).await, RunStatus::Running);
+    if let Some(pending) = f.redis_pending(WF).await {
+        assert_eq!(pending, 1, "the task stays pending until the lease ends");
+    }
+    nothing_to_claim(s, "w2").await;
+}
+
+pub async fn claim_blocks_until_a_task_arrives(f: Fixture) {
+    let store = f.store.clone();
+    let waiter = tokio::spawn(async move { store.claim(&claim_req("w1", 30_000, 5_000)).await });
+    sleep_ms(200).await;
+    let id = f.store.create_run(start(json!(1))).await.unwrap().run_id;
+    let claimed = tokio::time::timeout(Duration::from_secs(4), waiter).await.expect("claim woke up").unwrap().unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].lease.run_id, id);
+}
+
+pub async fn two_claimers_racing_for_one_task_exactly_one_wins(f: Fixture) {
+    // Racing on new deliveries (XREADGROUP)...
+    f.store.create_run(start(json!(1))).await.unwrap();
+    let (req_a, req_b) = (claim_req("a", 200, 300), claim_req("b", 200, 300));
+    let (a, b) = tokio::join!(f.store.claim(&req_a), f.store.claim(&req_b));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.len() + b.len(), 1, "exactly one claimer wins");
+    let holder = if a.is_empty() { "b" } else { "a" };
+    // ...and on reclaiming one expired lease (XAUTOCLAIM).
+    sleep_ms(300).await;
+    let (req_c, req_d) = (claim_req("c", 200, 0), claim_req("d", 200, 0));
+    let (c, d) = tokio::join!(f.store.reclaim_expired(&req_c), f.store.reclaim_expired(&req_d));
+    let (c, d) = (c.unwrap(), d.unwrap());
+    assert_eq!(c.len() + d.len(), 1, "exactly one reclaimer wins after {holder}'s lease expired");
+    let winner = c.into_iter().chain(d).next().unwrap();
+    assert_eq!(winner.lease.epoch, 2);
+    assert_eq!(winner.deliveries, 2);
+}
+
+pub async fn many_claimers_claim_each_task_exactly_once(f: Fixture) {
+    let mut expected = HashSet::new();
+    for i in 0..40 {
+        expected.insert(f.store.create_run(start(json!(i))).await.unwrap().run_id);
+    }
+    let mut handles = Vec::new();
+    for w in 0..4 {
+        let store = f.store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let mut req = claim_req(&format!("w{w}"), 30_000, 200);
+                req.max = 3;
+                let got = store.claim(&req).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                for task in got {
+                    store.finish(&task.lease, &[], Finish::Complete { output: json!(w) }).await.unwrap();
+                    mine.push(task.lease.run_id);
+                }
+            }
+        }));
+    }
+    let mut seen = Vec::new();
+    for h in handles {
+        seen.extend(h.await.unwrap());
+    }
+    assert_eq!(seen.len(), 40, "every task claimed once, none twice");
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), expected);
+    let done = f.store.list_runs(&RunQuery { status: Some(RunStatus::Completed), limit: 100, ..Default::default() }).await;
+    assert_eq!(done.unwrap().runs.len(), 40);
+}
+
+pub async fn renewed_lease_is_not_reclaimed(f: Fixture) {
+    let s = f.store.as_ref();
+    s.create_run(start(json!(1))).await.unwrap();
+    let task = s.claim(&claim_req("w1", 300, 2000)).await.unwrap().remove(0);
+    for _ in 0..6 {
+        sleep_ms(100).await;
+        s.renew_lease(&task.lease, Duration::from_millis(300)).await.expect("renew");
+    }
+    assert!(s.reclaim_expired(&claim_req("w2", 300, 0)).await.unwrap().is_empty(), "a live lease is never taken");
+    s.append(&task.lease, &[step_done("a", json!(1))]).await.expect("still ours after 600 ms");
+}
+
+pub async fn reclaimable_after_lease_expiry_and_not_before(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let first = s.claim(&claim_req("w1", 400, 2000)).await.unwrap().remove(0);
+    assert!(s.reclaim_expired(&claim_req("w2", 400, 0)).await.unwrap().is_empty(), "not before expiry");
+    sleep_ms(150).await;
+    assert!(s.reclaim_expired(&claim_req("w2", 400, 0)).await.unwrap().is_empty(), "not before expiry");
+    sleep_ms(400).await;
+    let taken = s.reclaim_expired(&claim_req("w2", 400, 0)).await.unwrap();
+    assert_eq!(taken.len(), 1, "reclaimable once the lease expired");
+    let second = &taken[0];
+    assert_eq!(second.lease.run_id, id);
+    assert_eq!(second.lease.epoch, first.lease.epoch + 1);
+    assert_eq!(second.lease.task_id, first.lease.task_id, "the same task, delivered again");
+    assert_eq!(second.deliveries, 2);
+    assert_eq!(second.run.epoch, 2);
+}
+
+pub async fn stale_lease_is_fenced_out_and_changes_nothing(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let zombie = s.claim(&claim_req("zombie", 200, 2000)).await.unwrap().remove(0);
+    s.append(&zombie.lease, &[step_done("one", json!("zombie-1"))]).await.unwrap();
+    sleep_ms(300).await;
+    let fresh = s.reclaim_expired(&claim_req("fresh", 200, 0)).await.unwrap().remove(0);
+    assert_eq!(fresh.lease.epoch, 2);
+    s.renew_lease(&fresh.lease, Duration::from_secs(30)).await.unwrap();
+    let before = s.read_journal(&id, None, 100).await.unwrap();
+    let summary_before = s.get_run(&id).await.unwrap().unwrap();
+
+    let lost = |r: Result<_, Error>| matches!(r, Err(Error::LeaseLost { epoch: 1, .. }));
+    assert!(lost(s.append(&zombie.lease, &[step_done("two", json!("zombie-2"))]).await.map(|_| ())));
+    assert!(lost(s.renew_lease(&zombie.lease, Duration::from_secs(30)).await));
+    assert!(lost(s.finish(&zombie.lease, &[], Finish::Complete { output: json!("zombie") }).await.map(|_| ())));
+    assert!(lost(s.finish(&zombie.lease, &[], Finish::Release).await.map(|_| ())));
+    assert!(lost(
+        s.finish(&zombie.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(1), wait: None })).await.map(|_| ())
+    ));
+
+    assert_eq!(s.read_journal(&id, None, 100).await.unwrap(), before, "journal unchanged");
+    assert_eq!(s.get_run(&id).await.unwrap().unwrap(), summary_before, "summary unchanged");
+    if let Some(pending) = f.redis_pending(WF).await {
+        assert_eq!(pending, 1, "nothing was acked: the task is still pending, now the fresh worker's");
+    }
+    nothing_to_claim(s, "third").await;
+    s.append(&fresh.lease, &[step_done("two", json!("fresh-2"))]).await.unwrap();
+    s.finish(&fresh.lease, &[], Finish::Complete { output: json!("fresh") }).await.unwrap();
+    let run = s.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(run.output, Some(json!("fresh")));
+    assert_eq!(
+        journal_types(s, &id).await,
+        ["run_started", "step_completed", "step_completed", "run_completed"]
+    );
+    if let Some(pending) = f.redis_pending(WF).await {
+        assert_eq!(pending, 0);
+    }
+}
+
+pub async fn append_updates_the_summary(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    let appended = s
+        .append(
+            &task.lease,
+            &[
+                JournalEvent::ProgressDeclared { total_steps: 3 },
+                JournalEvent::StepStarted { step_id: "plan".into(), attempt: 1 },
+                step_done("plan", json!({"items": 2})),
+                JournalEvent::StepStarted { step_id: "fetch-1".into(), attempt: 1 },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(appended.seqs.len(), 4);
+    assert!(!appended.cancel_requested);
+    let mut sorted = appended.seqs.clone();
+    sorted.sort_by_key(|seq| {
+        let (ms, n) = seq.split_once('-').unwrap();
+        (ms.parse::<u64>().unwrap(), n.parse::<u64>().unwrap())
+    });
+    assert_eq!(sorted, appended.seqs, "sequence numbers increase");
+    let run = s.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(run.total_steps, Some(3));
+    assert_eq!(run.completed_steps, 1);
+    assert_eq!(run.current_step.as_deref(), Some("fetch-1"));
+    let journal = s.read_journal(&id, None, 100).await.unwrap();
+    assert_eq!(journal.len(), 5);
+    assert_eq!(journal[3].entry.event, step_done("plan", json!({"items": 2})));
+    assert_eq!(journal[3].seq, appended.seqs[2]);
+}
+
+pub async fn complete_fail_and_cancel_finish_the_run(f: Fixture) {
+    let s = f.store.as_ref();
+    let ids: Vec<RunId> = futures_ids(s, 3).await;
+    let mut leases = Vec::new();
+    for _ in 0..3 {
+        leases.push(claim_one(s, "w").await);
+    }
+    leases.sort_by(|a, b| a.lease.run_id.cmp(&b.lease.run_id));
+    let outcome = s
+        .finish(&leases[0].lease, &[step_done("last", json!(3))], Finish::Complete { output: json!({"ok": true}) })
+        .await
+        .unwrap();
+    assert_eq!(outcome, Finished::Done);
+    let error = ErrorInfo::new("step_failed", "boom").in_step("charge");
+    s.finish(&leases[1].lease, &[], Finish::Fail { error: error.clone() }).await.unwrap();
+    s.finish(&leases[2].lease, &[], Finish::Cancel { reason: Some("user".into()) }).await.unwrap();
+
+    let done = s.get_run(&ids[0]).await.unwrap().unwrap();
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(done.output, Some(json!({"ok": true})));
+    assert_eq!(done.completed_steps, 1);
+    assert!(done.finished_at_ms.is_some());
+    assert_eq!(journal_types(s, &ids[0]).await, ["run_started", "step_completed", "run_completed"]);
+    let failed = s.get_run(&ids[1]).await.unwrap().unwrap();
+    assert_eq!((failed.status, failed.error), (RunStatus::Failed, Some(error)));
+    assert_eq!(journal_types(s, &ids[1]).await, ["run_started", "run_failed"]);
+    assert_eq!(status(s, &ids[2]).await, RunStatus::Cancelled);
+    assert_eq!(journal_types(s, &ids[2]).await, ["run_started", "run_cancelled"]);
+    // The tasks were acked with the finish: nothing to redeliver, nothing pending.
+    nothing_to_claim(s, "w").await;
+    assert!(s.reclaim_expired(&claim_req("w2", 10, 0)).await.unwrap().is_empty());
+    if let Some(pending) = f.redis_pending(WF).await {
+        assert_eq!(pending, 0);
+    }
+    // A finished lease is spent.
+    assert!(matches!(s.append(&leases[0].lease, &[]).await, Err(Error::LeaseLost { .. })));
+    for (st, n) in [(RunStatus::Completed, 1), (RunStatus::Failed, 1), (RunStatus::Running, 0)] {
+        let listed = s.list_runs(&RunQuery { status: Some(st), ..Default::default() }).await.unwrap();
+        assert_eq!(listed.runs.len(), n, "{st}");
+    }
+}
+
+async fn futures_ids(s: &dyn Store, n: usize) -> Vec<RunId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(s.create_run(start(json!(i))).await.unwrap().run_id);
+    }
+    ids.sort();
+    ids
+}
+
+pub async fn release_hands_the_run_back_at_once(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let first = claim_one(s, "leaving").await;
+    s.finish(&first.lease, &[step_done("a", json!(1))], Finish::Release).await.unwrap();
+    assert_eq!(status(s, &id).await, RunStatus::Pending);
+    let second = claim_one(s, "staying").await;
+    assert_eq!(second.lease.run_id, id);
+    assert_eq!(second.lease.epoch, 2);
+    assert_eq!(second.deliveries, 1, "a fresh task, not a redelivery");
+    assert_eq!(second.journal.len(), 2, "the released worker's entries are kept");
+}
+
+pub async fn sleep_suspends_until_the_timer_fires(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    let wake = task.now_ms + 400;
+    let sleep = JournalEvent::TimerScheduled { step_id: "cool-down".into(), fire_at_ms: wake };
+    let outcome =
+        s.finish(&task.lease, &[sleep], Finish::Suspend(Suspension { wake_at_ms: Some(wake), wait: None })).await;
+    assert_eq!(outcome.unwrap(), Finished::Done);
+    let run = s.get_run(&id).await.unwrap().unwrap();
+    assert_eq!((run.status, run.wake_at_ms), (RunStatus::Sleeping, Some(wake)));
+    nothing_to_claim(s, "w").await;
+    assert!(s.fire_due_timers(100).await.unwrap().is_empty(), "not due yet");
+    sleep_ms(500).await;
+    assert_eq!(s.fire_due_timers(100).await.unwrap(), vec![id.clone()]);
+    assert!(s.fire_due_timers(100).await.unwrap().is_empty(), "fired once");
+    let resumed = claim_one(s, "w").await;
+    assert_eq!(resumed.lease.run_id, id);
+    assert!(resumed.now_ms >= wake, "store time has passed the timer");
+    assert_eq!(resumed.run.wake_at_ms, None);
+}
+
+pub async fn due_timer_fires_exactly_once_with_two_schedulers(f: Fixture) {
+    let s = f.store.as_ref();
+    let mut ids = HashSet::new();
+    for i in 0..20 {
+        ids.insert(s.create_run(CreateRun { delay: Some(Duration::from_millis(100)), ..start(json!(i)) }).await.unwrap().run_id);
+    }
+    sleep_ms(250).await;
+    let (a, b, c) = tokio::join!(s.fire_due_timers(7), s.fire_due_timers(7), s.fire_due_timers(100));
+    let mut fired: Vec<RunId> = a.unwrap().into_iter().chain(b.unwrap()).chain(c.unwrap()).collect();
+    fired.extend(s.fire_due_timers(100).await.unwrap());
+    assert_eq!(fired.len(), 20, "each due timer fired by exactly one scheduler");
+    assert_eq!(fired.into_iter().collect::<HashSet<_>>(), ids);
+    let mut claimed = 0;
+    loop {
+        let got = s.claim(&claim_req("w", 30_000, 0)).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        claimed += got.len();
+    }
+    assert_eq!(claimed, 20, "exactly one task per timer");
+}
+
+pub async fn delayed_start_waits_for_its_timer(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(CreateRun { delay: Some(Duration::from_millis(300)), ..start(json!(1)) }).await.unwrap().run_id;
+    let run = s.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Sleeping);
+    assert!(run.wake_at_ms.unwrap() >= run.created_at_ms + 300);
+    assert!(s.fire_due_timers(10).await.unwrap().is_empty());
+    nothing_to_claim(s, "w").await;
+    sleep_ms(400).await;
+    assert_eq!(s.fire_due_timers(10).await.unwrap(), vec![id.clone()]);
+    assert_eq!(claim_one(s, "w").await.lease.run_id, id);
+}
+
+async fn suspend_waiting(s: &dyn Store, task: &ClaimedTask, keys: &[&str], timeout_ms: Option<u64>) -> Finished {
+    let wait = EventWait {
+        step_id: "approval".into(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        since_ms: task.now_ms,
+    };
+    let started = JournalEvent::WaitStarted {
+        step_id: "approval".into(),
+        event_keys: wait.keys.clone(),
+        timeout_at_ms: timeout_ms.map(|t| task.now_ms + t),
+    };
+    s.finish(
+        &task.lease,
+        &[started],
+        Finish::Suspend(Suspension { wake_at_ms: timeout_ms.map(|t| task.now_ms + t), wait: Some(wait) }),
+    )
+    .await
+    .expect("suspend")
+}
+
+pub async fn event_wakes_each_waiter_exactly_once(f: Fixture) {
+    let s = f.store.as_ref();
+    let a = s.create_run(start(json!("a"))).await.unwrap().run_id;
+    let b = s.create_run(start(json!("b"))).await.unwrap().run_id;
+    for _ in 0..2 {
+        let task = claim_one(s, "w").await;
+        assert_eq!(suspend_waiting(s, &task, &["order-42:paid"], None).await, Finished::Done);
+    }
+    let run = s.get_run(&a).await.unwrap().unwrap();
+    assert_eq!((run.status, run.waiting_for.clone()), (RunStatus::Waiting, vec!["order-42:paid".to_owned()]));
+    nothing_to_claim(s, "w").await;
+    assert!(s.deliver_event("order-43:paid", &json!(0)).await.unwrap().woken.is_empty(), "other keys wake nobody");
+
+    let delivered = s.deliver_event("order-42:paid", &json!({"amount": 10})).await.unwrap();
+    let woken: HashSet<RunId> = delivered.woken.iter().cloned().collect();
+    assert_eq!(woken, HashSet::from([a.clone(), b.clone()]));
+    assert!(s.deliver_event("order-42:paid", &json!({"amount": 11})).await.unwrap().woken.is_empty(), "once only");
+    for id in [&a, &b] {
+        let journal = s.read_journal(id, None, 100).await.unwrap();
+        let received: Vec<_> =
+            journal.iter().filter(|r| matches!(r.entry.event, JournalEvent::EventReceived { .. })).collect();
+        assert_eq!(received.len(), 1);
+        assert_eq!(
+            received[0].entry.event,
+            JournalEvent::EventReceived {
+                step_id: "approval".into(),
+                event_key: "order-42:paid".into(),
+                event_id: delivered.event_id.clone(),
+                data: json!({"amount": 10}),
+            }
+        );
+        let run = s.get_run(id).await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Pending);
+        assert!(run.waiting_for.is_empty());
+    }
+    let mut claimed = HashSet::new();
+    for _ in 0..2 {
+        claimed.insert(claim_one(s, "w").await.lease.run_id);
+    }
+    assert_eq!(claimed, woken);
+    nothing_to_claim(s, "w").await;
+}
+
+pub async fn wait_on_several_keys_takes_the_first_event(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    suspend_waiting(s, &task, &["approved", "rejected"], None).await;
+    assert_eq!(s.deliver_event("rejected", &json!("no")).await.unwrap().woken, vec![id.clone()]);
+    assert!(s.deliver_event("approved", &json!("yes")).await.unwrap().woken.is_empty(), "the other key no longer wakes it");
+    let journal = s.read_journal(&id, None, 100).await.unwrap();
+    let last = &journal.last().unwrap().entry.event;
+    assert!(matches!(last, JournalEvent::EventReceived { event_key, .. } if event_key == "rejected"));
+    assert_eq!(claim_one(s, "w").await.lease.run_id, id);
+    nothing_to_claim(s, "w").await;
+}
+
+pub async fn event_within_lookback_reaches_a_late_waiter(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    // The event arrives while the run is still busy before its wait.
+    let delivered = s.deliver_event("doc-7:signed", &json!({"by": "ann"})).await.unwrap();
+    assert!(delivered.woken.is_empty());
+    let wait_began = task.now_ms + 50;
+    let outcome = s
+        .finish(
+            &task.lease,
+            &[],
+            Finish::Suspend(Suspension {
+                wake_at_ms: None,
+                wait: Some(EventWait { step_id: "sig".into(), keys: vec!["doc-7:signed".into()], since_ms: wait_began }),
+            }),
+        )
+        .await
+        .unwrap();
+    let Finished::EventArrived(record) = outcome else { panic!("expected the event, got {outcome:?}") };
+    assert_eq!(
+        record.entry.event,
+        JournalEvent::EventReceived {
+            step_id: "sig".into(),
+            event_key: "doc-7:signed".into(),
+            event_id: delivered.event_id,
+            data: json!({"by": "ann"}),
+        }
+    );
+    // The lease is still held: the worker goes on in-process.
+    let run = s.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(run.completed_steps, 1);
+    assert_eq!(s.read_journal(&id, None, 100).await.unwrap().last().unwrap(), &record);
+    s.finish(&task.lease, &[], Finish::Complete { output: json!(null) }).await.unwrap();
+}
+
+pub async fn event_older_than_lookback_or_consumed_is_not_reused(f: Fixture) {
+    let f = f.with(Opts { lookback: Some(Duration::from_millis(300)), ..Default::default() }).await;
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    s.deliver_event("k", &json!("first")).await.unwrap();
+    // Consumed by the first wait...
+    let outcome = suspend_waiting(s, &task, &["k"], None).await;
+    assert!(matches!(outcome, Finished::EventArrived(_)));
+    // ...and not again by a second wait on the same key.
+    let again = suspend_waiting(s, &task, &["k"], None).await;
+    assert_eq!(again, Finished::Done, "a consumed event is not delivered twice");
+    assert_eq!(status(s, &id).await, RunStatus::Waiting);
+
+    let other = s.create_run(start(json!(2))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    assert_eq!(task.lease.run_id, other);
+    s.deliver_event("old", &json!("stale")).await.unwrap();
+    sleep_ms(450).await;
+    let mut late = claim_req("w", 30_000, 0);
+    late.lease = Duration::from_secs(30);
+    s.renew_lease(&task.lease, Duration::from_secs(30)).await.unwrap();
+    let wait = EventWait { step_id: "s".into(), keys: vec!["old".into()], since_ms: task.now_ms + 450 };
+    let outcome = s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: None, wait: Some(wait) })).await;
+    assert_eq!(outcome.unwrap(), Finished::Done, "an event older than the lookback window does not count");
+    assert_eq!(status(s, &other).await, RunStatus::Waiting);
+}
+
+pub async fn wait_times_out_by_timer(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    suspend_waiting(s, &task, &["never"], Some(300)).await;
+    let run = s.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Waiting);
+    assert_eq!(run.wake_at_ms, Some(task.now_ms + 300));
+    sleep_ms(400).await;
+    assert_eq!(s.fire_due_timers(10).await.unwrap(), vec![id.clone()]);
+    assert!(s.deliver_event("never", &json!(1)).await.unwrap().woken.is_empty(), "no longer waiting after timeout");
+    let resumed = claim_one(s, "w").await;
+    assert!(resumed.now_ms >= task.now_ms + 300);
+    assert!(resumed.run.waiting_for.is_empty());
+}
+
+pub async fn cancel_depends_on_where_the_run_stands(f: Fixture) {
+    let s = f.store.as_ref();
+    // Pending: cancelled at once, its task withdrawn.
+    let pending = s.create_run(start(json!("pending"))).await.unwrap().run_id;
+    assert_eq!(s.request_cancel(&pending, Some("not needed")).await.unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(status(s, &pending).await, RunStatus::Cancelled);
+    assert_eq!(journal_types(s, &pending).await, ["run_started", "cancel_requested", "run_cancelled"]);
+    nothing_to_claim(s, "w").await;
+    // Final: refused.
+    let again = s.request_cancel(&pending, None).await;
+    assert!(matches!(again, Err(Error::RunFinal { status: RunStatus::Cancelled, .. })), "{again:?}");
+    // Unknown: not found.
+    let missing = s.request_cancel(&RunId::new("nope").unwrap(), None).await;
+    assert!(matches!(missing, Err(Error::RunNotFound(_))));
+
+    // Sleeping: cancelled at once, its timer gone.
+    let sleeping = s.create_run(start(json!("sleeping"))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 200), wait: None })).await.unwrap();
+    assert_eq!(s.request_cancel(&sleeping, None).await.unwrap(), CancelOutcome::Cancelled);
+    sleep_ms(300).await;
+    assert!(s.fire_due_timers(10).await.unwrap().is_empty(), "the cancelled run's timer is gone");
+
+    // Waiting: cancelled at once, no longer a waiter.
+    let waiting = s.create_run(start(json!("waiting"))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    suspend_waiting(s, &task, &["go"], None).await;
+    assert_eq!(s.request_cancel(&waiting, None).await.unwrap(), CancelOutcome::Cancelled);
+    assert!(s.deliver_event("go", &json!(1)).await.unwrap().woken.is_empty());
+
+    // Running: requested; the worker learns at its next append and stops.
+    let running = s.create_run(start(json!("running"))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    assert_eq!(s.request_cancel(&running, Some("stop")).await.unwrap(), CancelOutcome::Requested);
+    assert_eq!(s.request_cancel(&running, Some("stop")).await.unwrap(), CancelOutcome::Requested);
+    let run = s.get_run(&running).await.unwrap().unwrap();
+    assert!(run.cancel_requested);
+    assert_eq!(run.status, RunStatus::Running);
+    let appended = s.append(&task.lease, &[step_done("a", json!(1))]).await.unwrap();
+    assert!(appended.cancel_requested);
+    s.finish(&task.lease, &[], Finish::Cancel { reason: Some("stop".into()) }).await.unwrap();
+    let run = s.get_run(&running).await.unwrap().unwrap();
+    assert_eq!((run.status, run.cancel_requested), (RunStatus::Cancelled, false));
+    assert_eq!(
+        journal_types(s, &running).await,
+        ["run_started", "cancel_requested", "step_completed", "run_cancelled"],
+        "one cancel_requested however often it was asked"
+    );
+}
+
+pub async fn suspend_after_cancel_request_cancels(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    s.request_cancel(&id, None).await.unwrap();
+    let outcome = s
+        .finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 100), wait: None }))
+        .await
+        .unwrap();
+    assert_eq!(outcome, Finished::Cancelled);
+    assert_eq!(status(s, &id).await, RunStatus::Cancelled);
+    sleep_ms(200).await;
+    assert!(s.fire_due_timers(10).await.unwrap().is_empty());
+    nothing_to_claim(s, "w").await;
+}
+
+pub async fn listing_pages_through_every_run_exactly_once(f: Fixture) {
+    let s = f.store.as_ref();
+    let mut created = Vec::new();
+    for i in 0..25 {
+        created.push(s.create_run(start(json!(i))).await.unwrap().run_id);
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = s.list_runs(&RunQuery { limit: 7, cursor: cursor.clone(), ..Default::default() }).await.unwrap();
+        pages += 1;
+        assert!(page.runs.len() <= 7);
+        seen.extend(page.runs.into_iter().map(|r| (r.created_at_ms, r.run_id)));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+        assert!(pages < 10, "pagination terminates");
+    }
+    assert_eq!(pages, 4);
+    assert_eq!(seen.len(), 25, "every run exactly once");
+    let ids: HashSet<RunId> = seen.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(ids, created.iter().cloned().collect());
+    let mut newest_first = seen.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen, newest_first, "newest first");
+
+    // A page boundary survives the run it points at going away.
+    let first = s.list_runs(&RunQuery { limit: 5, ..Default::default() }).await.unwrap();
+    let last_of_first = first.runs.last().unwrap().run_id.clone();
+    let running = claim_one(s, "w").await; // the oldest run changes status, not position
+    assert_ne!(running.lease.run_id, last_of_first);
+    let rest = s.list_runs(&RunQuery { limit: 100, cursor: first.next_cursor, ..Default::default() }).await.unwrap();
+    assert_eq!(rest.runs.len(), 20);
+    assert!(rest.next_cursor.is_none());
+}
+
+pub async fn listing_filters_by_workflow_and_status(f: Fixture) {
+    let s = f.store.as_ref();
+    for i in 0..6 {
+        let workflow = if i % 2 == 0 { WF } else { "refunds" };
+        s.create_run(CreateRun { workflow: workflow.into(), ..start(json!(i)) }).await.unwrap();
+    }
+    let mut req = claim_req("w", 30_000, 1000);
+    req.max = 1;
+    let task = s.claim(&req).await.unwrap().remove(0);
+    s.finish(&task.lease, &[], Finish::Complete { output: json!(1) }).await.unwrap();
+    let list = |workflow: Option<&str>, status: Option<RunStatus>| {
+        let query = RunQuery { workflow: workflow.map(str::to_owned), status, limit: 2, cursor: None };
+        async move {
+            let mut all = Vec::new();
+            let mut query = query;
+            loop {
+                let page = s.list_runs(&query).await.unwrap();
+                all.extend(page.runs);
+                match page.next_cursor {
+                    Some(c) => query.cursor = Some(c),
+                    None => return all,
+                }
+            }
+        }
+    };
+    let orders = list(Some(WF), None).await;
+    assert_eq!(orders.len(), 3);
+    assert!(orders.iter().all(|r| r.workflow == WF));
+    assert_eq!(list(Some("refunds"), None).await.len(), 3);
+    assert_eq!(list(None, Some(RunStatus::Completed)).await.len(), 1);
+    assert_eq!(list(Some(WF), Some(RunStatus::Pending)).await.len(), 2);
+    assert_eq!(list(Some("refunds"), Some(RunStatus::Completed)).await.len(), 0);
+    assert_eq!(list(Some("nothing-here"), None).await.len(), 0);
+}
+
+pub async fn task_delivered_too_often_is_dead_lettered(f: Fixture) {
+    let f = f.with(Opts { max_deliveries: Some(2), ..Default::default() }).await;
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let first = s.claim(&claim_req("crashy-1", 100, 1000)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    sleep_ms(200).await;
+    let second = s.reclaim_expired(&claim_req("crashy-2", 100, 0)).await.unwrap();
+    assert_eq!(second[0].deliveries, 2);
+    sleep_ms(200).await;
+    let third = s.reclaim_expired(&claim_req("crashy-3", 100, 0)).await.unwrap();
+    assert!(third.is_empty(), "the third delivery is dead-lettered, not handed out");
+    let run = s.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.error.as_ref().map(|e| e.kind.as_str()), Some("dead_lettered"));
+    assert_eq!(journal_types(s, &id).await.last().map(String::as_str), Some("run_failed"));
+    let dead = s.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].run_id, id);
+    assert_eq!(dead[0].deliveries, 3);
+    assert_eq!(dead[0].task_id, first[0].lease.task_id);
+    assert!(dead[0].reason.contains("more than 2 times"));
+    sleep_ms(200).await;
+    assert!(s.reclaim_expired(&claim_req("w", 100, 0)).await.unwrap().is_empty(), "the task is gone");
+    if let Some(pending) = f.redis_pending(WF).await {
+        assert_eq!(pending, 0);
+    }
+}
+
+pub async fn expired_runs_leave_nothing_behind(f: Fixture) {
+    let f = f.with(Opts { retention: Some(Duration::from_millis(200)), ..Default::default() }).await;
+    let s = f.store.as_ref();
+    let id = s
+        .create_run(CreateRun {
+            run_id: Some(RunId::new("expiring-run").unwrap()),
+            idempotency_key: Some("exp-key".into()),
+            ..start(json!(1))
+        })
+        .await
+        .unwrap()
+        .run_id;
+    let keep = s.create_run(start(json!("kept"))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    assert_eq!(task.lease.run_id, id);
+    s.finish(&task.lease, &[step_done("a", json!(1))], Finish::Complete { output: json!(1) }).await.unwrap();
+    assert_eq!(s.expire_finished(100).await.unwrap(), 0, "not before its retention");
+    assert!(s.get_run(&id).await.unwrap().is_some());
+    sleep_ms(300).await;
+    assert_eq!(s.expire_finished(100).await.unwrap(), 1);
+    assert!(s.get_run(&id).await.unwrap().is_none());
+    assert!(s.read_journal(&id, None, 10).await.unwrap().is_empty());
+    let listed = s.list_runs(&RunQuery::default()).await.unwrap();
+    assert_eq!(listed.runs.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>(), vec![keep.clone()]);
+    if let Some(keys) = f.redis_keys_mentioning("expiring-run").await {
+        assert!(keys.is_empty(), "no key of the expired run is left: {keys:?}");
+    }
+    if let Some(keys) = f.redis_keys_mentioning("exp-key").await {
+        assert!(keys.is_empty(), "its idempotency key went with it: {keys:?}");
+    }
+    if f.is_redis() {
+        // And no index still names it.
+        let all = f.redis_keys_mentioning("").await.unwrap();
+        assert!(all.iter().all(|k| !k.contains(":retention")), "the retention index is empty: {all:?}");
+    }
+    // The key is free again: a new start makes a new run.
+    let again = s.create_run(CreateRun { idempotency_key: Some("exp-key".into()), ..start(json!(1)) }).await.unwrap();
+    assert!(again.created);
+    assert!(s.get_run(&keep).await.unwrap().is_some(), "unfinished runs are never expired");
+}
+
+pub async fn reconcile_requeues_runs_that_lost_their_task(f: Fixture) {
+    let s = f.store.as_ref();
+    let healthy_holder = s.create_run(start(json!("held"))).await.unwrap().run_id;
+    let held = claim_one(s, "w").await;
+    assert_eq!(held.lease.run_id, healthy_holder);
+    let lost = s.create_run(start(json!("lost"))).await.unwrap().run_id;
+    assert!(s.reconcile(100).await.unwrap().is_empty(), "nothing to repair yet");
+    f.lose_queued_tasks(WF).await;
+    nothing_to_claim(s, "w").await;
+    let fixed = s.reconcile(100).await.unwrap();
+    assert_eq!(fixed, vec![lost.clone()], "the pending run without a task is re-queued; the held one is left alone");
+    assert!(s.reconcile(100).await.unwrap().is_empty(), "idempotent");
+    let task = claim_one(s, "w").await;
+    assert_eq!(task.lease.run_id, lost);
+    s.finish(&task.lease, &[], Finish::Complete { output: json!(1) }).await.unwrap();
+    // The held run's lease still works (its task was lost with the queue).
+    s.append(&held.lease, &[step_done("a", json!(1))]).await.unwrap();
+}
+
+pub async fn store_recovers_from_an_empty_restart(f: Fixture) {
+    let s = f.store.as_ref();
+    s.create_run(start(json!(1))).await.unwrap();
+    let task = claim_one(s, "w").await;
+    f.wipe().await;
+    assert!(matches!(s.append(&task.lease, &[]).await, Err(Error::LeaseLost { .. })));
+    // The consumer group is gone; the next create and claim recreate it.
+    let id = s.create_run(start(json!(2))).await.unwrap().run_id;
+    let again = claim_one(s, "w").await;
+    assert_eq!(again.lease.run_id, id);
+    s.finish(&again.lease, &[], Finish::Complete { output: json!(2) }).await.unwrap();
+    assert_eq!(status(s, &id).await, RunStatus::Completed);
+}
+
+pub async fn journal_reads_resume_after_a_sequence_number(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    let events: Vec<JournalEvent> = (0..5).map(|i| step_done(&format!("s{i}"), json!(i))).collect();
+    let seqs = s.append(&task.lease, &events).await.unwrap().seqs;
+    let after = s.read_journal(&id, Some(&seqs[1]), 100).await.unwrap();
+    assert_eq!(after.iter().map(|r| r.seq.clone()).collect::<Vec<_>>(), seqs[2..].to_vec());
+    let limited = s.read_journal(&id, None, 2).await.unwrap();
+    assert_eq!(limited.len(), 2);
+    assert!(s.read_journal(&id, Some(seqs.last().unwrap()), 100).await.unwrap().is_empty());
+    assert!(matches!(s.read_journal(&id, Some("x"), 1).await, Err(Error::Invalid(_))));
+    assert!(s.read_journal(&RunId::new("unknown").unwrap(), None, 10).await.unwrap().is_empty());
+    let now = store_now(s).await;
+    assert!(limited[0].at_ms <= now && limited[0].at_ms + 60_000 > now, "at_ms is server time");
+}
+
+pub async fn workers_register_and_expire(f: Fixture) {
+    let s = f.store.as_ref();
+    let info = |id: &str| WorkerInfo {
+        worker_id: id.into(),
+        workflows: BTreeMap::from([(WF.to_owned(), vec![1, 2])]),
+        started_at_ms: 1,
+        heartbeat_at_ms: 0,
+    };
+    s.register_worker(&info("short"), Duration::from_millis(200)).await.unwrap();
+    s.register_worker(&info("long"), Duration::from_secs(30)).await.unwrap();
+    let listed = s.list_workers().await.unwrap();
+    assert_eq!(listed.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>(), ["long", "short"]);
+    assert!(listed[0].heartbeat_at_ms > 0);
+    assert_eq!(listed[0].workflows, info("long").workflows);
+    sleep_ms(300).await;
+    let listed = s.list_workers().await.unwrap();
+    assert_eq!(listed.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>(), ["long"]);
+    // A heartbeat is a re-registration.
+    s.register_worker(&info("long"), Duration::from_secs(30)).await.unwrap();
+    assert_eq!(s.list_workers().await.unwrap().len(), 1);
+}
+
+#[allow(dead_code)]
+fn _assert_store_is_object_safe(_: Arc<dyn Store>) {}

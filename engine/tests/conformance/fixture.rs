@@ -1,0 +1,132 @@
+//! One store under test, and the few things a case needs to look at or break
+//! below the Store trait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_engine::testing::RedisServer;
+use keel_engine::{MemoryStore, RedisStore, Store, StoreConfig};
+
+pub struct Fixture {
+    pub store: Arc<dyn Store>,
+    backend: Backend,
+}
+
+enum Backend {
+    Memory(Arc<MemoryStore>),
+    Redis { store: Arc<RedisStore>, server: RedisServer, raw: redis::aio::MultiplexedConnection },
+}
+
+/// Settings a case may shorten so that expiry happens within the test.
+#[derive(Default, Clone)]
+pub struct Opts {
+    pub retention: Option<Duration>,
+    pub lookback: Option<Duration>,
+    pub max_deliveries: Option<u32>,
+}
+
+impl Opts {
+    fn config(&self, namespace: String) -> StoreConfig {
+        let mut config = StoreConfig::with_namespace(namespace);
+        if let Some(r) = self.retention {
+            config.retention = r;
+        }
+        if let Some(l) = self.lookback {
+            config.event_lookback = l;
+        }
+        if let Some(m) = self.max_deliveries {
+            config.max_deliveries = m;
+        }
+        config
+    }
+}
+
+impl Fixture {
+    pub fn memory(opts: Opts) -> Self {
+        let store = Arc::new(MemoryStore::new(opts.config("mem".into())));
+        Self { store: store.clone(), backend: Backend::Memory(store) }
+    }
+
+    pub async fn redis(opts: Opts) -> Self {
+        let server = RedisServer::start();
+        let namespace = RedisServer::unique_namespace("conf");
+        let store = Arc::new(RedisStore::connect(&server.url(), opts.config(namespace)).await.expect("connect"));
+        let raw = redis::Client::open(server.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("raw connection");
+        Self { store: store.clone(), backend: Backend::Redis { store, server, raw } }
+    }
+
+    /// Re-create the fixture's store with other options (same backend kind).
+    pub async fn with(self, opts: Opts) -> Self {
+        match self.backend {
+            Backend::Memory(_) => Self::memory(opts),
+            Backend::Redis { .. } => Self::redis(opts).await,
+        }
+    }
+
+    pub fn is_redis(&self) -> bool {
+        matches!(self.backend, Backend::Redis { .. })
+    }
+
+    /// Every Redis key that mentions `needle` (None for the memory store).
+    pub async fn redis_keys_mentioning(&self, needle: &str) -> Option<Vec<String>> {
+        let Backend::Redis { raw, .. } = &self.backend else { return None };
+        let mut raw = raw.clone();
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("*{needle}*")).query_async(&mut raw).await.expect("KEYS");
+        Some(keys)
+    }
+
+    /// How many tasks of a workflow are delivered and not acked (None for memory).
+    pub async fn redis_pending(&self, workflow: &str) -> Option<usize> {
+        let Backend::Redis { raw, store, .. } = &self.backend else { return None };
+        let mut raw = raw.clone();
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(store.keys().queue(workflow))
+            .arg(keel_engine::keys::GROUP)
+            .query_async(&mut raw)
+            .await
+            .expect("XPENDING");
+        match summary {
+            redis::Value::Array(items) => match items.first() {
+                Some(redis::Value::Int(n)) => Some(*n as usize),
+                _ => Some(0),
+            },
+            _ => Some(0),
+        }
+    }
+
+    /// The queue and its tasks vanish, as after Redis lost its last writes.
+    pub async fn lose_queued_tasks(&self, workflow: &str) {
+        match &self.backend {
+            Backend::Memory(store) => store.lose_queued_tasks(),
+            Backend::Redis { raw, store, .. } => {
+                let mut raw = raw.clone();
+                let _: () = redis::cmd("DEL").arg(store.keys().queue(workflow)).query_async(&mut raw).await.expect("DEL");
+            }
+        }
+    }
+
+    /// Everything is gone, as after a Redis restart without persistence.
+    pub async fn wipe(&self) {
+        match &self.backend {
+            Backend::Memory(store) => store.wipe(),
+            Backend::Redis { raw, .. } => {
+                let mut raw = raw.clone();
+                let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.expect("FLUSHALL");
+            }
+        }
+    }
+
+    /// The server, for tests that kill it.
+    #[allow(dead_code)]
+    pub fn redis_server(&self) -> Option<&RedisServer> {
+        match &self.backend {
+            Backend::Redis { server, .. } => Some(server),
+            Backend::Memory(_) => None,
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The store conformance suite: every case is written once (in `cases.rs`) and
+//! run against both stores, each Redis case on its own private redis-server.
+
+mod cases;
+mod fixture;
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    crate::cases::$case(crate::fixture::Fixture::memory(Default::default())).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    crate::cases::$case(crate::fixture::Fixture::redis(Default::default()).await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    create_writes_summary_journal_indexes_and_task,
+    invalid_requests_are_refused_and_write_nothing,
+    idempotency_key_maps_to_one_run_and_refuses_other_input,
+    client_run_id_is_idempotent,
+    hundred_concurrent_creates_with_one_key_make_one_run,
+    claim_hands_out_a_lease_with_the_journal,
+    claim_blocks_until_a_task_arrives,
+    two_claimers_racing_for_one_task_exactly_one_wins,
+    many_claimers_claim_each_task_exactly_once,
+    renewed_lease_is_not_reclaimed,
+    reclaimable_after_lease_expiry_and_not_before,
+    stale_lease_is_fenced_out_and_changes_nothing,
+    append_updates_the_summary,
+    complete_fail_and_cancel_finish_the_run,
+    release_hands_the_run_back_at_once,
+    sleep_suspends_until_the_timer_fires,
+    due_timer_fires_exactly_once_with_two_schedulers,
+    delayed_start_waits_for_its_timer,
+    event_wakes_each_waiter_exactly_once,
+    wait_on_several_keys_takes_the_first_event,
+    event_within_lookback_reaches_a_late_waiter,
+    event_older_than_lookback_or_consumed_is_not_reused,
+    wait_times_out_by_timer,
+    cancel_depends_on_where_the_run_stands,
+    suspend_after_cancel_request_cancels,
+    listing_pages_through_every_run_exactly_once,
+    listing_filters_by_workflow_and_status,
+    task_delivered_too_often_is_dead_lettered,
+    expired_runs_leave_nothing_behind,
+    reconcile_requeues_runs_that_lost_their_task,
+    store_recovers_from_an_empty_restart,
+    journal_reads_resume_after_a_sequence_number,
+    workers_register_and_expire,
+);
