@@ -18,10 +18,10 @@ pub mod testing;
 pub use config::StoreConfig;
 pub use error::{Error, Result};
 pub use keel_proto as proto;
+pub use keel_proto::WorkerInfo;
 pub use store::memory::MemoryStore;
 pub use store::redis::RedisStore;
-pub use keel_proto::WorkerInfo;
 pub use store::{
-    Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, EventWait, Finish, Finished,
-    Lease, RunQuery, Store, Suspension,
+    Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, EventWait, Finish,
+    Finished, Lease, RunQuery, Store, Suspension,
 };

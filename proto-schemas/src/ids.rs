@@ -106,15 +106,9 @@ mod tests {
     fn run_ids_follow_the_documented_rules() {
         assert!(RunId::new("order-42_v1.retry").is_ok());
         assert!(RunId::new("a".repeat(128)).is_ok());
-        assert_eq!(
-            RunId::new(""),
-            Err(IdError::Length { what: "run_id", max: 128, len: 0 })
-        );
+        assert_eq!(RunId::new(""), Err(IdError::Length { what: "run_id", max: 128, len: 0 }));
         assert!(matches!(RunId::new("a".repeat(129)), Err(IdError::Length { .. })));
-        assert_eq!(
-            RunId::new("a{b}"),
-            Err(IdError::Charset { what: "run_id", found: '{' })
-        );
+        assert_eq!(RunId::new("a{b}"), Err(IdError::Charset { what: "run_id", found: '{' }));
         assert!(serde_json::from_str::<RunId>("\"bad id\"").is_err());
     }
 

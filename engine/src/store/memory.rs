@@ -12,14 +12,16 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use keel_proto::{ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary, WorkerInfo};
+use keel_proto::{
+    ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary, WorkerInfo,
+};
 use serde_json::Value as Json;
 use tokio::sync::Notify;
 
 use super::{
-    Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished,
-    Lease, RunQuery, Store, SummaryPatch, decode_record, encode_event, fingerprint, make_cursor, page_limit,
-    parse_cursor, validate_claim, validate_create, validate_suspension,
+    Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished, Lease,
+    RunQuery, Store, SummaryPatch, decode_record, encode_event, fingerprint, make_cursor, page_limit, parse_cursor,
+    validate_claim, validate_create, validate_suspension,
 };
 use crate::{Error, Result, StoreConfig};
 
@@ -293,11 +295,8 @@ impl State {
         run.lease = Some((format!("{}:{}", req.worker_id, run.epoch), now + req.lease.as_millis() as u64));
         run.status = RunStatus::Running;
         run.updated = now;
-        let journal = run
-            .journal
-            .iter()
-            .map(|(sid, text)| decode_record(&sid_text(*sid), text))
-            .collect::<Result<Vec<_>>>()?;
+        let journal =
+            run.journal.iter().map(|(sid, text)| decode_record(&sid_text(*sid), text)).collect::<Result<Vec<_>>>()?;
         Ok(Some(ClaimedTask {
             lease: Lease {
                 run_id: run_id.clone(),
@@ -339,7 +338,9 @@ impl MemoryStore {
                 .collect();
             for tid in fresh {
                 queue.last_delivered = tid;
-                queue.pending.insert(tid, Pending { consumer: req.worker_id.clone(), delivered_at: now, deliveries: 1 });
+                queue
+                    .pending
+                    .insert(tid, Pending { consumer: req.worker_id.clone(), delivered_at: now, deliveries: 1 });
                 delivered.push((workflow.clone(), tid));
             }
             if delivered.len() >= req.max.max(1) {
@@ -356,7 +357,12 @@ impl MemoryStore {
     fn queued_any(&self, req: &Claim) -> bool {
         let state = self.state();
         req.workflows.iter().any(|wf| {
-            state.queues.get(wf).is_some_and(|q| q.entries.range((std::ops::Bound::Excluded(q.last_delivered), std::ops::Bound::Unbounded)).next().is_some())
+            state.queues.get(wf).is_some_and(|q| {
+                q.entries
+                    .range((std::ops::Bound::Excluded(q.last_delivered), std::ops::Bound::Unbounded))
+                    .next()
+                    .is_some()
+            })
         })
     }
 }
@@ -655,15 +661,14 @@ impl Store for MemoryStore {
     async fn fire_due_timers(&self, limit: usize) -> Result<Vec<RunId>> {
         let now = now_ms();
         let mut state = self.state();
-        let due: Vec<(u64, RunId)> = state.timers.iter().take_while(|(at, _)| *at <= now).take(limit.max(1)).cloned().collect();
+        let due: Vec<(u64, RunId)> =
+            state.timers.iter().take_while(|(at, _)| *at <= now).take(limit.max(1)).cloned().collect();
         let mut woken = Vec::new();
         for timer in due {
             state.timers.remove(&timer);
             let id = timer.1;
-            let suspended = state
-                .runs
-                .get(&id)
-                .is_some_and(|run| matches!(run.status, RunStatus::Sleeping | RunStatus::Waiting));
+            let suspended =
+                state.runs.get(&id).is_some_and(|run| matches!(run.status, RunStatus::Sleeping | RunStatus::Waiting));
             if suspended {
                 state.wake(&id, now)?;
                 woken.push(id);

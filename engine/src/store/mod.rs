@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_proto::{
-    ErrorInfo, JournalEntry, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary,
-    WorkerInfo,
+    ErrorInfo, JournalEntry, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary, WorkerInfo,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -97,9 +96,15 @@ pub struct Appended {
 /// How a lease ends.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finish {
-    Complete { output: Value },
-    Fail { error: ErrorInfo },
-    Cancel { reason: Option<String> },
+    Complete {
+        output: Value,
+    },
+    Fail {
+        error: ErrorInfo,
+    },
+    Cancel {
+        reason: Option<String>,
+    },
     /// Suspend until a timer fires or an event arrives, whichever comes first.
     Suspend(Suspension),
     /// Hand the run back at once (graceful shutdown): another worker may claim it now.
@@ -284,9 +289,7 @@ pub(crate) fn decode_record(seq: &str, text: &str) -> Result<JournalRecord> {
 
 /// Stream ids are `<ms>-<n>`; both stores issue them that way.
 pub(crate) fn seq_millis(seq: &str) -> Result<u64> {
-    seq.split_once('-')
-        .and_then(|(ms, _)| ms.parse().ok())
-        .ok_or_else(|| Error::corrupt("stream id", seq))
+    seq.split_once('-').and_then(|(ms, _)| ms.parse().ok()).ok_or_else(|| Error::corrupt("stream id", seq))
 }
 
 /// The idempotency fingerprint of a start: the same workflow and input give the
@@ -302,9 +305,7 @@ pub(crate) fn validate_create(req: &CreateRun) -> Result<()> {
     }
     for (name, value) in &req.labels {
         if name.is_empty() || name.len() > 64 || value.len() > 256 {
-            return Err(Error::Invalid(format!(
-                "label {name:?}: names are 1-64 bytes and values at most 256 bytes"
-            )));
+            return Err(Error::Invalid(format!("label {name:?}: names are 1-64 bytes and values at most 256 bytes")));
         }
     }
     Ok(())

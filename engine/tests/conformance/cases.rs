@@ -74,10 +74,8 @@ async fn store_now(store: &dyn Store) -> u64 {
 pub async fn create_writes_summary_journal_indexes_and_task(f: Fixture) {
     let s = f.store.as_ref();
     let labels = BTreeMap::from([("tenant".to_owned(), "acme".to_owned())]);
-    let created = s
-        .create_run(CreateRun { labels: labels.clone(), ..start(json!({"order": 42})) })
-        .await
-        .expect("create");
+    let created =
+        s.create_run(CreateRun { labels: labels.clone(), ..start(json!({"order": 42})) }).await.expect("create");
     assert!(created.created);
     let run = s.get_run(&created.run_id).await.unwrap().expect("summary");
     assert_eq!(run.status, RunStatus::Pending);
@@ -112,8 +110,7 @@ pub async fn invalid_requests_are_refused_and_write_nothing(f: Fixture) {
     let s = f.store.as_ref();
     let bad_name = s.create_run(CreateRun { workflow: "no spaces".into(), ..start(json!(1)) }).await;
     assert!(matches!(bad_name, Err(Error::Id(_))), "{bad_name:?}");
-    let bad_key =
-        s.create_run(CreateRun { idempotency_key: Some("a b".into()), ..start(json!(1)) }).await;
+    let bad_key = s.create_run(CreateRun { idempotency_key: Some("a b".into()), ..start(json!(1)) }).await;
     assert!(matches!(bad_key, Err(Error::Id(_))), "{bad_key:?}");
     let bad_event = s.deliver_event("", &json!(1)).await;
     assert!(bad_event.is_err());
@@ -279,7 +276,8 @@ pub async fn many_claimers_claim_each_task_exactly_once(f: Fixture) {
     }
     assert_eq!(seen.len(), 40, "every task claimed once, none twice");
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), expected);
-    let done = f.store.list_runs(&RunQuery { status: Some(RunStatus::Completed), limit: 100, ..Default::default() }).await;
+    let done =
+        f.store.list_runs(&RunQuery { status: Some(RunStatus::Completed), limit: 100, ..Default::default() }).await;
     assert_eq!(done.unwrap().runs.len(), 40);
 }
 
@@ -344,10 +342,7 @@ pub async fn stale_lease_is_fenced_out_and_changes_nothing(f: Fixture) {
     s.finish(&fresh.lease, &[], Finish::Complete { output: json!("fresh") }).await.unwrap();
     let run = s.get_run(&id).await.unwrap().unwrap();
     assert_eq!(run.output, Some(json!("fresh")));
-    assert_eq!(
-        journal_types(s, &id).await,
-        ["run_started", "step_completed", "step_completed", "run_completed"]
-    );
+    assert_eq!(journal_types(s, &id).await, ["run_started", "step_completed", "step_completed", "run_completed"]);
     if let Some(pending) = f.redis_pending(WF).await {
         assert_eq!(pending, 0);
     }
@@ -477,7 +472,12 @@ pub async fn due_timer_fires_exactly_once_with_two_schedulers(f: Fixture) {
     let s = f.store.as_ref();
     let mut ids = HashSet::new();
     for i in 0..20 {
-        ids.insert(s.create_run(CreateRun { delay: Some(Duration::from_millis(100)), ..start(json!(i)) }).await.unwrap().run_id);
+        ids.insert(
+            s.create_run(CreateRun { delay: Some(Duration::from_millis(100)), ..start(json!(i)) })
+                .await
+                .unwrap()
+                .run_id,
+        );
     }
     sleep_ms(250).await;
     let (a, b, c) = tokio::join!(s.fire_due_timers(7), s.fire_due_timers(7), s.fire_due_timers(100));
@@ -498,7 +498,8 @@ pub async fn due_timer_fires_exactly_once_with_two_schedulers(f: Fixture) {
 
 pub async fn delayed_start_waits_for_its_timer(f: Fixture) {
     let s = f.store.as_ref();
-    let id = s.create_run(CreateRun { delay: Some(Duration::from_millis(300)), ..start(json!(1)) }).await.unwrap().run_id;
+    let id =
+        s.create_run(CreateRun { delay: Some(Duration::from_millis(300)), ..start(json!(1)) }).await.unwrap().run_id;
     let run = s.get_run(&id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Sleeping);
     assert!(run.wake_at_ms.unwrap() >= run.created_at_ms + 300);
@@ -578,7 +579,10 @@ pub async fn wait_on_several_keys_takes_the_first_event(f: Fixture) {
     let task = claim_one(s, "w").await;
     suspend_waiting(s, &task, &["approved", "rejected"], None).await;
     assert_eq!(s.deliver_event("rejected", &json!("no")).await.unwrap().woken, vec![id.clone()]);
-    assert!(s.deliver_event("approved", &json!("yes")).await.unwrap().woken.is_empty(), "the other key no longer wakes it");
+    assert!(
+        s.deliver_event("approved", &json!("yes")).await.unwrap().woken.is_empty(),
+        "the other key no longer wakes it"
+    );
     let journal = s.read_journal(&id, None, 100).await.unwrap();
     let last = &journal.last().unwrap().entry.event;
     assert!(matches!(last, JournalEvent::EventReceived { event_key, .. } if event_key == "rejected"));
@@ -600,7 +604,11 @@ pub async fn event_within_lookback_reaches_a_late_waiter(f: Fixture) {
             &[],
             Finish::Suspend(Suspension {
                 wake_at_ms: None,
-                wait: Some(EventWait { step_id: "sig".into(), keys: vec!["doc-7:signed".into()], since_ms: wait_began }),
+                wait: Some(EventWait {
+                    step_id: "sig".into(),
+                    keys: vec!["doc-7:signed".into()],
+                    since_ms: wait_began,
+                }),
             }),
         )
         .await
@@ -685,7 +693,9 @@ pub async fn cancel_depends_on_where_the_run_stands(f: Fixture) {
     // Sleeping: cancelled at once, its timer gone.
     let sleeping = s.create_run(start(json!("sleeping"))).await.unwrap().run_id;
     let task = claim_one(s, "w").await;
-    s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 200), wait: None })).await.unwrap();
+    s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 200), wait: None }))
+        .await
+        .unwrap();
     assert_eq!(s.request_cancel(&sleeping, None).await.unwrap(), CancelOutcome::Cancelled);
     sleep_ms(300).await;
     assert!(s.fire_due_timers(10).await.unwrap().is_empty(), "the cancelled run's timer is gone");

@@ -105,7 +105,8 @@ impl Fixture {
             Backend::Memory(store) => store.lose_queued_tasks(),
             Backend::Redis { raw, store, .. } => {
                 let mut raw = raw.clone();
-                let _: () = redis::cmd("DEL").arg(store.keys().queue(workflow)).query_async(&mut raw).await.expect("DEL");
+                let _: () =
+                    redis::cmd("DEL").arg(store.keys().queue(workflow)).query_async(&mut raw).await.expect("DEL");
             }
         }
     }

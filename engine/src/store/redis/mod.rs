@@ -20,9 +20,9 @@ use redis::{AsyncConnectionConfig, Client, Value};
 use serde_json::Value as Json;
 
 use super::{
-    Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished,
-    Lease, RunQuery, Store, SummaryPatch, decode_record, encode_event, fingerprint, make_cursor, page_limit,
-    parse_cursor, validate_claim, validate_create, validate_suspension,
+    Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished, Lease,
+    RunQuery, Store, SummaryPatch, decode_record, encode_event, fingerprint, make_cursor, page_limit, parse_cursor,
+    validate_claim, validate_create, validate_suspension,
 };
 use crate::keys::{GROUP, Keys};
 use crate::{Error, Result, StoreConfig};
@@ -320,7 +320,13 @@ impl RedisStore {
 
     /// The key names the Lua prelude builds, for the test that holds them equal to [`Keys`].
     #[doc(hidden)]
-    pub async fn lua_key_names(&self, run_id: &RunId, workflow: &str, event_key: &str, idem: &str) -> Result<Vec<String>> {
+    pub async fn lua_key_names(
+        &self,
+        run_id: &RunId,
+        workflow: &str,
+        event_key: &str,
+        idem: &str,
+    ) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
         let names: Vec<String> = self
             .scripts
@@ -350,9 +356,8 @@ impl Delivery {
         let entry = array(entry)?;
         let task_id = text(entry.first().unwrap_or(&Value::Nil))?;
         let fields = pairs(entry.get(1).unwrap_or(&Value::Nil))?;
-        let run_id = fields
-            .get("run_id")
-            .ok_or_else(|| Error::corrupt(format!("task {task_id}"), "no run_id field"))?;
+        let run_id =
+            fields.get("run_id").ok_or_else(|| Error::corrupt(format!("task {task_id}"), "no run_id field"))?;
         Ok(Self { workflow: workflow.to_owned(), task_id, run_id: RunId::new(run_id.clone())? })
     }
 }
@@ -398,7 +403,10 @@ fn summary_from_hash(run_id: &RunId, hash: HashMap<String, String>) -> Result<Ru
         output: field("out").map(|v| from_json::<Json>(&what(), v)).transpose()?,
         error: field("err").map(|v| from_json::<ErrorInfo>(&what(), v)).transpose()?,
         parent: field("par").map(|v| from_json::<ParentRef>(&what(), v)).transpose()?,
-        labels: field("lab").map(|v| from_json::<BTreeMap<String, String>>(&what(), v)).transpose()?.unwrap_or_default(),
+        labels: field("lab")
+            .map(|v| from_json::<BTreeMap<String, String>>(&what(), v))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -616,10 +624,7 @@ impl Store for RedisStore {
             .arg(self.config.event_lookback_max.max(1))
             .invoke_async(&mut conn)
             .await?;
-        Ok(Delivered {
-            event_id: reply.0,
-            woken: reply.1.into_iter().map(RunId::new).collect::<Result<_, _>>()?,
-        })
+        Ok(Delivered { event_id: reply.0, woken: reply.1.into_iter().map(RunId::new).collect::<Result<_, _>>()? })
     }
 
     async fn request_cancel(&self, run_id: &RunId, reason: Option<&str>) -> Result<CancelOutcome> {
@@ -801,11 +806,8 @@ impl Store for RedisStore {
         }
         let keys: Vec<String> = ids.iter().map(|id| self.keys.worker(id)).collect();
         let found: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
-        let mut workers: Vec<WorkerInfo> = found
-            .into_iter()
-            .flatten()
-            .map(|text| from_json("worker registration", &text))
-            .collect::<Result<_>>()?;
+        let mut workers: Vec<WorkerInfo> =
+            found.into_iter().flatten().map(|text| from_json("worker registration", &text)).collect::<Result<_>>()?;
         workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         Ok(workers)
     }

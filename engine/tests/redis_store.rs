@@ -1,0 +1,211 @@
+//! What only the Redis store has: the bytes it stores must match the committed
+//! wire schemas, its Lua key names must match keys.rs, and its scripts must
+//! survive a SCRIPT FLUSH (NOSCRIPT -> reload).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keel_engine::proto::{JournalEvent, RunId, RunStatus};
+use keel_engine::testing::RedisServer;
+use keel_engine::{
+    Claim, CreateRun, EventWait, Finish, Finished, RedisStore, RunQuery, Store, StoreConfig, Suspension,
+};
+use serde_json::{Value, json};
+
+fn validator(name: &str) -> jsonschema::Validator {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto-schemas/json-schema").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    jsonschema::validator_for(&serde_json::from_str(&text).expect("schema is JSON")).expect("schema compiles")
+}
+
+fn claim_req(worker: &str) -> Claim {
+    Claim {
+        workflows: vec!["wire".into()],
+        worker_id: worker.into(),
+        lease: Duration::from_secs(30),
+        max: 1,
+        block: Duration::from_secs(2),
+    }
+}
+
+async fn connect(server: &RedisServer) -> (RedisStore, redis::aio::MultiplexedConnection) {
+    let store = RedisStore::connect(&server.url(), StoreConfig::with_namespace(RedisServer::unique_namespace("wire")))
+        .await
+        .expect("connect");
+    let raw = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    (store, raw)
+}
+
+async fn raw_journal(raw: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<Value> {
+    let entries: Vec<(String, BTreeMap<String, String>)> =
+        redis::cmd("XRANGE").arg(key).arg("-").arg("+").query_async(raw).await.expect("XRANGE");
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            assert_eq!(fields.len(), 1, "a journal entry is one field `e`: {fields:?}");
+            serde_json::from_str(&fields["e"]).expect("journal entries are JSON")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn stored_messages_match_the_committed_wire_schemas() {
+    let server = RedisServer::start();
+    let (store, mut raw) = connect(&server).await;
+    let entry_schema = validator("journal-entry.json");
+    let task_schema = validator("task.json");
+
+    let parent = RunId::new("parent-run").unwrap();
+    let id = store
+        .create_run(CreateRun {
+            workflow: "wire".into(),
+            version: 3,
+            input: json!({"goal": "everything"}),
+            labels: [("team".to_owned(), "core".to_owned())].into(),
+            parent: Some(keel_engine::proto::ParentRef { run_id: parent, step_id: "sub".into() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .run_id;
+
+    // The task as it sits in the queue stream (stream field values are strings).
+    let tasks: Vec<(String, BTreeMap<String, String>)> =
+        redis::cmd("XRANGE").arg(store.keys().queue("wire")).arg("-").arg("+").query_async(&mut raw).await.unwrap();
+    assert_eq!(tasks.len(), 1);
+    let fields = &tasks[0].1;
+    let task = json!({"v": fields["v"].parse::<u32>().unwrap(), "run_id": fields["run_id"]});
+    assert!(task_schema.is_valid(&task), "task {task} matches task.json");
+    assert_eq!(fields.len(), 2, "a task has exactly the fields of task.json: {fields:?}");
+
+    let task = store.claim(&claim_req("w1")).await.unwrap().remove(0);
+    store
+        .append(
+            &task.lease,
+            &[
+                JournalEvent::ProgressDeclared { total_steps: 3 },
+                JournalEvent::StepStarted { step_id: "plan".into(), attempt: 1 },
+                JournalEvent::StepCompleted { step_id: "plan".into(), attempt: 1, output: json!({"steps": ["a"]}) },
+            ],
+        )
+        .await
+        .unwrap();
+    // event_received is built by Lua in two places: on delivery to a waiter...
+    store
+        .finish(
+            &task.lease,
+            &[JournalEvent::WaitStarted {
+                step_id: "ok/1".into(),
+                event_keys: vec!["go\"key".into()],
+                timeout_at_ms: None,
+            }],
+            Finish::Suspend(Suspension {
+                wake_at_ms: None,
+                wait: Some(EventWait { step_id: "ok/1".into(), keys: vec!["go\"key".into()], since_ms: task.now_ms }),
+            }),
+        )
+        .await
+        .unwrap();
+    store.deliver_event("go\"key", &json!({"unicode": "é✓", "n": 1.5})).await.unwrap();
+    // ...and when a wait finds its event in the lookback.
+    let task = store.claim(&claim_req("w1")).await.unwrap().remove(0);
+    store.deliver_event("early", &json!([1, 2, 3])).await.unwrap();
+    let outcome = store
+        .finish(
+            &task.lease,
+            &[],
+            Finish::Suspend(Suspension {
+                wake_at_ms: Some(task.now_ms + 60_000),
+                wait: Some(EventWait { step_id: "early".into(), keys: vec!["early".into()], since_ms: task.now_ms }),
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Finished::EventArrived(_)));
+    store.request_cancel(&id, Some("enough")).await.unwrap();
+    store.finish(&task.lease, &[], Finish::Cancel { reason: Some("enough".into()) }).await.unwrap();
+
+    let journal = raw_journal(&mut raw, &store.keys().journal(&id)).await;
+    let types: Vec<&str> = journal.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "run_started",
+            "progress_declared",
+            "step_started",
+            "step_completed",
+            "wait_started",
+            "event_received",
+            "event_received",
+            "cancel_requested",
+            "run_cancelled"
+        ]
+    );
+    for entry in &journal {
+        if let Err(e) = entry_schema.validate(entry) {
+            panic!("stored entry {entry} does not match journal-entry.json: {e}");
+        }
+    }
+    assert_eq!(journal[5]["step_id"], "ok/1", "Lua's JSON escaping round-trips");
+    assert_eq!(journal[5]["event_key"], "go\"key");
+    assert_eq!(journal[5]["data"], json!({"unicode": "é✓", "n": 1.5}));
+    assert_eq!(journal[6]["data"], json!([1, 2, 3]));
+
+    let summary = serde_json::to_value(store.get_run(&id).await.unwrap().unwrap()).unwrap();
+    assert!(validator("run-summary.json").is_valid(&summary), "{summary}");
+    assert_eq!(summary["status"], "cancelled");
+    let page = serde_json::to_value(store.list_runs(&RunQuery::default()).await.unwrap()).unwrap();
+    assert!(validator("run-page.json").is_valid(&page), "{page}");
+    let info = keel_engine::WorkerInfo {
+        worker_id: "w1".into(),
+        workflows: [("wire".to_owned(), vec![3])].into(),
+        started_at_ms: 1,
+        heartbeat_at_ms: 0,
+    };
+    store.register_worker(&info, Duration::from_secs(10)).await.unwrap();
+    let stored: String = redis::cmd("GET").arg(store.keys().worker("w1")).query_async(&mut raw).await.unwrap();
+    assert!(validator("worker-info.json").is_valid(&serde_json::from_str(&stored).unwrap()), "{stored}");
+}
+
+#[tokio::test]
+async fn lua_key_names_match_keys_rs() {
+    let server = RedisServer::start();
+    let (store, _) = connect(&server).await;
+    let id = RunId::new("r-1").unwrap();
+    let keys = store.keys();
+    let from_lua = store.lua_key_names(&id, "agent", "order:1", "idem-1").await.unwrap();
+    let from_rust = vec![
+        keys.run(&id),
+        keys.journal(&id),
+        keys.lease(&id),
+        keys.queue("agent"),
+        keys.runs_by_workflow("agent"),
+        keys.runs_by_status(RunStatus::Waiting),
+        keys.waiters("order:1"),
+        keys.events("order:1"),
+        keys.idempotency("idem-1"),
+        keys.runs(),
+        keys.timers(),
+        keys.retention(),
+        keys.dead_letters(),
+    ];
+    assert_eq!(from_lua, from_rust);
+    assert!(keys.run(&id).ends_with(":run:{r-1}"), "a run's keys share the hash tag {{run_id}}");
+    assert!(keys.journal(&id).contains("{r-1}") && keys.lease(&id).contains("{r-1}"));
+}
+
+#[tokio::test]
+async fn scripts_are_reloaded_after_a_script_flush() {
+    let server = RedisServer::start();
+    let (store, mut raw) = connect(&server).await;
+    store.create_run(CreateRun { workflow: "wire".into(), input: json!(1), ..Default::default() }).await.unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+    let created =
+        store.create_run(CreateRun { workflow: "wire".into(), input: json!(2), ..Default::default() }).await.unwrap();
+    assert!(created.created, "create works after NOSCRIPT");
+    let task = store.claim(&claim_req("w")).await.unwrap();
+    assert_eq!(task.len(), 1);
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut raw).await.unwrap();
+    assert!(info.contains("number_of_cached_scripts:2"), "create and claim were reloaded by SHA: {info}");
+}
