@@ -84,7 +84,8 @@ struct Run {
     wake: Option<u64>,
     wait_keys: Vec<String>,
     wait_step: Option<String>,
-    event_floor: Option<Sid>,
+    /// Per event key, the newest event this run consumed.
+    event_floor: HashMap<String, Sid>,
     cancel_requested: bool,
     output: Option<Json>,
     error: Option<ErrorInfo>,
@@ -448,7 +449,7 @@ impl Store for MemoryStore {
                 wake: None,
                 wait_keys: Vec::new(),
                 wait_step: None,
-                event_floor: None,
+                event_floor: HashMap::new(),
                 cancel_requested: false,
                 output: None,
                 error: None,
@@ -610,11 +611,12 @@ impl Store for MemoryStore {
         let Finish::Suspend(suspension) = how else { return Ok(Finished::Done) };
         if let Some(wait) = &suspension.wait {
             let from = (wait.since_ms.saturating_sub(self.config.event_lookback.as_millis() as u64), 0);
-            let floor = state.run_mut(id)?.event_floor;
+            let floors = state.run_mut(id)?.event_floor.clone();
             let mut best: Option<(Sid, String, String)> = None;
             for key in &wait.keys {
                 let Some(log) = state.events.get(key).filter(|log| log.expires_at > now) else { continue };
-                let found = log.entries.iter().find(|(sid, _)| *sid >= from && floor.is_none_or(|f| *sid > f));
+                let floor = floors.get(key);
+                let found = log.entries.iter().find(|(sid, _)| *sid >= from && floor.is_none_or(|f| sid > f));
                 if let Some((sid, data)) = found
                     && best.as_ref().is_none_or(|(b, _, _)| sid < b)
                 {
@@ -625,7 +627,7 @@ impl Store for MemoryStore {
                 let data: Json = serde_json::from_str(&data).map_err(|e| Error::corrupt("event", e))?;
                 let event = JournalEvent::EventReceived {
                     step_id: wait.step_id.clone(),
-                    event_key: key,
+                    event_key: key.clone(),
                     event_id: sid_text(sid),
                     data,
                 };
@@ -633,7 +635,7 @@ impl Store for MemoryStore {
                 let seq = state.append(id, vec![text.clone()], now)?[0];
                 let run = state.run_mut(id)?;
                 run.apply(&SummaryPatch::of(std::slice::from_ref(&event)), now);
-                run.event_floor = Some(sid);
+                run.event_floor.insert(key, sid);
                 return Ok(Finished::EventArrived(decode_record(&sid_text(seq), &text)?));
             }
             for key in &wait.keys {
@@ -719,7 +721,7 @@ impl Store for MemoryStore {
             state.append(&id, vec![encode_event(&event)?], now)?;
             let run = state.run_mut(&id)?;
             run.apply(&SummaryPatch::of(std::slice::from_ref(&event)), now);
-            run.event_floor = Some(sid);
+            run.event_floor.insert(key.to_owned(), sid);
             state.wake(&id, now)?;
             woken.push(id);
         }

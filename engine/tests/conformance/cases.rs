@@ -960,3 +960,30 @@ pub async fn workers_register_and_expire(f: Fixture) {
 
 #[allow(dead_code)]
 fn _assert_store_is_object_safe(_: Arc<dyn Store>) {}
+
+pub async fn consuming_one_key_does_not_hide_an_earlier_event_on_another(f: Fixture) {
+    // Regression: a single "newest consumed event" floor across keys skipped an
+    // event of another key whose stream id was not newer (ids of different
+    // streams are not comparable). Here key B's event is older than key A's.
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    s.deliver_event("b", &json!("from b")).await.unwrap();
+    s.deliver_event("a", &json!("from a")).await.unwrap();
+    let wait = |key: &str| {
+        Finish::Suspend(Suspension {
+            wake_at_ms: None,
+            wait: Some(EventWait { step_id: format!("on-{key}"), keys: vec![key.into()], since_ms: task.now_ms }),
+        })
+    };
+    let got_a = s.finish(&task.lease, &[], wait("a")).await.unwrap();
+    assert!(
+        matches!(&got_a, Finished::EventArrived(r) if matches!(&r.entry.event, JournalEvent::EventReceived { data, .. } if data == &json!("from a")))
+    );
+    let got_b = s.finish(&task.lease, &[], wait("b")).await.unwrap();
+    assert!(
+        matches!(&got_b, Finished::EventArrived(r) if matches!(&r.entry.event, JournalEvent::EventReceived { data, .. } if data == &json!("from b"))),
+        "the older event on b still counts: {got_b:?}"
+    );
+    assert_eq!(s.get_run(&id).await.unwrap().unwrap().completed_steps, 2);
+}

@@ -48,6 +48,7 @@ conformance!(
     wait_on_several_keys_takes_the_first_event,
     event_within_lookback_reaches_a_late_waiter,
     event_older_than_lookback_or_consumed_is_not_reused,
+    consuming_one_key_does_not_hide_an_earlier_event_on_another,
     wait_times_out_by_timer,
     cancel_depends_on_where_the_run_stands,
     suspend_after_cancel_request_cancels,

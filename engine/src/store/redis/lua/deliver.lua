@@ -13,7 +13,7 @@ for _, id in ipairs(redis.call('SMEMBERS', k_waiters(key))) do
   if h[1] == 'waiting' and waits_here then
     redis.call('XADD', k_journal(id), '*', 'e', event_received_json(h[5], key, eid, data))
     redis.call('HINCRBY', k_run(id), 'cs', 1)
-    redis.call('HSET', k_run(id), 'evf', eid, 'cur', h[5], 'ua', now)
+    redis.call('HSET', k_run(id), 'evf:' .. key, eid, 'cur', h[5], 'ua', now)
     wake(id, h[2], h[1], h[3], h[4])
     woken[#woken + 1] = id
   else

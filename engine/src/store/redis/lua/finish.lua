@@ -48,11 +48,13 @@ if #keys > 0 then
   -- The lookback: an event delivered shortly before the wait began still counts,
   -- but never one this run already consumed.
   local from = n2s(math.max(0, tonumber(ARGV[16]) - tonumber(ARGV[17])))
-  local floor = redis.call('HGET', k_run(id), 'evf')
-  local start = from
-  if floor and id_gt(floor, from .. '-0') then start = '(' .. floor end
   local best, best_key, best_data
   for _, key in ipairs(keys) do
+    -- Stream ids of different keys' streams are not comparable (they collide
+    -- within one millisecond), so the floor is kept per key.
+    local start = from
+    local floor = redis.call('HGET', k_run(id), 'evf:' .. key)
+    if floor and id_gt(floor, from .. '-0') then start = '(' .. floor end
     local found = redis.call('XRANGE', k_events(key), start, '+', 'COUNT', 1)
     if #found > 0 and (not best or id_gt(best, found[1][1])) then
       best, best_key, best_data = found[1][1], key, found[1][2][2]
@@ -62,7 +64,7 @@ if #keys > 0 then
     local entry = event_received_json(ARGV[14], best_key, best, best_data)
     local seq = redis.call('XADD', k_journal(id), '*', 'e', entry)
     redis.call('HINCRBY', k_run(id), 'cs', 1)
-    redis.call('HSET', k_run(id), 'evf', best, 'cur', ARGV[14])
+    redis.call('HSET', k_run(id), 'evf:' .. best_key, best, 'cur', ARGV[14])
     return { 'EVENT', seq, entry }
   end
   for _, key in ipairs(keys) do redis.call('SADD', k_waiters(key), id) end
