@@ -284,24 +284,24 @@ pub async fn many_claimers_claim_each_task_exactly_once(f: Fixture) {
 pub async fn renewed_lease_is_not_reclaimed(f: Fixture) {
     let s = f.store.as_ref();
     s.create_run(start(json!(1))).await.unwrap();
-    let task = s.claim(&claim_req("w1", 300, 2000)).await.unwrap().remove(0);
+    let task = s.claim(&claim_req("w1", 1000, 2000)).await.unwrap().remove(0);
     for _ in 0..6 {
-        sleep_ms(100).await;
-        s.renew_lease(&task.lease, Duration::from_millis(300)).await.expect("renew");
+        sleep_ms(250).await;
+        s.renew_lease(&task.lease, Duration::from_millis(1000)).await.expect("renew");
     }
-    assert!(s.reclaim_expired(&claim_req("w2", 300, 0)).await.unwrap().is_empty(), "a live lease is never taken");
-    s.append(&task.lease, &[step_done("a", json!(1))]).await.expect("still ours after 600 ms");
+    assert!(s.reclaim_expired(&claim_req("w2", 1000, 0)).await.unwrap().is_empty(), "a live lease is never taken");
+    s.append(&task.lease, &[step_done("a", json!(1))]).await.expect("still ours after 1.5 s");
 }
 
 pub async fn reclaimable_after_lease_expiry_and_not_before(f: Fixture) {
     let s = f.store.as_ref();
     let id = s.create_run(start(json!(1))).await.unwrap().run_id;
-    let first = s.claim(&claim_req("w1", 400, 2000)).await.unwrap().remove(0);
-    assert!(s.reclaim_expired(&claim_req("w2", 400, 0)).await.unwrap().is_empty(), "not before expiry");
-    sleep_ms(150).await;
-    assert!(s.reclaim_expired(&claim_req("w2", 400, 0)).await.unwrap().is_empty(), "not before expiry");
-    sleep_ms(400).await;
-    let taken = s.reclaim_expired(&claim_req("w2", 400, 0)).await.unwrap();
+    let first = s.claim(&claim_req("w1", 1500, 2000)).await.unwrap().remove(0);
+    assert!(s.reclaim_expired(&claim_req("w2", 1500, 0)).await.unwrap().is_empty(), "not before expiry");
+    sleep_ms(500).await;
+    assert!(s.reclaim_expired(&claim_req("w2", 1500, 0)).await.unwrap().is_empty(), "not before expiry");
+    sleep_ms(1100).await;
+    let taken = s.reclaim_expired(&claim_req("w2", 1500, 0)).await.unwrap();
     assert_eq!(taken.len(), 1, "reclaimable once the lease expired");
     let second = &taken[0];
     assert_eq!(second.lease.run_id, id);
@@ -450,7 +450,7 @@ pub async fn sleep_suspends_until_the_timer_fires(f: Fixture) {
     let s = f.store.as_ref();
     let id = s.create_run(start(json!(1))).await.unwrap().run_id;
     let task = claim_one(s, "w").await;
-    let wake = task.now_ms + 400;
+    let wake = task.now_ms + 800;
     let sleep = JournalEvent::TimerScheduled { step_id: "cool-down".into(), fire_at_ms: wake };
     let outcome =
         s.finish(&task.lease, &[sleep], Finish::Suspend(Suspension { wake_at_ms: Some(wake), wait: None })).await;
@@ -459,7 +459,7 @@ pub async fn sleep_suspends_until_the_timer_fires(f: Fixture) {
     assert_eq!((run.status, run.wake_at_ms), (RunStatus::Sleeping, Some(wake)));
     nothing_to_claim(s, "w").await;
     assert!(s.fire_due_timers(100).await.unwrap().is_empty(), "not due yet");
-    sleep_ms(500).await;
+    sleep_ms(900).await;
     assert_eq!(s.fire_due_timers(100).await.unwrap(), vec![id.clone()]);
     assert!(s.fire_due_timers(100).await.unwrap().is_empty(), "fired once");
     let resumed = claim_one(s, "w").await;
@@ -499,13 +499,13 @@ pub async fn due_timer_fires_exactly_once_with_two_schedulers(f: Fixture) {
 pub async fn delayed_start_waits_for_its_timer(f: Fixture) {
     let s = f.store.as_ref();
     let id =
-        s.create_run(CreateRun { delay: Some(Duration::from_millis(300)), ..start(json!(1)) }).await.unwrap().run_id;
+        s.create_run(CreateRun { delay: Some(Duration::from_millis(800)), ..start(json!(1)) }).await.unwrap().run_id;
     let run = s.get_run(&id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Sleeping);
-    assert!(run.wake_at_ms.unwrap() >= run.created_at_ms + 300);
+    assert!(run.wake_at_ms.unwrap() >= run.created_at_ms + 800);
     assert!(s.fire_due_timers(10).await.unwrap().is_empty());
     nothing_to_claim(s, "w").await;
-    sleep_ms(400).await;
+    sleep_ms(900).await;
     assert_eq!(s.fire_due_timers(10).await.unwrap(), vec![id.clone()]);
     assert_eq!(claim_one(s, "w").await.lease.run_id, id);
 }
@@ -648,12 +648,13 @@ pub async fn event_older_than_lookback_or_consumed_is_not_reused(f: Fixture) {
     let other = s.create_run(start(json!(2))).await.unwrap().run_id;
     let task = claim_one(s, "w").await;
     assert_eq!(task.lease.run_id, other);
-    s.deliver_event("old", &json!("stale")).await.unwrap();
+    let stale = s.deliver_event("old", &json!("stale")).await.unwrap();
+    let delivered_at: u64 = stale.event_id.split_once('-').unwrap().0.parse().unwrap();
     sleep_ms(450).await;
-    let mut late = claim_req("w", 30_000, 0);
-    late.lease = Duration::from_secs(30);
-    s.renew_lease(&task.lease, Duration::from_secs(30)).await.unwrap();
-    let wait = EventWait { step_id: "s".into(), keys: vec!["old".into()], since_ms: task.now_ms + 450 };
+
+    // The wait began 450 ms after the event: outside the 300 ms lookback.
+
+    let wait = EventWait { step_id: "s".into(), keys: vec!["old".into()], since_ms: delivered_at + 450 };
     let outcome = s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: None, wait: Some(wait) })).await;
     assert_eq!(outcome.unwrap(), Finished::Done, "an event older than the lookback window does not count");
     assert_eq!(status(s, &other).await, RunStatus::Waiting);
@@ -846,7 +847,7 @@ pub async fn task_delivered_too_often_is_dead_lettered(f: Fixture) {
 }
 
 pub async fn expired_runs_leave_nothing_behind(f: Fixture) {
-    let f = f.with(Opts { retention: Some(Duration::from_millis(200)), ..Default::default() }).await;
+    let f = f.with(Opts { retention: Some(Duration::from_millis(1000)), ..Default::default() }).await;
     let s = f.store.as_ref();
     let id = s
         .create_run(CreateRun {
@@ -863,7 +864,7 @@ pub async fn expired_runs_leave_nothing_behind(f: Fixture) {
     s.finish(&task.lease, &[step_done("a", json!(1))], Finish::Complete { output: json!(1) }).await.unwrap();
     assert_eq!(s.expire_finished(100).await.unwrap(), 0, "not before its retention");
     assert!(s.get_run(&id).await.unwrap().is_some());
-    sleep_ms(300).await;
+    sleep_ms(1100).await;
     assert_eq!(s.expire_finished(100).await.unwrap(), 1);
     assert!(s.get_run(&id).await.unwrap().is_none());
     assert!(s.read_journal(&id, None, 10).await.unwrap().is_empty());
@@ -944,13 +945,13 @@ pub async fn workers_register_and_expire(f: Fixture) {
         started_at_ms: 1,
         heartbeat_at_ms: 0,
     };
-    s.register_worker(&info("short"), Duration::from_millis(200)).await.unwrap();
+    s.register_worker(&info("short"), Duration::from_millis(1000)).await.unwrap();
     s.register_worker(&info("long"), Duration::from_secs(30)).await.unwrap();
     let listed = s.list_workers().await.unwrap();
     assert_eq!(listed.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>(), ["long", "short"]);
     assert!(listed[0].heartbeat_at_ms > 0);
     assert_eq!(listed[0].workflows, info("long").workflows);
-    sleep_ms(300).await;
+    sleep_ms(1100).await;
     let listed = s.list_workers().await.unwrap();
     assert_eq!(listed.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>(), ["long"]);
     // A heartbeat is a re-registration.
