@@ -15,6 +15,7 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: PathBuf,
+    args: Vec<String>,
 }
 
 impl RedisServer {
@@ -40,23 +41,42 @@ impl RedisServer {
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let dir = std::env::temp_dir().join(format!("keel-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--maxmemory-policy", "noeviction", "--dir"])
-            .arg(&dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    panic!("redis-server is not on PATH: the Redis tests need it (apt-get install redis-server)")
-                }
-                format!("spawning redis-server: {e}")
-            })?;
-        let mut server = Self { child, port, dir };
+        let mut args: Vec<String> =
+            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                .into_iter()
+                .chain(["--maxmemory-policy", "noeviction", "--dir", &dir.to_string_lossy()])
+                .map(str::to_owned)
+                .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = spawn(&args)?;
+        let mut server = Self { child, port, dir, args };
         server.wait_ready(Duration::from_secs(10))?;
         Ok(server)
+    }
+
+    /// SIGKILL the server: no shutdown save, no goodbye to clients.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again on the same port and data directory (after [`kill`](Self::kill)),
+    /// so it reloads whatever it persisted.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The port may linger for a moment after the kill.
+            let started = spawn(&self.args).and_then(|child| {
+                self.child = child;
+                self.wait_ready(Duration::from_secs(5))
+            });
+            match started {
+                Ok(()) => return,
+                Err(e) if Instant::now() > deadline => panic!("redis-server did not restart: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
@@ -97,6 +117,15 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn spawn(args: &[String]) -> Result<Child, String> {
+    Command::new("redis-server").args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            panic!("redis-server is not on PATH: the Redis tests need it (apt-get install redis-server)")
+        }
+        format!("spawning redis-server: {e}")
+    })
 }
 
 fn free_port() -> std::io::Result<u16> {

@@ -209,3 +209,82 @@ async fn scripts_are_reloaded_after_a_script_flush() {
     let info: String = redis::cmd("INFO").arg("memory").query_async(&mut raw).await.unwrap();
     assert!(info.contains("number_of_cached_scripts:2"), "create and claim were reloaded by SHA: {info}");
 }
+
+/// Retry an operation while the store reconnects to a restarted Redis (bounded).
+async fn eventually<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = keel_engine::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{what} still failing after Redis restarted: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_redis_kill_with_appendfsync_always() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let (store, _) = connect(&server).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let req = CreateRun {
+            workflow: "wire".into(),
+            input: json!(i),
+            idempotency_key: Some(format!("key-{i}")),
+            ..Default::default()
+        };
+        ids.push(store.create_run(req).await.unwrap().run_id);
+    }
+    let task = store.claim(&claim_req("w1")).await.unwrap().remove(0);
+    let step = JournalEvent::StepCompleted { step_id: "a".into(), attempt: 1, output: json!("kept") };
+    store.append(&task.lease, &[step.clone()]).await.unwrap();
+    let done = store.claim(&claim_req("w1")).await.unwrap().remove(0);
+    store.finish(&done.lease, &[], Finish::Complete { output: json!("done") }).await.unwrap();
+
+    server.kill();
+    server.restart();
+
+    // The same store object reconnects by itself.
+    let run = eventually("get_run", || store.get_run(&task.lease.run_id)).await.expect("run survived");
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(run.completed_steps, 1);
+    let journal = store.read_journal(&task.lease.run_id, None, 10).await.unwrap();
+    assert_eq!(journal.last().unwrap().entry.event, step, "the acknowledged step result survived");
+    let finished = store.get_run(&done.lease.run_id).await.unwrap().unwrap();
+    assert_eq!((finished.status, finished.output), (RunStatus::Completed, Some(json!("done"))));
+    // Idempotency keys survived too: a repeated start is the same run.
+    let again = store
+        .create_run(CreateRun {
+            workflow: "wire".into(),
+            input: json!(4),
+            idempotency_key: Some("key-4".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((again.run_id, again.created), (ids[4].clone(), false));
+    // The lease and the queue (with its consumer group) survived: the holder goes on,
+    // and the three untouched runs are still claimable, each once.
+    store.append(&task.lease, &[]).await.expect("lease survived the restart");
+    let mut rest = Vec::new();
+    let req = claim_req("w2");
+    for _ in 0..3 {
+        rest.push(eventually("claim", || store.claim(&req)).await.remove(0).lease.run_id);
+    }
+    rest.sort();
+    let mut expected: Vec<RunId> =
+        ids.iter().filter(|id| **id != task.lease.run_id && **id != done.lease.run_id).cloned().collect();
+    expected.sort();
+    assert_eq!(rest, expected);
+    let mut none = claim_req("w2");
+    none.block = Duration::ZERO;
+    assert!(store.claim(&none).await.unwrap().is_empty());
+}
