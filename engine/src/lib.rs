@@ -9,12 +9,14 @@
 //!
 //! This crate knows nothing of HTTP or of how a workflow's code runs.
 
+mod clock;
 mod config;
 mod error;
 pub mod keys;
 pub mod store;
 pub mod testing;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::StoreConfig;
 pub use error::{Error, Result};
 pub use keel_proto as proto;
@@ -23,5 +25,5 @@ pub use store::memory::MemoryStore;
 pub use store::redis::RedisStore;
 pub use store::{
     Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, EventWait, Finish,
-    Finished, Lease, RunQuery, Store, Suspension,
+    Finished, Lease, RunQuery, Store, Suspension, child_event_key,
 };

@@ -189,6 +189,7 @@ async fn lua_key_names_match_keys_rs() {
         keys.timers(),
         keys.retention(),
         keys.dead_letters(),
+        keel_engine::child_event_key(&id),
     ];
     assert_eq!(from_lua, from_rust);
     assert!(keys.run(&id).ends_with(":run:{r-1}"), "a run's keys share the hash tag {{run_id}}");

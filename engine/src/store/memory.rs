@@ -8,21 +8,23 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_proto::{
-    ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary, WorkerInfo,
+    ChildOutcome, ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary, WorkerInfo,
 };
 use serde_json::Value as Json;
 use tokio::sync::Notify;
 
 use super::{
     Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished, Lease,
-    RunQuery, Store, SummaryPatch, decode_record, encode_event, fingerprint, make_cursor, page_limit, parse_cursor,
-    validate_claim, validate_create, validate_suspension,
+    RunQuery, Store, SummaryPatch, child_event_key, decode_record, encode_event, fingerprint, make_cursor, page_limit,
+    parse_cursor, validate_claim, validate_create, validate_suspension,
 };
+use crate::clock::{Clock, SystemClock};
 use crate::{Error, Result, StoreConfig};
 
 /// A stream id: `(ms, n)`, shown as `ms-n`.
@@ -38,13 +40,10 @@ fn parse_sid(s: &str) -> Result<Sid> {
         .ok_or_else(|| Error::Invalid(format!("{s:?} is not a journal sequence number (<ms>-<n>)")))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// The in-process [`Store`].
 pub struct MemoryStore {
     config: StoreConfig,
+    clock: Arc<dyn Clock>,
     state: Mutex<State>,
     /// Woken whenever a task is queued.
     queued: Notify,
@@ -244,6 +243,58 @@ impl State {
         Ok(run)
     }
 
+    /// `deliver` in prelude.lua: keep the event for the lookback, wake each waiter once.
+    fn deliver(&mut self, config: &StoreConfig, key: &str, data: &Json, now: u64) -> Result<(Sid, Vec<RunId>)> {
+        let text = serde_json::to_string(data).map_err(|e| Error::Invalid(e.to_string()))?;
+        let sid = self.next_id(now);
+        let log = self.events.entry(key.to_owned()).or_default();
+        if log.expires_at <= now {
+            log.entries.clear();
+        }
+        log.entries.push_back((sid, text));
+        while log.entries.len() > config.event_lookback_max.max(1) {
+            log.entries.pop_front();
+        }
+        log.expires_at = now + config.event_lookback.as_millis() as u64;
+        let waiting: Vec<RunId> = self.waiters.get(key).map(|set| set.iter().cloned().collect()).unwrap_or_default();
+        let mut woken = Vec::new();
+        for id in waiting {
+            let step = self
+                .runs
+                .get(&id)
+                .filter(|run| run.status == RunStatus::Waiting && run.wait_keys.iter().any(|k| k == key))
+                .and_then(|run| run.wait_step.clone());
+            let Some(step_id) = step else {
+                if let Some(set) = self.waiters.get_mut(key) {
+                    set.remove(&id);
+                }
+                continue;
+            };
+            let event = JournalEvent::EventReceived {
+                step_id,
+                event_key: key.to_owned(),
+                event_id: sid_text(sid),
+                data: data.clone(),
+            };
+            self.append(&id, vec![encode_event(&event)?], now)?;
+            let run = self.run_mut(&id)?;
+            run.apply(&SummaryPatch::of(std::slice::from_ref(&event)), now);
+            run.event_floor.insert(key.to_owned(), sid);
+            self.wake(&id, now)?;
+            woken.push(id);
+        }
+        Ok((sid, woken))
+    }
+
+    /// `notify_parent` in prelude.lua: a finished child tells its parent how it ended.
+    fn notify_parent(&mut self, config: &StoreConfig, id: &RunId, outcome: &ChildOutcome, now: u64) -> Result<()> {
+        if self.runs.get(id).is_some_and(|run| run.parent.is_some()) {
+            let data = serde_json::to_value(outcome).map_err(|e| Error::Invalid(e.to_string()))?;
+            self.deliver(config, &child_event_key(id), &data, now)?;
+        }
+        Ok(())
+    }
+
     /// claim.lua for one delivery already handed to `worker`.
     fn claim_one(
         &mut self,
@@ -286,9 +337,10 @@ impl State {
             });
             let entry = encode_event(&JournalEvent::RunFailed { error: error.clone() })?;
             self.append(&run_id, vec![entry], now)?;
-            self.run_mut(&run_id)?.error = Some(error);
+            self.run_mut(&run_id)?.error = Some(error.clone());
             self.finalize(&run_id, RunStatus::Failed, now, config.retention)?;
             self.ack(workflow, Some(tid));
+            self.notify_parent(config, &run_id, &ChildOutcome::Failed { error }, now)?;
             return Ok(None);
         }
         let run = self.run_mut(&run_id)?;
@@ -316,7 +368,16 @@ impl State {
 
 impl MemoryStore {
     pub fn new(config: StoreConfig) -> Self {
-        Self { config, state: Mutex::new(State::default()), queued: Notify::new() }
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// A store whose time is `clock` (a [`ManualClock`](crate::ManualClock) lets tests skip time).
+    pub fn with_clock(config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
+        Self { config, clock, state: Mutex::new(State::default()), queued: Notify::new() }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -326,7 +387,7 @@ impl MemoryStore {
     }
 
     fn try_claim_new(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut state = self.state();
         let mut delivered = Vec::new();
         for workflow in &req.workflows {
@@ -403,7 +464,7 @@ impl Store for MemoryStore {
             None => RunId::new(uuid::Uuid::now_v7().to_string())?,
         };
         let fp = fingerprint(&req.workflow, &req.input);
-        let now = now_ms();
+        let now = self.now_ms();
         let mut state = self.state();
         if let Some(key) = &req.idempotency_key
             && let Some((existing, expires)) = state.idempotency.get(key).cloned()
@@ -500,7 +561,7 @@ impl Store for MemoryStore {
 
     async fn reclaim_expired(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
         validate_claim(req)?;
-        let now = now_ms();
+        let now = self.now_ms();
         let min_idle = req.lease.as_millis() as u64;
         let mut state = self.state();
         let mut taken = Vec::new();
@@ -530,7 +591,7 @@ impl Store for MemoryStore {
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<()> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut state = self.state();
         let run = state.fenced(lease, now)?;
         run.lease = Some((format!("{}:{}", lease.worker_id, lease.epoch), now + ttl.as_millis().max(1) as u64));
@@ -546,7 +607,7 @@ impl Store for MemoryStore {
     async fn append(&self, lease: &Lease, events: &[JournalEvent]) -> Result<Appended> {
         let entries = events.iter().map(encode_event).collect::<Result<Vec<_>>>()?;
         let patch = SummaryPatch::of(events);
-        let now = now_ms();
+        let now = self.now_ms();
         let mut state = self.state();
         state.fenced(lease, now)?;
         let sids = state.append(&lease.run_id, entries, now)?;
@@ -561,7 +622,7 @@ impl Store for MemoryStore {
         }
         let entries = events.iter().map(encode_event).collect::<Result<Vec<_>>>()?;
         let patch = SummaryPatch::of(events);
-        let now = now_ms();
+        let now = self.now_ms();
         let retention = self.config.retention;
         let mut state = self.state();
         let run = state.fenced(lease, now)?;
@@ -599,6 +660,9 @@ impl Store for MemoryStore {
                 state.append(id, vec![encode_event(&JournalEvent::RunCancelled { reason: None })?], now)?;
                 state.finalize(id, RunStatus::Cancelled, now, retention)?;
                 state.ack(&lease.workflow, task);
+                state.notify_parent(&self.config, id, &ChildOutcome::Cancelled, now)?;
+                drop(state);
+                self.queued.notify_waiters();
                 return Ok(Finished::Cancelled);
             }
             Finish::Suspend(_) => None,
@@ -606,6 +670,14 @@ impl Store for MemoryStore {
         if let Some(status) = final_status {
             state.finalize(id, status, now, retention)?;
             state.ack(&lease.workflow, task);
+            let outcome = match &how {
+                Finish::Complete { output } => ChildOutcome::Completed { output: output.clone() },
+                Finish::Fail { error } => ChildOutcome::Failed { error: error.clone() },
+                _ => ChildOutcome::Cancelled,
+            };
+            state.notify_parent(&self.config, id, &outcome, now)?;
+            drop(state);
+            self.queued.notify_waiters();
             return Ok(Finished::Done);
         }
         let Finish::Suspend(suspension) = how else { return Ok(Finished::Done) };
@@ -661,7 +733,7 @@ impl Store for MemoryStore {
     }
 
     async fn fire_due_timers(&self, limit: usize) -> Result<Vec<RunId>> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut state = self.state();
         let due: Vec<(u64, RunId)> =
             state.timers.iter().take_while(|(at, _)| *at <= now).take(limit.max(1)).cloned().collect();
@@ -685,46 +757,9 @@ impl Store for MemoryStore {
 
     async fn deliver_event(&self, key: &str, data: &Json) -> Result<Delivered> {
         keel_proto::validate_event_key(key)?;
-        let text = serde_json::to_string(data).map_err(|e| Error::Invalid(e.to_string()))?;
-        let now = now_ms();
+        let now = self.now_ms();
         let mut state = self.state();
-        let sid = state.next_id(now);
-        let log = state.events.entry(key.to_owned()).or_default();
-        if log.expires_at <= now {
-            log.entries.clear();
-        }
-        log.entries.push_back((sid, text));
-        while log.entries.len() > self.config.event_lookback_max.max(1) {
-            log.entries.pop_front();
-        }
-        log.expires_at = now + self.config.event_lookback.as_millis() as u64;
-        let waiting: Vec<RunId> = state.waiters.get(key).map(|set| set.iter().cloned().collect()).unwrap_or_default();
-        let mut woken = Vec::new();
-        for id in waiting {
-            let step = state
-                .runs
-                .get(&id)
-                .filter(|run| run.status == RunStatus::Waiting && run.wait_keys.iter().any(|k| k == key))
-                .and_then(|run| run.wait_step.clone());
-            let Some(step_id) = step else {
-                if let Some(set) = state.waiters.get_mut(key) {
-                    set.remove(&id);
-                }
-                continue;
-            };
-            let event = JournalEvent::EventReceived {
-                step_id,
-                event_key: key.to_owned(),
-                event_id: sid_text(sid),
-                data: data.clone(),
-            };
-            state.append(&id, vec![encode_event(&event)?], now)?;
-            let run = state.run_mut(&id)?;
-            run.apply(&SummaryPatch::of(std::slice::from_ref(&event)), now);
-            run.event_floor.insert(key.to_owned(), sid);
-            state.wake(&id, now)?;
-            woken.push(id);
-        }
+        let (sid, woken) = state.deliver(&self.config, key, data, now)?;
         drop(state);
         if !woken.is_empty() {
             self.queued.notify_waiters();
@@ -736,7 +771,7 @@ impl Store for MemoryStore {
         let reason = reason.map(str::to_owned);
         let requested = encode_event(&JournalEvent::CancelRequested { reason: reason.clone() })?;
         let cancelled = encode_event(&JournalEvent::RunCancelled { reason })?;
-        let now = now_ms();
+        let now = self.now_ms();
         let mut state = self.state();
         let run = state.runs.get(run_id).ok_or_else(|| Error::RunNotFound(run_id.clone()))?;
         if run.status.is_final() {
@@ -754,6 +789,9 @@ impl Store for MemoryStore {
         state.clear_wait(run_id)?;
         state.ack(&workflow, task);
         state.finalize(run_id, RunStatus::Cancelled, now, self.config.retention)?;
+        state.notify_parent(&self.config, run_id, &ChildOutcome::Cancelled, now)?;
+        drop(state);
+        self.queued.notify_waiters();
         Ok(CancelOutcome::Cancelled)
     }
 
@@ -806,7 +844,7 @@ impl Store for MemoryStore {
     }
 
     async fn expire_finished(&self, limit: usize) -> Result<usize> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut state = self.state();
         let due: Vec<(u64, RunId)> =
             state.retention.iter().take_while(|(at, _)| *at <= now).take(limit.max(1)).cloned().collect();
@@ -828,7 +866,7 @@ impl Store for MemoryStore {
     }
 
     async fn reconcile(&self, limit: usize) -> Result<Vec<RunId>> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut state = self.state();
         let mut fixed = Vec::new();
         let mut stuck: Vec<RunId> = Vec::new();
@@ -870,7 +908,7 @@ impl Store for MemoryStore {
     }
 
     async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<()> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut info = info.clone();
         info.heartbeat_at_ms = now;
         self.state().workers.insert(info.worker_id.clone(), (info, now + ttl.as_millis() as u64));
@@ -878,7 +916,7 @@ impl Store for MemoryStore {
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut state = self.state();
         state.workers.retain(|_, (_, expires)| *expires > now);
         let mut workers: Vec<WorkerInfo> = state.workers.values().map(|(info, _)| info.clone()).collect();

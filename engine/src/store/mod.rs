@@ -270,6 +270,23 @@ impl SummaryPatch {
     }
 }
 
+/// The event key on which a child run's outcome reaches its parent. The `keel.`
+/// prefix is reserved: the API refuses events sent to it.
+pub fn child_event_key(child: &RunId) -> String {
+    format!("keel.child:{child}")
+}
+
+/// What a parent hears when its child finishes this way (None: not final).
+pub(crate) fn child_outcome_of(how: &Finish) -> Result<Option<String>> {
+    let outcome = match how {
+        Finish::Complete { output } => keel_proto::ChildOutcome::Completed { output: output.clone() },
+        Finish::Fail { error } => keel_proto::ChildOutcome::Failed { error: error.clone() },
+        Finish::Cancel { .. } => keel_proto::ChildOutcome::Cancelled,
+        Finish::Suspend(_) | Finish::Release => return Ok(None),
+    };
+    serde_json::to_string(&outcome).map(Some).map_err(|e| Error::Invalid(e.to_string()))
+}
+
 /// The JSON text of a journal event, as both stores keep it.
 pub(crate) fn encode_event(event: &JournalEvent) -> Result<String> {
     serde_json::to_string(&JournalEntry::new(event.clone())).map_err(|e| Error::Invalid(e.to_string()))

@@ -988,3 +988,62 @@ pub async fn consuming_one_key_does_not_hide_an_earlier_event_on_another(f: Fixt
     );
     assert_eq!(s.get_run(&id).await.unwrap().unwrap().completed_steps, 2);
 }
+
+pub async fn a_finished_child_wakes_its_waiting_parent(f: Fixture) {
+    let s = f.store.as_ref();
+    let parent = s.create_run(start(json!("parent"))).await.unwrap().run_id;
+    let held = claim_one(s, "w").await;
+    let mut children = Vec::new();
+    for (i, step) in ["ok", "boom", "stop"].iter().enumerate() {
+        let child = s
+            .create_run(CreateRun {
+                workflow: "child".into(),
+                run_id: Some(RunId::new(format!("{parent}.{i}")).unwrap()),
+                parent: Some(keel_engine::proto::ParentRef { run_id: parent.clone(), step_id: step.to_string() }),
+                ..start(json!(i))
+            })
+            .await
+            .unwrap()
+            .run_id;
+        children.push(child);
+    }
+    let wait_for = |child: &RunId, step: &str, since_ms| {
+        Finish::Suspend(Suspension {
+            wake_at_ms: None,
+            wait: Some(EventWait { step_id: step.into(), keys: vec![keel_engine::child_event_key(child)], since_ms }),
+        })
+    };
+    assert_eq!(s.finish(&held.lease, &[], wait_for(&children[0], "ok", held.now_ms)).await.unwrap(), Finished::Done);
+
+    let child_req = Claim { workflows: vec!["child".into()], ..claim_req("cw", 30_000, 2000) };
+    let mut child_tasks = Vec::new();
+    for _ in 0..2 {
+        let mut one = child_req.clone();
+        one.max = 1;
+        child_tasks.push(s.claim(&one).await.unwrap().remove(0));
+    }
+    s.finish(&child_tasks[0].lease, &[], Finish::Complete { output: json!({"answer": 42}) }).await.unwrap();
+    assert_eq!(last_event(s, &parent).await, ("ok".into(), json!({"status": "completed", "output": {"answer": 42}})));
+    assert_eq!(status(s, &parent).await, RunStatus::Pending, "the parent was woken");
+
+    // A failed child reaches the parent too (here through the lookback: it
+    // finished before the parent began waiting).
+    s.finish(&child_tasks[1].lease, &[], Finish::Fail { error: ErrorInfo::new("step_failed", "no") }).await.unwrap();
+    let held = claim_one(s, "w").await;
+    let got = s.finish(&held.lease, &[], wait_for(&children[1], "boom", held.now_ms)).await.unwrap();
+    let Finished::EventArrived(record) = got else { panic!("expected the failure, got {got:?}") };
+    assert!(matches!(&record.entry.event, JournalEvent::EventReceived { data, .. }
+        if data == &json!({"status": "failed", "error": {"kind": "step_failed", "message": "no"}})));
+    // And a cancelled one.
+    assert_eq!(s.finish(&held.lease, &[], wait_for(&children[2], "stop", held.now_ms)).await.unwrap(), Finished::Done);
+    assert_eq!(s.request_cancel(&children[2], None).await.unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(last_event(s, &parent).await, ("stop".into(), json!({"status": "cancelled"})));
+}
+
+async fn last_event(s: &dyn Store, id: &RunId) -> (String, serde_json::Value) {
+    let journal = s.read_journal(id, None, 100).await.unwrap();
+    match &journal.last().unwrap().entry.event {
+        JournalEvent::EventReceived { step_id, data, .. } => (step_id.clone(), data.clone()),
+        other => panic!("expected the child's outcome, got {other:?}"),
+    }
+}

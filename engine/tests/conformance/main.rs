@@ -60,4 +60,5 @@ conformance!(
     store_recovers_from_an_empty_restart,
     journal_reads_resume_after_a_sequence_number,
     workers_register_and_expire,
+    a_finished_child_wakes_its_waiting_parent,
 );

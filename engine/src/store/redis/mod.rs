@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use keel_proto::{
-    ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary, WorkerInfo,
+    ChildOutcome, ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary, WorkerInfo,
 };
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Value};
@@ -269,6 +269,7 @@ impl RedisStore {
         let error = ErrorInfo::new("dead_lettered", reason.clone());
         let failed = encode_event(&JournalEvent::RunFailed { error: error.clone() })?;
         let error_json = to_json(&error)?;
+        let child_outcome = to_json(&ChildOutcome::Failed { error: error.clone() })?;
         let mut conn = self.conn.clone();
         for delivery in deliveries {
             let reply: Value = self
@@ -286,6 +287,9 @@ impl RedisStore {
                 .arg(&failed)
                 .arg(&error_json)
                 .arg(self.config.retention.as_millis() as u64)
+                .arg(&child_outcome)
+                .arg(self.config.event_lookback.as_millis().max(1) as u64)
+                .arg(self.config.event_lookback_max.max(1))
                 .invoke_async(&mut conn)
                 .await?;
             let reply = array(&reply)?;
@@ -581,8 +585,10 @@ impl Store for RedisStore {
             .arg(wait.map(|w| w.step_id.as_str()).unwrap_or(""))
             .arg(wait.map(|w| w.keys.join("\n")).unwrap_or_default())
             .arg(wait.map_or(0, |w| w.since_ms))
-            .arg(self.config.event_lookback.as_millis() as u64)
-            .arg(events.len());
+            .arg(self.config.event_lookback.as_millis().max(1) as u64)
+            .arg(events.len())
+            .arg(super::child_outcome_of(&how)?.unwrap_or_default())
+            .arg(self.config.event_lookback_max.max(1));
         for event in events {
             invocation.arg(encode_event(event)?);
         }
@@ -641,6 +647,8 @@ impl Store for RedisStore {
             .arg(requested)
             .arg(cancelled)
             .arg(self.config.retention.as_millis() as u64)
+            .arg(self.config.event_lookback.as_millis().max(1) as u64)
+            .arg(self.config.event_lookback_max.max(1))
             .invoke_async(&mut conn)
             .await?;
         match reply.first().map(String::as_str) {

@@ -1,6 +1,7 @@
 -- request_cancel: a run no worker holds is cancelled at once (it is between
 -- steps by definition); a held run is flagged and stops at its next boundary.
--- ARGV: P, run id, cancel_requested entry json, run_cancelled entry json, retention ms
+-- ARGV: P, run id, cancel_requested entry json, run_cancelled entry json, retention ms,
+--       lookback ms, lookback max entries
 local id = ARGV[2]
 local h = redis.call('HMGET', k_run(id), 'st', 'wf', 'ca', 'wk', 'task', 'cr')
 if not h[1] then return { 'NOT_FOUND' } end
@@ -18,4 +19,5 @@ redis.call('XADD', k_journal(id), '*', 'e', ARGV[4])
 clear_wait(id, h[4])
 ack(h[2], h[5])
 finalize(id, h[1], 'cancelled', h[3], now, tonumber(ARGV[5]))
+notify_parent(id, '{"status":"cancelled"}', ARGV[6], ARGV[7])
 return { 'CANCELLED' }

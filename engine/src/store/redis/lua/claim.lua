@@ -1,7 +1,8 @@
 -- claim: turn one delivered queue entry into a lease with a new epoch, and hand
 -- back what replay needs (summary + journal) in the same round trip.
 -- ARGV: P, workflow, task id, run id, worker id, lease ms, max deliveries,
---       dead-letter reason, run_failed entry json, error json, retention ms
+--       dead-letter reason, run_failed entry json, error json, retention ms,
+--       child outcome json (for a parent), lookback ms, lookback max entries
 local wf, tid, id, worker = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local q = k_queue(wf)
 
@@ -30,6 +31,7 @@ if deliveries > tonumber(ARGV[7]) then
   redis.call('HSET', k_run(id), 'err', ARGV[10])
   finalize(id, st, 'failed', h[3], now, tonumber(ARGV[11]))
   ack(wf, tid)
+  notify_parent(id, ARGV[12], ARGV[13], ARGV[14])
   return { 'DEAD', ARGV[8] }
 end
 

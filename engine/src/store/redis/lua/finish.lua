@@ -4,7 +4,8 @@
 --       total steps or '', how, retention ms, final entry json or '',
 --       payload (output / error json) or '', cancelled entry json,
 --       wake at ms or '', wait step or '', wait keys ('\n'-joined) or '',
---       wait since ms, lookback ms, n, entries...
+--       wait since ms, lookback ms, n, parent note (child outcome json) or '',
+--       lookback max entries, entries...
 local id = ARGV[2]
 local h = fenced(id, ARGV[3], ARGV[4])
 if not h then return { 'LOST' } end
@@ -12,7 +13,7 @@ local st, wf, created, cr, tid = h[2], h[3], h[4], h[5], h[6]
 local how = ARGV[8]
 local retention = tonumber(ARGV[9])
 local now = now_ms()
-append_events(id, 19, tonumber(ARGV[18]))
+append_events(id, 21, tonumber(ARGV[18]))
 apply_patch(id, ARGV[5], ARGV[6], ARGV[7], now)
 
 local function final(status, field)
@@ -20,6 +21,7 @@ local function final(status, field)
   if field then redis.call('HSET', k_run(id), field, ARGV[11]) end
   finalize(id, st, status, created, now, retention)
   ack(wf, tid)
+  notify_parent(id, ARGV[19], ARGV[17], ARGV[20])
   return { 'DONE' }
 end
 
@@ -40,6 +42,7 @@ if cr == '1' then
   redis.call('XADD', k_journal(id), '*', 'e', ARGV[12])
   finalize(id, st, 'cancelled', created, now, retention)
   ack(wf, tid)
+  notify_parent(id, '{"status":"cancelled"}', ARGV[17], ARGV[20])
   return { 'CANCELLED' }
 end
 

@@ -123,7 +123,41 @@ local function id_gt(a, b)
   return am > bm or (am == bm and as > bs)
 end
 
+-- The event key on which a child run's outcome reaches its parent.
+local function child_key(id) return 'keel.child:' .. id end
+
 local function event_received_json(step, key, eid, data)
   return '{"v":1,"type":"event_received","step_id":' .. cjson.encode(step) .. ',"event_key":' ..
     cjson.encode(key) .. ',"event_id":"' .. eid .. '","data":' .. data .. '}'
+end
+
+-- Keep an event for the lookback window and wake every run waiting on its key,
+-- each exactly once (its waiter entries go in the same step).
+local function deliver(key, data, lookback_ms, max_len)
+  local eid = redis.call('XADD', k_events(key), 'MAXLEN', '~', max_len, '*', 'd', data)
+  redis.call('PEXPIRE', k_events(key), lookback_ms)
+  local now = n2s(now_ms())
+  local woken = {}
+  for _, id in ipairs(redis.call('SMEMBERS', k_waiters(key))) do
+    local h = redis.call('HMGET', k_run(id), 'st', 'wf', 'ca', 'wk', 'wstep')
+    local waits_here = false
+    for _, k in ipairs(split_lines(h[4])) do if k == key then waits_here = true end end
+    if h[1] == 'waiting' and waits_here then
+      redis.call('XADD', k_journal(id), '*', 'e', event_received_json(h[5], key, eid, data))
+      redis.call('HINCRBY', k_run(id), 'cs', 1)
+      redis.call('HSET', k_run(id), 'evf:' .. key, eid, 'cur', h[5], 'ua', now)
+      wake(id, h[2], h[1], h[3], h[4])
+      woken[#woken + 1] = id
+    else
+      redis.call('SREM', k_waiters(key), id)
+    end
+  end
+  return eid, woken
+end
+
+-- A finished child run tells its parent (if it has one) how it ended.
+local function notify_parent(id, outcome, lookback_ms, max_len)
+  if outcome ~= '' and redis.call('HEXISTS', k_run(id), 'par') == 1 then
+    deliver(child_key(id), outcome, lookback_ms, max_len)
+  end
 end
