@@ -102,7 +102,7 @@ async fn stored_messages_match_the_committed_wire_schemas() {
             }],
             Finish::Suspend(Suspension {
                 wake_at_ms: None,
-                wait: Some(EventWait { step_id: "ok/1".into(), keys: vec!["go\"key".into()], since_ms: task.now_ms }),
+                waits: vec![EventWait { step_id: "ok/1".into(), keys: vec!["go\"key".into()], since_ms: task.now_ms }],
             }),
         )
         .await
@@ -117,7 +117,7 @@ async fn stored_messages_match_the_committed_wire_schemas() {
             &[],
             Finish::Suspend(Suspension {
                 wake_at_ms: Some(task.now_ms + 60_000),
-                wait: Some(EventWait { step_id: "early".into(), keys: vec!["early".into()], since_ms: task.now_ms }),
+                waits: vec![EventWait { step_id: "early".into(), keys: vec!["early".into()], since_ms: task.now_ms }],
             }),
         )
         .await

@@ -81,8 +81,9 @@ struct Run {
     total: Option<u32>,
     current: Option<String>,
     wake: Option<u64>,
+    /// Waited-for keys and, aligned, the step waiting on each.
     wait_keys: Vec<String>,
-    wait_step: Option<String>,
+    wait_steps: Vec<String>,
     /// Per event key, the newest event this run consumed.
     event_floor: HashMap<String, Sid>,
     cancel_requested: bool,
@@ -194,7 +195,7 @@ impl State {
     fn clear_wait(&mut self, id: &RunId) -> Result<()> {
         let run = self.run_mut(id)?;
         let keys = std::mem::take(&mut run.wait_keys);
-        run.wait_step = None;
+        run.wait_steps.clear();
         let wake = run.wake.take();
         for key in keys {
             if let Some(set) = self.waiters.get_mut(&key) {
@@ -262,8 +263,8 @@ impl State {
             let step = self
                 .runs
                 .get(&id)
-                .filter(|run| run.status == RunStatus::Waiting && run.wait_keys.iter().any(|k| k == key))
-                .and_then(|run| run.wait_step.clone());
+                .filter(|run| run.status == RunStatus::Waiting)
+                .and_then(|run| run.wait_keys.iter().position(|k| k == key).map(|i| run.wait_steps[i].clone()));
             let Some(step_id) = step else {
                 if let Some(set) = self.waiters.get_mut(key) {
                     set.remove(&id);
@@ -509,7 +510,7 @@ impl Store for MemoryStore {
                 current: None,
                 wake: None,
                 wait_keys: Vec::new(),
-                wait_step: None,
+                wait_steps: Vec::new(),
                 event_floor: HashMap::new(),
                 cancel_requested: false,
                 output: None,
@@ -681,25 +682,27 @@ impl Store for MemoryStore {
             return Ok(Finished::Done);
         }
         let Finish::Suspend(suspension) = how else { return Ok(Finished::Done) };
-        if let Some(wait) = &suspension.wait {
-            let from = (wait.since_ms.saturating_sub(self.config.event_lookback.as_millis() as u64), 0);
+        let waits = super::flatten_waits(&suspension);
+        if !waits.is_empty() {
+            let lookback = self.config.event_lookback.as_millis() as u64;
             let floors = state.run_mut(id)?.event_floor.clone();
-            let mut best: Option<(Sid, String, String)> = None;
-            for key in &wait.keys {
+            let mut best: Option<(Sid, &str, &str, String)> = None;
+            for &(step, key, since) in &waits {
                 let Some(log) = state.events.get(key).filter(|log| log.expires_at > now) else { continue };
+                let from = (since.saturating_sub(lookback), 0);
                 let floor = floors.get(key);
                 let found = log.entries.iter().find(|(sid, _)| *sid >= from && floor.is_none_or(|f| sid > f));
                 if let Some((sid, data)) = found
-                    && best.as_ref().is_none_or(|(b, _, _)| sid < b)
+                    && best.as_ref().is_none_or(|(b, ..)| sid < b)
                 {
-                    best = Some((*sid, key.clone(), data.clone()));
+                    best = Some((*sid, step, key, data.clone()));
                 }
             }
-            if let Some((sid, key, data)) = best {
+            if let Some((sid, step, key, data)) = best {
                 let data: Json = serde_json::from_str(&data).map_err(|e| Error::corrupt("event", e))?;
                 let event = JournalEvent::EventReceived {
-                    step_id: wait.step_id.clone(),
-                    event_key: key.clone(),
+                    step_id: step.to_owned(),
+                    event_key: key.to_owned(),
                     event_id: sid_text(sid),
                     data,
                 };
@@ -707,15 +710,15 @@ impl Store for MemoryStore {
                 let seq = state.append(id, vec![text.clone()], now)?[0];
                 let run = state.run_mut(id)?;
                 run.apply(&SummaryPatch::of(std::slice::from_ref(&event)), now);
-                run.event_floor.insert(key, sid);
+                run.event_floor.insert(key.to_owned(), sid);
                 return Ok(Finished::EventArrived(decode_record(&sid_text(seq), &text)?));
             }
-            for key in &wait.keys {
-                state.waiters.entry(key.clone()).or_default().insert(id.clone());
+            for &(_, key, _) in &waits {
+                state.waiters.entry(key.to_owned()).or_default().insert(id.clone());
             }
             let run = state.run_mut(id)?;
-            run.wait_keys = wait.keys.clone();
-            run.wait_step = Some(wait.step_id.clone());
+            run.wait_keys = waits.iter().map(|w| w.1.to_owned()).collect();
+            run.wait_steps = waits.iter().map(|w| w.0.to_owned()).collect();
         }
         if let Some(at) = suspension.wake_at_ms {
             let run = state.run_mut(id)?;
@@ -728,7 +731,7 @@ impl Store for MemoryStore {
         let run = state.run_mut(id)?;
         run.task = None;
         run.lease = None;
-        run.status = if suspension.wait.is_some() { RunStatus::Waiting } else { RunStatus::Sleeping };
+        run.status = if waits.is_empty() { RunStatus::Sleeping } else { RunStatus::Waiting };
         Ok(Finished::Done)
     }
 

@@ -111,15 +111,17 @@ pub enum Finish {
     Release,
 }
 
-/// What a suspended run waits for. At least one of the two must be set.
+/// What a suspended run waits for: a timer, events, or both; the first to come
+/// wakes it. (A woken run replays and suspends again on what it still waits for.)
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Suspension {
     /// Wake the run at this store time (Unix ms).
     pub wake_at_ms: Option<u64>,
-    pub wait: Option<EventWait>,
+    /// One per step waiting (parallel branches may wait at once).
+    pub waits: Vec<EventWait>,
 }
 
-/// Wait for the first event on any of `keys`.
+/// One step waits for the first event on any of `keys`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventWait {
     pub step_id: String,
@@ -345,14 +347,26 @@ pub(crate) fn validate_claim(req: &Claim) -> Result<()> {
 }
 
 pub(crate) fn validate_suspension(s: &Suspension) -> Result<()> {
-    match &s.wait {
-        None if s.wake_at_ms.is_none() => {
-            Err(Error::Invalid("a suspension needs a wake-up time, an event wait, or both".into()))
-        }
-        Some(wait) if wait.keys.is_empty() => Err(Error::Invalid("an event wait needs at least one key".into())),
-        Some(wait) => wait.keys.iter().try_for_each(|k| Ok(keel_proto::validate_event_key(k)?)),
-        None => Ok(()),
+    if s.waits.is_empty() && s.wake_at_ms.is_none() {
+        return Err(Error::Invalid("a suspension needs a wake-up time, an event wait, or both".into()));
     }
+    for wait in &s.waits {
+        if wait.keys.is_empty() {
+            return Err(Error::Invalid(format!("the wait of step {:?} needs at least one key", wait.step_id)));
+        }
+        if wait.step_id.is_empty() || wait.step_id.contains('\n') {
+            return Err(Error::Invalid(format!("step id {:?} is empty or has a line break", wait.step_id)));
+        }
+        for key in &wait.keys {
+            keel_proto::validate_event_key(key)?;
+        }
+    }
+    Ok(())
+}
+
+/// The waits of a suspension, one `(step, key, since)` per waited key.
+pub(crate) fn flatten_waits(s: &Suspension) -> Vec<(&str, &str, u64)> {
+    s.waits.iter().flat_map(|w| w.keys.iter().map(move |k| (w.step_id.as_str(), k.as_str(), w.since_ms))).collect()
 }
 
 /// Listing cursors are `<created_ms>:<run_id>`: the last run of the previous page.

@@ -329,7 +329,9 @@ pub async fn stale_lease_is_fenced_out_and_changes_nothing(f: Fixture) {
     assert!(lost(s.finish(&zombie.lease, &[], Finish::Complete { output: json!("zombie") }).await.map(|_| ())));
     assert!(lost(s.finish(&zombie.lease, &[], Finish::Release).await.map(|_| ())));
     assert!(lost(
-        s.finish(&zombie.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(1), wait: None })).await.map(|_| ())
+        s.finish(&zombie.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(1), waits: vec![] }))
+            .await
+            .map(|_| ())
     ));
 
     assert_eq!(s.read_journal(&id, None, 100).await.unwrap(), before, "journal unchanged");
@@ -453,7 +455,7 @@ pub async fn sleep_suspends_until_the_timer_fires(f: Fixture) {
     let wake = task.now_ms + 800;
     let sleep = JournalEvent::TimerScheduled { step_id: "cool-down".into(), fire_at_ms: wake };
     let outcome =
-        s.finish(&task.lease, &[sleep], Finish::Suspend(Suspension { wake_at_ms: Some(wake), wait: None })).await;
+        s.finish(&task.lease, &[sleep], Finish::Suspend(Suspension { wake_at_ms: Some(wake), waits: vec![] })).await;
     assert_eq!(outcome.unwrap(), Finished::Done);
     let run = s.get_run(&id).await.unwrap().unwrap();
     assert_eq!((run.status, run.wake_at_ms), (RunStatus::Sleeping, Some(wake)));
@@ -524,7 +526,7 @@ async fn suspend_waiting(s: &dyn Store, task: &ClaimedTask, keys: &[&str], timeo
     s.finish(
         &task.lease,
         &[started],
-        Finish::Suspend(Suspension { wake_at_ms: timeout_ms.map(|t| task.now_ms + t), wait: Some(wait) }),
+        Finish::Suspend(Suspension { wake_at_ms: timeout_ms.map(|t| task.now_ms + t), waits: vec![wait] }),
     )
     .await
     .expect("suspend")
@@ -604,11 +606,11 @@ pub async fn event_within_lookback_reaches_a_late_waiter(f: Fixture) {
             &[],
             Finish::Suspend(Suspension {
                 wake_at_ms: None,
-                wait: Some(EventWait {
+                waits: vec![EventWait {
                     step_id: "sig".into(),
                     keys: vec!["doc-7:signed".into()],
                     since_ms: wait_began,
-                }),
+                }],
             }),
         )
         .await
@@ -655,7 +657,7 @@ pub async fn event_older_than_lookback_or_consumed_is_not_reused(f: Fixture) {
     // The wait began 450 ms after the event: outside the 300 ms lookback.
 
     let wait = EventWait { step_id: "s".into(), keys: vec!["old".into()], since_ms: delivered_at + 450 };
-    let outcome = s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: None, wait: Some(wait) })).await;
+    let outcome = s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: None, waits: vec![wait] })).await;
     assert_eq!(outcome.unwrap(), Finished::Done, "an event older than the lookback window does not count");
     assert_eq!(status(s, &other).await, RunStatus::Waiting);
 }
@@ -694,7 +696,7 @@ pub async fn cancel_depends_on_where_the_run_stands(f: Fixture) {
     // Sleeping: cancelled at once, its timer gone.
     let sleeping = s.create_run(start(json!("sleeping"))).await.unwrap().run_id;
     let task = claim_one(s, "w").await;
-    s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 200), wait: None }))
+    s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 200), waits: vec![] }))
         .await
         .unwrap();
     assert_eq!(s.request_cancel(&sleeping, None).await.unwrap(), CancelOutcome::Cancelled);
@@ -734,7 +736,7 @@ pub async fn suspend_after_cancel_request_cancels(f: Fixture) {
     let task = claim_one(s, "w").await;
     s.request_cancel(&id, None).await.unwrap();
     let outcome = s
-        .finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 100), wait: None }))
+        .finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 100), waits: vec![] }))
         .await
         .unwrap();
     assert_eq!(outcome, Finished::Cancelled);
@@ -974,7 +976,7 @@ pub async fn consuming_one_key_does_not_hide_an_earlier_event_on_another(f: Fixt
     let wait = |key: &str| {
         Finish::Suspend(Suspension {
             wake_at_ms: None,
-            wait: Some(EventWait { step_id: format!("on-{key}"), keys: vec![key.into()], since_ms: task.now_ms }),
+            waits: vec![EventWait { step_id: format!("on-{key}"), keys: vec![key.into()], since_ms: task.now_ms }],
         })
     };
     let got_a = s.finish(&task.lease, &[], wait("a")).await.unwrap();
@@ -1010,7 +1012,7 @@ pub async fn a_finished_child_wakes_its_waiting_parent(f: Fixture) {
     let wait_for = |child: &RunId, step: &str, since_ms| {
         Finish::Suspend(Suspension {
             wake_at_ms: None,
-            wait: Some(EventWait { step_id: step.into(), keys: vec![keel_engine::child_event_key(child)], since_ms }),
+            waits: vec![EventWait { step_id: step.into(), keys: vec![keel_engine::child_event_key(child)], since_ms }],
         })
     };
     assert_eq!(s.finish(&held.lease, &[], wait_for(&children[0], "ok", held.now_ms)).await.unwrap(), Finished::Done);
@@ -1046,4 +1048,39 @@ async fn last_event(s: &dyn Store, id: &RunId) -> (String, serde_json::Value) {
         JournalEvent::EventReceived { step_id, data, .. } => (step_id.clone(), data.clone()),
         other => panic!("expected the child's outcome, got {other:?}"),
     }
+}
+
+pub async fn parallel_waits_each_get_their_own_event(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    let both = |since_ms| {
+        Finish::Suspend(Suspension {
+            wake_at_ms: None,
+            waits: vec![
+                EventWait { step_id: "left".into(), keys: vec!["l".into()], since_ms },
+                EventWait { step_id: "right".into(), keys: vec!["r1".into(), "r2".into()], since_ms },
+            ],
+        })
+    };
+    assert_eq!(s.finish(&task.lease, &[], both(task.now_ms)).await.unwrap(), Finished::Done);
+    let mut waiting = s.get_run(&id).await.unwrap().unwrap().waiting_for;
+    waiting.sort();
+    assert_eq!(waiting, ["l", "r1", "r2"]);
+    assert_eq!(s.deliver_event("r2", &json!("right!")).await.unwrap().woken, vec![id.clone()]);
+    assert_eq!(last_event(s, &id).await, ("right".into(), json!("right!")));
+    // Woken, the run replays and waits again for what it still needs; the event
+    // for the other branch that arrived meanwhile is found in the lookback.
+    assert!(s.deliver_event("l", &json!("left!")).await.unwrap().woken.is_empty(), "the run is not waiting now");
+    let task = claim_one(s, "w").await;
+    let left_only = Finish::Suspend(Suspension {
+        wake_at_ms: None,
+        waits: vec![EventWait { step_id: "left".into(), keys: vec!["l".into()], since_ms: task.now_ms - 1000 }],
+    });
+    let got = s.finish(&task.lease, &[], left_only).await.unwrap();
+    assert!(
+        matches!(&got, Finished::EventArrived(r) if matches!(&r.entry.event, JournalEvent::EventReceived { step_id, data, .. } if step_id == "left" && data == &json!("left!"))),
+        "{got:?}"
+    );
+    assert_eq!(s.get_run(&id).await.unwrap().unwrap().completed_steps, 2);
 }

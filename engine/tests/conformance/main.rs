@@ -61,4 +61,5 @@ conformance!(
     journal_reads_resume_after_a_sequence_number,
     workers_register_and_expire,
     a_finished_child_wakes_its_waiting_parent,
+    parallel_waits_each_get_their_own_event,
 );

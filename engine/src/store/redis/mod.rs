@@ -563,10 +563,11 @@ impl Store for RedisStore {
             Finish::Release => ("release", String::new(), String::new()),
         };
         let cancelled = encode_event(&JournalEvent::RunCancelled { reason: None })?;
-        let (wake, wait) = match &how {
-            Finish::Suspend(s) => (s.wake_at_ms, s.wait.as_ref()),
-            _ => (None, None),
+        let (wake, waits) = match &how {
+            Finish::Suspend(s) => (s.wake_at_ms, super::flatten_waits(s)),
+            _ => (None, Vec::new()),
         };
+        let column = |f: fn(&(&str, &str, u64)) -> String| waits.iter().map(f).collect::<Vec<_>>().join("\n");
         let mut invocation = self.scripts.finish.prepare_invoke();
         invocation
             .arg(self.keys.prefix())
@@ -582,9 +583,9 @@ impl Store for RedisStore {
             .arg(payload)
             .arg(cancelled)
             .arg(wake.map(|ms| ms.to_string()).unwrap_or_default())
-            .arg(wait.map(|w| w.step_id.as_str()).unwrap_or(""))
-            .arg(wait.map(|w| w.keys.join("\n")).unwrap_or_default())
-            .arg(wait.map_or(0, |w| w.since_ms))
+            .arg(column(|w| w.0.to_owned()))
+            .arg(column(|w| w.1.to_owned()))
+            .arg(column(|w| w.2.to_string()))
             .arg(self.config.event_lookback.as_millis().max(1) as u64)
             .arg(events.len())
             .arg(super::child_outcome_of(&how)?.unwrap_or_default())

@@ -3,8 +3,8 @@
 -- ARGV: P, run id, worker id, epoch, completed delta, current step or '',
 --       total steps or '', how, retention ms, final entry json or '',
 --       payload (output / error json) or '', cancelled entry json,
---       wake at ms or '', wait step or '', wait keys ('\n'-joined) or '',
---       wait since ms, lookback ms, n, parent note (child outcome json) or '',
+--       wake at ms or '', wait steps, wait keys, wait sinces (one line per
+--       waited key, '\n'-joined, aligned), lookback ms, n, parent note (child outcome json) or '',
 --       lookback max entries, entries...
 local id = ARGV[2]
 local h = fenced(id, ARGV[3], ARGV[4])
@@ -46,32 +46,32 @@ if cr == '1' then
   return { 'CANCELLED' }
 end
 
-local keys = split_lines(ARGV[15])
+-- Waits, flattened one line per key: steps ARGV[14], keys ARGV[15], sinces ARGV[16].
+local steps, keys, sinces = split_lines(ARGV[14]), split_lines(ARGV[15]), split_lines(ARGV[16])
 if #keys > 0 then
-  -- The lookback: an event delivered shortly before the wait began still counts,
-  -- but never one this run already consumed.
-  local from = n2s(math.max(0, tonumber(ARGV[16]) - tonumber(ARGV[17])))
-  local best, best_key, best_data
-  for _, key in ipairs(keys) do
-    -- Stream ids of different keys' streams are not comparable (they collide
-    -- within one millisecond), so the floor is kept per key.
+  -- The lookback: an event delivered shortly before a wait began still counts,
+  -- but never one this run already consumed on that key. (Stream ids of
+  -- different keys' streams are not comparable, so the floor is per key.)
+  local best, best_i, best_data
+  for i, key in ipairs(keys) do
+    local from = n2s(math.max(0, tonumber(sinces[i]) - tonumber(ARGV[17])))
     local start = from
     local floor = redis.call('HGET', k_run(id), 'evf:' .. key)
     if floor and id_gt(floor, from .. '-0') then start = '(' .. floor end
     local found = redis.call('XRANGE', k_events(key), start, '+', 'COUNT', 1)
     if #found > 0 and (not best or id_gt(best, found[1][1])) then
-      best, best_key, best_data = found[1][1], key, found[1][2][2]
+      best, best_i, best_data = found[1][1], i, found[1][2][2]
     end
   end
   if best then
-    local entry = event_received_json(ARGV[14], best_key, best, best_data)
+    local entry = event_received_json(steps[best_i], keys[best_i], best, best_data)
     local seq = redis.call('XADD', k_journal(id), '*', 'e', entry)
     redis.call('HINCRBY', k_run(id), 'cs', 1)
-    redis.call('HSET', k_run(id), 'evf:' .. best_key, best, 'cur', ARGV[14])
+    redis.call('HSET', k_run(id), 'evf:' .. keys[best_i], best, 'cur', steps[best_i])
     return { 'EVENT', seq, entry }
   end
   for _, key in ipairs(keys) do redis.call('SADD', k_waiters(key), id) end
-  redis.call('HSET', k_run(id), 'wk', ARGV[15], 'wstep', ARGV[14])
+  redis.call('HSET', k_run(id), 'wk', ARGV[15], 'ws', ARGV[14])
 end
 if ARGV[13] ~= '' then
   redis.call('HSET', k_run(id), 'wake', ARGV[13])

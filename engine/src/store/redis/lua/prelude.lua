@@ -67,7 +67,7 @@ end
 local function clear_wait(id, wk)
   for _, key in ipairs(split_lines(wk)) do redis.call('SREM', k_waiters(key), id) end
   redis.call('ZREM', K_TIMERS, id)
-  redis.call('HDEL', k_run(id), 'wake', 'wk', 'wstep')
+  redis.call('HDEL', k_run(id), 'wake', 'wk', 'ws')
 end
 
 -- A suspended run becomes runnable: one task, exactly.
@@ -139,13 +139,15 @@ local function deliver(key, data, lookback_ms, max_len)
   local now = n2s(now_ms())
   local woken = {}
   for _, id in ipairs(redis.call('SMEMBERS', k_waiters(key))) do
-    local h = redis.call('HMGET', k_run(id), 'st', 'wf', 'ca', 'wk', 'wstep')
-    local waits_here = false
-    for _, k in ipairs(split_lines(h[4])) do if k == key then waits_here = true end end
-    if h[1] == 'waiting' and waits_here then
-      redis.call('XADD', k_journal(id), '*', 'e', event_received_json(h[5], key, eid, data))
+    local h = redis.call('HMGET', k_run(id), 'st', 'wf', 'ca', 'wk', 'ws')
+    -- The step waiting on this key (the first, if several wait on it).
+    local step
+    local steps = split_lines(h[5])
+    for i, k in ipairs(split_lines(h[4])) do if k == key and not step then step = steps[i] end end
+    if h[1] == 'waiting' and step then
+      redis.call('XADD', k_journal(id), '*', 'e', event_received_json(step, key, eid, data))
       redis.call('HINCRBY', k_run(id), 'cs', 1)
-      redis.call('HSET', k_run(id), 'evf:' .. key, eid, 'cur', h[5], 'ua', now)
+      redis.call('HSET', k_run(id), 'evf:' .. key, eid, 'cur', step, 'ua', now)
       wake(id, h[2], h[1], h[3], h[4])
       woken[#woken + 1] = id
     else
