@@ -85,7 +85,7 @@ async fn stored_messages_match_the_committed_wire_schemas() {
             &task.lease,
             &[
                 JournalEvent::ProgressDeclared { total_steps: 3 },
-                JournalEvent::StepStarted { step_id: "plan".into(), attempt: 1 },
+                JournalEvent::StepStarted { step_id: "plan".into(), attempt: 1, pos: None },
                 JournalEvent::StepCompleted { step_id: "plan".into(), attempt: 1, output: json!({"steps": ["a"]}) },
             ],
         )
@@ -98,8 +98,7 @@ async fn stored_messages_match_the_committed_wire_schemas() {
             &[JournalEvent::WaitStarted {
                 step_id: "ok/1".into(),
                 event_keys: vec!["go\"key".into()],
-                timeout_at_ms: None,
-            }],
+                timeout_at_ms: None, pos: None }],
             Finish::Suspend(Suspension {
                 wake_at_ms: None,
                 waits: vec![EventWait { step_id: "ok/1".into(), keys: vec!["go\"key".into()], since_ms: task.now_ms }],

@@ -44,7 +44,14 @@ pub enum JournalEvent {
         labels: BTreeMap<String, String>,
     },
     /// An attempt of a step began (its side effects may happen from here on).
-    StepStarted { step_id: String, attempt: u32 },
+    StepStarted {
+        step_id: String,
+        attempt: u32,
+        /// Where the workflow reached this step: `<branch>:<index>`, for the
+        /// determinism guard. Written on a step's first entry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pos: Option<String>,
+    },
     /// A step's result. Recorded at most once per step: the store fences it.
     StepCompleted { step_id: String, attempt: u32, output: Value },
     /// An attempt failed; `retry_at_ms` is set when another attempt will follow.
@@ -56,7 +63,14 @@ pub enum JournalEvent {
         retry_at_ms: Option<u64>,
     },
     /// A durable sleep began; the run wakes at `fire_at_ms` (server time).
-    TimerScheduled { step_id: String, fire_at_ms: u64 },
+    TimerScheduled {
+        step_id: String,
+        fire_at_ms: u64,
+        /// Where the workflow reached this step: `<branch>:<index>`, for the
+        /// determinism guard. Written on a step's first entry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pos: Option<String>,
+    },
     /// A durable sleep ended.
     TimerFired { step_id: String },
     /// The run began waiting for the first event on any of `event_keys`.
@@ -65,13 +79,25 @@ pub enum JournalEvent {
         event_keys: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_at_ms: Option<u64>,
+        /// Where the workflow reached this step: `<branch>:<index>`, for the
+        /// determinism guard. Written on a step's first entry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pos: Option<String>,
     },
     /// An event satisfied a wait.
     EventReceived { step_id: String, event_key: String, event_id: String, data: Value },
     /// A wait ended without an event.
     WaitTimedOut { step_id: String },
     /// A child run was started on behalf of a step.
-    ChildStarted { step_id: String, child_run_id: RunId, workflow: String },
+    ChildStarted {
+        step_id: String,
+        child_run_id: RunId,
+        workflow: String,
+        /// Where the workflow reached this step: `<branch>:<index>`, for the
+        /// determinism guard. Written on a step's first entry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pos: Option<String>,
+    },
     /// A child run finished, and this is how.
     ChildCompleted { step_id: String, child_run_id: RunId, outcome: ChildOutcome },
     /// The workflow declared how many steps it expects in all.
@@ -106,6 +132,17 @@ impl JournalEvent {
             | Self::WaitTimedOut { step_id }
             | Self::ChildStarted { step_id, .. }
             | Self::ChildCompleted { step_id, .. } => Some(step_id),
+            _ => None,
+        }
+    }
+
+    /// The position recorded with a step's first entry, if any.
+    pub fn pos(&self) -> Option<&str> {
+        match self {
+            Self::StepStarted { pos, .. }
+            | Self::TimerScheduled { pos, .. }
+            | Self::WaitStarted { pos, .. }
+            | Self::ChildStarted { pos, .. } => pos.as_deref(),
             _ => None,
         }
     }

@@ -359,9 +359,9 @@ pub async fn append_updates_the_summary(f: Fixture) {
             &task.lease,
             &[
                 JournalEvent::ProgressDeclared { total_steps: 3 },
-                JournalEvent::StepStarted { step_id: "plan".into(), attempt: 1 },
+                JournalEvent::StepStarted { step_id: "plan".into(), attempt: 1, pos: None },
                 step_done("plan", json!({"items": 2})),
-                JournalEvent::StepStarted { step_id: "fetch-1".into(), attempt: 1 },
+                JournalEvent::StepStarted { step_id: "fetch-1".into(), attempt: 1, pos: None },
             ],
         )
         .await
@@ -453,7 +453,7 @@ pub async fn sleep_suspends_until_the_timer_fires(f: Fixture) {
     let id = s.create_run(start(json!(1))).await.unwrap().run_id;
     let task = claim_one(s, "w").await;
     let wake = task.now_ms + 800;
-    let sleep = JournalEvent::TimerScheduled { step_id: "cool-down".into(), fire_at_ms: wake };
+    let sleep = JournalEvent::TimerScheduled { step_id: "cool-down".into(), fire_at_ms: wake, pos: None };
     let outcome =
         s.finish(&task.lease, &[sleep], Finish::Suspend(Suspension { wake_at_ms: Some(wake), waits: vec![] })).await;
     assert_eq!(outcome.unwrap(), Finished::Done);
@@ -521,8 +521,7 @@ async fn suspend_waiting(s: &dyn Store, task: &ClaimedTask, keys: &[&str], timeo
     let started = JournalEvent::WaitStarted {
         step_id: "approval".into(),
         event_keys: wait.keys.clone(),
-        timeout_at_ms: timeout_ms.map(|t| task.now_ms + t),
-    };
+        timeout_at_ms: timeout_ms.map(|t| task.now_ms + t), pos: None };
     s.finish(
         &task.lease,
         &[started],

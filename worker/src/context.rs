@@ -1,0 +1,738 @@
+//! [`Context`]: what a workflow's code uses to take durable steps.
+//!
+//! Every primitive first finds out from the journal what already happened (the
+//! pure decisions in `history.rs`), then either returns the recorded result, or
+//! does the work and records it, or blocks its branch for good (a timer, an
+//! event, a child run). When every branch of the workflow is blocked and none is
+//! working, the runtime suspends the run: it records what the run waits for,
+//! drops the workflow's future and releases the task. The author never sees it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keel_engine::{CreateRun, EventWait, Lease, Store};
+use keel_proto::{ChildOutcome, ErrorInfo, JournalEntry, JournalEvent, JournalRecord, ParentRef, RunId, RunStatus};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::history::{
+    ChildDecision, History, SleepDecision, StepDecision, WaitDecision, decide_child, decide_sleep, decide_step,
+    decide_wait,
+};
+use crate::{Error, Result, RetryPolicy, StepError};
+
+/// What a step's code learns about the attempt it runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepInfo {
+    pub run_id: RunId,
+    pub step_id: String,
+    /// 1 on the first attempt.
+    pub attempt: u32,
+    /// `run_id:step_id`: the same on every attempt of this step, so the services a
+    /// step calls can de-duplicate its side effects.
+    pub idempotency_key: String,
+}
+
+/// Decides whether a step attempt runs or fails at once (test harness fault injection).
+pub(crate) type Interceptor = Arc<dyn Fn(&StepInfo) -> Option<StepError> + Send + Sync>;
+
+/// What the runtime shares with every run it executes.
+pub(crate) struct Settings {
+    pub default_retry: RetryPolicy,
+    pub interceptor: Option<Interceptor>,
+    /// The newest registered version of each workflow, for child runs.
+    pub versions: HashMap<String, u32>,
+}
+
+/// Why the run must stop being driven.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Stop {
+    /// A cancel was requested: stop at the step boundary.
+    Cancel,
+    /// The run fails now (non-determinism, an undecodable journal…).
+    Fail(ErrorInfo),
+    /// The lease is gone or the store failed: drop everything, record nothing.
+    Abandon(String),
+}
+
+/// Everything one execution of a run (one lease) shares between its branches.
+pub(crate) struct RunCore {
+    pub store: Arc<dyn Store>,
+    pub lease: Lease,
+    pub settings: Arc<Settings>,
+    base_ms: u64,
+    base_at: Instant,
+    state: Mutex<RunState>,
+    /// Journal writes go one at a time, in the order branches asked for them.
+    writes: tokio::sync::Mutex<()>,
+}
+
+pub(crate) struct RunState {
+    pub journal: Vec<JournalRecord>,
+    pub history: History,
+    /// Per branch: primitives reached so far.
+    positions: HashMap<Arc<str>, usize>,
+    /// Per branch and name: occurrences so far.
+    occurrences: HashMap<(Arc<str>, String), u32>,
+    /// Branches doing work (running a step, writing to the store).
+    pub executing: usize,
+    /// Branches blocked until a time.
+    pub blocked_until: Vec<u64>,
+    /// Branches blocked on events, with their timeouts.
+    pub waits: Vec<(EventWait, Option<u64>)>,
+    pub stop: Option<Stop>,
+}
+
+impl RunCore {
+    pub fn new(
+        store: Arc<dyn Store>,
+        lease: Lease,
+        settings: Arc<Settings>,
+        journal: Vec<JournalRecord>,
+        now_ms: u64,
+        cancel_requested: bool,
+    ) -> Arc<Self> {
+        let history = History::new(&journal);
+        Arc::new(Self {
+            store,
+            lease,
+            settings,
+            base_ms: now_ms,
+            base_at: Instant::now(),
+            state: Mutex::new(RunState {
+                journal,
+                history,
+                positions: HashMap::new(),
+                occurrences: HashMap::new(),
+                executing: 0,
+                blocked_until: Vec::new(),
+                waits: Vec::new(),
+                stop: cancel_requested.then_some(Stop::Cancel),
+            }),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, RunState> {
+        // Never held across an await; a panic while holding it is a bug in this
+        // crate, and the state is still the journal's truth.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store's clock, as of the claim plus the time since.
+    pub fn now_ms(&self) -> u64 {
+        self.base_ms + self.base_at.elapsed().as_millis() as u64
+    }
+
+    fn halt(&self, stop: Stop) {
+        let mut state = self.state();
+        // A failure or an abandon outranks a cancel; the first of equals wins.
+        match (&state.stop, &stop) {
+            (None, _) | (Some(Stop::Cancel), Stop::Fail(_) | Stop::Abandon(_)) => state.stop = Some(stop),
+            _ => {}
+        }
+    }
+
+    /// Enter a primitive: its step id, its place, the determinism guard, and a
+    /// mark that this branch is working. `None` when the run is stopping.
+    fn enter(self: &Arc<Self>, name: &str) -> Option<(String, Active)> {
+        let branch = current_branch();
+        let mut state = self.state();
+        if state.stop.is_some() {
+            return None;
+        }
+        let occurrence = state.occurrences.entry((branch.clone(), name.to_owned())).or_insert(0);
+        *occurrence += 1;
+        let mut step_id = name.to_owned();
+        if *occurrence > 1 {
+            step_id.push_str(&format!("#{occurrence}"));
+        }
+        if !branch.is_empty() {
+            step_id.push('@');
+            step_id.push_str(&branch);
+        }
+        let index = state.positions.entry(branch.clone()).or_insert(0);
+        let pos = format!("{branch}:{index}");
+        *index += 1;
+        if let Err(error) = state.history.check_position(&pos, &step_id) {
+            drop(state);
+            self.halt(Stop::Fail(error));
+            return None;
+        }
+        state.executing += 1;
+        Some((step_id, Active { core: self.clone(), pos }))
+    }
+
+    /// Mark this branch as working outside a positioned primitive.
+    fn busy(self: &Arc<Self>) -> Active {
+        self.state().executing += 1;
+        Active { core: self.clone(), pos: String::new() }
+    }
+
+    /// Append entries under the lease. On failure the run is abandoned (its lease
+    /// will expire and the journal, which has or has not the entries, decides).
+    async fn append(&self, events: Vec<JournalEvent>) -> Option<Vec<JournalRecord>> {
+        let _turn = self.writes.lock().await;
+        if matches!(self.state().stop, Some(Stop::Abandon(_) | Stop::Fail(_))) {
+            return None;
+        }
+        match self.store.append(&self.lease, &events).await {
+            Ok(appended) => {
+                let records: Vec<JournalRecord> = appended
+                    .seqs
+                    .iter()
+                    .zip(events)
+                    .map(|(seq, event)| JournalRecord {
+                        at_ms: seq.split_once('-').and_then(|(ms, _)| ms.parse().ok()).unwrap_or_default(),
+                        seq: seq.clone(),
+                        entry: JournalEntry::new(event),
+                    })
+                    .collect();
+                let mut state = self.state();
+                for record in &records {
+                    state.history.apply(record);
+                    state.journal.push(record.clone());
+                }
+                if appended.cancel_requested && state.stop.is_none() {
+                    state.stop = Some(Stop::Cancel);
+                }
+                Some(records)
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %self.lease.run_id, error = %e, "journal write failed; abandoning this execution");
+                self.halt(Stop::Abandon(e.to_string()));
+                None
+            }
+        }
+    }
+}
+
+/// A branch at work; dropping it marks the branch idle.
+struct Active {
+    core: Arc<RunCore>,
+    pos: String,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.core.state().executing -= 1;
+    }
+}
+
+impl Active {
+    /// Block this branch until `at` (store time): the run suspends when every
+    /// branch is blocked. Never returns.
+    async fn block_until<T>(self, at: u64) -> T {
+        self.core.state().blocked_until.push(at);
+        drop(self);
+        std::future::pending().await
+    }
+
+    async fn block_on_event<T>(self, wait: EventWait, timeout_at_ms: Option<u64>) -> T {
+        self.core.state().waits.push((wait, timeout_at_ms));
+        drop(self);
+        std::future::pending().await
+    }
+
+    /// The run is stopping: this branch goes no further.
+    async fn halt<T>(self) -> T {
+        drop(self);
+        std::future::pending().await
+    }
+}
+
+async fn halted<T>() -> T {
+    std::future::pending().await
+}
+
+fn decode<T: DeserializeOwned>(step_id: &str, value: Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| {
+        Error::from_info(
+            ErrorInfo::new(
+                "decode_failed",
+                format!("the recorded result does not decode as the type the workflow expects: {e}"),
+            )
+            .in_step(step_id),
+        )
+    })
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+thread_local! {
+    /// The branch being polled: its path through `ctx.all` / `ctx.join`.
+    static BRANCH: RefCell<Arc<str>> = RefCell::new(Arc::from(""));
+}
+
+fn current_branch() -> Arc<str> {
+    BRANCH.with(|b| b.borrow().clone())
+}
+
+/// A future polled as one branch of a parallel group, so the steps it reaches
+/// get places (and ids) that do not depend on how branches interleave.
+struct Branch<F> {
+    path: Arc<str>,
+    fut: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for Branch<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let path = self.path.clone();
+        let outer = BRANCH.with(|b| std::mem::replace(&mut *b.borrow_mut(), path));
+        let result = self.fut.as_mut().poll(cx);
+        BRANCH.with(|b| *b.borrow_mut() = outer);
+        result
+    }
+}
+
+/// Poll `fut` as the named branch (the failure handler runs as its own branch,
+/// so its step never takes the place of one of the workflow's).
+pub(crate) fn in_branch<F: Future>(path: &str, fut: F) -> impl Future<Output = F::Output> {
+    Branch { path: Arc::from(path), fut: Box::pin(fut) }
+}
+
+fn branch<F: Future>(index: usize, fut: F) -> Branch<F> {
+    let parent = current_branch();
+    let path: Arc<str> = if parent.is_empty() { Arc::from(index.to_string()) } else { Arc::from(format!("{parent}/{index}")) };
+    Branch { path, fut: Box::pin(fut) }
+}
+
+/// The handle a workflow's code receives: take steps, sleep, wait for events,
+/// start child runs, all durably.
+///
+/// ```
+/// use keel_worker::{Context, Result, StepError};
+///
+/// async fn greet(ctx: Context, name: String) -> Result<String> {
+///     let greeting: String = ctx.step("greet").run(|| async move { Ok::<_, StepError>(format!("hello {name}")) }).await?;
+///     ctx.sleep("pause", std::time::Duration::from_secs(1)).await?;
+///     Ok(greeting)
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Context {
+    core: Arc<RunCore>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("run_id", &self.core.lease.run_id).finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub(crate) fn new(core: Arc<RunCore>) -> Self {
+        Self { core }
+    }
+
+    /// This run's id.
+    pub fn run_id(&self) -> &RunId {
+        &self.core.lease.run_id
+    }
+
+    /// How many times a worker has picked this run up (1 on the first execution).
+    pub fn attempt(&self) -> u64 {
+        self.core.lease.epoch
+    }
+
+    /// A step named `name`; configure it, then [`run`](Step::run) it.
+    pub fn step(&self, name: impl Into<String>) -> Step {
+        Step { ctx: self.clone(), name: name.into(), retry: None, timeout: None }
+    }
+
+    /// Run futures (usually steps) in parallel, each as its own branch, and wait
+    /// for all; the first error (in order) is returned after all have finished.
+    ///
+    /// ```
+    /// # use keel_worker::{Context, Result, StepError};
+    /// async fn fetch_all(ctx: Context, urls: Vec<String>) -> Result<Vec<usize>> {
+    ///     ctx.all(urls.into_iter().map(|url| {
+    ///         ctx.step(format!("fetch-{url}")).retry(5).run(move || async move { Ok::<_, StepError>(url.len()) })
+    ///     }))
+    ///     .await
+    /// }
+    /// ```
+    pub async fn all<T, F>(&self, futures: impl IntoIterator<Item = F>) -> Result<Vec<T>>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let branches: Vec<_> = futures.into_iter().enumerate().map(|(i, f)| branch(i, f)).collect();
+        futures::future::join_all(branches).await.into_iter().collect()
+    }
+
+    /// Run two futures of different types in parallel, each as its own branch.
+    pub async fn join<A, B>(&self, a: impl Future<Output = Result<A>>, b: impl Future<Output = Result<B>>) -> Result<(A, B)> {
+        let (a, b) = futures::future::join(branch(0, a), branch(1, b)).await;
+        Ok((a?, b?))
+    }
+
+    /// Three futures of different types in parallel.
+    pub async fn join3<A, B, C>(
+        &self,
+        a: impl Future<Output = Result<A>>,
+        b: impl Future<Output = Result<B>>,
+        c: impl Future<Output = Result<C>>,
+    ) -> Result<(A, B, C)> {
+        let (a, b, c) = futures::future::join3(branch(0, a), branch(1, b), branch(2, c)).await;
+        Ok((a?, b?, c?))
+    }
+
+    /// A durable sleep: the run is suspended (the worker is free) and resumes
+    /// after `duration`, even across worker restarts.
+    pub async fn sleep(&self, name: impl Into<String>, duration: Duration) -> Result<()> {
+        self.sleep_to(name.into(), Target::After(duration)).await
+    }
+
+    /// A durable sleep until a wall-clock time.
+    pub async fn sleep_until(&self, name: impl Into<String>, at: SystemTime) -> Result<()> {
+        let at_ms = at.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0);
+        self.sleep_to(name.into(), Target::At(at_ms)).await
+    }
+
+    async fn sleep_to(&self, name: String, target: Target) -> Result<()> {
+        let core = &self.core;
+        let Some((step_id, active)) = core.enter(&name) else { return halted().await };
+        let now = core.now_ms();
+        let decision = decide_sleep(core.state().history.step(&step_id), now);
+        match decision {
+            SleepDecision::Done => Ok(()),
+            SleepDecision::WaitUntil(at) => active.block_until(at).await,
+            SleepDecision::Fire => {
+                if core.append(vec![JournalEvent::TimerFired { step_id }]).await.is_none() {
+                    return active.halt().await;
+                }
+                Ok(())
+            }
+            SleepDecision::Schedule => {
+                let fire_at_ms = match target {
+                    Target::After(d) => now + millis(d),
+                    Target::At(at) => at,
+                };
+                let scheduled = JournalEvent::TimerScheduled { step_id: step_id.clone(), fire_at_ms, pos: Some(active.pos.clone()) };
+                let mut events = vec![scheduled];
+                if fire_at_ms <= now {
+                    events.push(JournalEvent::TimerFired { step_id });
+                }
+                let done = events.len() == 2;
+                if core.append(events).await.is_none() {
+                    return active.halt().await;
+                }
+                if done { Ok(()) } else { active.block_until(fire_at_ms).await }
+            }
+        }
+    }
+
+    /// Wait for the first event on `key`; `None` when `timeout` passes first. An
+    /// event sent shortly before the wait began (within the store's lookback
+    /// window) counts.
+    pub async fn wait_for_event<T: DeserializeOwned>(
+        &self,
+        name: impl Into<String>,
+        key: impl Into<String>,
+        timeout: Option<Duration>,
+    ) -> Result<Option<T>> {
+        Ok(self.wait_for_any(name, [key.into()], timeout).await?.map(|(_, data)| data))
+    }
+
+    /// Wait for the first event on any of `keys`: which key, and its data.
+    pub async fn wait_for_any<T: DeserializeOwned>(
+        &self,
+        name: impl Into<String>,
+        keys: impl IntoIterator<Item = impl Into<String>>,
+        timeout: Option<Duration>,
+    ) -> Result<Option<(String, T)>> {
+        let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
+        for key in &keys {
+            keel_proto::validate_event_key(key).map_err(|e| Error::new("invalid_event_key", e.to_string()))?;
+        }
+        let core = &self.core;
+        let name = name.into();
+        let Some((step_id, active)) = core.enter(&name) else { return halted().await };
+        let now = core.now_ms();
+        let decision = decide_wait(core.state().history.step(&step_id), now);
+        match decision {
+            WaitDecision::Received(key, data) => Ok(Some((key, decode(&step_id, data)?))),
+            WaitDecision::TimedOut => Ok(None),
+            WaitDecision::TimeOut => {
+                if core.append(vec![JournalEvent::WaitTimedOut { step_id }]).await.is_none() {
+                    return active.halt().await;
+                }
+                Ok(None)
+            }
+            WaitDecision::Wait(w) => {
+                let wait = EventWait { step_id, keys: w.keys, since_ms: w.since_ms };
+                active.block_on_event(wait, w.timeout_at_ms).await
+            }
+            WaitDecision::Start => {
+                let timeout_at_ms = timeout.map(|d| now + millis(d));
+                let started = JournalEvent::WaitStarted {
+                    step_id: step_id.clone(),
+                    event_keys: keys.clone(),
+                    timeout_at_ms,
+                    pos: Some(active.pos.clone()),
+                };
+                let Some(records) = core.append(vec![started]).await else { return active.halt().await };
+                let since_ms = records.first().map_or(now, |r| r.at_ms);
+                active.block_on_event(EventWait { step_id, keys, since_ms }, timeout_at_ms).await
+            }
+        }
+    }
+
+    /// Start a child run of `workflow` and wait for its output. Its failure (or
+    /// cancellation) comes back as an error of kind `child_failed` / `child_cancelled`.
+    pub async fn invoke<I: Serialize, O: DeserializeOwned>(
+        &self,
+        name: impl Into<String>,
+        workflow: &str,
+        input: &I,
+    ) -> Result<O> {
+        let input = serde_json::to_value(input).map_err(|e| Error::new("invalid_input", e.to_string()))?;
+        let core = &self.core;
+        let name = name.into();
+        let Some((step_id, active)) = core.enter(&name) else { return halted().await };
+        let decision = decide_child(core.state().history.step(&step_id));
+        let outcome = match decision {
+            ChildDecision::Done(outcome) => outcome,
+            ChildDecision::Start => {
+                let child_run_id = child_run_id(&core.lease.run_id, &step_id);
+                let created = core
+                    .store
+                    .create_run(CreateRun {
+                        workflow: workflow.to_owned(),
+                        version: core.settings.versions.get(workflow).copied().unwrap_or(1),
+                        input,
+                        run_id: Some(child_run_id.clone()),
+                        parent: Some(ParentRef { run_id: core.lease.run_id.clone(), step_id: step_id.clone() }),
+                        ..Default::default()
+                    })
+                    .await;
+                if let Err(e) = created {
+                    let error = ErrorInfo::new("child_not_started", e.to_string()).in_step(&step_id);
+                    return Err(Error::from_info(error));
+                }
+                let started = JournalEvent::ChildStarted {
+                    step_id: step_id.clone(),
+                    child_run_id: child_run_id.clone(),
+                    workflow: workflow.to_owned(),
+                    pos: Some(active.pos.clone()),
+                };
+                let Some(records) = core.append(vec![started]).await else { return active.halt().await };
+                let since_ms = records.first().map_or(core.now_ms(), |r| r.at_ms);
+                let keys = vec![keel_engine::child_event_key(&child_run_id)];
+                return active.block_on_event(EventWait { step_id, keys, since_ms }, None).await;
+            }
+            ChildDecision::Wait { child, since_ms } => {
+                // The outcome may have come and gone from the lookback while this run
+                // was not waiting (a long crash): ask the child itself.
+                match core.store.get_run(&child).await {
+                    Ok(Some(run)) if run.status.is_final() => {
+                        let outcome = match run.status {
+                            RunStatus::Completed => ChildOutcome::Completed { output: run.output.unwrap_or(Value::Null) },
+                            RunStatus::Failed => ChildOutcome::Failed {
+                                error: run.error.unwrap_or_else(|| ErrorInfo::new("child_failed", "the child run failed")),
+                            },
+                            _ => ChildOutcome::Cancelled,
+                        };
+                        let done = JournalEvent::ChildCompleted { step_id: step_id.clone(), child_run_id: child, outcome: outcome.clone() };
+                        if core.append(vec![done]).await.is_none() {
+                            return active.halt().await;
+                        }
+                        outcome
+                    }
+                    Ok(_) => {
+                        let keys = vec![keel_engine::child_event_key(&child)];
+                        return active.block_on_event(EventWait { step_id, keys, since_ms }, None).await;
+                    }
+                    Err(e) => {
+                        core.halt(Stop::Abandon(e.to_string()));
+                        return active.halt().await;
+                    }
+                }
+            }
+        };
+        drop(active);
+        match outcome {
+            ChildOutcome::Completed { output } => decode(&step_id, output),
+            ChildOutcome::Failed { error } => {
+                Err(Error::from_info(ErrorInfo::new("child_failed", error.message).in_step(step_id)))
+            }
+            ChildOutcome::Cancelled => {
+                Err(Error::from_info(ErrorInfo::new("child_cancelled", "the child run was cancelled").in_step(step_id)))
+            }
+        }
+    }
+
+    /// Declare how many steps the run expects in all, for progress displays.
+    pub async fn progress(&self, total_steps: u32) -> Result<()> {
+        let core = &self.core;
+        if core.state().history.progress == Some(total_steps) {
+            return Ok(());
+        }
+        if core.state().stop.is_some() {
+            return halted().await;
+        }
+        let active = core.busy();
+        if core.append(vec![JournalEvent::ProgressDeclared { total_steps }]).await.is_none() {
+            return active.halt().await;
+        }
+        Ok(())
+    }
+}
+
+enum Target {
+    After(Duration),
+    At(u64),
+}
+
+/// A child's id is derived from its parent and step, so a replay that starts it
+/// again finds the same run.
+fn child_run_id(parent: &RunId, step_id: &str) -> RunId {
+    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("keel/{parent}/{step_id}").as_bytes());
+    // A UUID is always a valid run id.
+    RunId::new(id.to_string()).unwrap_or_else(|_| parent.clone())
+}
+
+/// A step being configured. Its result is journaled before the workflow goes on;
+/// on replay it is returned without running the closure again.
+#[must_use = "a step does nothing until `.run(...)` is awaited"]
+pub struct Step {
+    ctx: Context,
+    name: String,
+    retry: Option<RetryPolicy>,
+    timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Step").field("name", &self.name).field("retry", &self.retry).field("timeout", &self.timeout).finish()
+    }
+}
+
+impl Step {
+    /// How often to try, and the back-off between tries (a number is that many attempts).
+    pub fn retry(mut self, policy: impl Into<RetryPolicy>) -> Self {
+        self.retry = Some(policy.into());
+        self
+    }
+
+    /// An attempt that runs longer than this fails (kind `timeout`) and counts as an attempt.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Run the step's code.
+    pub async fn run<T, F, Fut>(self, f: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, StepError>>,
+    {
+        self.run_with(move |_| f()).await
+    }
+
+    /// Run the step's code, which receives the attempt and its idempotency key.
+    ///
+    /// ```
+    /// # use keel_worker::{Context, Result, StepError, StepInfo};
+    /// async fn charge(ctx: Context, cents: u64) -> Result<String> {
+    ///     ctx.step("charge")
+    ///         .run_with(|info: StepInfo| async move {
+    ///             // Pass info.idempotency_key to the payment API so a retry never charges twice.
+    ///             Ok::<_, StepError>(format!("{} for {cents}", info.idempotency_key))
+    ///         })
+    ///         .await
+    /// }
+    /// ```
+    pub async fn run_with<T, F, Fut>(self, f: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(StepInfo) -> Fut,
+        Fut: Future<Output = Result<T, StepError>>,
+    {
+        let core = self.ctx.core.clone();
+        if self.name.is_empty() || self.name.contains('\n') || self.name.len() > 256 {
+            return Err(Error::new("invalid_step_name", format!("step name {:?} must be 1-256 characters without line breaks", self.name)));
+        }
+        let Some((step_id, active)) = core.enter(&self.name) else { return halted().await };
+        let decision = decide_step(core.state().history.step(&step_id), core.now_ms());
+        let attempt = match decision {
+            StepDecision::Replay(output) => return decode(&step_id, output),
+            StepDecision::ReplayFailure(error) => return Err(Error::from_info(error)),
+            StepDecision::WaitUntil(at) => return active.block_until(at).await,
+            StepDecision::Execute { attempt } => attempt,
+        };
+        let started = JournalEvent::StepStarted { step_id: step_id.clone(), attempt, pos: Some(active.pos.clone()) };
+        if core.append(vec![started]).await.is_none() {
+            return active.halt().await;
+        }
+        let run_id = core.lease.run_id.clone();
+        let info = StepInfo { idempotency_key: format!("{run_id}:{step_id}"), run_id, step_id: step_id.clone(), attempt };
+        let injected = core.settings.interceptor.as_ref().and_then(|intercept| intercept(&info));
+        let outcome: Result<T, (ErrorInfo, Option<StepError>)> = match injected {
+            Some(err) => Err((ErrorInfo::new(err.kind_name(), err.message()), Some(err))),
+            None => {
+                let work = f(info);
+                let result = match self.timeout {
+                    Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| limit),
+                    None => Ok(work.await),
+                };
+                match result {
+                    Ok(Ok(value)) => Ok(value),
+                    Ok(Err(err)) => Err((ErrorInfo::new(err.kind_name(), err.message()), Some(err))),
+                    Err(limit) => Err((ErrorInfo::new("timeout", format!("the attempt took longer than {limit:?}")), None)),
+                }
+            }
+        };
+        match outcome {
+            Ok(value) => {
+                let output = match serde_json::to_value(&value) {
+                    Ok(output) => output,
+                    Err(e) => {
+                        let error = ErrorInfo::new("encode_failed", format!("the step's result is not JSON: {e}")).in_step(&step_id);
+                        let failed = JournalEvent::StepFailed { step_id, attempt, error: error.clone(), retry_at_ms: None };
+                        if core.append(vec![failed]).await.is_none() {
+                            return active.halt().await;
+                        }
+                        return Err(Error::from_info(error));
+                    }
+                };
+                let done = JournalEvent::StepCompleted { step_id, attempt, output };
+                if core.append(vec![done]).await.is_none() {
+                    return active.halt().await;
+                }
+                Ok(value)
+            }
+            Err((error, step_error)) => {
+                let error = error.in_step(&step_id);
+                let policy = self.retry.unwrap_or_else(|| core.settings.default_retry.clone());
+                let retryable = step_error.as_ref().is_none_or(StepError::is_retryable);
+                if retryable && attempt < policy.max_attempts() {
+                    let delay = step_error.as_ref().and_then(StepError::retry_delay).unwrap_or_else(|| policy.delay_after(attempt));
+                    let retry_at = core.now_ms() + millis(delay);
+                    tracing::debug!(run_id = %core.lease.run_id, step = %step_id, attempt, ?delay, "step attempt failed; retrying");
+                    let failed = JournalEvent::StepFailed { step_id, attempt, error, retry_at_ms: Some(retry_at) };
+                    if core.append(vec![failed]).await.is_none() {
+                        return active.halt().await;
+                    }
+                    active.block_until(retry_at).await
+                } else {
+                    let failed = JournalEvent::StepFailed { step_id, attempt, error: error.clone(), retry_at_ms: None };
+                    if core.append(vec![failed]).await.is_none() {
+                        return active.halt().await;
+                    }
+                    Err(Error::from_info(error))
+                }
+            }
+        }
+    }
+}

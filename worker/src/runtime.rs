@@ -1,0 +1,613 @@
+//! The worker runtime: claims tasks, replays workflows, keeps leases alive,
+//! and runs the store's periodic duties (timers, reclaiming, reconciling,
+//! expiry, its own registration).
+//!
+//! Tasks it spawns, all owned and awaited on shutdown: one per run in flight
+//! (each with a heartbeat task of its own), and one for the periodic duties.
+//! Shutdown is staged: stop claiming -> let runs finish within the grace period
+//! -> hand the rest back (released at once, not after a lease expiry).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use keel_engine::{Claim, ClaimedTask, Finish, Finished, Lease, Store, Suspension};
+use keel_proto::{ErrorInfo, JournalEvent, JournalRecord, WorkerInfo};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::{Interceptor, RunCore, Settings, Stop};
+use crate::workflow::Workflow;
+use crate::{Context, RetryPolicy, StepError, StepInfo};
+
+/// Runs registered workflows from a store. Build one with [`Worker::builder`].
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use keel_worker::{Context, Result, StepError, Worker, Workflow};
+///
+/// async fn hello(ctx: Context, name: String) -> Result<String> {
+///     ctx.step("greet").run(|| async move { Ok::<_, StepError>(format!("hello {name}")) }).await
+/// }
+///
+/// # async fn example() -> Result<(), keel_worker::WorkerError> {
+/// let worker = Worker::builder()
+///     .redis_url("redis://127.0.0.1:6379")
+///     .register(Workflow::new("hello", hello))
+///     .concurrency(32)
+///     .build()
+///     .await?;
+/// worker.run_until_signal().await
+/// # }
+/// ```
+pub struct Worker {
+    store: Arc<dyn Store>,
+    workflows: HashMap<String, BTreeMap<u32, Workflow>>,
+    settings: Arc<Settings>,
+    config: WorkerConfig,
+    started_at_ms: u64,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("worker_id", &self.config.worker_id).field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct WorkerConfig {
+    worker_id: String,
+    concurrency: usize,
+    lease: Duration,
+    claim_block: Duration,
+    timer_tick: Duration,
+    grace: Duration,
+}
+
+/// Why a worker could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("the worker needs a store: call .store(...) or .redis_url(...)")]
+    NoStore,
+    #[error("no workflow registered: call .register(...) at least once")]
+    NoWorkflows,
+    #[error("workflow {0:?} version {1} is registered twice")]
+    Duplicate(String, u32),
+    #[error(transparent)]
+    Store(#[from] keel_engine::Error),
+}
+
+/// Configures a [`Worker`].
+#[derive(Default)]
+pub struct WorkerBuilder {
+    store: Option<Arc<dyn Store>>,
+    redis_url: Option<String>,
+    namespace: Option<String>,
+    workflows: Vec<Workflow>,
+    concurrency: Option<usize>,
+    lease: Option<Duration>,
+    grace: Option<Duration>,
+    timer_tick: Option<Duration>,
+    worker_id: Option<String>,
+    default_retry: Option<RetryPolicy>,
+    interceptor: Option<Interceptor>,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder").field("workflows", &self.workflows).finish_non_exhaustive()
+    }
+}
+
+impl WorkerBuilder {
+    /// Run on this store (a `MemoryStore` for tests, a shared `RedisStore`).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Connect to Redis at `url` when building.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// The key namespace (with `redis_url`); default `keel`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    pub fn register(mut self, workflow: Workflow) -> Self {
+        self.workflows.push(workflow);
+        self
+    }
+
+    /// How many runs execute at once (default 16).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = Some(n.max(1));
+        self
+    }
+
+    /// How long a lease lasts without a heartbeat (default 30 s). A crashed
+    /// worker's runs are taken over after this long.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// How long shutdown lets runs finish before handing them back (default 10 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.grace = Some(grace);
+        self
+    }
+
+    /// How often due timers are moved to the queues (default 100 ms).
+    pub fn timer_tick(mut self, tick: Duration) -> Self {
+        self.timer_tick = Some(tick);
+        self
+    }
+
+    /// Default: `host:pid:uuid`, unique per process start.
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = Some(id.into());
+        self
+    }
+
+    /// The retry policy of steps that set none (default: 3 attempts, 1 s then 2 s).
+    pub fn default_retry(mut self, policy: RetryPolicy) -> Self {
+        self.default_retry = Some(policy);
+        self
+    }
+
+    pub(crate) fn interceptor(mut self, interceptor: Interceptor) -> Self {
+        self.interceptor = Some(interceptor);
+        self
+    }
+
+    pub async fn build(self) -> Result<Worker, WorkerError> {
+        let store: Arc<dyn Store> = match (self.store, self.redis_url) {
+            (Some(store), _) => store,
+            (None, Some(url)) => {
+                let config = keel_engine::StoreConfig::with_namespace(self.namespace.unwrap_or_else(|| "keel".into()));
+                Arc::new(keel_engine::RedisStore::connect(&url, config).await?)
+            }
+            (None, None) => return Err(WorkerError::NoStore),
+        };
+        if self.workflows.is_empty() {
+            return Err(WorkerError::NoWorkflows);
+        }
+        let mut workflows: HashMap<String, BTreeMap<u32, Workflow>> = HashMap::new();
+        for workflow in self.workflows {
+            keel_proto::validate_workflow_name(&workflow.name).map_err(keel_engine::Error::from)?;
+            let versions = workflows.entry(workflow.name.clone()).or_default();
+            if versions.contains_key(&workflow.version) {
+                return Err(WorkerError::Duplicate(workflow.name, workflow.version));
+            }
+            versions.insert(workflow.version, workflow);
+        }
+        let versions = workflows
+            .iter()
+            .filter_map(|(name, versions)| Some((name.clone(), *versions.keys().next_back()?)))
+            .collect();
+        let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
+        Ok(Worker {
+            store,
+            workflows,
+            settings: Arc::new(Settings {
+                default_retry: self.default_retry.unwrap_or_default(),
+                interceptor: self.interceptor,
+                versions,
+            }),
+            config: WorkerConfig {
+                worker_id,
+                concurrency: self.concurrency.unwrap_or(16),
+                lease: self.lease.unwrap_or(Duration::from_secs(30)),
+                claim_block: Duration::from_secs(1),
+                timer_tick: self.timer_tick.unwrap_or(Duration::from_millis(100)),
+                grace: self.grace.unwrap_or(Duration::from_secs(10)),
+            },
+            started_at_ms: keel_engine::Clock::now_ms(&keel_engine::SystemClock),
+        })
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "worker".into());
+    let host: String = host.chars().filter(|c| !c.is_whitespace()).collect();
+    format!("{host}:{}:{}", std::process::id(), uuid::Uuid::now_v7().simple())
+}
+
+impl Worker {
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::default()
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.config.worker_id
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The workflows this worker runs: name -> versions.
+    pub fn workflows(&self) -> BTreeMap<String, Vec<u32>> {
+        self.workflows.iter().map(|(name, versions)| (name.clone(), versions.keys().copied().collect())).collect()
+    }
+
+    /// The newest version registered for `workflow`.
+    pub fn latest_version(&self, workflow: &str) -> Option<u32> {
+        self.settings.versions.get(workflow).copied()
+    }
+
+    fn claim_request(&self, max: usize, block: Duration) -> Claim {
+        Claim {
+            workflows: self.workflows.keys().cloned().collect(),
+            worker_id: self.config.worker_id.clone(),
+            lease: self.config.lease,
+            max,
+            block,
+        }
+    }
+
+    /// Run until SIGINT or SIGTERM, then shut down gracefully.
+    pub async fn run_until_signal(self) -> Result<(), WorkerError> {
+        self.run(shutdown_signal()).await
+    }
+
+    /// Run until `shutdown` completes, then shut down gracefully: stop claiming,
+    /// let runs in flight finish within the grace period, hand the rest back.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), WorkerError> {
+        let worker = Arc::new(self);
+        let stop = CancellationToken::new();
+        let handback = CancellationToken::new();
+        let duties = tokio::spawn(worker.clone().periodic_duties(stop.clone()));
+        let permits = Arc::new(Semaphore::new(worker.config.concurrency));
+        let mut runs = JoinSet::new();
+        tracing::info!(worker_id = %worker.config.worker_id, workflows = ?worker.workflows(), "worker started");
+
+        tokio::pin!(shutdown);
+        let reclaim_every = (worker.config.lease / 4).max(Duration::from_millis(50));
+        let mut last_reclaim = Instant::now() - reclaim_every;
+        let mut failures = 0u32;
+        loop {
+            let first = tokio::select! {
+                _ = &mut shutdown => break,
+                permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            };
+            let mut held = vec![first];
+            while let Ok(more) = permits.clone().try_acquire_owned() {
+                held.push(more);
+            }
+            let reclaim = last_reclaim.elapsed() >= reclaim_every;
+            let request = worker.claim_request(held.len(), if reclaim { Duration::ZERO } else { worker.config.claim_block });
+            // The claim is not raced against shutdown: a claim dropped half-way would
+            // strand delivered tasks until their lease expired. It blocks 1 s at most.
+            let claimed = if reclaim {
+                last_reclaim = Instant::now();
+                worker.store.reclaim_expired(&request).await
+            } else {
+                worker.store.claim(&request).await
+            };
+            match claimed {
+                Ok(tasks) => {
+                    failures = 0;
+                    for task in tasks {
+                        let Some(permit) = held.pop() else { break };
+                        let worker = worker.clone();
+                        let handback = handback.clone();
+                        runs.spawn(async move {
+                            worker.execute(task, handback).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    let pause = Duration::from_millis(100 * 2u64.pow(failures.min(5)));
+                    tracing::warn!(error = %e, ?pause, "claiming tasks failed; retrying");
+                    tokio::select! { _ = &mut shutdown => break, _ = tokio::time::sleep(pause) => {} }
+                }
+            }
+            while runs.try_join_next().is_some() {}
+        }
+
+        tracing::info!(in_flight = runs.len(), grace = ?worker.config.grace, "worker stopping: no new tasks");
+        stop.cancel();
+        let drained = tokio::time::timeout(worker.config.grace, async { while runs.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::info!(in_flight = runs.len(), "grace period over: handing the remaining runs back");
+            handback.cancel();
+            while runs.join_next().await.is_some() {}
+        }
+        let _ = duties.await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+
+    /// Timers, reclaim-free maintenance and the worker's registration.
+    async fn periodic_duties(self: Arc<Self>, stop: CancellationToken) {
+        let info = WorkerInfo {
+            worker_id: self.config.worker_id.clone(),
+            workflows: self.workflows(),
+            started_at_ms: self.started_at_ms,
+            heartbeat_at_ms: 0,
+        };
+        let mut tick = tokio::time::interval(self.config.timer_tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        let every = |period: Duration| (period.as_millis() / self.config.timer_tick.as_millis().max(1)).max(1) as u64;
+        let (register, reconcile, expire) =
+            (every(Duration::from_secs(10)), every(Duration::from_secs(30)), every(Duration::from_secs(60)));
+        loop {
+            tokio::select! { _ = stop.cancelled() => return, _ = tick.tick() => {} }
+            if let Err(e) = self.store.fire_due_timers(500).await {
+                tracing::warn!(error = %e, "firing due timers failed");
+            }
+            if n % register == 0
+                && let Err(e) = self.store.register_worker(&info, Duration::from_secs(30)).await
+            {
+                tracing::warn!(error = %e, "worker registration failed");
+            }
+            if n % reconcile == reconcile / 2
+                && let Ok(fixed) = self.store.reconcile(500).await
+                && !fixed.is_empty()
+            {
+                tracing::warn!(runs = ?fixed, "re-queued runs that had lost their task");
+            }
+            if n % expire == expire / 3 {
+                let _ = self.store.expire_finished(1000).await;
+            }
+            n += 1;
+        }
+    }
+
+    /// Fire due timers, then claim what is queued (without blocking) and run each
+    /// task to the end of its lease, one after another. Returns how many timers
+    /// fired and tasks ran. For tests and the testing harness.
+    #[doc(hidden)]
+    pub async fn drain_once(&self) -> Result<usize, keel_engine::Error> {
+        let mut ran = self.store.fire_due_timers(1000).await?.len();
+        loop {
+            let tasks = self.store.claim(&self.claim_request(1, Duration::ZERO)).await?;
+            if tasks.is_empty() {
+                break;
+            }
+            for task in tasks {
+                self.execute(task, CancellationToken::new()).await;
+                ran += 1;
+            }
+        }
+        Ok(ran)
+    }
+
+    /// Run one claimed task until its lease ends.
+    async fn execute(&self, task: ClaimedTask, handback: CancellationToken) {
+        let lease = task.lease.clone();
+        let span = tracing::info_span!("run", run_id = %lease.run_id, workflow = %lease.workflow, epoch = lease.epoch);
+        let _enter = span.enter();
+        let Some(workflow) = self.workflows.get(&lease.workflow).and_then(|v| v.get(&task.run.version)).cloned() else {
+            tracing::warn!(version = task.run.version, "no such workflow version here; handing the run back");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = self.finish(&lease, Finish::Release).await;
+            return;
+        };
+        let Some(input) = task.journal.iter().find_map(|r| match &r.entry.event {
+            JournalEvent::RunStarted { input, .. } => Some(input.clone()),
+            _ => None,
+        }) else {
+            let error = ErrorInfo::new("corrupt_journal", "the run's journal has no run_started entry");
+            let _ = self.finish(&lease, Finish::Fail { error }).await;
+            return;
+        };
+
+        let lost = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(self.store.clone(), lease.clone(), self.config.lease, lost.clone()));
+        let base = (task.now_ms, Instant::now());
+        let now = move || base.0 + base.1.elapsed().as_millis() as u64;
+        let mut journal = task.journal;
+        let mut cancel_requested = task.run.cancel_requested;
+        loop {
+            let core = RunCore::new(
+                self.store.clone(),
+                lease.clone(),
+                self.settings.clone(),
+                journal.clone(),
+                now(),
+                cancel_requested,
+            );
+            let ctx = Context::new(core.clone());
+            let outcome = self.drive(core.clone(), (workflow.handler)(ctx, input.clone()), &lost, &handback).await;
+            let how = match outcome {
+                Outcome::Returned(Ok(output)) => Finish::Complete { output },
+                Outcome::Returned(Err(error)) => {
+                    match self.on_failure(&workflow, &core, &input, error.info().clone(), &lost, &handback).await {
+                        Some(how) => how,
+                        None => break,
+                    }
+                }
+                Outcome::Fail(error) => match self.on_failure(&workflow, &core, &input, error, &lost, &handback).await {
+                    Some(how) => how,
+                    None => break,
+                },
+                Outcome::Cancel => Finish::Cancel { reason: None },
+                Outcome::Suspend(suspension) => Finish::Suspend(suspension),
+                Outcome::Release => Finish::Release,
+                Outcome::Abandon(reason) => {
+                    tracing::warn!(%reason, "abandoning the run: its lease will lapse and another attempt replays it");
+                    break;
+                }
+            };
+            match self.finish(&lease, how).await {
+                Some(Finished::EventArrived(record)) => {
+                    // The event was already there: the lease is still ours, go on.
+                    journal = core.state().journal.clone();
+                    journal.push(record);
+                    cancel_requested = core.state().stop == Some(Stop::Cancel);
+                }
+                _ => break,
+            }
+        }
+        heartbeat.abort();
+    }
+
+    /// Poll the workflow until it returns, suspends, stops, or loses its lease.
+    async fn drive(
+        &self,
+        core: Arc<RunCore>,
+        fut: impl Future<Output = crate::Result<Value>>,
+        lost: &CancellationToken,
+        handback: &CancellationToken,
+    ) -> Outcome {
+        tokio::select! {
+            outcome = Driver { fut: Box::pin(fut), core } => outcome,
+            _ = lost.cancelled() => Outcome::Abandon("the lease was taken over".into()),
+            _ = handback.cancelled() => Outcome::Release,
+        }
+    }
+
+    /// A run failed for good: run the workflow's failure handler once (journaled
+    /// as the step `keel.on_failure`), then fail the run.
+    async fn on_failure(
+        &self,
+        workflow: &Workflow,
+        core: &Arc<RunCore>,
+        input: &Value,
+        error: ErrorInfo,
+        lost: &CancellationToken,
+        handback: &CancellationToken,
+    ) -> Option<Finish> {
+        let Some(handler) = workflow.on_failure.clone() else { return Some(Finish::Fail { error }) };
+        let journal = core.state().journal.clone();
+        let fresh = RunCore::new(self.store.clone(), core.lease.clone(), self.settings.clone(), journal, core.now_ms(), false);
+        let ctx = Context::new(fresh.clone());
+        let (input, reported) = (input.clone(), error.clone());
+        let handled = crate::context::in_branch("failure", async move {
+            ctx.step("keel.on_failure")
+                .run(|| async move {
+                    handler(ctx.clone(), input, reported).await.map_err(|e| StepError::retryable(e.to_string()))
+                })
+                .await
+        });
+        match self.drive(fresh, async move { handled.await.map(|()| Value::Null) }, lost, handback).await {
+            Outcome::Suspend(suspension) => Some(Finish::Suspend(suspension)),
+            Outcome::Abandon(_) => None,
+            Outcome::Release => Some(Finish::Release),
+            // Handled, or the handler itself failed for good: the run fails either way.
+            _ => Some(Finish::Fail { error }),
+        }
+    }
+
+    /// Finish the lease; retried on store errors (a fenced finish is safe to
+    /// repeat: a second one that finds the lease spent changes nothing).
+    async fn finish(&self, lease: &Lease, how: Finish) -> Option<Finished> {
+        for attempt in 0..6u32 {
+            match self.store.finish(lease, &[], how.clone()).await {
+                Ok(finished) => return Some(finished),
+                Err(keel_engine::Error::LeaseLost { .. }) => {
+                    tracing::info!("the run's lease was taken over before it finished; the new holder goes on");
+                    return None;
+                }
+                Err(keel_engine::Error::Invalid(reason)) => {
+                    tracing::error!(%reason, "the store refused to finish the run");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "finishing the run failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(attempt))).await;
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Keep the lease alive while the run executes; say so when it is lost.
+async fn heartbeat(store: Arc<dyn Store>, lease: Lease, ttl: Duration, lost: CancellationToken) {
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match store.renew_lease(&lease, ttl).await {
+            Ok(()) => {}
+            Err(keel_engine::Error::LeaseLost { .. }) => {
+                lost.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(run_id = %lease.run_id, error = %e, "lease renewal failed; will retry"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// How one execution of a workflow ended.
+#[derive(Debug)]
+enum Outcome {
+    Returned(crate::Result<Value>),
+    Fail(ErrorInfo),
+    Cancel,
+    Suspend(Suspension),
+    Release,
+    Abandon(String),
+}
+
+/// Polls the workflow's future and, after each poll, asks whether the run can
+/// go on: if every branch is blocked and none is working, it suspends.
+struct Driver<F> {
+    fut: Pin<Box<F>>,
+    core: Arc<RunCore>,
+}
+
+impl<F: Future<Output = crate::Result<Value>>> Future for Driver<F> {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Outcome> {
+        let polled = self.fut.as_mut().poll(cx);
+        let state = self.core.state();
+        match (&state.stop, polled) {
+            (Some(Stop::Abandon(reason)), _) => return Poll::Ready(Outcome::Abandon(reason.clone())),
+            (Some(Stop::Fail(error)), _) => return Poll::Ready(Outcome::Fail(error.clone())),
+            (_, Poll::Ready(result)) => return Poll::Ready(Outcome::Returned(result)),
+            (Some(Stop::Cancel), Poll::Pending) if state.executing == 0 => return Poll::Ready(Outcome::Cancel),
+            _ => {}
+        }
+        if state.executing == 0 && (!state.blocked_until.is_empty() || !state.waits.is_empty()) {
+            let timeouts = state.waits.iter().filter_map(|(_, timeout)| *timeout);
+            let wake_at_ms = state.blocked_until.iter().copied().chain(timeouts).min();
+            let waits = state.waits.iter().map(|(wait, _)| wait.clone()).collect();
+            return Poll::Ready(Outcome::Suspend(Suspension { wake_at_ms, waits }));
+        }
+        Poll::Pending
+    }
+}
+
+/// Testing hook: make chosen step attempts fail without running.
+pub(crate) fn interceptor_from(f: impl Fn(&StepInfo) -> Option<StepError> + Send + Sync + 'static) -> Interceptor {
+    Arc::new(f)
+}
+
+#[allow(dead_code)]
+fn _journal_is_send(_: &JournalRecord) {}
