@@ -98,7 +98,9 @@ async fn stored_messages_match_the_committed_wire_schemas() {
             &[JournalEvent::WaitStarted {
                 step_id: "ok/1".into(),
                 event_keys: vec!["go\"key".into()],
-                timeout_at_ms: None, pos: None }],
+                timeout_at_ms: None,
+                pos: None,
+            }],
             Finish::Suspend(Suspension {
                 wake_at_ms: None,
                 waits: vec![EventWait { step_id: "ok/1".into(), keys: vec!["go\"key".into()], since_ms: task.now_ms }],

@@ -54,7 +54,12 @@ fn every_event() -> Vec<JournalEvent> {
         JournalEvent::StepFailed { step_id: "fetch-1".into(), attempt: 1, error: error.clone(), retry_at_ms: Some(5) },
         JournalEvent::TimerScheduled { step_id: "nap".into(), fire_at_ms: 1_700_000_000_000, pos: None },
         JournalEvent::TimerFired { step_id: "nap".into() },
-        JournalEvent::WaitStarted { step_id: "ok".into(), event_keys: vec!["k".into()], timeout_at_ms: None, pos: None },
+        JournalEvent::WaitStarted {
+            step_id: "ok".into(),
+            event_keys: vec!["k".into()],
+            timeout_at_ms: None,
+            pos: None,
+        },
         JournalEvent::EventReceived {
             step_id: "ok".into(),
             event_key: "k".into(),

@@ -302,7 +302,8 @@ pub(crate) fn in_branch<F: Future>(path: &str, fut: F) -> impl Future<Output = F
 
 fn branch<F: Future>(index: usize, fut: F) -> Branch<F> {
     let parent = current_branch();
-    let path: Arc<str> = if parent.is_empty() { Arc::from(index.to_string()) } else { Arc::from(format!("{parent}/{index}")) };
+    let path: Arc<str> =
+        if parent.is_empty() { Arc::from(index.to_string()) } else { Arc::from(format!("{parent}/{index}")) };
     Branch { path, fut: Box::pin(fut) }
 }
 
@@ -370,7 +371,11 @@ impl Context {
     }
 
     /// Run two futures of different types in parallel, each as its own branch.
-    pub async fn join<A, B>(&self, a: impl Future<Output = Result<A>>, b: impl Future<Output = Result<B>>) -> Result<(A, B)> {
+    pub async fn join<A, B>(
+        &self,
+        a: impl Future<Output = Result<A>>,
+        b: impl Future<Output = Result<B>>,
+    ) -> Result<(A, B)> {
         let (a, b) = futures::future::join(branch(0, a), branch(1, b)).await;
         Ok((a?, b?))
     }
@@ -417,7 +422,11 @@ impl Context {
                     Target::After(d) => now + millis(d),
                     Target::At(at) => at,
                 };
-                let scheduled = JournalEvent::TimerScheduled { step_id: step_id.clone(), fire_at_ms, pos: Some(active.pos.clone()) };
+                let scheduled = JournalEvent::TimerScheduled {
+                    step_id: step_id.clone(),
+                    fire_at_ms,
+                    pos: Some(active.pos.clone()),
+                };
                 let mut events = vec![scheduled];
                 if fire_at_ms <= now {
                     events.push(JournalEvent::TimerFired { step_id });
@@ -536,13 +545,21 @@ impl Context {
                 match core.store.get_run(&child).await {
                     Ok(Some(run)) if run.status.is_final() => {
                         let outcome = match run.status {
-                            RunStatus::Completed => ChildOutcome::Completed { output: run.output.unwrap_or(Value::Null) },
+                            RunStatus::Completed => {
+                                ChildOutcome::Completed { output: run.output.unwrap_or(Value::Null) }
+                            }
                             RunStatus::Failed => ChildOutcome::Failed {
-                                error: run.error.unwrap_or_else(|| ErrorInfo::new("child_failed", "the child run failed")),
+                                error: run
+                                    .error
+                                    .unwrap_or_else(|| ErrorInfo::new("child_failed", "the child run failed")),
                             },
                             _ => ChildOutcome::Cancelled,
                         };
-                        let done = JournalEvent::ChildCompleted { step_id: step_id.clone(), child_run_id: child, outcome: outcome.clone() };
+                        let done = JournalEvent::ChildCompleted {
+                            step_id: step_id.clone(),
+                            child_run_id: child,
+                            outcome: outcome.clone(),
+                        };
                         if core.append(vec![done]).await.is_none() {
                             return active.halt().await;
                         }
@@ -613,7 +630,11 @@ pub struct Step {
 
 impl std::fmt::Debug for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Step").field("name", &self.name).field("retry", &self.retry).field("timeout", &self.timeout).finish()
+        f.debug_struct("Step")
+            .field("name", &self.name)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -661,7 +682,10 @@ impl Step {
     {
         let core = self.ctx.core.clone();
         if self.name.is_empty() || self.name.contains('\n') || self.name.len() > 256 {
-            return Err(Error::new("invalid_step_name", format!("step name {:?} must be 1-256 characters without line breaks", self.name)));
+            return Err(Error::new(
+                "invalid_step_name",
+                format!("step name {:?} must be 1-256 characters without line breaks", self.name),
+            ));
         }
         let Some((step_id, active)) = core.enter(&self.name) else { return halted().await };
         let decision = decide_step(core.state().history.step(&step_id), core.now_ms());
@@ -676,7 +700,8 @@ impl Step {
             return active.halt().await;
         }
         let run_id = core.lease.run_id.clone();
-        let info = StepInfo { idempotency_key: format!("{run_id}:{step_id}"), run_id, step_id: step_id.clone(), attempt };
+        let info =
+            StepInfo { idempotency_key: format!("{run_id}:{step_id}"), run_id, step_id: step_id.clone(), attempt };
         let injected = core.settings.interceptor.as_ref().and_then(|intercept| intercept(&info));
         let outcome: Result<T, (ErrorInfo, Option<StepError>)> = match injected {
             Some(err) => Err((ErrorInfo::new(err.kind_name(), err.message()), Some(err))),
@@ -689,7 +714,9 @@ impl Step {
                 match result {
                     Ok(Ok(value)) => Ok(value),
                     Ok(Err(err)) => Err((ErrorInfo::new(err.kind_name(), err.message()), Some(err))),
-                    Err(limit) => Err((ErrorInfo::new("timeout", format!("the attempt took longer than {limit:?}")), None)),
+                    Err(limit) => {
+                        Err((ErrorInfo::new("timeout", format!("the attempt took longer than {limit:?}")), None))
+                    }
                 }
             }
         };
@@ -698,8 +725,10 @@ impl Step {
                 let output = match serde_json::to_value(&value) {
                     Ok(output) => output,
                     Err(e) => {
-                        let error = ErrorInfo::new("encode_failed", format!("the step's result is not JSON: {e}")).in_step(&step_id);
-                        let failed = JournalEvent::StepFailed { step_id, attempt, error: error.clone(), retry_at_ms: None };
+                        let error = ErrorInfo::new("encode_failed", format!("the step's result is not JSON: {e}"))
+                            .in_step(&step_id);
+                        let failed =
+                            JournalEvent::StepFailed { step_id, attempt, error: error.clone(), retry_at_ms: None };
                         if core.append(vec![failed]).await.is_none() {
                             return active.halt().await;
                         }
@@ -717,7 +746,10 @@ impl Step {
                 let policy = self.retry.unwrap_or_else(|| core.settings.default_retry.clone());
                 let retryable = step_error.as_ref().is_none_or(StepError::is_retryable);
                 if retryable && attempt < policy.max_attempts() {
-                    let delay = step_error.as_ref().and_then(StepError::retry_delay).unwrap_or_else(|| policy.delay_after(attempt));
+                    let delay = step_error
+                        .as_ref()
+                        .and_then(StepError::retry_delay)
+                        .unwrap_or_else(|| policy.delay_after(attempt));
                     let retry_at = core.now_ms() + millis(delay);
                     tracing::debug!(run_id = %core.lease.run_id, step = %step_id, attempt, ?delay, "step attempt failed; retrying");
                     let failed = JournalEvent::StepFailed { step_id, attempt, error, retry_at_ms: Some(retry_at) };

@@ -231,7 +231,10 @@ pub(crate) enum ChildDecision {
     /// First time here: start the child.
     Start,
     /// Started: wait for its outcome (since the child was started).
-    Wait { child: RunId, since_ms: u64 },
+    Wait {
+        child: RunId,
+        since_ms: u64,
+    },
 }
 
 pub(crate) fn decide_child(record: Option<&StepRecord>) -> ChildDecision {
@@ -254,7 +257,11 @@ mod tests {
         events
             .into_iter()
             .enumerate()
-            .map(|(i, (at_ms, event))| JournalRecord { seq: format!("{at_ms}-{i}"), at_ms, entry: JournalEntry::new(event) })
+            .map(|(i, (at_ms, event))| JournalRecord {
+                seq: format!("{at_ms}-{i}"),
+                at_ms,
+                entry: JournalEntry::new(event),
+            })
             .collect()
     }
 
@@ -283,7 +290,12 @@ mod tests {
             ("completed", vec![started("s", 1), done.clone()], 0, StepDecision::Replay(json!(7))),
             ("lost mid-attempt", vec![started("s", 1)], 0, StepDecision::Execute { attempt: 2 }),
             ("back-off pending", vec![started("s", 1), failed("s", 1, Some(500))], 499, StepDecision::WaitUntil(500)),
-            ("back-off over", vec![started("s", 1), failed("s", 1, Some(500))], 500, StepDecision::Execute { attempt: 2 }),
+            (
+                "back-off over",
+                vec![started("s", 1), failed("s", 1, Some(500))],
+                500,
+                StepDecision::Execute { attempt: 2 },
+            ),
             (
                 "retry lost mid-attempt",
                 vec![started("s", 1), failed("s", 1, Some(5)), started("s", 2)],

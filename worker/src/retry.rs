@@ -30,7 +30,13 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// 3 attempts, 1 s then 2 s (±50 %).
     fn default() -> Self {
-        Self { max_attempts: 3, initial: Duration::from_secs(1), multiplier: 2.0, max_delay: Duration::from_secs(60), jitter: 0.5 }
+        Self {
+            max_attempts: 3,
+            initial: Duration::from_secs(1),
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(60),
+            jitter: 0.5,
+        }
     }
 }
 
@@ -100,7 +106,10 @@ mod tests {
 
     #[test]
     fn delays_grow_exponentially_and_stay_bounded() {
-        let policy = RetryPolicy::attempts(10).initial(Duration::from_millis(100)).jitter(0.0).max_delay(Duration::from_millis(500));
+        let policy = RetryPolicy::attempts(10)
+            .initial(Duration::from_millis(100))
+            .jitter(0.0)
+            .max_delay(Duration::from_millis(500));
         let delays: Vec<u128> = (1..=5).map(|a| policy.delay_after(a).as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 500, 500]);
         let jittery = RetryPolicy::default();

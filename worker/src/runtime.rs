@@ -55,7 +55,10 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("worker_id", &self.config.worker_id).field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("worker_id", &self.config.worker_id)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
     }
 }
 
@@ -278,6 +281,9 @@ impl Worker {
         let mut failures = 0u32;
         loop {
             let first = tokio::select! {
+                // Shutdown first: with a free permit both branches are ready, and a
+                // random pick would go on claiming after the signal.
+                biased;
                 _ = &mut shutdown => break,
                 permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
             };
@@ -286,7 +292,8 @@ impl Worker {
                 held.push(more);
             }
             let reclaim = last_reclaim.elapsed() >= reclaim_every;
-            let request = worker.claim_request(held.len(), if reclaim { Duration::ZERO } else { worker.config.claim_block });
+            let request =
+                worker.claim_request(held.len(), if reclaim { Duration::ZERO } else { worker.config.claim_block });
             // The claim is not raced against shutdown: a claim dropped half-way would
             // strand delivered tasks until their lease expired. It blocks 1 s at most.
             let claimed = if reclaim {
@@ -312,7 +319,7 @@ impl Worker {
                     failures += 1;
                     let pause = Duration::from_millis(100 * 2u64.pow(failures.min(5)));
                     tracing::warn!(error = %e, ?pause, "claiming tasks failed; retrying");
-                    tokio::select! { _ = &mut shutdown => break, _ = tokio::time::sleep(pause) => {} }
+                    tokio::select! { biased; _ = &mut shutdown => break, _ = tokio::time::sleep(pause) => {} }
                 }
             }
             while runs.try_join_next().is_some() {}
@@ -320,7 +327,8 @@ impl Worker {
 
         tracing::info!(in_flight = runs.len(), grace = ?worker.config.grace, "worker stopping: no new tasks");
         stop.cancel();
-        let drained = tokio::time::timeout(worker.config.grace, async { while runs.join_next().await.is_some() {} }).await;
+        let drained =
+            tokio::time::timeout(worker.config.grace, async { while runs.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::info!(in_flight = runs.len(), "grace period over: handing the remaining runs back");
             handback.cancel();
@@ -346,11 +354,11 @@ impl Worker {
         let (register, reconcile, expire) =
             (every(Duration::from_secs(10)), every(Duration::from_secs(30)), every(Duration::from_secs(60)));
         loop {
-            tokio::select! { _ = stop.cancelled() => return, _ = tick.tick() => {} }
+            tokio::select! { biased; _ = stop.cancelled() => return, _ = tick.tick() => {} }
             if let Err(e) = self.store.fire_due_timers(500).await {
                 tracing::warn!(error = %e, "firing due timers failed");
             }
-            if n % register == 0
+            if n.is_multiple_of(register)
                 && let Err(e) = self.store.register_worker(&info, Duration::from_secs(30)).await
             {
                 tracing::warn!(error = %e, "worker registration failed");
@@ -432,10 +440,12 @@ impl Worker {
                         None => break,
                     }
                 }
-                Outcome::Fail(error) => match self.on_failure(&workflow, &core, &input, error, &lost, &handback).await {
-                    Some(how) => how,
-                    None => break,
-                },
+                Outcome::Fail(error) => {
+                    match self.on_failure(&workflow, &core, &input, error, &lost, &handback).await {
+                        Some(how) => how,
+                        None => break,
+                    }
+                }
                 Outcome::Cancel => Finish::Cancel { reason: None },
                 Outcome::Suspend(suspension) => Finish::Suspend(suspension),
                 Outcome::Release => Finish::Release,
@@ -485,7 +495,8 @@ impl Worker {
     ) -> Option<Finish> {
         let Some(handler) = workflow.on_failure.clone() else { return Some(Finish::Fail { error }) };
         let journal = core.state().journal.clone();
-        let fresh = RunCore::new(self.store.clone(), core.lease.clone(), self.settings.clone(), journal, core.now_ms(), false);
+        let fresh =
+            RunCore::new(self.store.clone(), core.lease.clone(), self.settings.clone(), journal, core.now_ms(), false);
         let ctx = Context::new(fresh.clone());
         let (input, reported) = (input.clone(), error.clone());
         let handled = crate::context::in_branch("failure", async move {

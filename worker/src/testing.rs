@@ -64,8 +64,8 @@ impl TestEnv {
         let store = Arc::new(MemoryStore::with_clock(StoreConfig::default(), clock.clone()));
         let failures: Arc<Mutex<HashMap<String, (u32, StepError)>>> = Arc::default();
         let injected = failures.clone();
-        let mut builder = Worker::builder().store(store.clone()).interceptor(crate::runtime::interceptor_from(
-            move |info| {
+        let mut builder =
+            Worker::builder().store(store.clone()).interceptor(crate::runtime::interceptor_from(move |info| {
                 let mut failures = injected.lock().unwrap_or_else(|p| p.into_inner());
                 let (left, error) = failures.get_mut(step_name(&info.step_id))?;
                 if *left == 0 {
@@ -73,8 +73,7 @@ impl TestEnv {
                 }
                 *left -= 1;
                 Some(error.clone())
-            },
-        ));
+            }));
         for workflow in workflows {
             builder = builder.register(workflow);
         }

@@ -63,8 +63,9 @@ impl Workflow {
         let erased: Handler = Arc::new(move |ctx: Context, input: Value| {
             let handler = handler.clone();
             Box::pin(async move {
-                let input: I = serde_json::from_value(input)
-                    .map_err(|e| Error::new("invalid_input", format!("the run's input does not fit the workflow: {e}")))?;
+                let input: I = serde_json::from_value(input).map_err(|e| {
+                    Error::new("invalid_input", format!("the run's input does not fit the workflow: {e}"))
+                })?;
                 let output = handler(ctx, input).await?;
                 serde_json::to_value(output)
                     .map_err(|e| Error::new("encode_failed", format!("the workflow's output is not JSON: {e}")))

@@ -521,7 +521,9 @@ async fn suspend_waiting(s: &dyn Store, task: &ClaimedTask, keys: &[&str], timeo
     let started = JournalEvent::WaitStarted {
         step_id: "approval".into(),
         event_keys: wait.keys.clone(),
-        timeout_at_ms: timeout_ms.map(|t| task.now_ms + t), pos: None };
+        timeout_at_ms: timeout_ms.map(|t| task.now_ms + t),
+        pos: None,
+    };
     s.finish(
         &task.lease,
         &[started],

@@ -1,0 +1,255 @@
+//! Faults with real processes: worker processes (the `fault_worker` example) are
+//! SIGKILLed, SIGSTOPped and restarted by PID while they run workflows against a
+//! private redis-server. Every wait is bounded.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{Backend, count, eventually, journal, start, wait_final};
+use keel_engine::Store;
+use keel_engine::proto::{JournalEvent, RunId, RunStatus};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The example worker binary, built once per test process.
+fn fault_worker() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "keel-worker", "--example", "fault_worker"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building the fault_worker example failed");
+            // target/<profile>/deps/<this test> -> target/<profile>/examples/fault_worker
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+            let path = profile_dir.join("examples").join("fault_worker");
+            assert!(path.exists(), "{} was not built", path.display());
+            path
+        })
+        .clone()
+}
+
+/// A worker process, killed when dropped.
+struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    fn spawn(b: &Backend, lease_ms: u64) -> Self {
+        let server = b.redis.as_ref().expect("fault tests run on Redis");
+        let mut child = Command::new(fault_worker())
+            .env("KEEL_REDIS_URL", server.url())
+            .env("KEEL_NAMESPACE", &b.namespace)
+            .env("KEEL_LEASE_MS", lease_ms.to_string())
+            .env("KEEL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn fault_worker");
+        // Bounded wait for "ready" on stdout.
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines {}
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Some(Ok(line))) if line.starts_with("ready") => {}
+            other => panic!("fault_worker did not become ready: {other:?}"),
+        }
+        Self { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.pid().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill {signal} {} failed", self.pid());
+    }
+
+    fn sigkill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How often a step's side effect happened (counted by the worker in Redis).
+async fn effects(b: &Backend, id: &RunId, step: &str) -> i64 {
+    let server = b.redis.as_ref().expect("redis");
+    let mut conn = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}:effects:{id}:{step}", b.namespace);
+    let n: Option<i64> = redis::cmd("GET").arg(key).query_async(&mut conn).await.unwrap();
+    n.unwrap_or(0)
+}
+
+async fn journal_has(store: &Arc<dyn Store>, id: &RunId, what: &str, pred: impl Fn(&JournalEvent) -> bool) {
+    eventually(WAIT, what, || async { (count(&journal(store, id).await, &pred) > 0).then_some(()) }).await;
+}
+
+fn completed_output(j: &[keel_engine::proto::JournalRecord], step: &str) -> Vec<Value> {
+    j.iter()
+        .filter_map(|r| match &r.entry.event {
+            JournalEvent::StepCompleted { step_id, output, .. } if step_id == step => Some(output.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_during_a_retry_back_off_is_replaced_and_the_run_completes() {
+    let b = common::redis().await;
+    let first = WorkerProcess::spawn(&b, 2000);
+    let id = start(&b.store, "flaky", json!(null)).await;
+    journal_has(&b.store, &id, "the first failed attempt", |e| {
+        matches!(e, JournalEvent::StepFailed { attempt: 1, .. })
+    })
+    .await;
+    first.sigkill();
+    let _second = WorkerProcess::spawn(&b, 2000);
+    let run = wait_final(&b.store, &id, WAIT).await;
+    assert_eq!((run.status, run.output), (RunStatus::Completed, Some(json!("succeeded on attempt 3"))));
+    let j = journal(&b.store, &id).await;
+    assert_eq!(count(&j, |e| matches!(e, JournalEvent::StepStarted { .. })), 3);
+    assert_eq!(count(&j, |e| matches!(e, JournalEvent::StepFailed { .. })), 2);
+    assert_eq!(completed_output(&j, "flaky").len(), 1, "one recorded result");
+    assert_eq!(effects(&b, &id, "flaky").await, 3, "three attempts ran, no more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_step_is_taken_over_after_its_lease_and_results_stay_unique() {
+    let b = common::redis().await;
+    let first = WorkerProcess::spawn(&b, 1500);
+    let first_pid = first.pid();
+    let id = start(&b.store, "slow", json!(3000)).await;
+    journal_has(
+        &b.store,
+        &id,
+        "the slow step to start",
+        |e| matches!(e, JournalEvent::StepStarted { step_id, .. } if step_id == "slow"),
+    )
+    .await;
+    let killed_at = Instant::now();
+    first.sigkill();
+    let second = WorkerProcess::spawn(&b, 1500);
+    let run = wait_final(&b.store, &id, WAIT).await;
+    assert_eq!(run.status, RunStatus::Completed);
+    assert!(killed_at.elapsed() >= Duration::from_millis(1500), "not taken over before the lease expired");
+    let j = journal(&b.store, &id).await;
+    for step in ["before", "slow", "after"] {
+        assert_eq!(completed_output(&j, step).len(), 1, "{step}'s result is recorded exactly once");
+    }
+    assert_eq!(completed_output(&j, "before"), [json!(format!("before-done-by-{first_pid}"))]);
+    assert_eq!(completed_output(&j, "slow"), [json!(format!("slow-done-by-{}", second.pid()))]);
+    let slow_attempts: Vec<u32> = j
+        .iter()
+        .filter_map(|r| match &r.entry.event {
+            JournalEvent::StepStarted { step_id, attempt, .. } if step_id == "slow" => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(slow_attempts, [1, 2], "the journal shows the re-run attempt");
+    assert_eq!(effects(&b, &id, "before").await, 1, "a recorded step never runs again");
+    assert_eq!(effects(&b, &id, "slow").await, 2, "the interrupted step ran again (at least once)");
+    assert_eq!(effects(&b, &id, "after").await, 1);
+    assert_eq!(run.epoch, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_past_its_lease_has_its_late_writes_rejected() {
+    let b = common::redis().await;
+    let stalled = WorkerProcess::spawn(&b, 1000);
+    let stalled_pid = stalled.pid();
+    let id = start(&b.store, "slow", json!(2500)).await;
+    journal_has(
+        &b.store,
+        &id,
+        "the slow step to start",
+        |e| matches!(e, JournalEvent::StepStarted { step_id, .. } if step_id == "slow"),
+    )
+    .await;
+    stalled.signal("-STOP");
+    let fresh = WorkerProcess::spawn(&b, 1000);
+    journal_has(
+        &b.store,
+        &id,
+        "the takeover",
+        |e| matches!(e, JournalEvent::StepStarted { step_id, attempt: 2, .. } if step_id == "slow"),
+    )
+    .await;
+    stalled.signal("-CONT");
+    let run = wait_final(&b.store, &id, WAIT).await;
+    // Give the resumed worker time to try its late writes.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(run.status, RunStatus::Completed);
+    let j = journal(&b.store, &id).await;
+    assert_eq!(
+        run.output,
+        Some(json!([
+            format!("before-done-by-{stalled_pid}"),
+            format!("slow-done-by-{}", fresh.pid()),
+            format!("after-done-by-{}", fresh.pid())
+        ])),
+        "the outputs are the new worker's"
+    );
+    for step in ["before", "slow", "after"] {
+        assert_eq!(
+            completed_output(&j, step).len(),
+            1,
+            "{step} recorded once: the stalled worker's late write was rejected"
+        );
+    }
+    assert_eq!(
+        j.last().map(|r| matches!(r.entry.event, JournalEvent::RunCompleted { .. })),
+        Some(true),
+        "nothing after the end"
+    );
+    assert_eq!(b.store.get_run(&id).await.unwrap().unwrap().status, RunStatus::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_second_sleep_resumes_on_time_although_its_only_worker_restarted() {
+    let b = common::redis().await;
+    let first = WorkerProcess::spawn(&b, 2000);
+    let id = start(&b.store, "sleeper", json!(2000)).await;
+    eventually(WAIT, "the run to sleep", || async {
+        (b.store.get_run(&id).await.unwrap()?.status == RunStatus::Sleeping).then_some(())
+    })
+    .await;
+    first.sigkill();
+    let second = WorkerProcess::spawn(&b, 2000);
+    let run = wait_final(&b.store, &id, WAIT).await;
+    assert_eq!((run.status, run.output), (RunStatus::Completed, Some(json!(format!("woke-in-{}", second.pid())))));
+    let j = journal(&b.store, &id).await;
+    let fire_at = j.iter().find_map(|r| match &r.entry.event {
+        JournalEvent::TimerScheduled { fire_at_ms, .. } => Some((*fire_at_ms, r.at_ms)),
+        _ => None,
+    });
+    let (fire_at, scheduled_at) = fire_at.expect("timer_scheduled");
+    let fired_at =
+        j.iter().find(|r| matches!(r.entry.event, JournalEvent::TimerFired { .. })).expect("timer_fired").at_ms;
+    // fire_at is the worker's estimate of store time + 2 s; the entry's own
+    // time is the store's: they agree to within a few ms.
+    assert!(fire_at.abs_diff(scheduled_at + 2000) < 100, "a 2 s timer: {fire_at} vs {scheduled_at}");
+    assert!(fired_at >= fire_at, "not early");
+    assert!(fired_at - fire_at < 1500, "resumed {} ms after it was due", fired_at - fire_at);
+    assert_eq!(effects(&b, &id, "after-nap").await, 1);
+}
