@@ -169,6 +169,16 @@ impl RunCore {
         Some((step_id, Active { core: self.clone(), pos }))
     }
 
+    /// Take the next place in the current branch for a parallel group (so what
+    /// follows the group gets places that depend on it).
+    fn slot(&self) -> usize {
+        let branch = current_branch();
+        let mut state = self.state();
+        let index = state.positions.entry(branch).or_insert(0);
+        *index += 1;
+        *index - 1
+    }
+
     /// Mark this branch as working outside a positioned primitive.
     fn busy(self: &Arc<Self>) -> Active {
         self.state().executing += 1;
@@ -300,10 +310,14 @@ pub(crate) fn in_branch<F: Future>(path: &str, fut: F) -> impl Future<Output = F
     Branch { path: Arc::from(path), fut: Box::pin(fut) }
 }
 
-fn branch<F: Future>(index: usize, fut: F) -> Branch<F> {
+/// Branch `index` of the parallel group that took place `slot` in the current branch.
+fn branch<F: Future>(slot: usize, index: usize, fut: F) -> Branch<F> {
     let parent = current_branch();
-    let path: Arc<str> =
-        if parent.is_empty() { Arc::from(index.to_string()) } else { Arc::from(format!("{parent}/{index}")) };
+    let path: Arc<str> = if parent.is_empty() {
+        Arc::from(format!("{slot}.{index}"))
+    } else {
+        Arc::from(format!("{parent}/{slot}.{index}"))
+    };
     Branch { path, fut: Box::pin(fut) }
 }
 
@@ -336,6 +350,12 @@ impl Context {
     }
 
     /// This run's id.
+    ///
+    /// ```
+    /// # async fn f(ctx: keel_worker::Context) {
+    /// tracing::info!(run_id = %ctx.run_id(), attempt = ctx.attempt(), "working");
+    /// # }
+    /// ```
     pub fn run_id(&self) -> &RunId {
         &self.core.lease.run_id
     }
@@ -346,6 +366,13 @@ impl Context {
     }
 
     /// A step named `name`; configure it, then [`run`](Step::run) it.
+    ///
+    /// ```
+    /// # use keel_worker::{Context, Result, StepError};
+    /// # async fn f(ctx: Context) -> Result<u32> {
+    /// let n: u32 = ctx.step("count").retry(5).run(|| async { Ok::<_, StepError>(42) }).await?;
+    /// # Ok(n) }
+    /// ```
     pub fn step(&self, name: impl Into<String>) -> Step {
         Step { ctx: self.clone(), name: name.into(), retry: None, timeout: None }
     }
@@ -366,38 +393,79 @@ impl Context {
     where
         F: Future<Output = Result<T>>,
     {
-        let branches: Vec<_> = futures.into_iter().enumerate().map(|(i, f)| branch(i, f)).collect();
+        let slot = self.core.slot();
+        let branches: Vec<_> = futures.into_iter().enumerate().map(|(i, f)| branch(slot, i, f)).collect();
         futures::future::join_all(branches).await.into_iter().collect()
     }
 
     /// Run two futures of different types in parallel, each as its own branch.
+    ///
+    /// ```
+    /// # use keel_worker::{Context, Result, StepError};
+    /// # async fn f(ctx: Context) -> Result<()> {
+    /// let (user, orders): (String, Vec<u32>) = ctx
+    ///     .join(
+    ///         ctx.step("user").run(|| async { Ok::<_, StepError>("ann".to_owned()) }),
+    ///         ctx.step("orders").run(|| async { Ok::<_, StepError>(vec![1, 2]) }),
+    ///     )
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn join<A, B>(
         &self,
         a: impl Future<Output = Result<A>>,
         b: impl Future<Output = Result<B>>,
     ) -> Result<(A, B)> {
-        let (a, b) = futures::future::join(branch(0, a), branch(1, b)).await;
+        let slot = self.core.slot();
+        let (a, b) = futures::future::join(branch(slot, 0, a), branch(slot, 1, b)).await;
         Ok((a?, b?))
     }
 
     /// Three futures of different types in parallel.
+    ///
+    /// ```
+    /// # use keel_worker::{Context, Result, StepError};
+    /// # async fn f(ctx: Context) -> Result<()> {
+    /// let (a, b, c): (u8, u16, u32) = ctx
+    ///     .join3(
+    ///         ctx.step("a").run(|| async { Ok::<_, StepError>(1) }),
+    ///         ctx.step("b").run(|| async { Ok::<_, StepError>(2) }),
+    ///         ctx.step("c").run(|| async { Ok::<_, StepError>(3) }),
+    ///     )
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn join3<A, B, C>(
         &self,
         a: impl Future<Output = Result<A>>,
         b: impl Future<Output = Result<B>>,
         c: impl Future<Output = Result<C>>,
     ) -> Result<(A, B, C)> {
-        let (a, b, c) = futures::future::join3(branch(0, a), branch(1, b), branch(2, c)).await;
+        let slot = self.core.slot();
+        let (a, b, c) = futures::future::join3(branch(slot, 0, a), branch(slot, 1, b), branch(slot, 2, c)).await;
         Ok((a?, b?, c?))
     }
 
     /// A durable sleep: the run is suspended (the worker is free) and resumes
     /// after `duration`, even across worker restarts.
+    ///
+    /// ```
+    /// # async fn f(ctx: keel_worker::Context) -> keel_worker::Result<()> {
+    /// ctx.sleep("cool-down", std::time::Duration::from_secs(10)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn sleep(&self, name: impl Into<String>, duration: Duration) -> Result<()> {
         self.sleep_to(name.into(), Target::After(duration)).await
     }
 
     /// A durable sleep until a wall-clock time.
+    ///
+    /// ```
+    /// # async fn f(ctx: keel_worker::Context) -> keel_worker::Result<()> {
+    /// let tomorrow = std::time::SystemTime::now() + std::time::Duration::from_secs(86_400);
+    /// ctx.sleep_until("until-tomorrow", tomorrow).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn sleep_until(&self, name: impl Into<String>, at: SystemTime) -> Result<()> {
         let at_ms = at.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0);
         self.sleep_to(name.into(), Target::At(at_ms)).await
@@ -443,6 +511,15 @@ impl Context {
     /// Wait for the first event on `key`; `None` when `timeout` passes first. An
     /// event sent shortly before the wait began (within the store's lookback
     /// window) counts.
+    ///
+    /// ```
+    /// # async fn f(ctx: keel_worker::Context) -> keel_worker::Result<()> {
+    /// use std::time::Duration;
+    /// let paid: Option<serde_json::Value> =
+    ///     ctx.wait_for_event("payment", "order-42:paid", Some(Duration::from_secs(3600))).await?;
+    /// if paid.is_none() { /* an hour passed without payment */ }
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_for_event<T: DeserializeOwned>(
         &self,
         name: impl Into<String>,
@@ -453,6 +530,12 @@ impl Context {
     }
 
     /// Wait for the first event on any of `keys`: which key, and its data.
+    ///
+    /// ```
+    /// # async fn f(ctx: keel_worker::Context) -> keel_worker::Result<()> {
+    /// let verdict: Option<(String, bool)> = ctx.wait_for_any("review", ["doc-7:approved", "doc-7:rejected"], None).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_for_any<T: DeserializeOwned>(
         &self,
         name: impl Into<String>,
@@ -498,6 +581,12 @@ impl Context {
 
     /// Start a child run of `workflow` and wait for its output. Its failure (or
     /// cancellation) comes back as an error of kind `child_failed` / `child_cancelled`.
+    ///
+    /// ```
+    /// # async fn f(ctx: keel_worker::Context) -> keel_worker::Result<()> {
+    /// let summary: String = ctx.invoke("summarize", "summarizer", &serde_json::json!({"doc": 7})).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn invoke<I: Serialize, O: DeserializeOwned>(
         &self,
         name: impl Into<String>,
@@ -589,6 +678,12 @@ impl Context {
     }
 
     /// Declare how many steps the run expects in all, for progress displays.
+    ///
+    /// ```
+    /// # async fn f(ctx: keel_worker::Context) -> keel_worker::Result<()> {
+    /// ctx.progress(12).await?; // dashboards show "n of 12"
+    /// # Ok(()) }
+    /// ```
     pub async fn progress(&self, total_steps: u32) -> Result<()> {
         let core = &self.core;
         if core.state().history.progress == Some(total_steps) {
@@ -640,18 +735,41 @@ impl std::fmt::Debug for Step {
 
 impl Step {
     /// How often to try, and the back-off between tries (a number is that many attempts).
+    ///
+    /// ```
+    /// # use keel_worker::{Context, Result, RetryPolicy, StepError};
+    /// # async fn f(ctx: Context) -> Result<()> {
+    /// use std::time::Duration;
+    /// let policy = RetryPolicy::attempts(8).initial(Duration::from_millis(500)).max_delay(Duration::from_secs(30));
+    /// ctx.step("call-api").retry(policy).run(|| async { Ok::<_, StepError>(()) }).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn retry(mut self, policy: impl Into<RetryPolicy>) -> Self {
         self.retry = Some(policy.into());
         self
     }
 
     /// An attempt that runs longer than this fails (kind `timeout`) and counts as an attempt.
+    ///
+    /// ```
+    /// # use keel_worker::{Context, Result, StepError};
+    /// # async fn f(ctx: Context) -> Result<()> {
+    /// ctx.step("llm").timeout(std::time::Duration::from_secs(60)).run(|| async { Ok::<_, StepError>(()) }).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
     }
 
     /// Run the step's code.
+    ///
+    /// ```
+    /// # use keel_worker::{Context, Result, StepError};
+    /// # async fn f(ctx: Context) -> Result<()> {
+    /// let rows: Vec<u32> = ctx.step("load").run(|| async { Ok::<_, StepError>(vec![1, 2, 3]) }).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn run<T, F, Fut>(self, f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned,

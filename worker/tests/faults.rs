@@ -253,3 +253,31 @@ async fn a_two_second_sleep_resumes_on_time_although_its_only_worker_restarted()
     assert!(fired_at - fire_at < 1500, "resumed {} ms after it was due", fired_at - fire_at);
     assert_eq!(effects(&b, &id, "after-nap").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_a_running_run_back_for_another_worker_to_take_at_once() {
+    let b = common::redis().await;
+    // A long lease: only the hand-back lets the second worker in soon.
+    let leaving = WorkerProcess::spawn(&b, 60_000);
+    let id = start(&b.store, "slow", json!(8000)).await;
+    journal_has(
+        &b.store,
+        &id,
+        "the slow step to start",
+        |e| matches!(e, JournalEvent::StepStarted { step_id, .. } if step_id == "slow"),
+    )
+    .await;
+    leaving.signal("-TERM");
+    // The example's grace period is 2 s, shorter than the step: the run is handed back.
+    eventually(WAIT, "the run to be handed back", || async {
+        (b.store.get_run(&id).await.unwrap()?.status == RunStatus::Pending).then_some(())
+    })
+    .await;
+    let staying = WorkerProcess::spawn(&b, 60_000);
+    let taken = Instant::now();
+    let run = wait_final(&b.store, &id, WAIT).await;
+    assert_eq!(run.status, RunStatus::Completed);
+    assert!(taken.elapsed() < Duration::from_secs(20), "taken at once, not after the 60 s lease");
+    let j = journal(&b.store, &id).await;
+    assert_eq!(completed_output(&j, "slow"), [json!(format!("slow-done-by-{}", staying.pid()))]);
+}

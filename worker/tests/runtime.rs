@@ -268,7 +268,7 @@ async fn ten_parallel_steps_of_200ms_finish_well_under_2s(b: Backend) {
         })
         .collect();
     assert_eq!(ids.len(), 10);
-    assert!(ids.contains(&"part-3@3".to_owned()), "branch steps carry their branch: {ids:?}");
+    assert!(ids.contains(&"part-3@0.3".to_owned()), "branch steps carry their branch: {ids:?}");
 }
 
 async fn a_child_runs_output_and_failure_reach_the_parent(b: Backend) {
@@ -426,4 +426,68 @@ async fn a_running_worker_registers_its_workflows() {
     worker.stop().await;
     assert_eq!(registered.workflows, [("greet".to_owned(), vec![1, 2])].into());
     assert!(registered.heartbeat_at_ms > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_while_a_step_runs_stops_at_the_next_step_boundary() {
+    for b in [common::memory().await, common::redis().await] {
+        let later = Arc::new(AtomicUsize::new(0));
+        let l = later.clone();
+        let workflow = Workflow::new("busy", move |ctx: Context, _: Value| {
+            let l = l.clone();
+            async move {
+                ctx.step("long")
+                    .run(|| async {
+                        tokio::time::sleep(Duration::from_millis(600)).await;
+                        Ok::<_, StepError>(1)
+                    })
+                    .await?;
+                ctx.step("next")
+                    .run(move || async move {
+                        l.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, StepError>(2)
+                    })
+                    .await?;
+                Ok(())
+            }
+        });
+        let worker = spawn_worker(&b.store, vec![workflow], LEASE).await;
+        let id = start(&b.store, "busy", json!(null)).await;
+        eventually(WAIT, "the long step to start", || async {
+            (count(&journal(&b.store, &id).await, |e| matches!(e, JournalEvent::StepStarted { .. })) == 1).then_some(())
+        })
+        .await;
+        assert_eq!(b.store.request_cancel(&id, Some("stop")).await.unwrap(), CancelOutcome::Requested);
+        let run = wait_final(&b.store, &id, WAIT).await;
+        worker.stop().await;
+        assert_eq!(run.status, RunStatus::Cancelled);
+        assert_eq!(later.load(Ordering::SeqCst), 0, "no step after the boundary");
+        let kinds: Vec<String> = shape(&journal(&b.store, &id).await).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(kinds, ["run_started", "step_started", "cancel_requested", "step_completed", "run_cancelled"]);
+    }
+}
+
+#[tokio::test]
+async fn the_testing_harness_delivers_events_and_waits_for_the_first_of_several_keys() {
+    use keel_worker::testing::TestEnv;
+    let workflow = Workflow::new("review", |ctx: Context, doc: String| async move {
+        let verdict: Option<(String, Value)> = ctx
+            .wait_for_any(
+                "verdict",
+                [format!("{doc}:approved"), format!("{doc}:rejected")],
+                Some(Duration::from_secs(3600)),
+            )
+            .await?;
+        Ok(json!(verdict.map(|(key, data)| json!({"key": key, "data": data}))))
+    });
+    let env = TestEnv::new([workflow]).await;
+    let id = env.start("review", "doc-1").await;
+    env.run_until_idle().await;
+    assert_eq!(env.run(&id).await.status, RunStatus::Waiting);
+    env.send_event("doc-1:rejected", json!({"why": "typos"})).await;
+    let run = env.run(&id).await;
+    assert_eq!(run.output, Some(json!({"key": "doc-1:rejected", "data": {"why": "typos"}})));
+    // And with nobody answering, the hour passes in no time.
+    let silent = env.run_to_end("review", "doc-2").await;
+    assert_eq!((silent.status, silent.output), (RunStatus::Completed, Some(json!(null))));
 }
