@@ -14,6 +14,8 @@ pub enum Error {
     RunNotFound(RunId),
     #[error("run {run_id} is already {status}")]
     RunFinal { run_id: RunId, status: RunStatus },
+    #[error("run {run_id} is {status}, not failed: only a failed run can be retried")]
+    NotFailed { run_id: RunId, status: RunStatus },
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error(transparent)]

@@ -9,6 +9,9 @@ use keel_proto::{RunId, RunStatus};
 /// The consumer group every workflow queue is read through.
 pub const GROUP: &str = "keel";
 
+/// The consumer group the webhook dispatchers read the outbox through.
+pub const DISPATCH_GROUP: &str = "dispatch";
+
 /// Key names under one namespace prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -85,6 +88,26 @@ impl Keys {
     /// Capped stream: dead-lettered tasks.
     pub fn dead_letters(&self) -> String {
         format!("{}:dead", self.prefix)
+    }
+
+    /// Hash: webhook subscription id -> subscription JSON.
+    pub fn webhooks(&self) -> String {
+        format!("{}:webhooks", self.prefix)
+    }
+
+    /// Stream + consumer group `dispatch`: webhook events to fan out.
+    pub fn outbox(&self) -> String {
+        format!("{}:outbox", self.prefix)
+    }
+
+    /// Sorted set: delivery job JSON by due time.
+    pub fn webhook_jobs(&self) -> String {
+        format!("{}:webhook-jobs", self.prefix)
+    }
+
+    /// List (newest first, capped, with a TTL): a receiver's delivery log.
+    pub fn webhook_log(&self, log: &str) -> String {
+        format!("{}:webhook-log:{log}", self.prefix)
     }
 
     /// Sorted set: worker id by registration expiry (wall clock ms).

@@ -161,6 +161,7 @@ async fn stored_messages_match_the_committed_wire_schemas() {
     let info = keel_engine::WorkerInfo {
         worker_id: "w1".into(),
         workflows: [("wire".to_owned(), vec![3])].into(),
+        input_schemas: Default::default(),
         started_at_ms: 1,
         heartbeat_at_ms: 0,
     };
@@ -191,6 +192,9 @@ async fn lua_key_names_match_keys_rs() {
         keys.retention(),
         keys.dead_letters(),
         keel_engine::child_event_key(&id),
+        keys.webhooks(),
+        keys.outbox(),
+        keys.webhook_jobs(),
     ];
     assert_eq!(from_lua, from_rust);
     assert!(keys.run(&id).ends_with(":run:{r-1}"), "a run's keys share the hash tag {{run_id}}");

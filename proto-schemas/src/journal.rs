@@ -107,6 +107,13 @@ pub enum JournalEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// An operator paused the run; it waits between steps until resumed.
+    RunPaused {},
+    /// An operator resumed a paused run.
+    RunResumed {},
+    /// An operator retried a failed run: steps that failed for good get another
+    /// attempt; recorded results stay.
+    RunRetried {},
     /// Final: the workflow returned this output.
     RunCompleted { output: Value },
     /// Final: the workflow failed for good.

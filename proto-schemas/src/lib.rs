@@ -10,12 +10,14 @@ mod ids;
 mod journal;
 mod run;
 mod task;
+mod webhook;
 mod worker;
 
 pub use ids::{IdError, RunId, validate_event_key, validate_idempotency_key, validate_workflow_name};
 pub use journal::{ChildOutcome, JOURNAL_VERSION, JournalEntry, JournalEvent, JournalRecord};
 pub use run::{ErrorInfo, ParentRef, RunPage, RunStatus, RunSummary};
 pub use task::{TASK_VERSION, Task};
+pub use webhook::{DeliveryJob, DeliveryTarget, WebhookDelivery, WebhookEventType, WebhookPayload, WebhookSubscription};
 pub use worker::WorkerInfo;
 
 /// The JSON Schemas of the wire formats, by file name under `json-schema/`.
@@ -27,5 +29,9 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("run-summary.json", schemars::schema_for!(RunSummary)),
         ("run-page.json", schemars::schema_for!(RunPage)),
         ("worker-info.json", schemars::schema_for!(WorkerInfo)),
+        ("webhook-payload.json", schemars::schema_for!(WebhookPayload)),
+        ("webhook-subscription.json", schemars::schema_for!(WebhookSubscription)),
+        ("webhook-delivery.json", schemars::schema_for!(WebhookDelivery)),
+        ("delivery-job.json", schemars::schema_for!(DeliveryJob)),
     ]
 }

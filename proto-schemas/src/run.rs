@@ -22,6 +22,8 @@ pub enum RunStatus {
     Sleeping,
     /// Suspended until an event (or a child run, or the wait's timeout).
     Waiting,
+    /// Held between steps by an operator until resumed.
+    Paused,
     Completed,
     Failed,
     Cancelled,
@@ -37,6 +39,7 @@ impl RunStatus {
             Self::Running => "running",
             Self::Sleeping => "sleeping",
             Self::Waiting => "waiting",
+            Self::Paused => "paused",
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -117,6 +120,9 @@ pub struct RunSummary {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
     pub cancel_requested: bool,
+    /// A pause was asked for: the run stops at its next step boundary (or when woken).
+    #[serde(default)]
+    pub pause_requested: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +131,9 @@ pub struct RunSummary {
     pub parent: Option<ParentRef>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Where this run's webhook events are also sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// One page of a run listing, newest first.

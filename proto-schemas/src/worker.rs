@@ -12,6 +12,9 @@ pub struct WorkerInfo {
     pub worker_id: String,
     /// Workflow name -> the versions this worker runs.
     pub workflows: BTreeMap<String, Vec<u32>>,
+    /// Workflow name -> the JSON Schema of its newest version's input.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub input_schemas: BTreeMap<String, serde_json::Value>,
     /// Unix milliseconds.
     pub started_at_ms: u64,
     /// Filled in by the store when listing: the last heartbeat, Unix milliseconds.

@@ -55,6 +55,8 @@ pub(crate) struct Settings {
 pub(crate) enum Stop {
     /// A cancel was requested: stop at the step boundary.
     Cancel,
+    /// A pause was requested: hand the run back at the step boundary.
+    Pause,
     /// The run fails now (non-determinism, an undecodable journal…).
     Fail(ErrorInfo),
     /// The lease is gone or the store failed: drop everything, record nothing.
@@ -96,7 +98,7 @@ impl RunCore {
         settings: Arc<Settings>,
         journal: Vec<JournalRecord>,
         now_ms: u64,
-        cancel_requested: bool,
+        stop: Option<Stop>,
     ) -> Arc<Self> {
         let history = History::new(&journal);
         Arc::new(Self {
@@ -113,7 +115,7 @@ impl RunCore {
                 executing: 0,
                 blocked_until: Vec::new(),
                 waits: Vec::new(),
-                stop: cancel_requested.then_some(Stop::Cancel),
+                stop,
             }),
             writes: tokio::sync::Mutex::new(()),
         })
@@ -132,9 +134,9 @@ impl RunCore {
 
     fn halt(&self, stop: Stop) {
         let mut state = self.state();
-        // A failure or an abandon outranks a cancel; the first of equals wins.
+        // A failure or an abandon outranks a cancel or a pause; the first of equals wins.
         match (&state.stop, &stop) {
-            (None, _) | (Some(Stop::Cancel), Stop::Fail(_) | Stop::Abandon(_)) => state.stop = Some(stop),
+            (None, _) | (Some(Stop::Cancel | Stop::Pause), Stop::Fail(_) | Stop::Abandon(_)) => state.stop = Some(stop),
             _ => {}
         }
     }
@@ -209,8 +211,10 @@ impl RunCore {
                     state.history.apply(record);
                     state.journal.push(record.clone());
                 }
-                if appended.cancel_requested && state.stop.is_none() {
+                if appended.cancel_requested && matches!(state.stop, None | Some(Stop::Pause)) {
                     state.stop = Some(Stop::Cancel);
+                } else if appended.pause_requested && state.stop.is_none() {
+                    state.stop = Some(Stop::Pause);
                 }
                 Some(records)
             }

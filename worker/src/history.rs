@@ -67,6 +67,18 @@ impl History {
         if let JournalEvent::ProgressDeclared { total_steps } = event {
             self.progress = Some(*total_steps);
         }
+        if let JournalEvent::RunRetried {} = event {
+            // An operator retried the failed run: every step that failed for good
+            // gets another attempt now; recorded results stay.
+            for step in self.steps.values_mut() {
+                if step.completed.is_none()
+                    && let Some(failure) = step.failure.as_mut()
+                    && failure.retry_at_ms.is_none()
+                {
+                    failure.retry_at_ms = Some(record.at_ms);
+                }
+            }
+        }
         let Some(step_id) = event.step_id() else { return };
         if let Some(pos) = event.pos()
             && !self.pos_of.contains_key(step_id)
@@ -301,6 +313,12 @@ mod tests {
                 vec![started("s", 1), failed("s", 1, Some(5)), started("s", 2)],
                 9,
                 StepDecision::Execute { attempt: 3 },
+            ),
+            (
+                "failed for good, then retried by an operator",
+                vec![started("s", 1), failed("s", 1, None), JournalEvent::RunRetried {}],
+                5,
+                StepDecision::Execute { attempt: 2 },
             ),
             (
                 "failed for good",

@@ -344,6 +344,14 @@ impl Worker {
         let info = WorkerInfo {
             worker_id: self.config.worker_id.clone(),
             workflows: self.workflows(),
+            input_schemas: self
+                .workflows
+                .iter()
+                .filter_map(|(name, versions)| {
+                    let newest = versions.values().next_back()?;
+                    Some((name.clone(), serde_json::to_value(newest.input_schema()).ok()?))
+                })
+                .collect(),
             started_at_ms: self.started_at_ms,
             heartbeat_at_ms: 0,
         };
@@ -420,7 +428,13 @@ impl Worker {
         let base = (task.now_ms, Instant::now());
         let now = move || base.0 + base.1.elapsed().as_millis() as u64;
         let mut journal = task.journal;
-        let mut cancel_requested = task.run.cancel_requested;
+        let mut stop = if task.run.cancel_requested {
+            Some(Stop::Cancel)
+        } else if task.run.pause_requested {
+            Some(Stop::Pause)
+        } else {
+            None
+        };
         loop {
             let core = RunCore::new(
                 self.store.clone(),
@@ -428,7 +442,7 @@ impl Worker {
                 self.settings.clone(),
                 journal.clone(),
                 now(),
-                cancel_requested,
+                stop.clone(),
             );
             let ctx = Context::new(core.clone());
             let outcome = self.drive(core.clone(), (workflow.handler)(ctx, input.clone()), &lost, &handback).await;
@@ -459,7 +473,7 @@ impl Worker {
                     // The event was already there: the lease is still ours, go on.
                     journal = core.state().journal.clone();
                     journal.push(record);
-                    cancel_requested = core.state().stop == Some(Stop::Cancel);
+                    stop = core.state().stop.clone().filter(|s| matches!(s, Stop::Cancel | Stop::Pause));
                 }
                 _ => break,
             }
@@ -496,7 +510,7 @@ impl Worker {
         let Some(handler) = workflow.on_failure.clone() else { return Some(Finish::Fail { error }) };
         let journal = core.state().journal.clone();
         let fresh =
-            RunCore::new(self.store.clone(), core.lease.clone(), self.settings.clone(), journal, core.now_ms(), false);
+            RunCore::new(self.store.clone(), core.lease.clone(), self.settings.clone(), journal, core.now_ms(), None);
         let ctx = Context::new(fresh.clone());
         let (input, reported) = (input.clone(), error.clone());
         let handled = crate::context::in_branch("failure", async move {
@@ -603,6 +617,7 @@ impl<F: Future<Output = crate::Result<Value>>> Future for Driver<F> {
             (Some(Stop::Fail(error)), _) => return Poll::Ready(Outcome::Fail(error.clone())),
             (_, Poll::Ready(result)) => return Poll::Ready(Outcome::Returned(result)),
             (Some(Stop::Cancel), Poll::Pending) if state.executing == 0 => return Poll::Ready(Outcome::Cancel),
+            (Some(Stop::Pause), Poll::Pending) if state.executing == 0 => return Poll::Ready(Outcome::Release),
             _ => {}
         }
         if state.executing == 0 && (!state.blocked_until.is_empty() || !state.waits.is_empty()) {

@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_proto::{
-    ChildOutcome, ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary, WorkerInfo,
+    ChildOutcome, DeliveryJob, ErrorInfo, WebhookDelivery, WebhookEventType, WebhookSubscription, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary, WorkerInfo,
 };
 use serde_json::Value as Json;
 use tokio::sync::Notify;
 
 use super::{
     Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished, Lease,
-    RunQuery, Store, SummaryPatch, child_event_key, decode_record, encode_event, fingerprint, make_cursor, page_limit,
+    OutboxItem, PauseOutcome, ResumeOutcome, RunQuery, Store, SummaryPatch, child_event_key, decode_record, encode_event, fingerprint, make_cursor, page_limit,
     parse_cursor, validate_claim, validate_create, validate_suspension,
 };
 use crate::clock::{Clock, SystemClock};
@@ -32,6 +32,20 @@ type Sid = (u64, u64);
 
 fn sid_text(id: Sid) -> String {
     format!("{}-{}", id.0, id.1)
+}
+
+/// The webhook event of a serialized journal entry, as prelude.lua's `HOOKS`.
+fn webhook_type(entry: &str) -> Option<WebhookEventType> {
+    let kind = entry.strip_prefix("{\"v\":")?.split_once(",\"type\":\"")?.1.split('"').next()?;
+    match kind {
+        "run_started" => Some(WebhookEventType::RunStarted),
+        "step_completed" => Some(WebhookEventType::StepCompleted),
+        "step_failed" => Some(WebhookEventType::StepFailed),
+        "run_completed" => Some(WebhookEventType::RunCompleted),
+        "run_failed" => Some(WebhookEventType::RunFailed),
+        "run_cancelled" => Some(WebhookEventType::RunCancelled),
+        _ => None,
+    }
 }
 
 fn parse_sid(s: &str) -> Result<Sid> {
@@ -47,6 +61,8 @@ pub struct MemoryStore {
     state: Mutex<State>,
     /// Woken whenever a task is queued.
     queued: Notify,
+    /// Woken whenever a journal grows (watchers, the outbox).
+    appended: Notify,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -67,6 +83,15 @@ struct State {
     retention: BTreeSet<(u64, RunId)>,
     dead: Vec<DeadLetter>,
     workers: HashMap<String, (WorkerInfo, u64)>,
+    webhooks: BTreeMap<String, WebhookSubscription>,
+    /// Webhook events not yet fanned out; `outbox_taken` holds the claimed ones.
+    outbox: BTreeMap<Sid, OutboxItem>,
+    outbox_taken: HashMap<Sid, u64>,
+    /// Delivery job JSON -> due time, and the reverse index.
+    jobs: HashMap<String, u64>,
+    delivery_logs: HashMap<String, VecDeque<WebhookDelivery>>,
+    /// Set by every journal append, for `watch_journal`'s waiters.
+    journal_changed: bool,
 }
 
 struct Run {
@@ -87,6 +112,8 @@ struct Run {
     /// Per event key, the newest event this run consumed.
     event_floor: HashMap<String, Sid>,
     cancel_requested: bool,
+    pause_requested: bool,
+    callback_url: Option<String>,
     output: Option<Json>,
     error: Option<ErrorInfo>,
     parent: Option<ParentRef>,
@@ -116,10 +143,12 @@ impl Run {
             wake_at_ms: self.wake,
             waiting_for: self.wait_keys.clone(),
             cancel_requested: self.cancel_requested,
+            pause_requested: self.pause_requested,
             output: self.output.clone(),
             error: self.error.clone(),
             parent: self.parent.clone(),
             labels: self.labels.clone(),
+            callback_url: self.callback_url.clone(),
         }
     }
 
@@ -185,10 +214,25 @@ impl State {
         }
     }
 
+    /// `journal_add` in prelude.lua: the entries, and their webhook events to the
+    /// outbox when anyone listens.
     fn append(&mut self, id: &RunId, entries: Vec<String>, now: u64) -> Result<Vec<Sid>> {
         let sids: Vec<Sid> = entries.iter().map(|_| self.next_id(now)).collect();
+        let listened = !self.webhooks.is_empty() || self.runs.get(id).is_some_and(|r| r.callback_url.is_some());
+        if listened {
+            for (sid, entry) in sids.iter().zip(&entries) {
+                if let Some(event_type) = webhook_type(entry) {
+                    let out = self.next_id(now);
+                    self.outbox.insert(
+                        out,
+                        OutboxItem { id: sid_text(out), run_id: id.clone(), sequence: sid_text(*sid), event_type },
+                    );
+                }
+            }
+        }
         let run = self.run_mut(id)?;
         run.journal.extend(sids.iter().copied().zip(entries));
+        self.journal_changed = true;
         Ok(sids)
     }
 
@@ -213,6 +257,11 @@ impl State {
 
     fn wake(&mut self, id: &RunId, now: u64) -> Result<()> {
         self.clear_wait(id)?;
+        if self.run_mut(id)?.pause_requested {
+            self.run_mut(id)?.status = RunStatus::Paused;
+            self.append(id, vec![encode_event(&JournalEvent::RunPaused {})?], now)?;
+            return Ok(());
+        }
         self.run_mut(id)?.status = RunStatus::Pending;
         self.enqueue(id, now)
     }
@@ -224,6 +273,7 @@ impl State {
         run.updated = now;
         run.task = None;
         run.cancel_requested = false;
+        run.pause_requested = false;
         run.lease = None;
         self.retention.insert((now + retention.as_millis() as u64, id.clone()));
         Ok(())
@@ -374,17 +424,17 @@ impl MemoryStore {
 
     /// A store whose time is `clock` (a [`ManualClock`](crate::ManualClock) lets tests skip time).
     pub fn with_clock(config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
-        Self { config, clock, state: Mutex::new(State::default()), queued: Notify::new() }
+        Self { config, clock, state: Mutex::new(State::default()), queued: Notify::new(), appended: Notify::new() }
     }
 
     fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> StateGuard<'_> {
         // A panic while holding the lock leaves the state as consistent as the
         // step that panicked; carrying on is what a restarted Redis would do too.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        StateGuard { guard: self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), appended: &self.appended }
     }
 
     fn try_claim_new(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
@@ -427,6 +477,33 @@ impl MemoryStore {
                     .is_some()
             })
         })
+    }
+}
+
+/// The state, locked; tells journal watchers when an operation appended.
+struct StateGuard<'a> {
+    guard: MutexGuard<'a, State>,
+    appended: &'a Notify,
+}
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        if std::mem::take(&mut self.guard.journal_changed) {
+            self.appended.notify_waiters();
+        }
     }
 }
 
@@ -513,6 +590,8 @@ impl Store for MemoryStore {
                 wait_steps: Vec::new(),
                 event_floor: HashMap::new(),
                 cancel_requested: false,
+                pause_requested: false,
+                callback_url: req.callback_url,
                 output: None,
                 error: None,
                 parent: req.parent,
@@ -614,7 +693,11 @@ impl Store for MemoryStore {
         let sids = state.append(&lease.run_id, entries, now)?;
         let run = state.run_mut(&lease.run_id)?;
         run.apply(&patch, now);
-        Ok(Appended { seqs: sids.into_iter().map(sid_text).collect(), cancel_requested: run.cancel_requested })
+        Ok(Appended {
+            seqs: sids.into_iter().map(sid_text).collect(),
+            cancel_requested: run.cancel_requested,
+            pause_requested: run.pause_requested,
+        })
     }
 
     async fn finish(&self, lease: &Lease, events: &[JournalEvent], how: Finish) -> Result<Finished> {
@@ -651,6 +734,12 @@ impl Store for MemoryStore {
                 state.ack(&lease.workflow, task);
                 let run = state.run_mut(id)?;
                 run.lease = None;
+                run.task = None;
+                if run.pause_requested {
+                    run.status = RunStatus::Paused;
+                    state.append(id, vec![encode_event(&JournalEvent::RunPaused {})?], now)?;
+                    return Ok(Finished::Done);
+                }
                 run.status = RunStatus::Pending;
                 state.enqueue(id, now)?;
                 drop(state);
@@ -827,6 +916,7 @@ impl Store for MemoryStore {
             .iter()
             .filter(|(_, run)| query.workflow.as_ref().is_none_or(|wf| &run.workflow == wf))
             .filter(|(_, run)| query.status.is_none_or(|st| run.status == st))
+            .filter(|(_, run)| query.label.as_ref().is_none_or(|(k, v)| run.labels.get(k) == Some(v)))
             .map(|(id, run)| (run.created, id, run))
             .collect();
         matching.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
@@ -908,6 +998,188 @@ impl Store for MemoryStore {
             self.queued.notify_waiters();
         }
         Ok(fixed)
+    }
+
+    async fn pause(&self, run_id: &RunId) -> Result<PauseOutcome> {
+        let now = self.now_ms();
+        let mut state = self.state();
+        let run = state.runs.get(run_id).ok_or_else(|| Error::RunNotFound(run_id.clone()))?;
+        if run.status.is_final() {
+            return Err(Error::RunFinal { run_id: run_id.clone(), status: run.status });
+        }
+        if run.status == RunStatus::Paused {
+            return Ok(PauseOutcome::Paused);
+        }
+        let unheld = run.status == RunStatus::Pending || (run.status == RunStatus::Running && run.live_lease(now).is_none());
+        if unheld {
+            let (workflow, task) = (run.workflow.clone(), run.task);
+            state.ack(&workflow, task);
+            let run = state.run_mut(run_id)?;
+            run.task = None;
+            run.lease = None;
+            run.updated = now;
+            run.status = RunStatus::Paused;
+            state.append(run_id, vec![encode_event(&JournalEvent::RunPaused {})?], now)?;
+            return Ok(PauseOutcome::Paused);
+        }
+        state.run_mut(run_id)?.pause_requested = true;
+        Ok(PauseOutcome::Requested)
+    }
+
+    async fn resume(&self, run_id: &RunId) -> Result<ResumeOutcome> {
+        let now = self.now_ms();
+        let mut state = self.state();
+        let run = state.run_mut(run_id)?;
+        if run.status.is_final() {
+            return Err(Error::RunFinal { run_id: run_id.clone(), status: run.status });
+        }
+        run.pause_requested = false;
+        if run.status != RunStatus::Paused {
+            return Ok(ResumeOutcome::NotPaused);
+        }
+        run.updated = now;
+        run.status = RunStatus::Pending;
+        state.append(run_id, vec![encode_event(&JournalEvent::RunResumed {})?], now)?;
+        state.enqueue(run_id, now)?;
+        drop(state);
+        self.queued.notify_waiters();
+        Ok(ResumeOutcome::Resumed)
+    }
+
+    async fn retry(&self, run_id: &RunId) -> Result<()> {
+        let now = self.now_ms();
+        let mut state = self.state();
+        let run = state.run_mut(run_id)?;
+        if run.status != RunStatus::Failed {
+            return Err(Error::NotFailed { run_id: run_id.clone(), status: run.status });
+        }
+        run.error = None;
+        run.finished = None;
+        run.updated = now;
+        run.status = RunStatus::Pending;
+        state.retention.retain(|(_, id)| id != run_id);
+        state.append(run_id, vec![encode_event(&JournalEvent::RunRetried {})?], now)?;
+        state.enqueue(run_id, now)?;
+        drop(state);
+        self.queued.notify_waiters();
+        Ok(())
+    }
+
+    async fn watch_journal(&self, run_id: &RunId, after: Option<&str>, block: Duration) -> Result<Vec<JournalRecord>> {
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            let notified = self.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let found = self.read_journal(run_id, after, 1000).await?;
+            if !found.is_empty() {
+                return Ok(found);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn put_webhook(&self, subscription: &WebhookSubscription) -> Result<()> {
+        self.state().webhooks.insert(subscription.id.clone(), subscription.clone());
+        Ok(())
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<WebhookSubscription>> {
+        let mut subs: Vec<WebhookSubscription> = self.state().webhooks.values().cloned().collect();
+        subs.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(subs)
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool> {
+        let mut state = self.state();
+        state.delivery_logs.remove(id);
+        Ok(state.webhooks.remove(id).is_some())
+    }
+
+    async fn claim_outbox(&self, _consumer: &str, max: usize, block: Duration) -> Result<Vec<OutboxItem>> {
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            let notified = self.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let now = self.now_ms();
+                let mut state = self.state();
+                let taken_before = now.saturating_sub(60_000);
+                let free: Vec<Sid> = state
+                    .outbox
+                    .keys()
+                    .filter(|sid| state.outbox_taken.get(sid).is_none_or(|at| *at <= taken_before))
+                    .take(max.max(1))
+                    .copied()
+                    .collect();
+                if !free.is_empty() {
+                    let mut items = Vec::new();
+                    for sid in free {
+                        state.outbox_taken.insert(sid, now);
+                        items.extend(state.outbox.get(&sid).cloned());
+                    }
+                    return Ok(items);
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn fan_out(&self, item_id: &str, jobs: &[DeliveryJob]) -> Result<()> {
+        let sid = parse_sid(item_id)?;
+        let now = self.now_ms();
+        let mut state = self.state();
+        for job in jobs {
+            let member = serde_json::to_string(job).map_err(|e| Error::Invalid(e.to_string()))?;
+            state.jobs.entry(member).or_insert(now);
+        }
+        state.outbox.remove(&sid);
+        state.outbox_taken.remove(&sid);
+        Ok(())
+    }
+
+    async fn due_jobs(&self, max: usize, visibility: Duration) -> Result<Vec<DeliveryJob>> {
+        let now = self.now_ms();
+        let mut state = self.state();
+        let mut due: Vec<(u64, String)> =
+            state.jobs.iter().filter(|(_, at)| **at <= now).map(|(job, at)| (*at, job.clone())).collect();
+        due.sort();
+        due.truncate(max.max(1));
+        let mut out = Vec::new();
+        for (_, member) in due {
+            state.jobs.insert(member.clone(), now + visibility.as_millis() as u64);
+            out.push(serde_json::from_str(&member).map_err(|e| Error::corrupt("delivery job", e))?);
+        }
+        Ok(out)
+    }
+
+    async fn update_job(&self, job: &DeliveryJob, next: Option<(&DeliveryJob, Duration)>) -> Result<()> {
+        let now = self.now_ms();
+        let mut state = self.state();
+        state.jobs.remove(&serde_json::to_string(job).map_err(|e| Error::Invalid(e.to_string()))?);
+        if let Some((next, delay)) = next {
+            let member = serde_json::to_string(next).map_err(|e| Error::Invalid(e.to_string()))?;
+            state.jobs.insert(member, now + delay.as_millis() as u64);
+        }
+        Ok(())
+    }
+
+    async fn log_delivery(&self, log: &str, delivery: &WebhookDelivery) -> Result<()> {
+        let mut state = self.state();
+        let entries = state.delivery_logs.entry(log.to_owned()).or_default();
+        entries.push_front(delivery.clone());
+        entries.truncate(super::DELIVERY_LOG_LEN);
+        Ok(())
+    }
+
+    async fn deliveries(&self, log: &str, limit: usize) -> Result<Vec<WebhookDelivery>> {
+        let state = self.state();
+        Ok(state.delivery_logs.get(log).map(|l| l.iter().take(limit.max(1)).cloned().collect()).unwrap_or_default())
     }
 
     async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<()> {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_proto::{
-    ErrorInfo, JournalEntry, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary, WorkerInfo,
+    DeliveryJob, ErrorInfo, JournalEntry, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus,
+    RunSummary, WebhookDelivery, WebhookSubscription, WorkerInfo,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -36,6 +37,8 @@ pub struct CreateRun {
     pub delay: Option<Duration>,
     pub labels: BTreeMap<String, String>,
     pub parent: Option<ParentRef>,
+    /// Also send this run's webhook events to this URL.
+    pub callback_url: Option<String>,
 }
 
 /// The answer to [`Store::create_run`].
@@ -91,6 +94,8 @@ pub struct Appended {
     pub seqs: Vec<String>,
     /// Somebody asked to cancel the run: stop at this step boundary.
     pub cancel_requested: bool,
+    /// Somebody asked to pause the run: hand it back at this step boundary.
+    pub pause_requested: bool,
 }
 
 /// How a lease ends.
@@ -160,11 +165,39 @@ pub enum CancelOutcome {
     Requested,
 }
 
+/// What [`Store::pause`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseOutcome {
+    /// The run is paused now (or already was).
+    Paused,
+    /// It is held by a worker or suspended: it pauses at its next boundary or wake-up.
+    Requested,
+}
+
+/// What [`Store::resume`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeOutcome {
+    Resumed,
+    /// It was not paused (a pause not yet taken was withdrawn, if any).
+    NotPaused,
+}
+
+/// A webhook event waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub id: String,
+    pub run_id: RunId,
+    pub sequence: String,
+    pub event_type: keel_proto::WebhookEventType,
+}
+
 /// Filter and page through runs, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct RunQuery {
     pub workflow: Option<String>,
     pub status: Option<RunStatus>,
+    /// Only runs with this label name and value.
+    pub label: Option<(String, String)>,
     pub limit: usize,
     pub cursor: Option<String>,
 }
@@ -235,6 +268,45 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// task, running with neither lease nor task): the repair after Redis lost its
     /// last writes. Returns the runs re-queued.
     async fn reconcile(&self, limit: usize) -> Result<Vec<RunId>>;
+
+    /// Hold a run between steps until resumed.
+    async fn pause(&self, run_id: &RunId) -> Result<PauseOutcome>;
+
+    async fn resume(&self, run_id: &RunId) -> Result<ResumeOutcome>;
+
+    /// Run a failed run again from its failed step.
+    async fn retry(&self, run_id: &RunId) -> Result<()>;
+
+    /// Journal entries after `after`, waiting up to `block` for the first one
+    /// (for long-polls and live progress; Redis: XREAD BLOCK, never polling).
+    async fn watch_journal(&self, run_id: &RunId, after: Option<&str>, block: Duration) -> Result<Vec<JournalRecord>>;
+
+    /// Add or replace a webhook subscription.
+    async fn put_webhook(&self, subscription: &WebhookSubscription) -> Result<()>;
+
+    async fn list_webhooks(&self) -> Result<Vec<WebhookSubscription>>;
+
+    /// Whether it existed.
+    async fn delete_webhook(&self, id: &str) -> Result<bool>;
+
+    /// Take webhook events from the outbox (shared by the dispatchers of every
+    /// server through a consumer group), new ones and ones another dispatcher
+    /// took and never finished.
+    async fn claim_outbox(&self, consumer: &str, max: usize, block: Duration) -> Result<Vec<OutboxItem>>;
+
+    /// Turn an outbox event into delivery jobs and remove it from the outbox, atomically.
+    async fn fan_out(&self, item_id: &str, jobs: &[DeliveryJob]) -> Result<()>;
+
+    /// Take due delivery jobs; each comes due again after `visibility` unless updated.
+    async fn due_jobs(&self, max: usize, visibility: Duration) -> Result<Vec<DeliveryJob>>;
+
+    /// A job is done (`next: None`) or comes back after a delay as its next attempt.
+    async fn update_job(&self, job: &DeliveryJob, next: Option<(&DeliveryJob, Duration)>) -> Result<()>;
+
+    /// Keep a delivery attempt in a receiver's log (the newest 100).
+    async fn log_delivery(&self, log: &str, delivery: &WebhookDelivery) -> Result<()>;
+
+    async fn deliveries(&self, log: &str, limit: usize) -> Result<Vec<WebhookDelivery>>;
 
     /// Register (or refresh) a live worker for `ttl`.
     async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<()>;
@@ -316,6 +388,9 @@ pub(crate) fn seq_millis(seq: &str) -> Result<u64> {
 pub(crate) fn fingerprint(workflow: &str, input: &Value) -> String {
     format!("{workflow}\n{input}")
 }
+
+/// How many delivery attempts a webhook log keeps.
+pub(crate) const DELIVERY_LOG_LEN: usize = 100;
 
 pub(crate) fn validate_create(req: &CreateRun) -> Result<()> {
     keel_proto::validate_workflow_name(&req.workflow)?;

@@ -796,7 +796,7 @@ pub async fn listing_filters_by_workflow_and_status(f: Fixture) {
     let task = s.claim(&req).await.unwrap().remove(0);
     s.finish(&task.lease, &[], Finish::Complete { output: json!(1) }).await.unwrap();
     let list = |workflow: Option<&str>, status: Option<RunStatus>| {
-        let query = RunQuery { workflow: workflow.map(str::to_owned), status, limit: 2, cursor: None };
+        let query = RunQuery { workflow: workflow.map(str::to_owned), status, limit: 2, cursor: None, label: None };
         async move {
             let mut all = Vec::new();
             let mut query = query;
@@ -945,6 +945,7 @@ pub async fn workers_register_and_expire(f: Fixture) {
     let info = |id: &str| WorkerInfo {
         worker_id: id.into(),
         workflows: BTreeMap::from([(WF.to_owned(), vec![1, 2])]),
+        input_schemas: BTreeMap::new(),
         started_at_ms: 1,
         heartbeat_at_ms: 0,
     };

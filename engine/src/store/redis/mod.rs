@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use keel_proto::{
-    ChildOutcome, ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary, WorkerInfo,
+    ChildOutcome, DeliveryJob, ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus,
+    RunSummary, WebhookDelivery, WebhookEventType, WebhookSubscription, WorkerInfo,
 };
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Value};
@@ -21,10 +22,10 @@ use serde_json::Value as Json;
 
 use super::{
     Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished, Lease,
-    RunQuery, Store, SummaryPatch, decode_record, encode_event, fingerprint, make_cursor, page_limit, parse_cursor,
-    validate_claim, validate_create, validate_suspension,
+    OutboxItem, PauseOutcome, ResumeOutcome, RunQuery, Store, SummaryPatch, decode_record, encode_event, fingerprint,
+    make_cursor, page_limit, parse_cursor, validate_claim, validate_create, validate_suspension,
 };
-use crate::keys::{GROUP, Keys};
+use crate::keys::{DISPATCH_GROUP, GROUP, Keys};
 use crate::{Error, Result, StoreConfig};
 
 mod scripts;
@@ -322,6 +323,36 @@ impl RedisStore {
         Ok(claimed)
     }
 
+    /// Run a script that takes only the run id.
+    async fn run_script(&self, script: &redis::Script, run_id: &RunId) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        Ok(script.prepare_invoke().arg(self.keys.prefix()).arg(run_id.as_str()).invoke_async(&mut conn).await?)
+    }
+
+    fn state_error(&self, run_id: &RunId, reply: &[String]) -> Error {
+        let status = || reply.get(1).and_then(|s| s.parse().ok()).unwrap_or(RunStatus::Completed);
+        match reply.first().map(String::as_str) {
+            Some("NOT_FOUND") => Error::RunNotFound(run_id.clone()),
+            Some("FINAL") => Error::RunFinal { run_id: run_id.clone(), status: status() },
+            Some("NOT_FAILED") => Error::NotFailed { run_id: run_id.clone(), status: status() },
+            _ => Error::corrupt("script reply", format!("{reply:?}")),
+        }
+    }
+
+    /// A blocking read (BLOCK `block`) on a dedicated connection, under a watchdog.
+    async fn blocking_query(&self, cmd: redis::Cmd, block: Duration) -> Result<Value> {
+        let watchdog = block + BLOCK_MARGIN;
+        let mut conn = self.blocking_conn(watchdog).await?;
+        match tokio::time::timeout(watchdog, cmd.query_async::<Value>(&mut conn)).await {
+            Ok(Ok(reply)) => {
+                self.return_blocking_conn(conn);
+                Ok(reply)
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Error::Timeout(watchdog)),
+        }
+    }
+
     /// The key names the Lua prelude builds, for the test that holds them equal to [`Keys`].
     #[doc(hidden)]
     pub async fn lua_key_names(
@@ -404,6 +435,8 @@ fn summary_from_hash(run_id: &RunId, hash: HashMap<String, String>) -> Result<Ru
         wake_at_ms: num("wake")?,
         waiting_for: field("wk").map(|s| s.lines().map(str::to_owned).collect()).unwrap_or_default(),
         cancel_requested: field("cr").is_some_and(|v| v == "1"),
+        pause_requested: field("pz").is_some_and(|v| v == "1"),
+        callback_url: field("cb").cloned(),
         output: field("out").map(|v| from_json::<Json>(&what(), v)).transpose()?,
         error: field("err").map(|v| from_json::<ErrorInfo>(&what(), v)).transpose()?,
         parent: field("par").map(|v| from_json::<ParentRef>(&what(), v)).transpose()?,
@@ -473,6 +506,7 @@ impl Store for RedisStore {
             .arg(parent)
             .arg(started)
             .arg(if client_chose { "1" } else { "0" })
+            .arg(req.callback_url.as_deref().unwrap_or(""))
             .invoke_async(&mut conn)
             .await?;
         let id = || RunId::new(reply.get(1).cloned().unwrap_or_default());
@@ -541,6 +575,7 @@ impl Store for RedisStore {
         Ok(Appended {
             cancel_requested: opt_text(&reply[1])?.is_some_and(|v| v == "1"),
             seqs: array(&reply[2])?.iter().map(text).collect::<Result<_>>()?,
+            pause_requested: opt_text(reply.get(3).unwrap_or(&Value::Nil))?.is_some_and(|v| v == "1"),
         })
     }
 
@@ -705,6 +740,8 @@ impl Store for RedisStore {
             .arg(limit)
             .arg(cursor.as_ref().map(|c| c.0.to_string()).unwrap_or_default())
             .arg(cursor.as_ref().map(|c| c.1.as_str()).unwrap_or(""))
+            .arg(query.label.as_ref().map(|l| l.0.as_str()).unwrap_or(""))
+            .arg(query.label.as_ref().map(|l| l.1.as_str()).unwrap_or(""))
             .invoke_async(&mut conn)
             .await?;
         let mut runs = Vec::new();
@@ -772,6 +809,210 @@ impl Store for RedisStore {
             .invoke_async(&mut conn)
             .await?;
         fixed.into_iter().map(|id| Ok(RunId::new(id)?)).collect()
+    }
+
+    async fn pause(&self, run_id: &RunId) -> Result<PauseOutcome> {
+        match self.run_script(&self.scripts.pause, run_id).await?.as_slice() {
+            [s] if s == "PAUSED" => Ok(PauseOutcome::Paused),
+            [s] if s == "REQUESTED" => Ok(PauseOutcome::Requested),
+            other => Err(self.state_error(run_id, other)),
+        }
+    }
+
+    async fn resume(&self, run_id: &RunId) -> Result<ResumeOutcome> {
+        match self.run_script(&self.scripts.resume, run_id).await?.as_slice() {
+            [s] if s == "RESUMED" => Ok(ResumeOutcome::Resumed),
+            [s] if s == "NOT_PAUSED" => Ok(ResumeOutcome::NotPaused),
+            other => Err(self.state_error(run_id, other)),
+        }
+    }
+
+    async fn retry(&self, run_id: &RunId) -> Result<()> {
+        match self.run_script(&self.scripts.retry, run_id).await?.as_slice() {
+            [s] if s == "RETRIED" => Ok(()),
+            other => Err(self.state_error(run_id, other)),
+        }
+    }
+
+    async fn watch_journal(&self, run_id: &RunId, after: Option<&str>, block: Duration) -> Result<Vec<JournalRecord>> {
+        let from = match after {
+            Some(seq) => stream_id(seq)?.to_owned(),
+            None => "0-0".to_owned(),
+        };
+        let mut cmd = redis::cmd("XREAD");
+        if !block.is_zero() {
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        }
+        cmd.arg("COUNT").arg(1000).arg("STREAMS").arg(self.keys.journal(run_id)).arg(from);
+        let reply = self.blocking_query(cmd, block).await?;
+        let mut out = Vec::new();
+        for stream in array(&reply)? {
+            let stream = array(stream)?;
+            out.extend(journal_from_stream(stream.get(1).unwrap_or(&Value::Nil))?);
+        }
+        Ok(out)
+    }
+
+    async fn put_webhook(&self, subscription: &WebhookSubscription) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = redis::cmd("HSET")
+            .arg(self.keys.webhooks())
+            .arg(&subscription.id)
+            .arg(to_json(subscription)?)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<WebhookSubscription>> {
+        let mut conn = self.conn.clone();
+        let all: Vec<String> = redis::cmd("HVALS").arg(self.keys.webhooks()).query_async(&mut conn).await?;
+        let mut subs: Vec<WebhookSubscription> =
+            all.iter().map(|text| from_json("webhook subscription", text)).collect::<Result<_>>()?;
+        subs.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(subs)
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let (removed,): (i64,) = redis::pipe()
+            .atomic()
+            .cmd("HDEL")
+            .arg(self.keys.webhooks())
+            .arg(id)
+            .cmd("DEL")
+            .arg(self.keys.webhook_log(id))
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(removed == 1)
+    }
+
+    async fn claim_outbox(&self, consumer: &str, max: usize, block: Duration) -> Result<Vec<OutboxItem>> {
+        let outbox = self.keys.outbox();
+        let mut conn = self.conn.clone();
+        let created: redis::RedisResult<()> =
+            redis::cmd("XGROUP").arg("CREATE").arg(&outbox).arg(DISPATCH_GROUP).arg("0").arg("MKSTREAM").query_async(&mut conn).await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Events a dispatcher took and never finished (it died) come back after a minute.
+        let stale: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&outbox)
+            .arg(DISPATCH_GROUP)
+            .arg(consumer)
+            .arg(60_000)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(max.max(1))
+            .query_async(&mut conn)
+            .await?;
+        let mut entries: Vec<Value> = array(&stale)?.get(1).map(|v| array(v).map(<[Value]>::to_vec)).transpose()?.unwrap_or_default();
+        if entries.is_empty() {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP").arg(DISPATCH_GROUP).arg(consumer).arg("COUNT").arg(max.max(1));
+            if !block.is_zero() {
+                cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+            }
+            cmd.arg("STREAMS").arg(&outbox).arg(">");
+            let reply = self.blocking_query(cmd, block).await?;
+            for stream in array(&reply)? {
+                entries.extend(array(array(stream)?.get(1).unwrap_or(&Value::Nil))?.iter().cloned());
+            }
+        }
+        entries
+            .iter()
+            .filter(|e| !matches!(e, Value::Nil))
+            .map(|entry| {
+                let entry = array(entry)?;
+                let id = text(&entry[0])?;
+                let f = pairs(entry.get(1).unwrap_or(&Value::Nil))?;
+                let get = |name: &str| f.get(name).cloned().ok_or_else(|| Error::corrupt(format!("outbox entry {id}"), name));
+                let kind = get("type")?;
+                Ok(OutboxItem {
+                    run_id: RunId::new(get("run_id")?)?,
+                    sequence: get("seq")?,
+                    event_type: WebhookEventType::parse(&kind).ok_or_else(|| Error::corrupt("outbox entry", kind))?,
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    async fn fan_out(&self, item_id: &str, jobs: &[DeliveryJob]) -> Result<()> {
+        let mut invocation = self.scripts.fanout.prepare_invoke();
+        invocation.arg(self.keys.prefix()).arg(item_id).arg(jobs.len());
+        for job in jobs {
+            invocation.arg(to_json(job)?);
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn due_jobs(&self, max: usize, visibility: Duration) -> Result<Vec<DeliveryJob>> {
+        let mut conn = self.conn.clone();
+        let due: Vec<String> = self
+            .scripts
+            .jobs_due
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(max.max(1))
+            .arg(visibility.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        due.iter().map(|text| from_json("delivery job", text)).collect()
+    }
+
+    async fn update_job(&self, job: &DeliveryJob, next: Option<(&DeliveryJob, Duration)>) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .job_update
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(to_json(job)?)
+            .arg(next.map(|(n, _)| to_json(n)).transpose()?.unwrap_or_default())
+            .arg(next.map_or(0, |(_, d)| d.as_millis() as u64))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn log_delivery(&self, log: &str, delivery: &WebhookDelivery) -> Result<()> {
+        let key = self.keys.webhook_log(log);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("LPUSH")
+            .arg(&key)
+            .arg(to_json(delivery)?)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&key)
+            .arg(0)
+            .arg(super::DELIVERY_LOG_LEN - 1)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(self.config.retention.as_millis() as u64)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn deliveries(&self, log: &str, limit: usize) -> Result<Vec<WebhookDelivery>> {
+        let mut conn = self.conn.clone();
+        let all: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.keys.webhook_log(log))
+            .arg(0)
+            .arg(limit.clamp(1, super::DELIVERY_LOG_LEN) as i64 - 1)
+            .query_async(&mut conn)
+            .await?;
+        all.iter().map(|text| from_json("webhook delivery", text)).collect()
     }
 
     async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<()> {

@@ -22,6 +22,12 @@ pub(super) struct Scripts {
     pub list: Script,
     pub reconcile: Script,
     pub key_names: Script,
+    pub pause: Script,
+    pub resume: Script,
+    pub retry: Script,
+    pub fanout: Script,
+    pub jobs_due: Script,
+    pub job_update: Script,
 }
 
 impl Scripts {
@@ -39,6 +45,12 @@ impl Scripts {
             list: script!("list.lua"),
             reconcile: script!("reconcile.lua"),
             key_names: script!("key_names.lua"),
+            pause: script!("pause.lua"),
+            resume: script!("resume.lua"),
+            retry: script!("retry.lua"),
+            fanout: script!("fanout.lua"),
+            jobs_due: script!("jobs_due.lua"),
+            job_update: script!("job_update.lua"),
         }
     }
 }

@@ -9,13 +9,13 @@ if FINAL[h[1]] then return { 'FINAL', h[1] } end
 if h[1] == 'running' and redis.call('EXISTS', k_lease(id)) == 1 then
   if h[6] ~= '1' then
     redis.call('HSET', k_run(id), 'cr', '1')
-    redis.call('XADD', k_journal(id), '*', 'e', ARGV[3])
+    journal_add(id, ARGV[3])
   end
   return { 'REQUESTED' }
 end
 local now = now_ms()
-redis.call('XADD', k_journal(id), '*', 'e', ARGV[3])
-redis.call('XADD', k_journal(id), '*', 'e', ARGV[4])
+journal_add(id, ARGV[3])
+journal_add(id, ARGV[4])
 clear_wait(id, h[4])
 ack(h[2], h[5])
 finalize(id, h[1], 'cancelled', h[3], now, tonumber(ARGV[5]))

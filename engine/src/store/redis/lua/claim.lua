@@ -27,7 +27,7 @@ local now = now_ms()
 if deliveries > tonumber(ARGV[7]) then
   redis.call('XADD', K_DEAD, 'MAXLEN', '~', '10000', '*', 'run_id', id, 'workflow', wf, 'task_id', tid,
     'deliveries', deliveries, 'reason', ARGV[8])
-  redis.call('XADD', k_journal(id), '*', 'e', ARGV[9])
+  journal_add(id, ARGV[9])
   redis.call('HSET', k_run(id), 'err', ARGV[10])
   finalize(id, st, 'failed', h[3], now, tonumber(ARGV[11]))
   ack(wf, tid)

@@ -2,7 +2,7 @@
 -- and its first task (or start timer), all or nothing.
 -- ARGV: P, run_id, workflow, version, fingerprint text, idempotency key or '',
 --       idempotency ttl ms, delay ms, labels json or '', parent json or '',
---       run_started entry json, client chose the id ('1'/'0')
+--       run_started entry json, client chose the id ('1'/'0'), callback url or ''
 local id, wf, idem = ARGV[2], ARGV[3], ARGV[6]
 local fp = redis.sha1hex(ARGV[5])
 
@@ -30,8 +30,9 @@ local fields = { 'wf', wf, 'ver', ARGV[4], 'ca', n2s(now), 'ua', n2s(now), 'ep',
 if ARGV[9] ~= '' then fields[#fields + 1] = 'lab'; fields[#fields + 1] = ARGV[9] end
 if ARGV[10] ~= '' then fields[#fields + 1] = 'par'; fields[#fields + 1] = ARGV[10] end
 if idem ~= '' then fields[#fields + 1] = 'idem'; fields[#fields + 1] = idem end
+if ARGV[13] ~= '' then fields[#fields + 1] = 'cb'; fields[#fields + 1] = ARGV[13] end
 redis.call('HSET', k_run(id), unpack(fields))
-redis.call('XADD', k_journal(id), '*', 'e', ARGV[11])
+journal_add(id, ARGV[11])
 redis.call('ZADD', K_RUNS, now, id)
 redis.call('ZADD', k_runs_wf(wf), now, id)
 if idem ~= '' then redis.call('SET', k_idem(idem), id, 'PX', ARGV[7]) end

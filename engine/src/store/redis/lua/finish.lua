@@ -17,7 +17,7 @@ append_events(id, 21, tonumber(ARGV[18]))
 apply_patch(id, ARGV[5], ARGV[6], ARGV[7], now)
 
 local function final(status, field)
-  redis.call('XADD', k_journal(id), '*', 'e', ARGV[10])
+  journal_add(id, ARGV[10])
   if field then redis.call('HSET', k_run(id), field, ARGV[11]) end
   finalize(id, st, status, created, now, retention)
   ack(wf, tid)
@@ -32,14 +32,21 @@ if how == 'cancel' then return final('cancelled', nil) end
 if how == 'release' then
   ack(wf, tid)
   redis.call('DEL', k_lease(id))
-  set_status(id, st, 'pending', created)
-  enqueue(id, wf)
+  redis.call('HSET', k_run(id), 'task', '')
+  if h[7] == '1' then
+    -- Stopped at a step boundary because a pause was asked for.
+    set_status(id, st, 'paused', created)
+    journal_add(id, '{"v":1,"type":"run_paused"}')
+  else
+    set_status(id, st, 'pending', created)
+    enqueue(id, wf)
+  end
   return { 'DONE' }
 end
 
 -- suspend
 if cr == '1' then
-  redis.call('XADD', k_journal(id), '*', 'e', ARGV[12])
+  journal_add(id, ARGV[12])
   finalize(id, st, 'cancelled', created, now, retention)
   ack(wf, tid)
   notify_parent(id, '{"status":"cancelled"}', ARGV[17], ARGV[20])
@@ -65,7 +72,7 @@ if #keys > 0 then
   end
   if best then
     local entry = event_received_json(steps[best_i], keys[best_i], best, best_data)
-    local seq = redis.call('XADD', k_journal(id), '*', 'e', entry)
+    local seq = journal_add(id, entry)
     redis.call('HINCRBY', k_run(id), 'cs', 1)
     redis.call('HSET', k_run(id), 'evf:' .. keys[best_i], best, 'cur', steps[best_i])
     return { 'EVENT', seq, entry }

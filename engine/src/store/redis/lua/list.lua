@@ -1,7 +1,7 @@
 -- list_runs: newest first from the narrowest index, filtered, one page plus a
 -- cursor. Read-only.
 -- ARGV: P, workflow filter or '', status filter or '', limit, cursor score or '',
---       cursor run id or ''
+--       cursor run id or '', label name or '', label value
 local wf, st, limit = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local index = K_RUNS
 if st ~= '' then index = k_runs_status(st) elseif wf ~= '' then index = k_runs_wf(wf) end
@@ -30,6 +30,10 @@ while #out <= limit and scanned < 10 * batch + 1000 do
     if #hash > 0 then
       local keep = true
       if wf ~= '' and st ~= '' then keep = redis.call('HGET', k_run(id), 'wf') == wf end
+      if keep and ARGV[7] ~= '' then
+        local labels = redis.call('HGET', k_run(id), 'lab')
+        keep = labels ~= false and cjson.decode(labels)[ARGV[7]] == ARGV[8]
+      end
       if keep then out[#out + 1] = { id, hash } end
       if #out > limit then break end
     end

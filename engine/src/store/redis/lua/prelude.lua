@@ -20,6 +20,9 @@ local K_RUNS = P .. ':runs'
 local K_TIMERS = P .. ':timers'
 local K_RETENTION = P .. ':retention'
 local K_DEAD = P .. ':dead'
+local K_HOOKS = P .. ':webhooks'
+local K_OUTBOX = P .. ':outbox'
+local K_HOOK_JOBS = P .. ':webhook-jobs'
 
 -- Integers as decimal text (tostring would switch to exponent form past 14 digits).
 local function n2s(x) return string.format('%.0f', x) end
@@ -31,6 +34,24 @@ local function now_ms()
 end
 
 local FINAL = { completed = true, failed = true, cancelled = true }
+
+-- Journal entry types that are webhook events.
+local HOOKS = {
+  run_started = 'run.started', step_completed = 'step.completed', step_failed = 'step.failed',
+  run_completed = 'run.completed', run_failed = 'run.failed', run_cancelled = 'run.cancelled',
+}
+
+-- Append one journal entry. When anyone listens (a webhook subscription exists,
+-- or the run has a callback URL) and it is a webhook event, it also goes to the
+-- outbox, in the same atomic step. (Entries are serialized `{"v":N,"type":...`.)
+local function journal_add(id, entry)
+  local seq = redis.call('XADD', k_journal(id), '*', 'e', entry)
+  local hook = HOOKS[string.match(entry, '^{"v":%d+,"type":"([a-z_]+)"') or '']
+  if hook and (redis.call('EXISTS', K_HOOKS) == 1 or redis.call('HEXISTS', k_run(id), 'cb') == 1) then
+    redis.call('XADD', K_OUTBOX, '*', 'run_id', id, 'seq', seq, 'type', hook)
+  end
+  return seq
+end
 
 local function set_status(id, old, new, created)
   if old ~= new then
@@ -70,17 +91,23 @@ local function clear_wait(id, wk)
   redis.call('HDEL', k_run(id), 'wake', 'wk', 'ws')
 end
 
--- A suspended run becomes runnable: one task, exactly.
+-- A suspended run becomes runnable: one task, exactly. (A run asked to pause
+-- becomes paused instead, with no task, until resumed.)
 local function wake(id, wf, st, created, wk)
   clear_wait(id, wk)
-  set_status(id, st, 'pending', created)
-  enqueue(id, wf)
+  if redis.call('HGET', k_run(id), 'pz') == '1' then
+    set_status(id, st, 'paused', created)
+    journal_add(id, '{"v":1,"type":"run_paused"}')
+  else
+    set_status(id, st, 'pending', created)
+    enqueue(id, wf)
+  end
 end
 
 local function finalize(id, st, new, created, now, retention_ms)
   set_status(id, st, new, created)
   redis.call('HSET', k_run(id), 'fa', n2s(now), 'ua', n2s(now), 'task', '')
-  redis.call('HDEL', k_run(id), 'cr')
+  redis.call('HDEL', k_run(id), 'cr', 'pz')
   redis.call('DEL', k_lease(id))
   redis.call('ZADD', K_RETENTION, now + retention_ms, id)
 end
@@ -89,7 +116,7 @@ end
 -- A lease key that expired without a takeover (epoch unchanged) still counts: no
 -- other writer can exist until a claim bumps the epoch.
 local function fenced(id, worker, epoch)
-  local h = redis.call('HMGET', k_run(id), 'ep', 'st', 'wf', 'ca', 'cr', 'task')
+  local h = redis.call('HMGET', k_run(id), 'ep', 'st', 'wf', 'ca', 'cr', 'task', 'pz')
   if h[1] ~= epoch or h[2] ~= 'running' then return nil end
   local holder = redis.call('GET', k_lease(id))
   if holder and holder ~= worker .. ':' .. epoch then return nil end
@@ -100,7 +127,7 @@ end
 local function append_events(id, from, n)
   local seqs = {}
   for i = 0, n - 1 do
-    seqs[#seqs + 1] = redis.call('XADD', k_journal(id), '*', 'e', ARGV[from + i])
+    seqs[#seqs + 1] = journal_add(id, ARGV[from + i])
   end
   return seqs
 end
@@ -145,7 +172,7 @@ local function deliver(key, data, lookback_ms, max_len)
     local steps = split_lines(h[5])
     for i, k in ipairs(split_lines(h[4])) do if k == key and not step then step = steps[i] end end
     if h[1] == 'waiting' and step then
-      redis.call('XADD', k_journal(id), '*', 'e', event_received_json(step, key, eid, data))
+      journal_add(id, event_received_json(step, key, eid, data))
       redis.call('HINCRBY', k_run(id), 'cs', 1)
       redis.call('HSET', k_run(id), 'evf:' .. key, eid, 'cur', step, 'ua', now)
       wake(id, h[2], h[1], h[3], h[4])

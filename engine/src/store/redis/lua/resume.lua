@@ -1,0 +1,13 @@
+-- resume: let a paused run go on (or withdraw a pause not yet taken).
+-- ARGV: P, run id
+local id = ARGV[2]
+local h = redis.call('HMGET', k_run(id), 'st', 'wf', 'ca')
+if not h[1] then return { 'NOT_FOUND' } end
+if FINAL[h[1]] then return { 'FINAL', h[1] } end
+redis.call('HDEL', k_run(id), 'pz')
+if h[1] ~= 'paused' then return { 'NOT_PAUSED' } end
+redis.call('HSET', k_run(id), 'ua', n2s(now_ms()))
+journal_add(id, '{"v":1,"type":"run_resumed"}')
+set_status(id, 'paused', 'pending', h[3])
+enqueue(id, h[2])
+return { 'RESUMED' }
