@@ -17,7 +17,9 @@ pub use ids::{IdError, RunId, validate_event_key, validate_idempotency_key, vali
 pub use journal::{ChildOutcome, JOURNAL_VERSION, JournalEntry, JournalEvent, JournalRecord};
 pub use run::{ErrorInfo, ParentRef, RunPage, RunStatus, RunSummary};
 pub use task::{TASK_VERSION, Task};
-pub use webhook::{DeliveryJob, DeliveryTarget, WebhookDelivery, WebhookEventType, WebhookPayload, WebhookSubscription};
+pub use webhook::{
+    DeliveryJob, DeliveryTarget, WebhookDelivery, WebhookEventType, WebhookPayload, WebhookSubscription,
+};
 pub use worker::WorkerInfo;
 
 /// The JSON Schemas of the wire formats, by file name under `json-schema/`.

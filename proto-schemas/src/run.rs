@@ -30,8 +30,16 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    pub const ALL: [RunStatus; 7] =
-        [Self::Pending, Self::Running, Self::Sleeping, Self::Waiting, Self::Completed, Self::Failed, Self::Cancelled];
+    pub const ALL: [RunStatus; 8] = [
+        Self::Pending,
+        Self::Running,
+        Self::Sleeping,
+        Self::Waiting,
+        Self::Paused,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

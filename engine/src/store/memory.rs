@@ -14,15 +14,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_proto::{
-    ChildOutcome, DeliveryJob, ErrorInfo, WebhookDelivery, WebhookEventType, WebhookSubscription, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary, WorkerInfo,
+    ChildOutcome, DeliveryJob, ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus,
+    RunSummary, WebhookDelivery, WebhookEventType, WebhookSubscription, WorkerInfo,
 };
 use serde_json::Value as Json;
 use tokio::sync::Notify;
 
 use super::{
     Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished, Lease,
-    OutboxItem, PauseOutcome, ResumeOutcome, RunQuery, Store, SummaryPatch, child_event_key, decode_record, encode_event, fingerprint, make_cursor, page_limit,
-    parse_cursor, validate_claim, validate_create, validate_suspension,
+    OutboxItem, PauseOutcome, ResumeOutcome, RunQuery, Store, SummaryPatch, child_event_key, decode_record,
+    encode_event, fingerprint, make_cursor, page_limit, parse_cursor, validate_claim, validate_create,
+    validate_suspension,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::{Error, Result, StoreConfig};
@@ -434,7 +436,10 @@ impl MemoryStore {
     fn state(&self) -> StateGuard<'_> {
         // A panic while holding the lock leaves the state as consistent as the
         // step that panicked; carrying on is what a restarted Redis would do too.
-        StateGuard { guard: self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), appended: &self.appended }
+        StateGuard {
+            guard: self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            appended: &self.appended,
+        }
     }
 
     fn try_claim_new(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
@@ -1010,7 +1015,8 @@ impl Store for MemoryStore {
         if run.status == RunStatus::Paused {
             return Ok(PauseOutcome::Paused);
         }
-        let unheld = run.status == RunStatus::Pending || (run.status == RunStatus::Running && run.live_lease(now).is_none());
+        let unheld =
+            run.status == RunStatus::Pending || (run.status == RunStatus::Running && run.live_lease(now).is_none());
         if unheld {
             let (workflow, task) = (run.workflow.clone(), run.task);
             state.ack(&workflow, task);

@@ -1086,3 +1086,207 @@ pub async fn parallel_waits_each_get_their_own_event(f: Fixture) {
     );
     assert_eq!(s.get_run(&id).await.unwrap().unwrap().completed_steps, 2);
 }
+
+pub async fn pause_holds_a_run_between_steps_until_resumed(f: Fixture) {
+    use keel_engine::{PauseOutcome, ResumeOutcome};
+    let s = f.store.as_ref();
+    // Pending: paused at once, its task withdrawn.
+    let pending = s.create_run(start(json!("pending"))).await.unwrap().run_id;
+    assert_eq!(s.pause(&pending).await.unwrap(), PauseOutcome::Paused);
+    assert_eq!(s.pause(&pending).await.unwrap(), PauseOutcome::Paused, "idempotent");
+    assert_eq!(status(s, &pending).await, RunStatus::Paused);
+    nothing_to_claim(s, "w").await;
+    assert!(s.reconcile(100).await.unwrap().is_empty(), "a paused run is not stuck");
+    assert_eq!(s.resume(&pending).await.unwrap(), ResumeOutcome::Resumed);
+    assert_eq!(s.resume(&pending).await.unwrap(), ResumeOutcome::NotPaused);
+    let task = claim_one(s, "w").await;
+    assert_eq!(task.lease.run_id, pending);
+    // Held: requested; the worker learns at its next append and hands the run back.
+    assert_eq!(s.pause(&pending).await.unwrap(), PauseOutcome::Requested);
+    assert!(s.get_run(&pending).await.unwrap().unwrap().pause_requested);
+    let appended = s.append(&task.lease, &[step_done("a", json!(1))]).await.unwrap();
+    assert!(appended.pause_requested && !appended.cancel_requested);
+    s.finish(&task.lease, &[], Finish::Release).await.unwrap();
+    assert_eq!(status(s, &pending).await, RunStatus::Paused);
+    nothing_to_claim(s, "w").await;
+    s.resume(&pending).await.unwrap();
+    let again = claim_one(s, "w").await;
+    assert!(!again.run.pause_requested);
+    s.finish(&again.lease, &[], Finish::Complete { output: json!(1) }).await.unwrap();
+    assert!(matches!(s.pause(&pending).await, Err(Error::RunFinal { .. })));
+    assert_eq!(
+        journal_types(s, &pending).await,
+        ["run_started", "run_paused", "run_resumed", "step_completed", "run_paused", "run_resumed", "run_completed"]
+    );
+
+    // Sleeping: becomes paused when its timer fires, not runnable.
+    let sleeper = s.create_run(start(json!("sleeping"))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 100), waits: vec![] }))
+        .await
+        .unwrap();
+    assert_eq!(s.pause(&sleeper).await.unwrap(), PauseOutcome::Requested);
+    sleep_ms(200).await;
+    assert_eq!(s.fire_due_timers(10).await.unwrap(), vec![sleeper.clone()]);
+    assert_eq!(status(s, &sleeper).await, RunStatus::Paused);
+    nothing_to_claim(s, "w").await;
+    s.resume(&sleeper).await.unwrap();
+    assert_eq!(claim_one(s, "w").await.lease.run_id, sleeper);
+    assert!(matches!(s.pause(&RunId::new("nope").unwrap()).await, Err(Error::RunNotFound(_))));
+}
+
+pub async fn retry_runs_a_failed_run_again(f: Fixture) {
+    let f = f.with(Opts { retention: Some(Duration::from_millis(1000)), ..Default::default() }).await;
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    s.finish(&task.lease, &[step_done("ok", json!(1))], Finish::Fail { error: ErrorInfo::new("step_failed", "boom") })
+        .await
+        .unwrap();
+    assert!(matches!(s.retry(&RunId::new("nope").unwrap()).await, Err(Error::RunNotFound(_))));
+    s.retry(&id).await.unwrap();
+    let run = s.get_run(&id).await.unwrap().unwrap();
+    assert_eq!((run.status, run.error, run.finished_at_ms), (RunStatus::Pending, None, None));
+    assert!(matches!(s.retry(&id).await, Err(Error::NotFailed { status: RunStatus::Pending, .. })));
+    let again = claim_one(s, "w").await;
+    assert_eq!(again.lease.epoch, 2);
+    assert_eq!(journal_types(s, &id).await, ["run_started", "step_completed", "run_failed", "run_retried"]);
+    // Its retention was withdrawn: a retried run does not expire while it runs.
+    sleep_ms(1100).await;
+    assert_eq!(s.expire_finished(10).await.unwrap(), 0);
+    s.finish(&again.lease, &[], Finish::Complete { output: json!("second time") }).await.unwrap();
+    assert_eq!(status(s, &id).await, RunStatus::Completed);
+}
+
+pub async fn watch_journal_waits_for_new_entries(f: Fixture) {
+    let store = f.store.clone();
+    let id = store.create_run(start(json!(1))).await.unwrap().run_id;
+    let first = store.watch_journal(&id, None, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(first.len(), 1, "what is there already comes at once");
+    let after = first[0].seq.clone();
+    let began = std::time::Instant::now();
+    assert!(store.watch_journal(&id, Some(&after), Duration::from_millis(300)).await.unwrap().is_empty());
+    assert!(began.elapsed() >= Duration::from_millis(250), "it waited");
+    let watcher = {
+        let (store, id, after) = (store.clone(), id.clone(), after.clone());
+        tokio::spawn(async move { store.watch_journal(&id, Some(&after), Duration::from_secs(5)).await })
+    };
+    sleep_ms(200).await;
+    let task = claim_one(store.as_ref(), "w").await;
+    store.append(&task.lease, &[step_done("a", json!(1))]).await.unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(4), watcher).await.expect("the watcher woke").unwrap().unwrap();
+    assert_eq!(woke.len(), 1);
+    assert_eq!(woke[0].entry.event, step_done("a", json!(1)));
+}
+
+pub async fn listing_filters_by_label(f: Fixture) {
+    let s = f.store.as_ref();
+    for (i, tenant) in ["acme", "globex", "acme"].iter().enumerate() {
+        let labels = BTreeMap::from([("tenant".to_owned(), tenant.to_string())]);
+        s.create_run(CreateRun { labels, ..start(json!(i)) }).await.unwrap();
+    }
+    s.create_run(start(json!("unlabelled"))).await.unwrap();
+    let query = |value: &str| RunQuery { label: Some(("tenant".into(), value.into())), limit: 1, ..Default::default() };
+    let first = s.list_runs(&query("acme")).await.unwrap();
+    assert_eq!(first.runs.len(), 1);
+    let second = s.list_runs(&RunQuery { cursor: first.next_cursor, ..query("acme") }).await.unwrap();
+    assert_eq!(second.runs.len(), 1);
+    assert!(second.next_cursor.is_none());
+    assert!([&first.runs[0], &second.runs[0]].iter().all(|r| r.labels["tenant"] == "acme"));
+    assert!(s.list_runs(&query("initech")).await.unwrap().runs.is_empty());
+}
+
+pub async fn webhook_events_flow_from_outbox_to_jobs_and_logs(f: Fixture) {
+    use keel_engine::proto::{DeliveryJob, DeliveryTarget, WebhookDelivery, WebhookEventType, WebhookSubscription};
+    let s = f.store.as_ref();
+    // Nobody listens: nothing goes to the outbox.
+    let quiet = s.create_run(start(json!("quiet"))).await.unwrap().run_id;
+    assert!(s.claim_outbox("d1", 10, Duration::ZERO).await.unwrap().is_empty());
+    // A run with its own callback URL is listened to.
+    let called = s
+        .create_run(CreateRun { callback_url: Some("https://example.com/hook".into()), ..start(json!("cb")) })
+        .await
+        .unwrap()
+        .run_id;
+    assert_eq!(s.get_run(&called).await.unwrap().unwrap().callback_url.as_deref(), Some("https://example.com/hook"));
+    let sub = WebhookSubscription {
+        id: "wh_1".into(),
+        url: "https://example.com/all".into(),
+        event_types: vec![WebhookEventType::RunCompleted],
+        workflow: None,
+        created_at_ms: 1,
+        disabled: None,
+    };
+    s.put_webhook(&sub).await.unwrap();
+    assert_eq!(s.list_webhooks().await.unwrap(), vec![sub.clone()]);
+    // Now every run is listened to.
+    let task = claim_one(s, "w").await;
+    assert_eq!(task.lease.run_id, quiet);
+    s.finish(&task.lease, &[step_done("a", json!(1))], Finish::Complete { output: json!("done") }).await.unwrap();
+
+    let mut items = s.claim_outbox("d1", 10, Duration::from_secs(1)).await.unwrap();
+    items.sort_by(|a, b| a.id.cmp(&b.id));
+    let kinds: Vec<(RunId, WebhookEventType)> = items.iter().map(|i| (i.run_id.clone(), i.event_type)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (called.clone(), WebhookEventType::RunStarted),
+            (quiet.clone(), WebhookEventType::StepCompleted),
+            (quiet.clone(), WebhookEventType::RunCompleted),
+        ]
+    );
+    let journal = s.read_journal(&quiet, None, 10).await.unwrap();
+    assert_eq!(items[2].sequence, journal.last().unwrap().seq, "the item points at its journal entry");
+    assert!(
+        s.claim_outbox("d2", 10, Duration::ZERO).await.unwrap().is_empty(),
+        "claimed items are not handed out twice"
+    );
+
+    let job = DeliveryJob {
+        webhook_id: format!("msg_{}_{}", quiet, items[2].sequence),
+        run_id: quiet.clone(),
+        sequence: items[2].sequence.clone(),
+        event_type: WebhookEventType::RunCompleted,
+        target: DeliveryTarget::Subscription("wh_1".into()),
+        attempts: 0,
+        first_due_ms: 1,
+    };
+    s.fan_out(&items[2].id, std::slice::from_ref(&job)).await.unwrap();
+    s.fan_out(&items[2].id, std::slice::from_ref(&job)).await.unwrap();
+    for item in &items[..2] {
+        s.fan_out(&item.id, &[]).await.unwrap();
+    }
+    let due = s.due_jobs(10, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(due, vec![job.clone()], "one job, however often it was fanned out");
+    assert!(s.due_jobs(10, Duration::from_millis(300)).await.unwrap().is_empty(), "taken for the visibility window");
+    sleep_ms(400).await;
+    assert_eq!(s.due_jobs(10, Duration::from_secs(30)).await.unwrap(), vec![job.clone()], "back when not finished");
+    let next = DeliveryJob { attempts: 1, ..job.clone() };
+    s.update_job(&job, Some((&next, Duration::from_millis(200)))).await.unwrap();
+    assert!(s.due_jobs(10, Duration::from_secs(30)).await.unwrap().is_empty());
+    sleep_ms(300).await;
+    assert_eq!(s.due_jobs(10, Duration::from_secs(30)).await.unwrap(), vec![next.clone()]);
+    s.update_job(&next, None).await.unwrap();
+    sleep_ms(50).await;
+    assert!(s.due_jobs(10, Duration::ZERO).await.unwrap().is_empty(), "done jobs are gone");
+
+    let delivery = |attempt| WebhookDelivery {
+        webhook_id: job.webhook_id.clone(),
+        event_type: WebhookEventType::RunCompleted,
+        run_id: quiet.clone(),
+        url: sub.url.clone(),
+        attempt,
+        at_ms: 1,
+        status: Some(500),
+        outcome: "retrying".into(),
+        error: None,
+    };
+    for attempt in 1..=3 {
+        s.log_delivery("wh_1", &delivery(attempt)).await.unwrap();
+    }
+    let log = s.deliveries("wh_1", 2).await.unwrap();
+    assert_eq!(log.iter().map(|d| d.attempt).collect::<Vec<_>>(), [3, 2], "newest first");
+    assert!(s.delete_webhook("wh_1").await.unwrap());
+    assert!(!s.delete_webhook("wh_1").await.unwrap());
+    assert!(s.deliveries("wh_1", 10).await.unwrap().is_empty(), "its log went with it");
+}

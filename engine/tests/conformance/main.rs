@@ -62,4 +62,9 @@ conformance!(
     workers_register_and_expire,
     a_finished_child_wakes_its_waiting_parent,
     parallel_waits_each_get_their_own_event,
+    pause_holds_a_run_between_steps_until_resumed,
+    retry_runs_a_failed_run_again,
+    watch_journal_waits_for_new_entries,
+    listing_filters_by_label,
+    webhook_events_flow_from_outbox_to_jobs_and_logs,
 );

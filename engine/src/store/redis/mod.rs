@@ -891,8 +891,14 @@ impl Store for RedisStore {
     async fn claim_outbox(&self, consumer: &str, max: usize, block: Duration) -> Result<Vec<OutboxItem>> {
         let outbox = self.keys.outbox();
         let mut conn = self.conn.clone();
-        let created: redis::RedisResult<()> =
-            redis::cmd("XGROUP").arg("CREATE").arg(&outbox).arg(DISPATCH_GROUP).arg("0").arg("MKSTREAM").query_async(&mut conn).await;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&outbox)
+            .arg(DISPATCH_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
         match created {
             Ok(()) => {}
             Err(e) if e.code() == Some("BUSYGROUP") => {}
@@ -909,7 +915,8 @@ impl Store for RedisStore {
             .arg(max.max(1))
             .query_async(&mut conn)
             .await?;
-        let mut entries: Vec<Value> = array(&stale)?.get(1).map(|v| array(v).map(<[Value]>::to_vec)).transpose()?.unwrap_or_default();
+        let mut entries: Vec<Value> =
+            array(&stale)?.get(1).map(|v| array(v).map(<[Value]>::to_vec)).transpose()?.unwrap_or_default();
         if entries.is_empty() {
             let mut cmd = redis::cmd("XREADGROUP");
             cmd.arg("GROUP").arg(DISPATCH_GROUP).arg(consumer).arg("COUNT").arg(max.max(1));
@@ -929,7 +936,8 @@ impl Store for RedisStore {
                 let entry = array(entry)?;
                 let id = text(&entry[0])?;
                 let f = pairs(entry.get(1).unwrap_or(&Value::Nil))?;
-                let get = |name: &str| f.get(name).cloned().ok_or_else(|| Error::corrupt(format!("outbox entry {id}"), name));
+                let get =
+                    |name: &str| f.get(name).cloned().ok_or_else(|| Error::corrupt(format!("outbox entry {id}"), name));
                 let kind = get("type")?;
                 Ok(OutboxItem {
                     run_id: RunId::new(get("run_id")?)?,
