@@ -110,6 +110,11 @@ impl Keys {
         format!("{}:webhook-log:{log}", self.prefix)
     }
 
+    /// Hash: counters for /metrics (`<workflow>|<stat>`, `step_ms|<bucket>`).
+    pub fn stats(&self) -> String {
+        format!("{}:stats", self.prefix)
+    }
+
     /// Sorted set: worker id by registration expiry (wall clock ms).
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)

@@ -25,5 +25,6 @@ pub use store::memory::MemoryStore;
 pub use store::redis::RedisStore;
 pub use store::{
     Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, EventWait, Finish,
-    Finished, Lease, OutboxItem, PauseOutcome, ResumeOutcome, RunQuery, Store, Suspension, child_event_key,
+    Finished, Lease, OutboxItem, PauseOutcome, ResumeOutcome, RunQuery, STEP_MS_BUCKETS, Stats, Store, Suspension,
+    child_event_key,
 };

@@ -86,7 +86,12 @@ async fn stored_messages_match_the_committed_wire_schemas() {
             &[
                 JournalEvent::ProgressDeclared { total_steps: 3 },
                 JournalEvent::StepStarted { step_id: "plan".into(), attempt: 1, pos: None },
-                JournalEvent::StepCompleted { step_id: "plan".into(), attempt: 1, output: json!({"steps": ["a"]}) },
+                JournalEvent::StepCompleted {
+                    step_id: "plan".into(),
+                    attempt: 1,
+                    output: json!({"steps": ["a"]}),
+                    duration_ms: None,
+                },
             ],
         )
         .await
@@ -195,6 +200,7 @@ async fn lua_key_names_match_keys_rs() {
         keys.webhooks(),
         keys.outbox(),
         keys.webhook_jobs(),
+        keys.stats(),
     ];
     assert_eq!(from_lua, from_rust);
     assert!(keys.run(&id).ends_with(":run:{r-1}"), "a run's keys share the hash tag {{run_id}}");
@@ -250,7 +256,8 @@ async fn acknowledged_writes_survive_a_redis_kill_with_appendfsync_always() {
         ids.push(store.create_run(req).await.unwrap().run_id);
     }
     let task = store.claim(&claim_req("w1")).await.unwrap().remove(0);
-    let step = JournalEvent::StepCompleted { step_id: "a".into(), attempt: 1, output: json!("kept") };
+    let step =
+        JournalEvent::StepCompleted { step_id: "a".into(), attempt: 1, output: json!("kept"), duration_ms: None };
     store.append(&task.lease, &[step.clone()]).await.unwrap();
     let done = store.claim(&claim_req("w1")).await.unwrap().remove(0);
     store.finish(&done.lease, &[], Finish::Complete { output: json!("done") }).await.unwrap();

@@ -53,7 +53,14 @@ pub enum JournalEvent {
         pos: Option<String>,
     },
     /// A step's result. Recorded at most once per step: the store fences it.
-    StepCompleted { step_id: String, attempt: u32, output: Value },
+    StepCompleted {
+        step_id: String,
+        attempt: u32,
+        output: Value,
+        /// How long the successful attempt took, as the worker measured it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+    },
     /// An attempt failed; `retry_at_ms` is set when another attempt will follow.
     StepFailed {
         step_id: String,
@@ -190,6 +197,7 @@ mod tests {
             step_id: "plan".into(),
             attempt: 2,
             output: json!({"items": [1, 2]}),
+            duration_ms: None,
         });
         let text = serde_json::to_value(&entry).unwrap();
         assert_eq!(

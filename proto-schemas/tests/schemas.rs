@@ -50,7 +50,12 @@ fn every_event() -> Vec<JournalEvent> {
             labels: [("tenant".to_owned(), "acme".to_owned())].into(),
         },
         JournalEvent::StepStarted { step_id: "plan".into(), attempt: 1, pos: Some(":0".into()) },
-        JournalEvent::StepCompleted { step_id: "plan".into(), attempt: 1, output: json!([1, 2]) },
+        JournalEvent::StepCompleted {
+            step_id: "plan".into(),
+            attempt: 1,
+            output: json!([1, 2]),
+            duration_ms: Some(12),
+        },
         JournalEvent::StepFailed { step_id: "fetch-1".into(), attempt: 1, error: error.clone(), retry_at_ms: Some(5) },
         JournalEvent::TimerScheduled { step_id: "nap".into(), fire_at_ms: 1_700_000_000_000, pos: None },
         JournalEvent::TimerFired { step_id: "nap".into() },

@@ -825,16 +825,17 @@ impl Step {
         let info =
             StepInfo { idempotency_key: format!("{run_id}:{step_id}"), run_id, step_id: step_id.clone(), attempt };
         let injected = core.settings.interceptor.as_ref().and_then(|intercept| intercept(&info));
-        let outcome: Result<T, (ErrorInfo, Option<StepError>)> = match injected {
+        let outcome: Result<(T, Duration), (ErrorInfo, Option<StepError>)> = match injected {
             Some(err) => Err((ErrorInfo::new(err.kind_name(), err.message()), Some(err))),
             None => {
                 let work = f(info);
+                let began = Instant::now();
                 let result = match self.timeout {
                     Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| limit),
                     None => Ok(work.await),
                 };
                 match result {
-                    Ok(Ok(value)) => Ok(value),
+                    Ok(Ok(value)) => Ok((value, began.elapsed())),
                     Ok(Err(err)) => Err((ErrorInfo::new(err.kind_name(), err.message()), Some(err))),
                     Err(limit) => {
                         Err((ErrorInfo::new("timeout", format!("the attempt took longer than {limit:?}")), None))
@@ -843,7 +844,7 @@ impl Step {
             }
         };
         match outcome {
-            Ok(value) => {
+            Ok((value, took)) => {
                 let output = match serde_json::to_value(&value) {
                     Ok(output) => output,
                     Err(e) => {
@@ -857,7 +858,7 @@ impl Step {
                         return Err(Error::from_info(error));
                     }
                 };
-                let done = JournalEvent::StepCompleted { step_id, attempt, output };
+                let done = JournalEvent::StepCompleted { step_id, attempt, output, duration_ms: Some(millis(took)) };
                 if core.append(vec![done]).await.is_none() {
                     return active.halt().await;
                 }

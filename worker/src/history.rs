@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn step_decisions() {
-        let done = JournalEvent::StepCompleted { step_id: "s".into(), attempt: 2, output: json!(7) };
+        let done = JournalEvent::StepCompleted { step_id: "s".into(), attempt: 2, output: json!(7), duration_ms: None };
         let cases: Vec<(&str, Vec<JournalEvent>, u64, StepDecision)> = vec![
             ("never seen", vec![], 0, StepDecision::Execute { attempt: 1 }),
             ("completed", vec![started("s", 1), done.clone()], 0, StepDecision::Replay(json!(7))),

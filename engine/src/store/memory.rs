@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use super::{
     Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished, Lease,
-    OutboxItem, PauseOutcome, ResumeOutcome, RunQuery, Store, SummaryPatch, child_event_key, decode_record,
+    OutboxItem, PauseOutcome, ResumeOutcome, RunQuery, Stats, Store, SummaryPatch, child_event_key, decode_record,
     encode_event, fingerprint, make_cursor, page_limit, parse_cursor, validate_claim, validate_create,
     validate_suspension,
 };
@@ -94,6 +94,7 @@ struct State {
     delivery_logs: HashMap<String, VecDeque<WebhookDelivery>>,
     /// Set by every journal append, for `watch_journal`'s waiters.
     journal_changed: bool,
+    stats: Stats,
 }
 
 struct Run {
@@ -232,10 +233,34 @@ impl State {
                 }
             }
         }
+        let workflow = self.run_mut(id)?.workflow.clone();
+        for entry in &entries {
+            self.count_stats(&workflow, entry);
+        }
         let run = self.run_mut(id)?;
         run.journal.extend(sids.iter().copied().zip(entries));
         self.journal_changed = true;
         Ok(sids)
+    }
+
+    /// `count_stats` in prelude.lua.
+    fn count_stats(&mut self, workflow: &str, entry: &str) {
+        let Ok(parsed) = serde_json::from_str::<keel_proto::JournalEntry>(entry) else { return };
+        let stat = match &parsed.event {
+            JournalEvent::RunStarted { .. } => "started",
+            JournalEvent::RunCompleted { .. } => "completed",
+            JournalEvent::RunFailed { .. } => "failed",
+            JournalEvent::RunCancelled { .. } => "cancelled",
+            JournalEvent::StepCompleted { .. } => "steps_completed",
+            JournalEvent::StepFailed { .. } => "steps_failed",
+            _ => return,
+        };
+        *self.stats.counters.entry((workflow.to_owned(), stat.to_owned())).or_default() += 1;
+        if let JournalEvent::StepCompleted { duration_ms: Some(ms), .. } = parsed.event {
+            let bound = super::STEP_MS_BUCKETS.iter().copied().find(|b| ms <= *b);
+            *self.stats.step_ms_buckets.entry(bound).or_default() += 1;
+            self.stats.step_ms_sum += ms;
+        }
     }
 
     fn clear_wait(&mut self, id: &RunId) -> Result<()> {
@@ -1186,6 +1211,25 @@ impl Store for MemoryStore {
     async fn deliveries(&self, log: &str, limit: usize) -> Result<Vec<WebhookDelivery>> {
         let state = self.state();
         Ok(state.delivery_logs.get(log).map(|l| l.iter().take(limit.max(1)).cloned().collect()).unwrap_or_default())
+    }
+
+    async fn stats(&self, workflows: &[String]) -> Result<Stats> {
+        let state = self.state();
+        let mut stats = state.stats.clone();
+        stats.dead_letters = state.dead.len() as u64;
+        for status in RunStatus::ALL {
+            stats.runs_by_status.insert(status, state.runs.values().filter(|r| r.status == status).count() as u64);
+        }
+        for workflow in workflows {
+            let (queued, in_flight) = state
+                .queues
+                .get(workflow)
+                .map(|q| ((q.entries.len() - q.pending.len()) as u64, q.pending.len() as u64))
+                .unwrap_or((0, 0));
+            stats.queued.insert(workflow.clone(), queued);
+            stats.in_flight.insert(workflow.clone(), in_flight);
+        }
+        Ok(stats)
     }
 
     async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<()> {

@@ -182,6 +182,25 @@ pub enum ResumeOutcome {
     NotPaused,
 }
 
+/// What /metrics reports, read from the store at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// `(workflow, stat)` -> count; stats: started, completed, failed, cancelled,
+    /// steps_completed, steps_failed.
+    pub counters: BTreeMap<(String, String), u64>,
+    /// Step durations: (upper bound in ms, `None` for +Inf) -> count, not cumulative.
+    pub step_ms_buckets: BTreeMap<Option<u64>, u64>,
+    pub step_ms_sum: u64,
+    /// Per workflow: tasks queued and not yet delivered, and delivered and not finished.
+    pub queued: BTreeMap<String, u64>,
+    pub in_flight: BTreeMap<String, u64>,
+    pub dead_letters: u64,
+    pub runs_by_status: BTreeMap<RunStatus, u64>,
+}
+
+/// The upper bounds (ms) of the step duration histogram.
+pub const STEP_MS_BUCKETS: [u64; 13] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000];
+
 /// A webhook event waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxItem {
@@ -307,6 +326,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn log_delivery(&self, log: &str, delivery: &WebhookDelivery) -> Result<()>;
 
     async fn deliveries(&self, log: &str, limit: usize) -> Result<Vec<WebhookDelivery>>;
+
+    /// Counters, queue depths and run counts for /metrics, for these workflows.
+    async fn stats(&self, workflows: &[String]) -> Result<Stats>;
 
     /// Register (or refresh) a live worker for `ttl`.
     async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<()>;

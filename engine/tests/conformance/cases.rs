@@ -57,7 +57,7 @@ async fn journal_types(store: &dyn Store, id: &RunId) -> Vec<String> {
 }
 
 fn step_done(step: &str, output: serde_json::Value) -> JournalEvent {
-    JournalEvent::StepCompleted { step_id: step.into(), attempt: 1, output }
+    JournalEvent::StepCompleted { step_id: step.into(), attempt: 1, output, duration_ms: None }
 }
 
 async fn sleep_ms(ms: u64) {
@@ -1289,4 +1289,34 @@ pub async fn webhook_events_flow_from_outbox_to_jobs_and_logs(f: Fixture) {
     assert!(s.delete_webhook("wh_1").await.unwrap());
     assert!(!s.delete_webhook("wh_1").await.unwrap());
     assert!(s.deliveries("wh_1", 10).await.unwrap().is_empty(), "its log went with it");
+}
+
+pub async fn stats_count_runs_steps_and_queues(f: Fixture) {
+    let s = f.store.as_ref();
+    let workflows = vec![WF.to_owned(), "idle".to_owned()];
+    let empty = s.stats(&workflows).await.unwrap();
+    assert!(empty.counters.is_empty());
+    assert_eq!(empty.queued.get(WF), Some(&0));
+    for i in 0..3 {
+        s.create_run(start(json!(i))).await.unwrap();
+    }
+    let task = claim_one(s, "w").await;
+    let done = JournalEvent::StepCompleted {
+        step_id: "a".into(),
+        attempt: 1,
+        output: json!({"duration_ms": 1}),
+        duration_ms: Some(42),
+    };
+    s.finish(&task.lease, &[done], Finish::Complete { output: json!(1) }).await.unwrap();
+    let _held = claim_one(s, "w").await;
+    let stats = s.stats(&workflows).await.unwrap();
+    let count = |stat: &str| stats.counters.get(&(WF.to_owned(), stat.to_owned())).copied();
+    assert_eq!((count("started"), count("completed"), count("steps_completed")), (Some(3), Some(1), Some(1)));
+    assert_eq!(stats.step_ms_buckets.get(&Some(50)), Some(&1), "42 ms falls in the 50 ms bucket, not the output's 1");
+    assert_eq!(stats.step_ms_sum, 42);
+    assert_eq!((stats.queued.get(WF), stats.in_flight.get(WF)), (Some(&1), Some(&1)));
+    assert_eq!(stats.runs_by_status.get(&RunStatus::Completed), Some(&1));
+    assert_eq!(stats.runs_by_status.get(&RunStatus::Running), Some(&1));
+    assert_eq!(stats.runs_by_status.get(&RunStatus::Pending), Some(&1));
+    assert_eq!(stats.dead_letters, 0);
 }

@@ -67,4 +67,5 @@ conformance!(
     watch_journal_waits_for_new_entries,
     listing_filters_by_label,
     webhook_events_flow_from_outbox_to_jobs_and_logs,
+    stats_count_runs_steps_and_queues,
 );

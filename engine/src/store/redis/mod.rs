@@ -22,8 +22,8 @@ use serde_json::Value as Json;
 
 use super::{
     Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished, Lease,
-    OutboxItem, PauseOutcome, ResumeOutcome, RunQuery, Store, SummaryPatch, decode_record, encode_event, fingerprint,
-    make_cursor, page_limit, parse_cursor, validate_claim, validate_create, validate_suspension,
+    OutboxItem, PauseOutcome, ResumeOutcome, RunQuery, Stats, Store, SummaryPatch, decode_record, encode_event,
+    fingerprint, make_cursor, page_limit, parse_cursor, validate_claim, validate_create, validate_suspension,
 };
 use crate::keys::{DISPATCH_GROUP, GROUP, Keys};
 use crate::{Error, Result, StoreConfig};
@@ -1021,6 +1021,48 @@ impl Store for RedisStore {
             .query_async(&mut conn)
             .await?;
         all.iter().map(|text| from_json("webhook delivery", text)).collect()
+    }
+
+    async fn stats(&self, workflows: &[String]) -> Result<Stats> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL").arg(self.keys.stats()).cmd("XLEN").arg(self.keys.dead_letters());
+        for status in RunStatus::ALL {
+            pipe.cmd("ZCARD").arg(self.keys.runs_by_status(status));
+        }
+        for workflow in workflows {
+            pipe.cmd("XLEN").arg(self.keys.queue(workflow));
+            pipe.cmd("XPENDING").arg(self.keys.queue(workflow)).arg(GROUP);
+        }
+        // XPENDING needs the group: make sure it exists (cached after the first time).
+        self.ensure_groups(workflows).await?;
+        let mut conn = self.conn.clone();
+        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let mut stats = Stats::default();
+        for (field, value) in pairs(&replies[0])? {
+            let n: u64 = value.parse().unwrap_or(0);
+            match field.split_once('|') {
+                Some(("step_ms", "sum")) => stats.step_ms_sum = n,
+                Some(("step_ms", bound)) => {
+                    stats.step_ms_buckets.insert(bound.parse().ok(), n);
+                }
+                Some((workflow, stat)) => {
+                    stats.counters.insert((workflow.to_owned(), stat.to_owned()), n);
+                }
+                None => {}
+            }
+        }
+        stats.dead_letters = int(&replies[1])? as u64;
+        for (i, status) in RunStatus::ALL.into_iter().enumerate() {
+            stats.runs_by_status.insert(status, int(&replies[2 + i])? as u64);
+        }
+        let base = 2 + RunStatus::ALL.len();
+        for (i, workflow) in workflows.iter().enumerate() {
+            let length = int(&replies[base + 2 * i])? as u64;
+            let pending = array(&replies[base + 2 * i + 1])?.first().map(int).transpose()?.unwrap_or(0) as u64;
+            stats.in_flight.insert(workflow.clone(), pending);
+            stats.queued.insert(workflow.clone(), length.saturating_sub(pending));
+        }
+        Ok(stats)
     }
 
     async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<()> {

@@ -23,6 +23,7 @@ local K_DEAD = P .. ':dead'
 local K_HOOKS = P .. ':webhooks'
 local K_OUTBOX = P .. ':outbox'
 local K_HOOK_JOBS = P .. ':webhook-jobs'
+local K_STATS = P .. ':stats'
 
 -- Integers as decimal text (tostring would switch to exponent form past 14 digits).
 local function n2s(x) return string.format('%.0f', x) end
@@ -44,9 +45,37 @@ local HOOKS = {
 -- Append one journal entry. When anyone listens (a webhook subscription exists,
 -- or the run has a callback URL) and it is a webhook event, it also goes to the
 -- outbox, in the same atomic step. (Entries are serialized `{"v":N,"type":...`.)
+-- Counters for /metrics, per workflow (`<workflow>|<stat>`), and a histogram of
+-- step durations (`step_ms|<upper bound>`, `step_ms|sum`).
+local STATS = {
+  run_started = 'started', run_completed = 'completed', run_failed = 'failed', run_cancelled = 'cancelled',
+  step_completed = 'steps_completed', step_failed = 'steps_failed',
+}
+local STEP_MS_BUCKETS = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000 }
+
+local function count_stats(id, kind, entry)
+  local stat = STATS[kind]
+  if not stat then return end
+  local wf = redis.call('HGET', k_run(id), 'wf') or '?'
+  redis.call('HINCRBY', K_STATS, wf .. '|' .. stat, 1)
+  -- duration_ms is the entry's last field: anchored at the end, a step's own
+  -- output can not fake it.
+  local ms = kind == 'step_completed' and tonumber(string.match(entry, ',"duration_ms":(%d+)}$'))
+  if ms then
+    local bucket = '+Inf'
+    for _, bound in ipairs(STEP_MS_BUCKETS) do
+      if ms <= bound then bucket = tostring(bound); break end
+    end
+    redis.call('HINCRBY', K_STATS, 'step_ms|' .. bucket, 1)
+    redis.call('HINCRBY', K_STATS, 'step_ms|sum', ms)
+  end
+end
+
 local function journal_add(id, entry)
   local seq = redis.call('XADD', k_journal(id), '*', 'e', entry)
-  local hook = HOOKS[string.match(entry, '^{"v":%d+,"type":"([a-z_]+)"') or '']
+  local kind = string.match(entry, '^{"v":%d+,"type":"([a-z_]+)"') or ''
+  count_stats(id, kind, entry)
+  local hook = HOOKS[kind]
   if hook and (redis.call('EXISTS', K_HOOKS) == 1 or redis.call('HEXISTS', k_run(id), 'cb') == 1) then
     redis.call('XADD', K_OUTBOX, '*', 'run_id', id, 'seq', seq, 'type', hook)
   end
