@@ -1,6 +1,142 @@
-//! keel-api: the HTTP API (axum), live progress over SSE and the webhook
-//! dispatcher, on a [`keel_engine::Store`].
+//! keel-api: the HTTP API (v1), live progress over SSE, Prometheus metrics and
+//! the webhook dispatcher, on a [`keel_engine::Store`].
 //!
-//! Not built yet: see the HTTP API issue.
+//! [`router`] builds the axum `Router` that `keel server` serves and the tests
+//! drive. [`dispatcher::run`] is the webhook dispatcher task (a server owns one).
+//! This crate knows nothing of how a workflow's code runs.
 
-pub use keel_engine as engine;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::routing::{get, post};
+use keel_engine::Store;
+
+pub mod auth;
+pub mod dispatcher;
+mod error;
+mod extract;
+mod metrics;
+mod openapi;
+mod routes;
+pub mod signing;
+pub mod ssrf;
+mod util;
+
+pub use auth::Secret;
+pub use error::{ApiError, ApiResult};
+pub use metrics::Metrics;
+pub use openapi::openapi_json;
+pub use signing::Signer;
+
+/// How the API behaves.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Full-access bearer tokens; with none (and no read tokens), auth is off.
+    pub api_tokens: Vec<Secret>,
+    /// Read-only bearer tokens (GET only).
+    pub read_tokens: Vec<Secret>,
+    pub max_body_bytes: usize,
+    /// Allow webhooks and calls to private and loopback addresses.
+    pub allow_private_targets: bool,
+    /// The longest `?wait=` honoured.
+    pub max_wait: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            api_tokens: Vec::new(),
+            read_tokens: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+            allow_private_targets: false,
+            max_wait: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    config: ApiConfig,
+    signer: Signer,
+    metrics: Metrics,
+    schemas: util::SchemaCache,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, config: ApiConfig, signer: Signer) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                signer,
+                metrics: Metrics::default(),
+                schemas: util::SchemaCache::default(),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &ApiConfig {
+        &self.inner.config
+    }
+
+    pub fn signer(&self) -> &Signer {
+        &self.inner.signer
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+}
+
+/// The configured body limit, for the extractor's error message.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
+
+pub(crate) fn body_limit(req: &Request) -> usize {
+    req.extensions().get::<BodyLimit>().map_or(0, |l| l.0)
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config().max_body_bytes;
+    Router::new()
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(metrics::scrape))
+        .route("/openapi.json", get(openapi::serve))
+        .route("/v1/workflows", get(routes::workflows::list))
+        .route("/v1/workflows/{name}/runs", post(routes::runs::start))
+        .route("/v1/runs", get(routes::runs::list))
+        .route("/v1/runs/{id}", get(routes::runs::detail))
+        .route("/v1/runs/{id}/result", get(routes::runs::result))
+        .route("/v1/runs/{id}/events", get(routes::runs::events))
+        .route("/v1/runs/{id}/cancel", post(routes::runs::cancel))
+        .route("/v1/runs/{id}/pause", post(routes::runs::pause))
+        .route("/v1/runs/{id}/resume", post(routes::runs::resume))
+        .route("/v1/runs/{id}/retry", post(routes::runs::retry))
+        .route("/v1/events/{key}", post(routes::events::send))
+        .route("/v1/webhooks", post(routes::webhooks::create).get(routes::webhooks::list))
+        .route("/v1/webhooks/signing-key", get(routes::webhooks::signing_key))
+        .route("/v1/webhooks/{id}", get(routes::webhooks::get_one).delete(routes::webhooks::delete))
+        .route("/v1/webhooks/{id}/deliveries", get(routes::webhooks::deliveries))
+        .fallback(routes::health::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(BodyLimit(limit)))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -36,9 +36,10 @@ fn check_charset(what: &'static str, s: &str) -> Result<(), IdError> {
 }
 
 /// A run's id: chosen by the client (1–128 characters of `A-Za-z0-9_.-`) or a UUIDv7.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
 #[schemars(with = "String")]
+#[schema(value_type = String, example = "01a20084-13a6-761b-a014-2e0009a7fa38")]
 pub struct RunId(String);
 
 impl RunId {

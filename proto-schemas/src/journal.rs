@@ -15,7 +15,7 @@ use crate::{ErrorInfo, ParentRef, RunId};
 pub const JOURNAL_VERSION: u32 = 1;
 
 /// One versioned journal entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct JournalEntry {
     /// Format version; see [`JOURNAL_VERSION`].
     pub v: u32,
@@ -30,7 +30,7 @@ impl JournalEntry {
 }
 
 /// What happened to a run. Past tense: the journal records facts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JournalEvent {
     /// The run was created; always the first entry.
@@ -168,7 +168,7 @@ impl JournalEvent {
 }
 
 /// How a child run ended, as its parent sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ChildOutcome {
     Completed { output: Value },
@@ -177,7 +177,7 @@ pub enum ChildOutcome {
 }
 
 /// A journal entry as read back, with its place in the stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct JournalRecord {
     /// The entry's stream id (`<ms>-<n>`): its sequence number, usable as an SSE id.
     pub seq: String,

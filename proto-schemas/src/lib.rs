@@ -6,6 +6,7 @@
 //! these types and checked for drift by `tests/schemas.rs`. Regenerate it with
 //! `KEEL_BLESS=1 cargo test -p keel-proto --test schemas`.
 
+pub mod http;
 mod ids;
 mod journal;
 mod run;
@@ -35,5 +36,9 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("webhook-subscription.json", schemars::schema_for!(WebhookSubscription)),
         ("webhook-delivery.json", schemars::schema_for!(WebhookDelivery)),
         ("delivery-job.json", schemars::schema_for!(DeliveryJob)),
+        ("http/start-run-request.json", schemars::schema_for!(http::StartRunRequest)),
+        ("http/run-result.json", schemars::schema_for!(http::RunResult)),
+        ("http/run-detail.json", schemars::schema_for!(http::RunDetail)),
+        ("http/problem.json", schemars::schema_for!(http::Problem)),
     ]
 }

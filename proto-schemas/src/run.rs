@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::RunId;
 
 /// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// A task for the run is queued; no worker holds it yet.
@@ -74,7 +74,7 @@ impl FromStr for RunStatus {
 }
 
 /// An error as recorded in a journal or a run summary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct ErrorInfo {
     /// A stable, machine-readable class: `step_failed`, `timeout`, `non_determinism`,
     /// `dead_lettered`, `terminal`, …
@@ -96,14 +96,14 @@ impl ErrorInfo {
 }
 
 /// The run (and its step) that started a child run and waits for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct ParentRef {
     pub run_id: RunId,
     pub step_id: String,
 }
 
 /// A run at a glance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct RunSummary {
     pub run_id: RunId,
     pub workflow: String,
@@ -145,7 +145,7 @@ pub struct RunSummary {
 }
 
 /// One page of a run listing, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct RunPage {
     pub runs: Vec<RunSummary>,
     /// Pass it back as `cursor` for the next page; absent on the last page.

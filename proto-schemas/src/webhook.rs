@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{JournalEntry, RunId};
 
 /// The event types a webhook can carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub enum WebhookEventType {
     #[serde(rename = "run.started")]
     RunStarted,
@@ -50,7 +50,7 @@ impl WebhookEventType {
 }
 
 /// A webhook subscription.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct WebhookSubscription {
     pub id: String,
     pub url: String,
@@ -69,7 +69,7 @@ pub struct WebhookSubscription {
 
 /// The body POSTed to a receiver. Signed per Standard Webhooks (`webhook-id`,
 /// `webhook-timestamp`, `webhook-signature: v1a,<base64 ed25519>`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct WebhookPayload {
     #[serde(rename = "type")]
     pub event_type: WebhookEventType,
@@ -84,7 +84,7 @@ pub struct WebhookPayload {
 }
 
 /// One attempt to deliver one event to one receiver, as logged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct WebhookDelivery {
     /// The `webhook-id`: the same on every attempt of the same event.
     pub webhook_id: String,
@@ -104,7 +104,7 @@ pub struct WebhookDelivery {
 }
 
 /// Where a delivery job goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryTarget {
     /// A subscription, by id.
@@ -115,7 +115,7 @@ pub enum DeliveryTarget {
 
 /// One event to deliver to one receiver, with its attempt count: what the
 /// dispatchers of all servers share (a sorted set by due time).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct DeliveryJob {
     /// The `webhook-id`, derived from run id and journal sequence.
     pub webhook_id: String,

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A live worker, as it registers itself (and refreshes with every heartbeat).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct WorkerInfo {
     /// Unique per process start (`host:pid:uuid`), never reused.
     pub worker_id: String,

@@ -13,6 +13,9 @@ fn committed_json_schemas_match_the_types() {
     let mut drifted = Vec::new();
     for (name, schema) in keel_proto::schemas() {
         let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("schema folder");
+        }
         let fresh = serde_json::to_string_pretty(&schema).expect("schemas serialize") + "\n";
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         if committed != fresh {

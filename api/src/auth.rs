@@ -1,0 +1,70 @@
+//! Bearer-token authentication: full tokens may do anything, read tokens only
+//! GET. Tokens are compared in constant time and never logged.
+
+use std::fmt;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use subtle::ConstantTimeEq;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A secret whose Debug output is redacted, so it never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn matches(&self, presented: &[u8]) -> bool {
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Paths anyone may read: probes and the API description.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/openapi.json")
+}
+
+pub(crate) async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+    let config = state.config();
+    if (config.api_tokens.is_empty() && config.read_tokens.is_empty()) || is_public(req.uri().path()) {
+        return Ok(next.run(req).await);
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().as_bytes().to_vec())
+        .ok_or(ApiError::Unauthorized)?;
+    // Check every token (no early exit), so timing says nothing about which matched.
+    let full = config.api_tokens.iter().fold(false, |hit, t| hit | t.matches(&presented));
+    let read = config.read_tokens.iter().fold(false, |hit, t| hit | t.matches(&presented));
+    if full {
+        return Ok(next.run(req).await);
+    }
+    if read {
+        return if req.method() == Method::GET || req.method() == Method::HEAD {
+            Ok(next.run(req).await)
+        } else {
+            Err(ApiError::Forbidden)
+        };
+    }
+    Err(ApiError::Unauthorized)
+}

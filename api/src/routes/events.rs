@@ -1,0 +1,25 @@
+//! `POST /v1/events/{key}`: deliver an event to the runs waiting for it.
+
+use axum::Json as Reply;
+use axum::extract::{Path, State};
+use keel_proto::http::EventDelivered;
+use serde_json::Value;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Json;
+
+/// Deliver an event (the body is its data) to every run waiting on the key.
+/// Runs that start waiting shortly after still get it (the lookback window).
+#[utoipa::path(post, path = "/v1/events/{key}", tag = "events",
+    params(("key" = String, Path, description = "the event key, e.g. order-42:paid")),
+    request_body(content = Value, description = "the event's data (any JSON)"),
+    responses((status = 200, body = EventDelivered), (status = 422, body = keel_proto::http::Problem)))]
+pub async fn send(State(state): State<AppState>, Path(key): Path<String>, Json(data): Json<Value>) -> ApiResult<Reply<EventDelivered>> {
+    keel_proto::validate_event_key(&key).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    if key.starts_with("keel.") {
+        return Err(ApiError::InvalidRequest(format!("event keys starting with `keel.` are reserved for Keel ({key:?})")));
+    }
+    let delivered = state.store().deliver_event(&key, &data).await?;
+    Ok(Reply(EventDelivered { event_id: delivered.event_id, woken: delivered.woken }))
+}

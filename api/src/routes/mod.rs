@@ -1,0 +1,16 @@
+//! The handlers, one file per resource.
+
+pub mod events;
+pub mod health;
+pub mod runs;
+pub mod webhooks;
+pub mod workflows;
+
+use keel_proto::RunId;
+
+use crate::error::ApiError;
+
+/// A run id from a path.
+pub(crate) fn run_id(text: String) -> Result<RunId, ApiError> {
+    RunId::new(text).map_err(|e| ApiError::RunNotFound(format!("no such run: {e}")))
+}

@@ -1,0 +1,351 @@
+//! Runs: start (idempotent, delayed, synchronous on request), list, detail,
+//! long-poll for the result, live progress over SSE, and the operator's
+//! transitions (cancel, pause, resume, retry).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json as Reply;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use keel_engine::{CancelOutcome, CreateRun, PauseOutcome, ResumeOutcome, RunQuery};
+use keel_proto::http::{RunAction, RunDetail, RunResult, StartRunRequest, StepView};
+use keel_proto::{JournalEvent, JournalRecord, RunId, RunPage, RunStatus, RunSummary};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::run_id;
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Json;
+use crate::util::parse_duration;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct WaitQuery {
+    /// Wait up to this long for the run to finish (e.g. `30s`).
+    wait: Option<String>,
+}
+
+/// Start a run. 201 with its id; 200 with the same id when the Idempotency-Key
+/// (or run_id) was seen before; with `?wait=`, the result when it finishes in time
+/// (else 202 with its status).
+#[utoipa::path(post, path = "/v1/workflows/{name}/runs", tag = "runs",
+    params(("name" = String, Path, description = "the workflow"),
+           ("Idempotency-Key" = Option<String>, Header, description = "repeat-safe starts: the same key gives the same run"),
+           WaitQuery),
+    request_body = StartRunRequest,
+    responses(
+        (status = 201, description = "started", body = RunResult),
+        (status = 200, description = "already started with this key or run id; or finished within the wait", body = RunResult),
+        (status = 202, description = "not finished within the wait", body = RunResult),
+        (status = 400, body = keel_proto::http::Problem), (status = 404, body = keel_proto::http::Problem),
+        (status = 413, body = keel_proto::http::Problem), (status = 415, body = keel_proto::http::Problem),
+        (status = 422, body = keel_proto::http::Problem)))]
+pub async fn start(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<WaitQuery>,
+    headers: HeaderMap,
+    Json(body): Json<StartRunRequest>,
+) -> ApiResult<Response> {
+    let unknown = || {
+        ApiError::UnknownWorkflow(format!(
+            "no live worker runs workflow {name:?}; start a worker that registers it (GET /v1/workflows lists them)"
+        ))
+    };
+    keel_proto::validate_workflow_name(&name).map_err(|_| unknown())?;
+    let wait = query.wait.as_deref().map(parse_duration).transpose()?;
+    let workflows = super::workflows::live_workflows(&state).await?;
+    let workflow = workflows.iter().find(|w| w.name == name).ok_or_else(unknown)?;
+    if let Some(schema) = &workflow.input_schema {
+        state.inner.schemas.check(schema, &body.input)?;
+    }
+    let run_id = body.run_id.map(RunId::new).transpose().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let delay = body.delay.as_deref().map(parse_duration).transpose()?;
+    if let Some(url) = &body.callback_url {
+        crate::ssrf::check(url, state.config().allow_private_targets)
+            .await
+            .map_err(|e| ApiError::TargetRefused(e.to_string()))?;
+    }
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(value) => {
+            let key = value.to_str().map_err(|_| ApiError::InvalidRequest("the Idempotency-Key is not text".into()))?;
+            keel_proto::validate_idempotency_key(key).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+            Some(key.to_owned())
+        }
+        None => None,
+    };
+    let created = state
+        .store()
+        .create_run(CreateRun {
+            workflow: name.clone(),
+            version: workflow.versions.iter().max().copied().unwrap_or(1),
+            input: body.input,
+            run_id,
+            idempotency_key,
+            delay,
+            labels: body.labels,
+            parent: None,
+            callback_url: body.callback_url,
+        })
+        .await?;
+    if created.created {
+        tracing::info!(run_id = %created.run_id, workflow = %name, "run started");
+    }
+    if let Some(wait) = wait {
+        let run = wait_final(&state, &created.run_id, wait).await?;
+        let code = if run.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+        return Ok((code, Reply(result_of(run, Some(created.created)))).into_response());
+    }
+    let code = if created.created { StatusCode::CREATED } else { StatusCode::OK };
+    let run = state.store().get_run(&created.run_id).await?;
+    let status = run.map_or(RunStatus::Pending, |r| r.status);
+    Ok((
+        code,
+        Reply(RunResult { run_id: created.run_id, status, created: Some(created.created), output: None, error: None }),
+    )
+        .into_response())
+}
+
+fn result_of(run: RunSummary, created: Option<bool>) -> RunResult {
+    let finished = run.status.is_final();
+    RunResult {
+        run_id: run.run_id,
+        status: run.status,
+        created,
+        output: if finished { run.output } else { None },
+        error: if finished { run.error } else { None },
+    }
+}
+
+/// Wait until the run is final or `wait` passes, blocking on its journal stream
+/// (XREAD BLOCK), never polling.
+async fn wait_final(state: &AppState, id: &RunId, wait: Duration) -> ApiResult<RunSummary> {
+    let deadline = Instant::now() + wait.min(state.config().max_wait);
+    let mut after: Option<String> = None;
+    loop {
+        let run = state.store().get_run(id).await?.ok_or_else(|| ApiError::RunNotFound(format!("run {id} does not exist")))?;
+        if run.status.is_final() {
+            return Ok(run);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(run);
+        }
+        let records = state.store().watch_journal(id, after.as_deref(), left.min(Duration::from_secs(10))).await?;
+        if let Some(last) = records.last() {
+            after = Some(last.seq.clone());
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    workflow: Option<String>,
+    /// pending, running, sleeping, waiting, paused, completed, failed, cancelled
+    status: Option<String>,
+    /// `name=value`
+    label: Option<String>,
+    /// 1–1000, default 50
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// List runs, newest first, filtered, cursor-paginated.
+#[utoipa::path(get, path = "/v1/runs", tag = "runs", params(ListQuery),
+    responses((status = 200, body = RunPage), (status = 422, body = keel_proto::http::Problem)))]
+pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult<Reply<RunPage>> {
+    let status = query.status.as_deref().map(str::parse::<RunStatus>).transpose().map_err(ApiError::InvalidRequest)?;
+    let label = query
+        .label
+        .as_deref()
+        .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .map(|l| l.ok_or_else(|| ApiError::InvalidRequest("label filters look like name=value".into())))
+        .transpose()?;
+    if query.limit.is_some_and(|l| l == 0 || l > 1000) {
+        return Err(ApiError::InvalidRequest("limit must be 1 to 1000".into()));
+    }
+    let page = state
+        .store()
+        .list_runs(&RunQuery { workflow: query.workflow, status, label, limit: query.limit.unwrap_or(50), cursor: query.cursor })
+        .await?;
+    Ok(Reply(page))
+}
+
+/// A run: status, progress, steps with attempts, durations, outputs, errors.
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = RunDetail), (status = 404, body = keel_proto::http::Problem)))]
+pub async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunDetail>> {
+    let id = run_id(id)?;
+    let run = state.store().get_run(&id).await?.ok_or_else(|| ApiError::RunNotFound(format!("run {id} does not exist")))?;
+    let journal = state.store().read_journal(&id, None, 100_000).await?;
+    Ok(Reply(RunDetail { run, steps: steps_of(&journal) }))
+}
+
+/// The steps of a journal, in the order the run reached them.
+pub(crate) fn steps_of(journal: &[JournalRecord]) -> Vec<StepView> {
+    let mut order: Vec<String> = Vec::new();
+    let mut steps: BTreeMap<String, StepView> = BTreeMap::new();
+    for record in journal {
+        let event = &record.entry.event;
+        let Some(step_id) = event.step_id() else { continue };
+        let step = steps.entry(step_id.to_owned()).or_insert_with(|| {
+            order.push(step_id.to_owned());
+            StepView {
+                step_id: step_id.to_owned(),
+                status: "running".into(),
+                attempts: 0,
+                started_at_ms: record.at_ms,
+                finished_at_ms: None,
+                duration_ms: None,
+                output: None,
+                error: None,
+            }
+        });
+        let mut finish = |status: &str, output: Option<serde_json::Value>| {
+            step.status = status.into();
+            step.finished_at_ms = Some(record.at_ms);
+            if output.is_some() {
+                step.output = output;
+            }
+        };
+        match event {
+            JournalEvent::StepStarted { attempt, .. } => {
+                step.attempts = step.attempts.max(*attempt);
+                step.status = "running".into();
+            }
+            JournalEvent::StepCompleted { output, duration_ms, .. } => {
+                finish("completed", Some(output.clone()));
+                step.duration_ms = *duration_ms;
+                step.error = None;
+            }
+            JournalEvent::StepFailed { error, retry_at_ms, .. } => {
+                step.error = Some(error.clone());
+                if retry_at_ms.is_some() {
+                    step.status = "retrying".into();
+                } else {
+                    finish("failed", None);
+                }
+            }
+            JournalEvent::TimerScheduled { .. } => step.status = "sleeping".into(),
+            JournalEvent::WaitStarted { .. } | JournalEvent::ChildStarted { .. } => step.status = "waiting".into(),
+            JournalEvent::TimerFired { .. } => finish("completed", None),
+            JournalEvent::EventReceived { data, .. } => finish("completed", Some(data.clone())),
+            JournalEvent::WaitTimedOut { .. } => finish("completed", Some(serde_json::Value::Null)),
+            JournalEvent::ChildCompleted { outcome, .. } => {
+                finish("completed", serde_json::to_value(outcome).ok());
+            }
+            _ => {}
+        }
+    }
+    order.into_iter().filter_map(|id| steps.remove(&id)).collect()
+}
+
+/// Long-poll for the result: answers as soon as the run is final (200), or with
+/// its status when the wait ends (202).
+#[utoipa::path(get, path = "/v1/runs/{id}/result", tag = "runs", params(("id" = String, Path), WaitQuery),
+    responses((status = 200, body = RunResult), (status = 202, body = RunResult), (status = 404, body = keel_proto::http::Problem)))]
+pub async fn result(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<WaitQuery>) -> ApiResult<Response> {
+    let id = run_id(id)?;
+    let wait = query.wait.as_deref().map(parse_duration).transpose()?.unwrap_or_default();
+    let run = wait_final(&state, &id, wait).await?;
+    let code = if run.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((code, Reply(result_of(run, None))).into_response())
+}
+
+/// The journal live as Server-Sent Events: every entry so far, then new ones as
+/// they come; resumable with `Last-Event-ID` (each event's id is its sequence
+/// number). The stream ends after the run's final entry.
+#[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs", params(("id" = String, Path),
+    ("Last-Event-ID" = Option<String>, Header, description = "resume after this sequence number")),
+    responses((status = 200, description = "text/event-stream of journal records", content_type = "text/event-stream"),
+              (status = 404, body = keel_proto::http::Problem)))]
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let id = run_id(id)?;
+    if state.store().get_run(&id).await?.is_none() {
+        return Err(ApiError::RunNotFound(format!("run {id} does not exist")));
+    }
+    let after = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let stream = futures::stream::unfold((state, id, after, false), |(state, id, after, done)| async move {
+        if done {
+            return None;
+        }
+        let records = match state.store().watch_journal(&id, after.as_deref(), Duration::from_secs(15)).await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!(run_id = %id, error = %e, "journal stream failed; ending the SSE stream");
+                return None;
+            }
+        };
+        let after = records.last().map(|r| r.seq.clone()).or(after);
+        let done = records.iter().any(|r| r.entry.event.is_final());
+        let events: Vec<Result<Event, Infallible>> = records
+            .iter()
+            .map(|record| {
+                let kind = serde_json::to_value(&record.entry).ok().and_then(|v| v["type"].as_str().map(str::to_owned));
+                let event = Event::default().id(record.seq.clone()).event(kind.unwrap_or_else(|| "entry".into()));
+                Ok(event.json_data(record).unwrap_or_default())
+            })
+            .collect();
+        Some((futures::stream::iter(events), (state, id, after, done)))
+    });
+    use futures::StreamExt;
+    Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
+}
+
+fn action(id: RunId, outcome: &str) -> Reply<RunAction> {
+    Reply(RunAction { run_id: id, outcome: outcome.into() })
+}
+
+/// Cancel: at once if no worker holds the run, else at its next step boundary.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem), (status = 409, body = keel_proto::http::Problem)))]
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
+    let id = run_id(id)?;
+    let outcome = match state.store().request_cancel(&id, Some("cancelled through the API")).await? {
+        CancelOutcome::Cancelled => "cancelled",
+        CancelOutcome::Requested => "cancel_requested",
+    };
+    Ok(action(id, outcome))
+}
+
+/// Hold a run between steps until resumed.
+#[utoipa::path(post, path = "/v1/runs/{id}/pause", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem), (status = 409, body = keel_proto::http::Problem)))]
+pub async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
+    let id = run_id(id)?;
+    let outcome = match state.store().pause(&id).await? {
+        PauseOutcome::Paused => "paused",
+        PauseOutcome::Requested => "pause_requested",
+    };
+    Ok(action(id, outcome))
+}
+
+/// Let a paused run go on.
+#[utoipa::path(post, path = "/v1/runs/{id}/resume", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem), (status = 409, body = keel_proto::http::Problem)))]
+pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
+    let id = run_id(id)?;
+    let outcome = match state.store().resume(&id).await? {
+        ResumeOutcome::Resumed => "resumed",
+        ResumeOutcome::NotPaused => "not_paused",
+    };
+    Ok(action(id, outcome))
+}
+
+/// Re-run a failed run from its failed step (recorded results are kept).
+#[utoipa::path(post, path = "/v1/runs/{id}/retry", tag = "runs", params(("id" = String, Path)),
+    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem), (status = 409, body = keel_proto::http::Problem)))]
+pub async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
+    let id = run_id(id)?;
+    state.store().retry(&id).await?;
+    Ok(action(id, "retried"))
+}
