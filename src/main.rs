@@ -1,20 +1,90 @@
 //! `keel`: the command line of the Keel durable workflow engine.
 //!
-//! For now it prints its version and help; `dev`, `server`, `worker` and the run
-//! commands arrive with the HTTP API and the worker runtime (see the issues).
+//! `keel dev` (server + worker in one process), `keel server`, `keel worker`, and
+//! the client commands that talk to a running server over HTTP.
 
-use clap::Parser;
+mod cli;
+mod config;
+
+use clap::{Parser, Subcommand};
 
 /// Keel: a self-hosted durable workflow engine on Redis.
 ///
 /// Services start workflows over HTTP; workers written in Rust run their steps
 /// with retries and timeouts; every step's result is persisted in Redis before
-/// the next step starts.
+/// the next step starts, so a run survives crashed workers and restarts.
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about, long_about)]
-struct Cli {}
+struct Cli {
+    #[command(flatten)]
+    settings: config::Settings,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    println!("keel {}: run `keel --help` for the commands", env!("CARGO_PKG_VERSION"));
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an API server and a worker in one process (Redis if configured or
+    /// installed, else in memory).
+    Dev,
+    /// Run the HTTP API, the timer scheduler and the webhook dispatcher.
+    Server,
+    /// Run a worker with the built-in workflows.
+    Worker,
+    /// Start a run (and, with --wait, follow it to its end).
+    Run(cli::client::RunArgs),
+    /// List runs, newest first.
+    Runs(cli::client::RunsArgs),
+    /// Show a run: status, progress, steps.
+    Status(cli::client::IdArgs),
+    /// Cancel a run.
+    Cancel(cli::client::IdArgs),
+    /// Hold a run between steps.
+    Pause(cli::client::IdArgs),
+    /// Let a paused run go on.
+    Resume(cli::client::IdArgs),
+    /// Re-run a failed run from its failed step.
+    Retry(cli::client::IdArgs),
+    /// Send an event to the runs waiting for it.
+    Notify(cli::client::NotifyArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match cli.settings.layered() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("keel: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("keel: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev => cli::serve::dev(settings).await.map(|()| 0),
+            Command::Server => cli::serve::server(settings).await.map(|()| 0),
+            Command::Worker => cli::serve::worker(settings).await.map(|()| 0),
+            Command::Run(args) => cli::client::run(args).await,
+            Command::Runs(args) => cli::client::runs(args).await.map(|()| 0),
+            Command::Status(args) => cli::client::status(args).await.map(|()| 0),
+            Command::Cancel(args) => cli::client::action(args, "cancel").await.map(|()| 0),
+            Command::Pause(args) => cli::client::action(args, "pause").await.map(|()| 0),
+            Command::Resume(args) => cli::client::action(args, "resume").await.map(|()| 0),
+            Command::Retry(args) => cli::client::action(args, "retry").await.map(|()| 0),
+            Command::Notify(args) => cli::client::notify(args).await.map(|()| 0),
+        }
+    });
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("keel: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -11,6 +11,7 @@
 
 mod clock;
 mod config;
+mod duties;
 mod error;
 pub mod keys;
 pub mod store;
@@ -18,6 +19,7 @@ pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::StoreConfig;
+pub use duties::{Duties, run_duties};
 pub use error::{Error, Result};
 pub use keel_proto as proto;
 pub use keel_proto::WorkerInfo;

@@ -339,7 +339,7 @@ impl Worker {
         Ok(())
     }
 
-    /// Timers, reclaim-free maintenance and the worker's registration.
+    /// Timers, reconciling, expiry and the worker's registration.
     async fn periodic_duties(self: Arc<Self>, stop: CancellationToken) {
         let info = WorkerInfo {
             worker_id: self.config.worker_id.clone(),
@@ -355,33 +355,12 @@ impl Worker {
             started_at_ms: self.started_at_ms,
             heartbeat_at_ms: 0,
         };
-        let mut tick = tokio::time::interval(self.config.timer_tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut n: u64 = 0;
-        let every = |period: Duration| (period.as_millis() / self.config.timer_tick.as_millis().max(1)).max(1) as u64;
-        let (register, reconcile, expire) =
-            (every(Duration::from_secs(10)), every(Duration::from_secs(30)), every(Duration::from_secs(60)));
-        loop {
-            tokio::select! { biased; _ = stop.cancelled() => return, _ = tick.tick() => {} }
-            if let Err(e) = self.store.fire_due_timers(500).await {
-                tracing::warn!(error = %e, "firing due timers failed");
-            }
-            if n.is_multiple_of(register)
-                && let Err(e) = self.store.register_worker(&info, Duration::from_secs(30)).await
-            {
-                tracing::warn!(error = %e, "worker registration failed");
-            }
-            if n % reconcile == reconcile / 2
-                && let Ok(fixed) = self.store.reconcile(500).await
-                && !fixed.is_empty()
-            {
-                tracing::warn!(runs = ?fixed, "re-queued runs that had lost their task");
-            }
-            if n % expire == expire / 3 {
-                let _ = self.store.expire_finished(1000).await;
-            }
-            n += 1;
-        }
+        let duties = keel_engine::Duties {
+            timer_tick: self.config.timer_tick,
+            registration: Some(info),
+            ..Default::default()
+        };
+        keel_engine::run_duties(self.store.as_ref(), duties, stop.cancelled()).await;
     }
 
     /// Fire due timers, then claim what is queued (without blocking) and run each

@@ -1,6 +1,113 @@
-//! keel-workflows: Keel's built-in workflows, above all the plan / execute /
-//! reflect agent.
+//! keel-workflows: the workflows every `keel worker` and `keel dev` runs.
 //!
-//! Not built yet: see the agent workflow issue.
+//! - `bench`: `{"steps": S}`, S no-op steps; what `keel bench` measures.
+//! - `demo`: a small workflow to try Keel with: steps, an optional sleep, an
+//!   optional wait for an event, and an optional failure.
+//!
+//! (The plan / execute / reflect agent comes next.)
 
-pub use keel_worker as worker;
+use std::time::Duration;
+
+use keel_worker::{Context, RetryPolicy, StepError, Workflow};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The built-in workflows.
+pub fn all() -> Vec<Workflow> {
+    vec![bench(), demo()]
+}
+
+/// Input of `bench`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BenchInput {
+    /// How many no-op steps (1–1000).
+    #[schemars(range(min = 1, max = 1000))]
+    pub steps: u32,
+}
+
+/// `bench`: S steps, each a no-op returning a small JSON value.
+pub fn bench() -> Workflow {
+    Workflow::new("bench", |ctx: Context, input: BenchInput| async move {
+        for i in 0..input.steps {
+            ctx.step(format!("step-{i}")).run(move || async move { Ok::<_, StepError>(json!({"i": i})) }).await?;
+        }
+        Ok(json!({"steps": input.steps}))
+    })
+}
+
+/// Input of `demo`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DemoInput {
+    /// How many steps (default 3, at most 100).
+    #[serde(default = "three")]
+    #[schemars(range(max = 100))]
+    pub steps: u32,
+    /// Sleep this long (ms) after the steps.
+    #[serde(default)]
+    pub sleep_ms: Option<u64>,
+    /// Then wait for an event on this key (at most an hour).
+    #[serde(default)]
+    pub wait_for: Option<String>,
+    /// Make this step (1-based) fail for good.
+    #[serde(default)]
+    pub fail_at: Option<u32>,
+}
+
+fn three() -> u32 {
+    3
+}
+
+/// `demo`: `steps` steps (each returns its number), then an optional sleep and
+/// event wait; `fail_at` makes that step fail for good, failing the run.
+pub fn demo() -> Workflow {
+    Workflow::new("demo", |ctx: Context, input: DemoInput| async move {
+        let extra = u32::from(input.sleep_ms.is_some()) + u32::from(input.wait_for.is_some());
+        ctx.progress(input.steps + extra).await?;
+        let mut outputs = Vec::new();
+        for i in 1..=input.steps {
+            let fail = input.fail_at == Some(i);
+            let out: u32 = ctx
+                .step(format!("step-{i}"))
+                .retry(RetryPolicy::none())
+                .run(move || async move {
+                    if fail { Err(StepError::terminal(format!("step {i} fails, as asked"))) } else { Ok(i) }
+                })
+                .await?;
+            outputs.push(out);
+        }
+        if let Some(ms) = input.sleep_ms {
+            ctx.sleep("nap", Duration::from_millis(ms)).await?;
+        }
+        let event: Option<Value> = match &input.wait_for {
+            Some(key) => ctx.wait_for_event("event", key.clone(), Some(Duration::from_secs(3600))).await?,
+            None => None,
+        };
+        Ok(json!({"steps": outputs, "event": event}))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_engine::proto::RunStatus;
+    use keel_worker::testing::TestEnv;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn the_built_in_workflows_run() {
+        let env = TestEnv::new(super::all()).await;
+        let bench = env.run_to_end("bench", json!({"steps": 3})).await;
+        assert_eq!((bench.status, bench.output), (RunStatus::Completed, Some(json!({"steps": 3}))));
+        let demo = env.run_to_end("demo", json!({"steps": 2, "sleep_ms": 10})).await;
+        assert_eq!(demo.output, Some(json!({"steps": [1, 2], "event": null})));
+        let failing = env.run_to_end("demo", json!({"fail_at": 2})).await;
+        assert_eq!(failing.status, RunStatus::Failed);
+        assert_eq!(failing.error.unwrap().step_id.as_deref(), Some("step-2"));
+        let id = env.start("demo", json!({"steps": 1, "wait_for": "go"})).await;
+        env.run_until_idle().await;
+        env.send_event("go", json!("went")).await;
+        assert_eq!(env.run(&id).await.output, Some(json!({"steps": [1], "event": "went"})));
+    }
+}

@@ -1,0 +1,224 @@
+//! The client commands: they talk to a running Keel over HTTP (`--url`,
+//! `--token`, or KEEL_URL / KEEL_TOKEN).
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use keel_proto::http::{RunDetail, RunResult, StartRunRequest};
+use keel_proto::{JournalEvent, JournalRecord, RunPage, RunStatus};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Args)]
+pub struct Server {
+    /// The Keel API.
+    #[arg(long, env = "KEEL_URL", default_value = "http://127.0.0.1:7400")]
+    url: String,
+    /// A bearer token, when the server requires one.
+    #[arg(long, env = "KEEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Server {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let client = reqwest::Client::new();
+        let mut request = client.request(method, format!("{}{path}", self.url.trim_end_matches('/')));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request
+    }
+}
+
+/// Turn a response into its JSON body, or an error that says what the server said.
+async fn json<T: serde::de::DeserializeOwned>(response: reqwest::Result<reqwest::Response>) -> anyhow::Result<T> {
+    let response = response.context("could not reach the Keel API (is `keel dev` or `keel server` running? see --url)")?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        let detail = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["detail"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        bail!("the server answered {status}: {detail}");
+    }
+    serde_json::from_str(&text).with_context(|| format!("unexpected answer: {text}"))
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The workflow.
+    workflow: String,
+    /// The input: JSON, or @file with JSON.
+    #[arg(long, default_value = "null")]
+    input: String,
+    /// Wait for the result, with a progress bar; exit 1 when the run fails.
+    #[arg(long)]
+    wait: bool,
+    /// Make the start repeat-safe.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Choose the run's id.
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Start later (e.g. 30s).
+    #[arg(long)]
+    delay: Option<String>,
+    #[command(flatten)]
+    server: Server,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let text = match args.input.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        None => args.input.clone(),
+    };
+    let input: Value = serde_json::from_str(&text).context("--input is not JSON")?;
+    let body = StartRunRequest { input, run_id: args.run_id, delay: args.delay, callback_url: None, labels: Default::default() };
+    let mut request = args.server.request(reqwest::Method::POST, &format!("/v1/workflows/{}/runs", args.workflow)).json(&body);
+    if let Some(key) = &args.idempotency_key {
+        request = request.header("idempotency-key", key);
+    }
+    let started: RunResult = json(request.send().await).await?;
+    if !args.wait {
+        println!("{}", serde_json::to_string_pretty(&started)?);
+        return Ok(0);
+    }
+    eprintln!("run {} started", started.run_id);
+    let result = follow(&args.server, &started.run_id.to_string()).await?;
+    match result.status {
+        RunStatus::Completed => {
+            println!("{}", serde_json::to_string_pretty(&result.output.unwrap_or(Value::Null))?);
+            Ok(0)
+        }
+        status => {
+            let error = result.error.map(|e| format!("{}: {}", e.kind, e.message)).unwrap_or_default();
+            eprintln!("run {} {status}: {error}", result.run_id);
+            Ok(1)
+        }
+    }
+}
+
+/// Follow a run's SSE stream with a progress bar until it ends, then fetch its result.
+async fn follow(server: &Server, run_id: &str) -> anyhow::Result<RunResult> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let mut last_id: Option<String> = None;
+    'reconnect: for _ in 0..100 {
+        let mut request = server.request(reqwest::Method::GET, &format!("/v1/runs/{run_id}/events"));
+        if let Some(id) = &last_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.context("following the run")?;
+        if !response.status().is_success() {
+            bail!("the server answered {} to the event stream", response.status());
+        }
+        let mut stream = response.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else { continue 'reconnect };
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let message: String = buffer.drain(..end + 2).collect();
+                let mut data = String::new();
+                for line in message.lines() {
+                    if let Some(id) = line.strip_prefix("id:") {
+                        last_id = Some(id.trim().to_owned());
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim_start());
+                    }
+                }
+                let Ok(record) = serde_json::from_str::<JournalRecord>(&data) else { continue };
+                match &record.entry.event {
+                    JournalEvent::ProgressDeclared { total_steps } => bar.set_length(u64::from(*total_steps)),
+                    JournalEvent::StepStarted { step_id, .. } => bar.set_message(step_id.clone()),
+                    JournalEvent::StepCompleted { .. } | JournalEvent::TimerFired { .. } | JournalEvent::EventReceived { .. } => {
+                        bar.inc(1);
+                        if bar.position() > bar.length().unwrap_or(0) {
+                            bar.set_length(bar.position());
+                        }
+                    }
+                    JournalEvent::TimerScheduled { step_id, .. } => bar.set_message(format!("{step_id}: sleeping")),
+                    JournalEvent::WaitStarted { step_id, .. } => bar.set_message(format!("{step_id}: waiting for an event")),
+                    _ => {}
+                }
+                if record.entry.event.is_final() {
+                    bar.finish_and_clear();
+                    break 'reconnect;
+                }
+            }
+        }
+    }
+    json(server.request(reqwest::Method::GET, &format!("/v1/runs/{run_id}/result")).send().await).await
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    #[arg(long)]
+    workflow: Option<String>,
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    #[command(flatten)]
+    server: Server,
+}
+
+pub async fn runs(args: RunsArgs) -> anyhow::Result<()> {
+    let mut query = vec![("limit", args.limit.to_string())];
+    query.extend(args.workflow.map(|w| ("workflow", w)));
+    query.extend(args.status.map(|s| ("status", s)));
+    let page: RunPage = json(args.server.request(reqwest::Method::GET, "/v1/runs").query(&query).send().await).await?;
+    println!("{:<38} {:<16} {:<10} {:>9}", "RUN", "WORKFLOW", "STATUS", "STEPS");
+    for run in page.runs {
+        let total = run.total_steps.map(|t| t.to_string()).unwrap_or_else(|| "?".into());
+        println!("{:<38} {:<16} {:<10} {:>9}", run.run_id, run.workflow, run.status, format!("{}/{total}", run.completed_steps));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The run.
+    run_id: String,
+    #[command(flatten)]
+    server: Server,
+}
+
+pub async fn status(args: IdArgs) -> anyhow::Result<()> {
+    let detail: RunDetail = json(args.server.request(reqwest::Method::GET, &format!("/v1/runs/{}", args.run_id)).send().await).await?;
+    println!("{}", serde_json::to_string_pretty(&detail)?);
+    Ok(())
+}
+
+pub async fn action(args: IdArgs, verb: &str) -> anyhow::Result<()> {
+    let answer: Value =
+        json(args.server.request(reqwest::Method::POST, &format!("/v1/runs/{}/{verb}", args.run_id)).send().await).await?;
+    println!("{}", answer["outcome"].as_str().unwrap_or("done"));
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    /// The event key.
+    key: String,
+    /// The event's data (JSON).
+    #[arg(long, default_value = "null")]
+    data: String,
+    #[command(flatten)]
+    server: Server,
+}
+
+pub async fn notify(args: NotifyArgs) -> anyhow::Result<()> {
+    let data: Value = serde_json::from_str(&args.data).context("--data is not JSON")?;
+    let answer: Value =
+        json(args.server.request(reqwest::Method::POST, &format!("/v1/events/{}", args.key)).json(&data).send().await).await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! `keel dev`, `keel server`, `keel worker`: the long-running processes. Each
+//! shuts down gracefully on SIGINT/SIGTERM: stop accepting, let work in flight
+//! finish (within a grace period), stop the background tasks.
+
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use keel_api::{AppState, Signer, dispatcher};
+use keel_engine::{MemoryStore, RedisStore, Store};
+use keel_worker::Worker;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Settings, init_logging};
+
+async fn redis_store(settings: &Settings, url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let store = RedisStore::connect(url, settings.store_config()?)
+        .await
+        .with_context(|| format!("connecting to Redis at {} (is it running?)", redacted(url)))?;
+    Ok(Arc::new(store))
+}
+
+/// A Redis URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+fn signer(settings: &Settings, persist_in: Option<&Path>) -> anyhow::Result<Signer> {
+    if let Some(key) = &settings.signing_key {
+        return Signer::from_base64(key).context("KEEL_SIGNING_KEY");
+    }
+    if let Some(dir) = persist_in {
+        let path = dir.join("signing.key");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return Signer::from_base64(&text).with_context(|| format!("{} is not a signing key", path.display()));
+        }
+        let signer = Signer::generate()?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(&path, signer.secret_base64()).with_context(|| format!("writing {}", path.display()))?;
+        tracing::info!(path = %path.display(), "generated a webhook signing key");
+        return Ok(signer);
+    }
+    tracing::warn!("no KEEL_SIGNING_KEY: using a random key; webhook signatures will change when the server restarts");
+    Ok(Signer::generate()?)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown requested");
+}
+
+fn built_in_worker(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Result<keel_worker::WorkerBuilder> {
+    let mut builder = Worker::builder()
+        .store(store)
+        .lease(settings.lease()?)
+        .concurrency(settings.concurrency.unwrap_or(32));
+    for workflow in keel_workflows::all() {
+        builder = builder.register(workflow);
+    }
+    Ok(builder)
+}
+
+/// The API, the store's duties, the dispatcher and (for dev) a worker, until a signal.
+async fn serve(settings: &Settings, store: Arc<dyn Store>, signer: Signer, worker: Option<Worker>) -> anyhow::Result<()> {
+    let listener = StdListener::bind(settings.addr()).with_context(|| format!("listening on {}", settings.addr()))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let state = AppState::new(store.clone(), settings.api_config(), signer);
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (store, stop) = (store.clone(), stop.clone());
+        tasks.spawn(async move { keel_engine::run_duties(store.as_ref(), Default::default(), stop.cancelled()).await });
+    }
+    {
+        let config = dispatcher::DispatchConfig { retry_base: settings.webhook_retry_base()?, ..Default::default() };
+        tasks.spawn(dispatcher::run(state.clone(), config, stop.clone()));
+    }
+    if let Some(worker) = worker {
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            if let Err(e) = worker.run(stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "the worker stopped with an error");
+            }
+        });
+    }
+    tracing::info!(addr = %listener.local_addr()?, "Keel API listening");
+    let graceful = {
+        let stop = stop.clone();
+        async move {
+            tokio::select! { _ = shutdown_signal() => {}, _ = stop.cancelled() => {} }
+            stop.cancel();
+        }
+    };
+    axum::serve(listener, keel_api::router(state)).with_graceful_shutdown(graceful).await?;
+    stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(20), async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!("background tasks did not stop within 20 s");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub async fn server(settings: Settings) -> anyhow::Result<()> {
+    init_logging(&settings);
+    let Some(url) = settings.redis_url.clone() else {
+        bail!("keel server needs Redis: set KEEL_REDIS_URL (or --redis-url). `keel dev` runs without one.");
+    };
+    let store = redis_store(&settings, &url).await?;
+    let signer = signer(&settings, None)?;
+    serve(&settings, store, signer, None).await
+}
+
+pub async fn worker(settings: Settings) -> anyhow::Result<()> {
+    init_logging(&settings);
+    let Some(url) = settings.redis_url.clone() else {
+        bail!("keel worker needs Redis: set KEEL_REDIS_URL (or --redis-url). `keel dev` runs without one.");
+    };
+    let store = redis_store(&settings, &url).await?;
+    built_in_worker(&settings, store)?.build().await?.run_until_signal().await?;
+    Ok(())
+}
+
+/// A private redis-server for `keel dev`, its data under `.keel/redis`.
+struct DevRedis {
+    child: Child,
+    url: String,
+}
+
+impl Drop for DevRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_dev_redis(dir: &Path) -> anyhow::Result<Option<DevRedis>> {
+    let found = Command::new("redis-server").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if found.is_err() {
+        return Ok(None);
+    }
+    let data = dir.join("redis");
+    std::fs::create_dir_all(&data)?;
+    let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--appendfsync", "everysec"])
+        .args(["--save", "", "--maxmemory-policy", "noeviction", "--dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    let redis = DevRedis { child, url: format!("redis://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("the private redis-server did not start within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Ok(Some(redis))
+}
+
+pub async fn dev(settings: Settings) -> anyhow::Result<()> {
+    init_logging(&settings);
+    let dir = PathBuf::from(".keel");
+    let mut private_redis = None;
+    let (store, store_note): (Arc<dyn Store>, String) = match settings.redis_url.clone() {
+        Some(url) => (redis_store(&settings, &url).await?, format!("Redis at {}", redacted(&url))),
+        None => match start_dev_redis(&dir)? {
+            Some(redis) => {
+                let store = redis_store(&settings, &redis.url).await?;
+                let note = format!("a private redis-server ({}, data in .keel/redis)", redis.url);
+                private_redis = Some(redis);
+                (store, note)
+            }
+            None => (
+                Arc::new(MemoryStore::new(settings.store_config()?)),
+                "memory (no redis-server installed: runs are lost when this stops)".into(),
+            ),
+        },
+    };
+    let signer = signer(&settings, Some(&dir))?;
+    let worker = built_in_worker(&settings, store.clone())?.build().await?;
+    let url = format!("http://{}", settings.addr());
+    println!("Keel dev: API on {url}, store: {store_note}");
+    println!("Workflows: {}", worker.workflows().keys().cloned().collect::<Vec<_>>().join(", "));
+    println!("Start a run:");
+    println!("  curl -s -X POST '{url}/v1/workflows/demo/runs?wait=30s' -H 'content-type: application/json' -d '{{\"input\": {{\"steps\": 3}}}}'");
+    println!("or: keel run demo --input '{{\"steps\": 3}}' --wait");
+    let result = serve(&settings, store, signer, Some(worker)).await;
+    drop(private_redis);
+    result
+}

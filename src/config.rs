@@ -1,0 +1,173 @@
+//! Configuration, layered: built-in defaults < `keel.toml` < `KEEL_*` environment
+//! < command-line flags. Clap reads flags and environment (flags win); the file
+//! fills in what neither gave.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use serde::Deserialize;
+
+/// Settings shared by `dev`, `server` and `worker`. Each is also a `keel.toml` key
+/// (the flag's name with `_` for `-`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct Settings {
+    /// The configuration file [default: ./keel.toml when it exists].
+    #[arg(long, env = "KEEL_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Where the API listens [default: 127.0.0.1:7400].
+    #[arg(long, env = "KEEL_ADDR", global = true)]
+    pub addr: Option<String>,
+    /// The Redis to use (redis:// or rediss://); REDIS_URL works too.
+    #[arg(long, env = "KEEL_REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+    /// Key prefix, so several deployments can share one Redis [default: keel].
+    #[arg(long, env = "KEEL_NAMESPACE", global = true)]
+    pub namespace: Option<String>,
+    /// Comma-separated full-access bearer tokens (none: auth off).
+    #[arg(long, env = "KEEL_API_TOKENS", global = true, hide_env_values = true)]
+    pub api_tokens: Option<String>,
+    /// Comma-separated read-only bearer tokens.
+    #[arg(long, env = "KEEL_READ_TOKENS", global = true, hide_env_values = true)]
+    pub read_tokens: Option<String>,
+    /// Base64 ed25519 secret key for webhook signatures (`keel dev` generates one).
+    #[arg(long, env = "KEEL_SIGNING_KEY", global = true, hide_env_values = true)]
+    pub signing_key: Option<String>,
+    /// Allow webhooks and calls to private and loopback addresses.
+    #[arg(long, env = "KEEL_ALLOW_PRIVATE_TARGETS", global = true)]
+    pub allow_private_targets: Option<bool>,
+    /// Request body limit in bytes [default: 1048576].
+    #[arg(long, env = "KEEL_MAX_BODY_BYTES", global = true)]
+    pub max_body_bytes: Option<usize>,
+    /// How long finished runs are kept [default: 7d].
+    #[arg(long, env = "KEEL_RETENTION", global = true)]
+    pub retention: Option<String>,
+    /// A worker's lease: its runs are taken over this long after it dies [default: 30s].
+    #[arg(long, env = "KEEL_LEASE", global = true)]
+    pub lease: Option<String>,
+    /// Runs a worker executes at once [default: 32].
+    #[arg(long, env = "KEEL_CONCURRENCY", global = true)]
+    pub concurrency: Option<usize>,
+    /// The first webhook retry's delay; later ones double [default: 5s].
+    #[arg(long, env = "KEEL_WEBHOOK_RETRY_BASE", global = true)]
+    pub webhook_retry_base: Option<String>,
+    /// Log filter (tracing syntax) [default: info].
+    #[arg(long, env = "KEEL_LOG", global = true)]
+    pub log: Option<String>,
+    /// `pretty` or `json` [default: pretty].
+    #[arg(long, env = "KEEL_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+}
+
+/// What `keel.toml` may hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    addr: Option<String>,
+    redis_url: Option<String>,
+    namespace: Option<String>,
+    api_tokens: Option<String>,
+    read_tokens: Option<String>,
+    signing_key: Option<String>,
+    allow_private_targets: Option<bool>,
+    max_body_bytes: Option<usize>,
+    retention: Option<String>,
+    lease: Option<String>,
+    concurrency: Option<usize>,
+    webhook_retry_base: Option<String>,
+    log: Option<String>,
+    log_format: Option<String>,
+}
+
+impl Settings {
+    /// Fill what flags and environment left unset from the file.
+    pub fn layered(mut self) -> anyhow::Result<Self> {
+        let path = match &self.config {
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from("keel.toml")).filter(|p| p.exists()),
+        };
+        if let Some(path) = path {
+            let file = read_file(&path)?;
+            macro_rules! fill {
+                ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = file.$field; } )* };
+            }
+            fill!(addr, redis_url, namespace, api_tokens, read_tokens, signing_key, allow_private_targets, max_body_bytes,
+                retention, lease, concurrency, webhook_retry_base, log, log_format);
+        }
+        if self.redis_url.is_none() {
+            self.redis_url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
+        }
+        Ok(self)
+    }
+
+    pub fn addr(&self) -> &str {
+        self.addr.as_deref().unwrap_or("127.0.0.1:7400")
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("keel")
+    }
+
+    pub fn store_config(&self) -> anyhow::Result<keel_engine::StoreConfig> {
+        let mut config = keel_engine::StoreConfig::with_namespace(self.namespace());
+        if let Some(retention) = &self.retention {
+            config.retention = duration(retention).context("--retention")?;
+        }
+        Ok(config)
+    }
+
+    pub fn lease(&self) -> anyhow::Result<Duration> {
+        self.lease.as_deref().map_or(Ok(Duration::from_secs(30)), |l| duration(l).context("--lease"))
+    }
+
+    pub fn webhook_retry_base(&self) -> anyhow::Result<Duration> {
+        self.webhook_retry_base.as_deref().map_or(Ok(Duration::from_secs(5)), |d| duration(d).context("--webhook-retry-base"))
+    }
+
+    pub fn api_config(&self) -> keel_api::ApiConfig {
+        let tokens = |list: &Option<String>| -> Vec<keel_api::Secret> {
+            list.iter().flat_map(|l| l.split(',')).map(str::trim).filter(|t| !t.is_empty()).map(keel_api::Secret::new).collect()
+        };
+        keel_api::ApiConfig {
+            api_tokens: tokens(&self.api_tokens),
+            read_tokens: tokens(&self.read_tokens),
+            max_body_bytes: self.max_body_bytes.unwrap_or(1024 * 1024),
+            allow_private_targets: self.allow_private_targets.unwrap_or(false),
+            ..Default::default()
+        }
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<File> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{} is not a valid keel.toml", path.display()))
+}
+
+/// `250ms`, `30s`, `5m`, `2h`, `7d`.
+pub fn duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().with_context(|| format!("{text:?} is not a duration (e.g. 500ms, 30s, 5m, 2h, 7d)"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
+        other => bail!("{text:?}: unknown unit {other:?} (use ms, s, m, h or d)"),
+    })
+}
+
+/// Logs with tracing: pretty by default, JSON with `--log-format json`.
+pub fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(settings.log.as_deref().unwrap_or("info"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if settings.log_format.as_deref() == Some("json") {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
