@@ -92,8 +92,22 @@ impl Settings {
             macro_rules! fill {
                 ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = file.$field; } )* };
             }
-            fill!(addr, redis_url, namespace, api_tokens, read_tokens, signing_key, allow_private_targets, max_body_bytes,
-                retention, lease, concurrency, webhook_retry_base, log, log_format);
+            fill!(
+                addr,
+                redis_url,
+                namespace,
+                api_tokens,
+                read_tokens,
+                signing_key,
+                allow_private_targets,
+                max_body_bytes,
+                retention,
+                lease,
+                concurrency,
+                webhook_retry_base,
+                log,
+                log_format
+            );
         }
         if self.redis_url.is_none() {
             self.redis_url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
@@ -122,12 +136,19 @@ impl Settings {
     }
 
     pub fn webhook_retry_base(&self) -> anyhow::Result<Duration> {
-        self.webhook_retry_base.as_deref().map_or(Ok(Duration::from_secs(5)), |d| duration(d).context("--webhook-retry-base"))
+        self.webhook_retry_base
+            .as_deref()
+            .map_or(Ok(Duration::from_secs(5)), |d| duration(d).context("--webhook-retry-base"))
     }
 
     pub fn api_config(&self) -> keel_api::ApiConfig {
         let tokens = |list: &Option<String>| -> Vec<keel_api::Secret> {
-            list.iter().flat_map(|l| l.split(',')).map(str::trim).filter(|t| !t.is_empty()).map(keel_api::Secret::new).collect()
+            list.iter()
+                .flat_map(|l| l.split(','))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(keel_api::Secret::new)
+                .collect()
         };
         keel_api::ApiConfig {
             api_tokens: tokens(&self.api_tokens),

@@ -41,7 +41,11 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/openapi.json")
 }
 
-pub(crate) async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let config = state.config();
     if (config.api_tokens.is_empty() && config.read_tokens.is_empty()) || is_public(req.uri().path()) {
         return Ok(next.run(req).await);

@@ -86,7 +86,11 @@ fn webhook_id(run_id: &RunId, sequence: &str) -> String {
     format!("msg_{}", id.simple())
 }
 
-async fn fan_out(store: &dyn Store, subscriptions: &[WebhookSubscription], item: OutboxItem) -> keel_engine::Result<()> {
+async fn fan_out(
+    store: &dyn Store,
+    subscriptions: &[WebhookSubscription],
+    item: OutboxItem,
+) -> keel_engine::Result<()> {
     let Some(run) = store.get_run(&item.run_id).await? else {
         // Expired before its events went out: nothing to send.
         return store.fan_out(&item.id, &[]).await;
@@ -138,7 +142,12 @@ enum Attempt {
     Refused(String),
 }
 
-async fn deliver(state: &AppState, config: &DispatchConfig, subs: &HashMap<&str, &WebhookSubscription>, job: DeliveryJob) {
+async fn deliver(
+    state: &AppState,
+    config: &DispatchConfig,
+    subs: &HashMap<&str, &WebhookSubscription>,
+    job: DeliveryJob,
+) {
     let store = state.store();
     let (url, log) = match &job.target {
         DeliveryTarget::Subscription(id) => match subs.get(id.as_str()) {

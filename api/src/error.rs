@@ -48,7 +48,9 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "The body must be JSON")
             }
             Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "The body is too large"),
-            Self::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "The request is not valid"),
+            Self::InvalidRequest(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "The request is not valid")
+            }
             Self::InvalidInput(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", "The input does not fit the workflow's schema")
             }
@@ -57,10 +59,14 @@ impl ApiError {
                 "idempotency-conflict",
                 "The idempotency key or run id was used with another request",
             ),
-            Self::UnknownWorkflow(_) => (StatusCode::NOT_FOUND, "unknown-workflow", "No live worker runs this workflow"),
+            Self::UnknownWorkflow(_) => {
+                (StatusCode::NOT_FOUND, "unknown-workflow", "No live worker runs this workflow")
+            }
             Self::RunNotFound(_) => (StatusCode::NOT_FOUND, "run-not-found", "No such run"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            Self::Conflict(_) => (StatusCode::CONFLICT, "invalid-transition", "The run is not in a state that allows this"),
+            Self::Conflict(_) => {
+                (StatusCode::CONFLICT, "invalid-transition", "The run is not in a state that allows this")
+            }
             Self::TargetRefused(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "target-refused", "The URL points where Keel may not send requests")
             }
@@ -96,7 +102,8 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let problem = Problem { problem_type: self.problem_type(), title: title.to_owned(), status: status.as_u16(), detail };
+        let problem =
+            Problem { problem_type: self.problem_type(), title: title.to_owned(), status: status.as_u16(), detail };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
@@ -122,7 +129,9 @@ impl From<keel_engine::Error> for ApiError {
             E::Id(e) => Self::InvalidRequest(e.to_string()),
             E::Invalid(e) => Self::InvalidRequest(e),
             E::BadCursor(c) => Self::InvalidRequest(format!("cursor {c:?} is not one this API issued")),
-            E::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => Self::Unavailable(e.to_string()),
+            E::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                Self::Unavailable(e.to_string())
+            }
             E::Timeout(d) => Self::Unavailable(format!("redis did not answer within {d:?}")),
             other => Self::Internal(other.to_string()),
         }

@@ -40,7 +40,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
         })?;
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
-        let value = serde_json::from_value(value).map_err(|e| ApiError::InvalidRequest(format!("the body does not fit: {e}")))?;
+        let value = serde_json::from_value(value)
+            .map_err(|e| ApiError::InvalidRequest(format!("the body does not fit: {e}")))?;
         Ok(Self(value))
     }
 }

@@ -134,7 +134,11 @@ pub async fn scrape(State(state): State<AppState>) -> ApiResult<impl IntoRespons
         by_status.get_or_create(&StatusLabels { status: status.to_string() }).set(*n as i64);
     }
     registry.register("runs", "Runs kept in the store, by status", by_status);
-    registry.register("tasks_dead_lettered", "Tasks set aside after too many deliveries", ConstGauge::new(stats.dead_letters as i64));
+    registry.register(
+        "tasks_dead_lettered",
+        "Tasks set aside after too many deliveries",
+        ConstGauge::new(stats.dead_letters as i64),
+    );
     let buckets: Vec<(f64, u64)> = keel_engine::STEP_MS_BUCKETS
         .iter()
         .map(|b| (*b as f64 / 1000.0, stats.step_ms_buckets.get(&Some(*b)).copied().unwrap_or(0)))
@@ -147,8 +151,16 @@ pub async fn scrape(State(state): State<AppState>) -> ApiResult<impl IntoRespons
         ConstHistogram { sum: stats.step_ms_sum as f64 / 1000.0, count, buckets },
     );
     registry.register("http_requests", "HTTP requests served by this server", state.metrics().http.clone());
-    registry.register("webhook_deliveries", "Webhook delivery attempts by this server, by outcome", state.metrics().webhooks.clone());
-    registry.register("store_errors", "Requests and dispatcher rounds that failed on the store", state.metrics().store_errors.clone());
+    registry.register(
+        "webhook_deliveries",
+        "Webhook delivery attempts by this server, by outcome",
+        state.metrics().webhooks.clone(),
+    );
+    registry.register(
+        "store_errors",
+        "Requests and dispatcher rounds that failed on the store",
+        state.metrics().store_errors.clone(),
+    );
 
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -12,7 +12,9 @@ use std::time::Duration;
 pub enum TargetError {
     #[error("{0:?} is not an http(s) URL")]
     NotHttp(String),
-    #[error("{url:?} resolves to {addr}, a private, loopback or reserved address; Keel does not send requests there (set KEEL_ALLOW_PRIVATE_TARGETS to allow it)")]
+    #[error(
+        "{url:?} resolves to {addr}, a private, loopback or reserved address; Keel does not send requests there (set KEEL_ALLOW_PRIVATE_TARGETS to allow it)"
+    )]
     Private { url: String, addr: IpAddr },
     #[error("{url:?} could not be resolved: {reason}")]
     Unresolvable { url: String, reason: String },
@@ -90,9 +92,8 @@ pub async fn check(url: &str, allow_private: bool) -> Result<CheckedTarget, Targ
             .map_err(|e| TargetError::Unresolvable { url: url.to_owned(), reason: e.to_string() })?
             .collect(),
     };
-    let first = *addrs
-        .first()
-        .ok_or_else(|| TargetError::Unresolvable { url: url.to_owned(), reason: "no address".into() })?;
+    let first =
+        *addrs.first().ok_or_else(|| TargetError::Unresolvable { url: url.to_owned(), reason: "no address".into() })?;
     if !allow_private {
         // Every address must pass: a name that resolves to one public and one
         // private address is refused (no DNS-rebinding games).
@@ -121,9 +122,25 @@ mod tests {
     #[test]
     fn private_and_reserved_addresses_are_forbidden_in_every_form() {
         for bad in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-            "255.255.255.255", "224.0.0.1", "::1", "::", "fe80::1", "fd00::1", "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254", "::127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::1", "2001:db8::1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::1",
+            "2001:db8::1",
         ] {
             assert!(is_forbidden(bad.parse().unwrap()), "{bad} must be forbidden");
         }

@@ -54,7 +54,9 @@ pub async fn run_duties(store: &dyn Store, duties: Duties, stop: impl std::futur
         }
         if n % reconcile == reconcile / 2 {
             match store.reconcile(500).await {
-                Ok(fixed) if !fixed.is_empty() => tracing::warn!(runs = ?fixed, "re-queued runs that had lost their task"),
+                Ok(fixed) if !fixed.is_empty() => {
+                    tracing::warn!(runs = ?fixed, "re-queued runs that had lost their task")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "reconciling failed"),
             }

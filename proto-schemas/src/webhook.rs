@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::{JournalEntry, RunId};
 
 /// The event types a webhook can carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 pub enum WebhookEventType {
     #[serde(rename = "run.started")]
     RunStarted,

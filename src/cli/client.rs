@@ -34,7 +34,8 @@ impl Server {
 
 /// Turn a response into its JSON body, or an error that says what the server said.
 async fn json<T: serde::de::DeserializeOwned>(response: reqwest::Result<reqwest::Response>) -> anyhow::Result<T> {
-    let response = response.context("could not reach the Keel API (is `keel dev` or `keel server` running? see --url)")?;
+    let response =
+        response.context("could not reach the Keel API (is `keel dev` or `keel server` running? see --url)")?;
     let status = response.status();
     let text = response.text().await?;
     if !status.is_success() {
@@ -76,8 +77,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         None => args.input.clone(),
     };
     let input: Value = serde_json::from_str(&text).context("--input is not JSON")?;
-    let body = StartRunRequest { input, run_id: args.run_id, delay: args.delay, callback_url: None, labels: Default::default() };
-    let mut request = args.server.request(reqwest::Method::POST, &format!("/v1/workflows/{}/runs", args.workflow)).json(&body);
+    let body = StartRunRequest {
+        input,
+        run_id: args.run_id,
+        delay: args.delay,
+        callback_url: None,
+        labels: Default::default(),
+    };
+    let mut request =
+        args.server.request(reqwest::Method::POST, &format!("/v1/workflows/{}/runs", args.workflow)).json(&body);
     if let Some(key) = &args.idempotency_key {
         request = request.header("idempotency-key", key);
     }
@@ -138,14 +146,18 @@ async fn follow(server: &Server, run_id: &str) -> anyhow::Result<RunResult> {
                 match &record.entry.event {
                     JournalEvent::ProgressDeclared { total_steps } => bar.set_length(u64::from(*total_steps)),
                     JournalEvent::StepStarted { step_id, .. } => bar.set_message(step_id.clone()),
-                    JournalEvent::StepCompleted { .. } | JournalEvent::TimerFired { .. } | JournalEvent::EventReceived { .. } => {
+                    JournalEvent::StepCompleted { .. }
+                    | JournalEvent::TimerFired { .. }
+                    | JournalEvent::EventReceived { .. } => {
                         bar.inc(1);
                         if bar.position() > bar.length().unwrap_or(0) {
                             bar.set_length(bar.position());
                         }
                     }
                     JournalEvent::TimerScheduled { step_id, .. } => bar.set_message(format!("{step_id}: sleeping")),
-                    JournalEvent::WaitStarted { step_id, .. } => bar.set_message(format!("{step_id}: waiting for an event")),
+                    JournalEvent::WaitStarted { step_id, .. } => {
+                        bar.set_message(format!("{step_id}: waiting for an event"))
+                    }
                     _ => {}
                 }
                 if record.entry.event.is_final() {
@@ -178,7 +190,13 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<()> {
     println!("{:<38} {:<16} {:<10} {:>9}", "RUN", "WORKFLOW", "STATUS", "STEPS");
     for run in page.runs {
         let total = run.total_steps.map(|t| t.to_string()).unwrap_or_else(|| "?".into());
-        println!("{:<38} {:<16} {:<10} {:>9}", run.run_id, run.workflow, run.status, format!("{}/{total}", run.completed_steps));
+        println!(
+            "{:<38} {:<16} {:<10} {:>9}",
+            run.run_id,
+            run.workflow,
+            run.status,
+            format!("{}/{total}", run.completed_steps)
+        );
     }
     Ok(())
 }
@@ -192,14 +210,16 @@ pub struct IdArgs {
 }
 
 pub async fn status(args: IdArgs) -> anyhow::Result<()> {
-    let detail: RunDetail = json(args.server.request(reqwest::Method::GET, &format!("/v1/runs/{}", args.run_id)).send().await).await?;
+    let detail: RunDetail =
+        json(args.server.request(reqwest::Method::GET, &format!("/v1/runs/{}", args.run_id)).send().await).await?;
     println!("{}", serde_json::to_string_pretty(&detail)?);
     Ok(())
 }
 
 pub async fn action(args: IdArgs, verb: &str) -> anyhow::Result<()> {
     let answer: Value =
-        json(args.server.request(reqwest::Method::POST, &format!("/v1/runs/{}/{verb}", args.run_id)).send().await).await?;
+        json(args.server.request(reqwest::Method::POST, &format!("/v1/runs/{}/{verb}", args.run_id)).send().await)
+            .await?;
     println!("{}", answer["outcome"].as_str().unwrap_or("done"));
     Ok(())
 }
@@ -218,7 +238,8 @@ pub struct NotifyArgs {
 pub async fn notify(args: NotifyArgs) -> anyhow::Result<()> {
     let data: Value = serde_json::from_str(&args.data).context("--data is not JSON")?;
     let answer: Value =
-        json(args.server.request(reqwest::Method::POST, &format!("/v1/events/{}", args.key)).json(&data).send().await).await?;
+        json(args.server.request(reqwest::Method::POST, &format!("/v1/events/{}", args.key)).json(&data).send().await)
+            .await?;
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }

@@ -67,10 +67,8 @@ async fn shutdown_signal() {
 }
 
 fn built_in_worker(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Result<keel_worker::WorkerBuilder> {
-    let mut builder = Worker::builder()
-        .store(store)
-        .lease(settings.lease()?)
-        .concurrency(settings.concurrency.unwrap_or(32));
+    let mut builder =
+        Worker::builder().store(store).lease(settings.lease()?).concurrency(settings.concurrency.unwrap_or(32));
     for workflow in keel_workflows::all() {
         builder = builder.register(workflow);
     }
@@ -78,7 +76,12 @@ fn built_in_worker(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Result
 }
 
 /// The API, the store's duties, the dispatcher and (for dev) a worker, until a signal.
-async fn serve(settings: &Settings, store: Arc<dyn Store>, signer: Signer, worker: Option<Worker>) -> anyhow::Result<()> {
+async fn serve(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    signer: Signer,
+    worker: Option<Worker>,
+) -> anyhow::Result<()> {
     let listener = StdListener::bind(settings.addr()).with_context(|| format!("listening on {}", settings.addr()))?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -111,7 +114,10 @@ async fn serve(settings: &Settings, store: Arc<dyn Store>, signer: Signer, worke
     };
     axum::serve(listener, keel_api::router(state)).with_graceful_shutdown(graceful).await?;
     stop.cancel();
-    if tokio::time::timeout(Duration::from_secs(20), async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(20), async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
         tracing::warn!("background tasks did not stop within 20 s");
     }
     tracing::info!("stopped");
@@ -203,7 +209,9 @@ pub async fn dev(settings: Settings) -> anyhow::Result<()> {
     println!("Keel dev: API on {url}, store: {store_note}");
     println!("Workflows: {}", worker.workflows().keys().cloned().collect::<Vec<_>>().join(", "));
     println!("Start a run:");
-    println!("  curl -s -X POST '{url}/v1/workflows/demo/runs?wait=30s' -H 'content-type: application/json' -d '{{\"input\": {{\"steps\": 3}}}}'");
+    println!(
+        "  curl -s -X POST '{url}/v1/workflows/demo/runs?wait=30s' -H 'content-type: application/json' -d '{{\"input\": {{\"steps\": 3}}}}'"
+    );
     println!("or: keel run demo --input '{{\"steps\": 3}}' --wait");
     let result = serve(&settings, store, signer, Some(worker)).await;
     drop(private_redis);

@@ -355,11 +355,8 @@ impl Worker {
             started_at_ms: self.started_at_ms,
             heartbeat_at_ms: 0,
         };
-        let duties = keel_engine::Duties {
-            timer_tick: self.config.timer_tick,
-            registration: Some(info),
-            ..Default::default()
-        };
+        let duties =
+            keel_engine::Duties { timer_tick: self.config.timer_tick, registration: Some(info), ..Default::default() };
         keel_engine::run_duties(self.store.as_ref(), duties, stop.cancelled()).await;
     }
 

@@ -15,10 +15,16 @@ use crate::extract::Json;
     params(("key" = String, Path, description = "the event key, e.g. order-42:paid")),
     request_body(content = Value, description = "the event's data (any JSON)"),
     responses((status = 200, body = EventDelivered), (status = 422, body = keel_proto::http::Problem)))]
-pub async fn send(State(state): State<AppState>, Path(key): Path<String>, Json(data): Json<Value>) -> ApiResult<Reply<EventDelivered>> {
+pub async fn send(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Json(data): Json<Value>,
+) -> ApiResult<Reply<EventDelivered>> {
     keel_proto::validate_event_key(&key).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     if key.starts_with("keel.") {
-        return Err(ApiError::InvalidRequest(format!("event keys starting with `keel.` are reserved for Keel ({key:?})")));
+        return Err(ApiError::InvalidRequest(format!(
+            "event keys starting with `keel.` are reserved for Keel ({key:?})"
+        )));
     }
     let delivered = state.store().deliver_event(&key, &data).await?;
     Ok(Reply(EventDelivered { event_id: delivered.event_id, woken: delivered.woken }))

@@ -128,7 +128,11 @@ async fn wait_final(state: &AppState, id: &RunId, wait: Duration) -> ApiResult<R
     let deadline = Instant::now() + wait.min(state.config().max_wait);
     let mut after: Option<String> = None;
     loop {
-        let run = state.store().get_run(id).await?.ok_or_else(|| ApiError::RunNotFound(format!("run {id} does not exist")))?;
+        let run = state
+            .store()
+            .get_run(id)
+            .await?
+            .ok_or_else(|| ApiError::RunNotFound(format!("run {id} does not exist")))?;
         if run.status.is_final() {
             return Ok(run);
         }
@@ -171,7 +175,13 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>)
     }
     let page = state
         .store()
-        .list_runs(&RunQuery { workflow: query.workflow, status, label, limit: query.limit.unwrap_or(50), cursor: query.cursor })
+        .list_runs(&RunQuery {
+            workflow: query.workflow,
+            status,
+            label,
+            limit: query.limit.unwrap_or(50),
+            cursor: query.cursor,
+        })
         .await?;
     Ok(Reply(page))
 }
@@ -181,7 +191,8 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>)
     responses((status = 200, body = RunDetail), (status = 404, body = keel_proto::http::Problem)))]
 pub async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunDetail>> {
     let id = run_id(id)?;
-    let run = state.store().get_run(&id).await?.ok_or_else(|| ApiError::RunNotFound(format!("run {id} does not exist")))?;
+    let run =
+        state.store().get_run(&id).await?.ok_or_else(|| ApiError::RunNotFound(format!("run {id} does not exist")))?;
     let journal = state.store().read_journal(&id, None, 100_000).await?;
     Ok(Reply(RunDetail { run, steps: steps_of(&journal) }))
 }
@@ -249,7 +260,11 @@ pub(crate) fn steps_of(journal: &[JournalRecord]) -> Vec<StepView> {
 /// its status when the wait ends (202).
 #[utoipa::path(get, path = "/v1/runs/{id}/result", tag = "runs", params(("id" = String, Path), WaitQuery),
     responses((status = 200, body = RunResult), (status = 202, body = RunResult), (status = 404, body = keel_proto::http::Problem)))]
-pub async fn result(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<WaitQuery>) -> ApiResult<Response> {
+pub async fn result(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<WaitQuery>,
+) -> ApiResult<Response> {
     let id = run_id(id)?;
     let wait = query.wait.as_deref().map(parse_duration).transpose()?.unwrap_or_default();
     let run = wait_final(&state, &id, wait).await?;

@@ -14,7 +14,10 @@ use crate::extract::Json;
 /// Subscribe a URL to webhook events (all, or some types; all workflows, or one).
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
     responses((status = 201, body = WebhookSubscription), (status = 422, body = keel_proto::http::Problem)))]
-pub async fn create(State(state): State<AppState>, Json(body): Json<CreateWebhook>) -> ApiResult<(StatusCode, Reply<WebhookSubscription>)> {
+pub async fn create(
+    State(state): State<AppState>,
+    Json(body): Json<CreateWebhook>,
+) -> ApiResult<(StatusCode, Reply<WebhookSubscription>)> {
     crate::ssrf::check(&body.url, state.config().allow_private_targets)
         .await
         .map_err(|e| ApiError::TargetRefused(e.to_string()))?;
@@ -73,7 +76,11 @@ pub struct LogQuery {
 /// The newest delivery attempts to a subscription.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path), LogQuery),
     responses((status = 200, body = DeliveryLog), (status = 404, body = keel_proto::http::Problem)))]
-pub async fn deliveries(State(state): State<AppState>, Path(id): Path<String>, Query(q): Query<LogQuery>) -> ApiResult<Reply<DeliveryLog>> {
+pub async fn deliveries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Reply<DeliveryLog>> {
     find(&state, &id).await?;
     let deliveries = state.store().deliveries(&id, q.limit.unwrap_or(50).clamp(1, 100)).await?;
     Ok(Reply(DeliveryLog { deliveries }))

@@ -1,0 +1,548 @@
+//! End to end: the real `keel` binary over HTTP, against a private redis-server.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Keel, Receiver, eventually, keys, schema, wait_for_workflows};
+use futures::StreamExt;
+use keel_engine::testing::RedisServer;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+async fn start(http: &reqwest::Client, keel: &Keel, workflow: &str, body: Value) -> reqwest::Response {
+    http.post(format!("{}/v1/workflows/{workflow}/runs", keel.url)).json(&body).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_started_over_http_is_followed_to_completion_by_polling_and_by_sse() {
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("e2e");
+    // Separate processes: the API server and a worker.
+    let server = Keel::spawn("server", &redis, &ns, &[]);
+    let _worker = Keel::spawn("worker", &redis, &ns, &[]);
+    let http = http();
+    wait_for_workflows(&http, &server, None).await;
+
+    let workflows: Value = http.get(format!("{}/v1/workflows", server.url)).send().await.unwrap().json().await.unwrap();
+    let demo = workflows["workflows"].as_array().unwrap().iter().find(|w| w["name"] == "demo").unwrap();
+    assert_eq!(demo["versions"], json!([1]));
+    assert!(demo["input_schema"]["properties"]["steps"].is_object(), "the input schema is published: {demo}");
+
+    let started =
+        start(&http, &server, "demo", json!({"input": {"steps": 3, "sleep_ms": 200}, "labels": {"team": "core"}}))
+            .await;
+    assert_eq!(started.status(), 201);
+    let started: Value = started.json().await.unwrap();
+    let id = started["run_id"].as_str().unwrap().to_owned();
+
+    // SSE: the journal live, in order, ending with the final entry.
+    let response = http.get(format!("{}/v1/runs/{id}/events", server.url)).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    let mut events: Vec<(String, String)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    'read: while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = text.find("\n\n") {
+            let message: String = text.drain(..end + 2).collect();
+            let field = |name: &str| message.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()));
+            if let (Some(id), Some(kind)) = (field("id:"), field("event:")) {
+                events.push((id, kind.clone()));
+                if kind == "run_completed" {
+                    break 'read;
+                }
+            }
+        }
+    }
+    let kinds: Vec<&str> = events.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "run_started",
+            "progress_declared",
+            "step_started",
+            "step_completed",
+            "step_started",
+            "step_completed",
+            "step_started",
+            "step_completed",
+            "timer_scheduled",
+            "timer_fired",
+            "run_completed"
+        ]
+    );
+    // Resumable: after the 8th event, only the last three come.
+    let resumed = http
+        .get(format!("{}/v1/runs/{id}/events", server.url))
+        .header("last-event-id", &events[7].0)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(resumed.matches("event: ").count(), 3, "{resumed}");
+
+    // Polling: the detail with steps, and the result.
+    let detail: Value = http.get(format!("{}/v1/runs/{id}", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(detail["status"], "completed");
+    assert_eq!(detail["labels"], json!({"team": "core"}));
+    let steps: Vec<(String, String)> = detail["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step_id"].as_str().unwrap().to_owned(), s["status"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        steps,
+        [("step-1", "completed"), ("step-2", "completed"), ("step-3", "completed"), ("nap", "completed")]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    assert!(detail["steps"][0]["duration_ms"].is_u64());
+    let result: Value =
+        http.get(format!("{}/v1/runs/{id}/result", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(result["output"], json!({"steps": [1, 2, 3], "event": null}));
+    // Synchronous start: ?wait= answers with the result.
+    let sync = http
+        .post(format!("{}/v1/workflows/demo/runs?wait=20s", server.url))
+        .json(&json!({"input": {"steps": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sync.status(), 200);
+    assert_eq!(sync.json::<Value>().await.unwrap()["output"], json!({"steps": [1], "event": null}));
+    // Events reach waiting runs, and the list filters.
+    let waiting: Value =
+        start(&http, &server, "demo", json!({"input": {"steps": 1, "wait_for": "e2e:go"}})).await.json().await.unwrap();
+    let waiting_id = waiting["run_id"].as_str().unwrap().to_owned();
+    let pending = http.get(format!("{}/v1/runs/{waiting_id}/result?wait=300ms", server.url)).send().await.unwrap();
+    assert_eq!(pending.status(), 202);
+    let mut woken = Value::Null;
+    for _ in 0..100 {
+        woken = http
+            .post(format!("{}/v1/events/e2e:go", server.url))
+            .json(&json!({"ok": true}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if woken["woken"].as_array().is_some_and(|w| !w.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(woken["woken"], json!([waiting_id]));
+    let done: Value = http
+        .get(format!("{}/v1/runs/{waiting_id}/result?wait=20s", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["output"]["event"], json!({"ok": true}));
+    let listed: Value = http
+        .get(format!("{}/v1/runs?workflow=demo&label=team=core", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 1);
+    let metrics = http.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("keel_runs_completed_total{workflow=\"demo\"}"), "{metrics}");
+    assert!(metrics.contains("keel_step_duration_seconds_bucket"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhooks_arrive_retry_with_the_same_id_and_410_disables() {
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("hooks");
+    let keel = Keel::spawn("dev", &redis, &ns, &[]);
+    let http = http();
+    wait_for_workflows(&http, &keel, None).await;
+    let key: Value =
+        http.get(format!("{}/v1/webhooks/signing-key", keel.url)).send().await.unwrap().json().await.unwrap();
+    let public_key = key["public_key"].as_str().unwrap().to_owned();
+
+    let flaky = Receiver::start(vec![(500, None), (500, None)]).await;
+    let gone = Receiver::start(vec![(410, None)]).await;
+    for (receiver, types) in [(&flaky, json!(["run.completed"])), (&gone, json!([]))] {
+        let created = http
+            .post(format!("{}/v1/webhooks", keel.url))
+            .json(&json!({"url": receiver.url, "event_types": types}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    let run: Value = start(&http, &keel, "demo", json!({"input": {"steps": 1}})).await.json().await.unwrap();
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+
+    let attempts = eventually(WAIT, "three attempts at the flaky receiver", || {
+        let got = flaky.received();
+        (got.len() >= 3).then_some(got)
+    })
+    .await;
+    let payload_schema = schema("webhook-payload.json");
+    let ids: Vec<String> = attempts.iter().map(|r| r.headers["webhook-id"].to_str().unwrap().to_owned()).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "the same webhook-id on every attempt: {ids:?}");
+    let mut signatures = Vec::new();
+    for attempt in &attempts {
+        let h = |name: &str| attempt.headers[name].to_str().unwrap().to_owned();
+        let timestamp: i64 = h("webhook-timestamp").parse().unwrap();
+        assert!(
+            keel_api::signing::verify(&public_key, &h("webhook-id"), timestamp, &attempt.body, &h("webhook-signature")),
+            "every attempt's signature verifies with the published key"
+        );
+        signatures.push(h("webhook-signature"));
+        let body: Value = serde_json::from_slice(&attempt.body).unwrap();
+        assert!(payload_schema.is_valid(&body), "the payload matches webhook-payload.json: {body}");
+        assert_eq!((body["type"].as_str(), body["run_id"].as_str()), (Some("run.completed"), Some(run_id.as_str())));
+    }
+    let subs: Value = http.get(format!("{}/v1/webhooks", keel.url)).send().await.unwrap().json().await.unwrap();
+    let flaky_id = subs["webhooks"].as_array().unwrap().iter().find(|s| s["url"] == flaky.url).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let log: Value =
+        http.get(format!("{}/v1/webhooks/{flaky_id}/deliveries", keel.url)).send().await.unwrap().json().await.unwrap();
+    let outcomes: Vec<&str> =
+        log["deliveries"].as_array().unwrap().iter().map(|d| d["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["delivered", "retrying", "retrying"], "the delivery log, newest first");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(flaky.received().len(), 3, "no attempt after the 2xx");
+
+    // The 410 receiver got the first event (run.started) and was disabled: nothing more.
+    let mut disabled = Value::Null;
+    for _ in 0..100 {
+        let subs: Value = http.get(format!("{}/v1/webhooks", keel.url)).send().await.unwrap().json().await.unwrap();
+        disabled = subs["webhooks"].as_array().unwrap().iter().find(|s| s["url"] == gone.url).unwrap().clone();
+        if !disabled["disabled"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(disabled["disabled"].as_str().unwrap().contains("410"), "{disabled}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(gone.received().len(), 1, "a disabled subscription gets nothing more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_gets_its_problem_and_writes_nothing() {
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("bad");
+    let keel = Keel::spawn("dev", &redis, &ns, &[("KEEL_MAX_BODY_BYTES", "2048")]);
+    let http = http();
+    wait_for_workflows(&http, &keel, None).await;
+    let done: Value = http
+        .post(format!("{}/v1/workflows/demo/runs?wait=20s", keel.url))
+        .header("idempotency-key", "k-1")
+        .json(&json!({"input": {"steps": 1}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let done_id = done["run_id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = keys(&redis, &ns).await;
+
+    let url = |path: &str| format!("{}{path}", keel.url);
+    let big = format!("{{\"input\": \"{}\"}}", "x".repeat(4096));
+    let deep = format!("{{\"input\": {}1{}}}", "[".repeat(200), "]".repeat(200));
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            http.post(url("/v1/workflows/demo/runs")).header("content-type", "application/json").body("{\"input\": "),
+            400,
+            "malformed-json",
+        ),
+        (
+            "not JSON",
+            http.post(url("/v1/workflows/demo/runs")).header("content-type", "text/plain").body("steps=3"),
+            415,
+            "unsupported-media-type",
+        ),
+        (
+            "too large",
+            http.post(url("/v1/workflows/demo/runs")).header("content-type", "application/json").body(big.clone()),
+            413,
+            "body-too-large",
+        ),
+        (
+            "too large, chunked",
+            http.post(url("/v1/workflows/demo/runs")).header("content-type", "application/json").body(
+                reqwest::Body::wrap_stream(futures::stream::iter(
+                    (0..8).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])),
+                )),
+            ),
+            413,
+            "body-too-large",
+        ),
+        (
+            "deeply nested",
+            http.post(url("/v1/workflows/demo/runs")).header("content-type", "application/json").body(deep),
+            400,
+            "malformed-json",
+        ),
+        (
+            "not UTF-8",
+            http.post(url("/v1/workflows/demo/runs"))
+                .header("content-type", "application/json")
+                .body(vec![b'{', 0xff, 0xfe, b'}']),
+            400,
+            "malformed-json",
+        ),
+        (
+            "unknown workflow",
+            http.post(url("/v1/workflows/nope/runs")).json(&json!({"input": 1})),
+            404,
+            "unknown-workflow",
+        ),
+        (
+            "input against the schema",
+            http.post(url("/v1/workflows/demo/runs")).json(&json!({"input": {"steps": "three"}})),
+            422,
+            "invalid-input",
+        ),
+        (
+            "unknown field",
+            http.post(url("/v1/workflows/demo/runs")).json(&json!({"input": {}, "surprise": 1})),
+            422,
+            "invalid-request",
+        ),
+        (
+            "bad run id",
+            http.post(url("/v1/workflows/demo/runs")).json(&json!({"input": {}, "run_id": "a b"})),
+            422,
+            "invalid-request",
+        ),
+        (
+            "bad delay",
+            http.post(url("/v1/workflows/demo/runs")).json(&json!({"input": {}, "delay": "soon"})),
+            422,
+            "invalid-request",
+        ),
+        (
+            "reused idempotency key",
+            http.post(url("/v1/workflows/demo/runs"))
+                .header("idempotency-key", "k-1")
+                .json(&json!({"input": {"steps": 2}})),
+            422,
+            "idempotency-conflict",
+        ),
+        ("unknown run", http.get(url("/v1/runs/nope")), 404, "run-not-found"),
+        ("cancel a finished run", http.post(url(&format!("/v1/runs/{done_id}/cancel"))), 409, "invalid-transition"),
+        ("retry a completed run", http.post(url(&format!("/v1/runs/{done_id}/retry"))), 409, "invalid-transition"),
+        ("reserved event key", http.post(url("/v1/events/keel.child:x")).json(&json!(1)), 422, "invalid-request"),
+        ("bad status filter", http.get(url("/v1/runs?status=sleepy")), 422, "invalid-request"),
+        ("webhook to metadata", http.post(url("/v1/webhooks")).json(&json!({"url": "ftp://x"})), 422, "target-refused"),
+        ("unknown path", http.get(url("/v2/anything")), 404, "not-found"),
+    ];
+    for (name, request, status, problem) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{name}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json", "{name}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["type"], format!("urn:keel:problem:{problem}"), "{name}: {body}");
+        assert_eq!(body["status"], status, "{name}");
+        assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{name}");
+    }
+    assert_eq!(keys(&redis, &ns).await, before, "Redis holds exactly the same keys");
+    let listed: Value = http.get(url("/v1/runs")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 1, "no run was started by a bad request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_the_api_and_never_reach_the_log() {
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("auth");
+    let (full, read) = ("full-token-s3cr3t-1234567890", "read-token-s3cr3t-0987654321");
+    let keel = Keel::spawn("dev", &redis, &ns, &[("KEEL_API_TOKENS", full), ("KEEL_READ_TOKENS", read)]);
+    let http = http();
+    wait_for_workflows(&http, &keel, Some(full)).await;
+    let url = |path: &str| format!("{}{path}", keel.url);
+    let body = json!({"input": {"steps": 1}});
+
+    let missing = http.post(url("/v1/workflows/demo/runs")).json(&body).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    assert_eq!(missing.json::<Value>().await.unwrap()["type"], "urn:keel:problem:unauthorized");
+    let wrong = http.get(url("/v1/runs")).bearer_auth("not-a-token").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let read_start = http.post(url("/v1/workflows/demo/runs")).bearer_auth(read).json(&body).send().await.unwrap();
+    assert_eq!(read_start.status(), 403, "a read-only token cannot start");
+    let started: Value = http
+        .post(url("/v1/workflows/demo/runs?wait=20s"))
+        .bearer_auth(full)
+        .json(&json!({"input": {"steps": 1, "wait_for": "auth:never"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["run_id"].as_str().unwrap();
+    let read_cancel = http.post(url(&format!("/v1/runs/{id}/cancel"))).bearer_auth(read).send().await.unwrap();
+    assert_eq!(read_cancel.status(), 403, "a read-only token cannot cancel");
+    let read_get = http.get(url(&format!("/v1/runs/{id}"))).bearer_auth(read).send().await.unwrap();
+    assert_eq!(read_get.status(), 200, "but it can read");
+    let cancelled = http.post(url(&format!("/v1/runs/{id}/cancel"))).bearer_auth(full).send().await.unwrap();
+    assert_eq!(cancelled.status(), 200);
+    assert_eq!(http.get(url("/healthz")).send().await.unwrap().status(), 200, "probes need no token");
+    let log = keel.log_text();
+    assert!(log.len() > 1000, "the server logged (at debug): {} bytes", log.len());
+    assert!(!log.contains(full) && !log.contains(read), "a token reached the log");
+    assert!(!log.contains("s3cr3t"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_starts_with_one_idempotency_key_make_one_run() {
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("idem");
+    let keel = Keel::spawn("dev", &redis, &ns, &[]);
+    let http = http();
+    wait_for_workflows(&http, &keel, None).await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (http, url) = (http.clone(), format!("{}/v1/workflows/demo/runs", keel.url));
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .header("idempotency-key", "order-42")
+                .json(&json!({"input": {"steps": 1}}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap()["run_id"].as_str().unwrap().to_owned())
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let (status, id) = t.await.unwrap();
+        assert!(status == 201 || status == 200, "{status}");
+        created += usize::from(status == 201);
+        ids.insert(id);
+    }
+    assert_eq!((ids.len(), created), (1, 1), "one run, created once");
+    let listed: Value = http.get(format!("{}/v1/runs", keel.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keel_run_wait_exits_zero_on_success_and_non_zero_on_failure() {
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("cli");
+    let keel = Keel::spawn("dev", &redis, &ns, &[]);
+    wait_for_workflows(&http(), &keel, None).await;
+    let run = |input: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["run", "demo", "--input", input, "--wait", "--url", &keel.url])
+            .output()
+            .expect("keel run")
+    };
+    let ok = tokio::task::spawn_blocking({
+        let run = run(r#"{"steps": 2}"#);
+        move || run
+    })
+    .await
+    .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let output: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(output, json!({"steps": [1, 2], "event": null}));
+    let failed = run(r#"{"steps": 3, "fail_at": 2}"#);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("step 2 fails"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    let unreachable = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["runs", "--url", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!unreachable.status.success());
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("could not reach the Keel API"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_webhook_targets_are_refused_when_private_targets_are_not_allowed() {
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("ssrf");
+    let keel = Keel::spawn("dev", &redis, &ns, &[("KEEL_ALLOW_PRIVATE_TARGETS", "false")]);
+    let http = http();
+    wait_for_workflows(&http, &keel, None).await;
+    for target in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::ffff:127.0.0.1]:8080/hook",
+        "http://localhost:1/x",
+        "http://10.0.0.1/x",
+    ] {
+        for request in [
+            http.post(format!("{}/v1/webhooks", keel.url)).json(&json!({"url": target})),
+            http.post(format!("{}/v1/workflows/demo/runs", keel.url))
+                .json(&json!({"input": {}, "callback_url": target})),
+        ] {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 422, "{target}");
+            assert_eq!(response.json::<Value>().await.unwrap()["type"], "urn:keel:problem:target-refused", "{target}");
+        }
+    }
+    assert!(keys(&redis, &ns).await.iter().all(|k| !k.ends_with(":webhooks")), "no subscription was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_never_followed() {
+    // Private targets allowed (everything here is loopback): a receiver that
+    // redirects to another gets a failed attempt, and the other gets nothing.
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("redir");
+    let keel = Keel::spawn("dev", &redis, &ns, &[]);
+    let http = http();
+    wait_for_workflows(&http, &keel, None).await;
+    let inner = Receiver::start(vec![]).await;
+    let redirecting = Receiver::start(vec![(307, Some(inner.url.clone())); 10]).await;
+    http.post(format!("{}/v1/workflows/demo/runs", keel.url))
+        .json(&json!({"input": {"steps": 1}, "callback_url": redirecting.url}))
+        .send()
+        .await
+        .unwrap();
+    eventually(WAIT, "two attempts at the redirecting receiver", || (redirecting.received().len() >= 2).then_some(()))
+        .await;
+    assert!(inner.received().is_empty(), "the redirect was not followed");
+}
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_committed_one() {
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto-schemas/openapi.json")).unwrap_or_default();
+    let generated = keel_api::openapi_json();
+    if std::env::var_os("KEEL_BLESS").is_some() {
+        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/proto-schemas/openapi.json"), &generated).unwrap();
+        return;
+    }
+    assert!(
+        committed == generated,
+        "proto-schemas/openapi.json is out of date: the API changed. If deliberate, run \
+         `KEEL_BLESS=1 cargo test --test api the_served_openapi` and commit it."
+    );
+    let doc: Value = serde_json::from_str(&generated).unwrap();
+    for path in ["/v1/workflows/{name}/runs", "/v1/runs/{id}/events", "/v1/webhooks/signing-key", "/metrics"] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+}
