@@ -395,7 +395,7 @@ async fn tokens_guard_the_api_and_never_reach_the_log() {
         .json()
         .await
         .unwrap();
-    let id = started["run_id"].as_str().unwrap();
+    let id = started["run_id"].as_str().unwrap_or_else(|| panic!("no run id in {started}"));
     let read_cancel = http.post(url(&format!("/v1/runs/{id}/cancel"))).bearer_auth(read).send().await.unwrap();
     assert_eq!(read_cancel.status(), 403, "a read-only token cannot cancel");
     let read_get = http.get(url(&format!("/v1/runs/{id}"))).bearer_auth(read).send().await.unwrap();

@@ -301,3 +301,26 @@ async fn acknowledged_writes_survive_a_redis_kill_with_appendfsync_always() {
     none.block = Duration::ZERO;
     assert!(store.claim(&none).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_long_blocking_read_after_a_short_one_does_not_time_out() {
+    // Regression: pooled blocking connections kept the response timeout of the
+    // call that created them, so a 10 s watch on a connection made for a 1 s
+    // claim failed with "timed out" after 4 s.
+    let server = RedisServer::start();
+    let (store, _) = connect(&server).await;
+    let id = store
+        .create_run(CreateRun { workflow: "wire".into(), input: json!(1), ..Default::default() })
+        .await
+        .unwrap()
+        .run_id;
+    let mut short = claim_req("w");
+    short.block = Duration::from_millis(50);
+    store.claim(&short).await.unwrap();
+    store.claim(&short).await.unwrap(); // blocks 50 ms on the pooled connection
+    let seen = store.read_journal(&id, None, 10).await.unwrap();
+    let began = std::time::Instant::now();
+    let more = store.watch_journal(&id, Some(&seen[0].seq), Duration::from_millis(3500)).await;
+    assert!(more.unwrap().is_empty(), "nothing new, and no timeout error");
+    assert!(began.elapsed() >= Duration::from_millis(3400));
+}

@@ -109,7 +109,11 @@ impl RedisStore {
     async fn blocking_conn(&self, response_timeout: Duration) -> Result<MultiplexedConnection> {
         let pooled = self.blocking.lock().map_err(|_| Error::Invalid("connection pool poisoned".into()))?.pop();
         match pooled {
-            Some(conn) => Ok(conn),
+            // A pooled connection keeps the timeout it was made with: set this call's.
+            Some(mut conn) => {
+                conn.set_response_timeout(response_timeout);
+                Ok(conn)
+            }
             None => {
                 let config = AsyncConnectionConfig::new()
                     .set_response_timeout(Some(response_timeout))
