@@ -546,3 +546,59 @@ async fn the_served_openapi_document_is_the_committed_one() {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_pause_resume_and_retry_runs() {
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("ops");
+    let keel = Keel::spawn("dev", &redis, &ns, &[]);
+    let http = http();
+    wait_for_workflows(&http, &keel, None).await;
+    let url = |path: String| format!("{}{path}", keel.url);
+    let post = |path: String| http.post(url(path)).send();
+
+    // A delayed run is sleeping: pause it, resume it, and it completes.
+    let started: Value =
+        start(&http, &keel, "demo", json!({"input": {"steps": 2}, "delay": "1s"})).await.json().await.unwrap();
+    let id = started["run_id"].as_str().unwrap().to_owned();
+    let paused: Value = post(format!("/v1/runs/{id}/pause")).await.unwrap().json().await.unwrap();
+    assert_eq!(paused["outcome"], "pause_requested", "a sleeping run pauses when it wakes");
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        let run: Value = http.get(url(format!("/v1/runs/{id}"))).send().await.unwrap().json().await.unwrap();
+        status = run["status"].clone();
+        if status == "paused" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "paused");
+    let resumed: Value = post(format!("/v1/runs/{id}/resume")).await.unwrap().json().await.unwrap();
+    assert_eq!(resumed["outcome"], "resumed");
+    let done: Value =
+        http.get(url(format!("/v1/runs/{id}/result?wait=20s"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(done["status"], "completed");
+
+    // A failed run is retried from its failed step (the demo fails the same way again).
+    let failed: Value = http
+        .post(url("/v1/workflows/demo/runs?wait=20s".into()))
+        .json(&json!({"input": {"steps": 2, "fail_at": 2}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failed["status"], "failed");
+    let fid = failed["run_id"].as_str().unwrap().to_owned();
+    let retried: Value = post(format!("/v1/runs/{fid}/retry")).await.unwrap().json().await.unwrap();
+    assert_eq!(retried["outcome"], "retried");
+    let again: Value =
+        http.get(url(format!("/v1/runs/{fid}/result?wait=20s"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["status"], "failed");
+    let detail: Value = http.get(url(format!("/v1/runs/{fid}"))).send().await.unwrap().json().await.unwrap();
+    let step2 = detail["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "step-2").unwrap();
+    assert_eq!(step2["attempts"], 2, "the failed step ran again; step-1 kept its result");
+    let step1 = detail["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "step-1").unwrap();
+    assert_eq!(step1["attempts"], 1);
+}
