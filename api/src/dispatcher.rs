@@ -244,14 +244,14 @@ fn retry_delay(base: Duration, attempts: u32) -> Duration {
 }
 
 async fn attempt(state: &AppState, config: &DispatchConfig, url: &str, id: &str, body: &[u8]) -> Attempt {
-    let target = match crate::ssrf::check(url, state.config().allow_private_targets).await {
+    let target = match keel_net::ssrf::check(url, state.config().allow_private_targets).await {
         Ok(target) => target,
-        Err(e @ crate::ssrf::TargetError::Unresolvable { .. }) => {
+        Err(e @ keel_net::ssrf::TargetError::Unresolvable { .. }) => {
             return Attempt::Retry { status: None, error: Some(e.to_string()), not_before: None };
         }
         Err(e) => return Attempt::Refused(e.to_string()),
     };
-    let client = match crate::ssrf::pinned_client(&target, config.timeout) {
+    let client = match keel_net::ssrf::pinned_client(&target, config.timeout) {
         Ok(client) => client,
         Err(e) => return Attempt::Retry { status: None, error: Some(e.to_string()), not_before: None },
     };

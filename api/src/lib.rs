@@ -20,15 +20,13 @@ mod extract;
 mod metrics;
 mod openapi;
 mod routes;
-pub mod signing;
-pub mod ssrf;
 mod util;
 
 pub use auth::Secret;
 pub use error::{ApiError, ApiResult};
+pub use keel_net::{Signer, signing, ssrf};
 pub use metrics::Metrics;
 pub use openapi::openapi_json;
-pub use signing::Signer;
 
 /// How the API behaves.
 #[derive(Debug, Clone)]

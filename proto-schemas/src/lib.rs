@@ -6,6 +6,7 @@
 //! these types and checked for drift by `tests/schemas.rs`. Regenerate it with
 //! `KEEL_BLESS=1 cargo test -p keel-proto --test schemas`.
 
+pub mod agent;
 pub mod http;
 mod ids;
 mod journal;
@@ -40,5 +41,13 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("http/run-result.json", schemars::schema_for!(http::RunResult)),
         ("http/run-detail.json", schemars::schema_for!(http::RunDetail)),
         ("http/problem.json", schemars::schema_for!(http::Problem)),
+        ("agent/http-input.json", schemars::schema_for!(agent::AgentHttpInput)),
+        ("agent/llm-input.json", schemars::schema_for!(agent::AgentLlmInput)),
+        ("agent/plan-request.json", schemars::schema_for!(agent::PlanRequest)),
+        ("agent/plan-response.json", schemars::schema_for!(agent::PlanResponse)),
+        ("agent/execute-request.json", schemars::schema_for!(agent::ExecuteRequest)),
+        ("agent/reflect-request.json", schemars::schema_for!(agent::ReflectRequest)),
+        ("agent/reflect-response.json", schemars::schema_for!(agent::ReflectResponse)),
+        ("agent/output.json", schemars::schema_for!(agent::AgentOutput)),
     ]
 }

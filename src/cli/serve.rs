@@ -66,9 +66,17 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-fn built_in_worker(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Result<keel_worker::WorkerBuilder> {
-    let mut builder =
-        Worker::builder().store(store).lease(settings.lease()?).concurrency(settings.concurrency.unwrap_or(32));
+fn built_in_worker(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    signer: Signer,
+) -> anyhow::Result<keel_worker::WorkerBuilder> {
+    let mut builder = Worker::builder()
+        .store(store)
+        .lease(settings.lease()?)
+        .concurrency(settings.concurrency.unwrap_or(32))
+        .signing_key(signer)
+        .allow_private_targets(settings.allow_private_targets.unwrap_or(false));
     for workflow in keel_workflows::all() {
         builder = builder.register(workflow);
     }
@@ -140,7 +148,10 @@ pub async fn worker(settings: Settings) -> anyhow::Result<()> {
         bail!("keel worker needs Redis: set KEEL_REDIS_URL (or --redis-url). `keel dev` runs without one.");
     };
     let store = redis_store(&settings, &url).await?;
-    built_in_worker(&settings, store)?.build().await?.run_until_signal().await?;
+    // The agent signs its calls with this key: give workers the server's
+    // KEEL_SIGNING_KEY so services can verify them with /v1/webhooks/signing-key.
+    let signer = signer(&settings, None)?;
+    built_in_worker(&settings, store, signer)?.build().await?.run_until_signal().await?;
     Ok(())
 }
 
@@ -204,7 +215,7 @@ pub async fn dev(settings: Settings) -> anyhow::Result<()> {
         },
     };
     let signer = signer(&settings, Some(&dir))?;
-    let worker = built_in_worker(&settings, store.clone())?.build().await?;
+    let worker = built_in_worker(&settings, store.clone(), signer.clone())?.build().await?;
     let url = format!("http://{}", settings.addr());
     println!("Keel dev: API on {url}, store: {store_note}");
     println!("Workflows: {}", worker.workflows().keys().cloned().collect::<Vec<_>>().join(", "));

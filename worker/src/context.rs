@@ -48,6 +48,8 @@ pub(crate) struct Settings {
     pub interceptor: Option<Interceptor>,
     /// The newest registered version of each workflow, for child runs.
     pub versions: HashMap<String, u32>,
+    /// How `ctx.call` sends requests.
+    pub calls: crate::CallSettings,
 }
 
 /// Why the run must stop being driven.
@@ -679,6 +681,32 @@ impl Context {
                 Err(Error::from_info(ErrorInfo::new("child_cancelled", "the child run was cancelled").in_step(step_id)))
             }
         }
+    }
+
+    /// A durable HTTP call: a step whose result is the response. See [`CallRequest`](crate::CallRequest).
+    ///
+    /// ```
+    /// # async fn f(ctx: keel_worker::Context) -> keel_worker::Result<()> {
+    /// use keel_worker::CallRequest;
+    /// let response = ctx.call("score", CallRequest::post("https://api.example.com/score", serde_json::json!({"text": "hi"})).signed()).await?;
+    /// let score = response.body["score"].as_f64();
+    /// # Ok(()) }
+    /// ```
+    pub async fn call(&self, name: impl Into<String>, request: crate::CallRequest) -> Result<crate::CallResponse> {
+        let (policy, timeout) = request.policy();
+        let settings = self.core.settings.calls.clone();
+        // The step's own limit leaves the request's timeout room to report itself.
+        self.step(name)
+            .retry(policy)
+            .timeout(timeout + Duration::from_secs(5))
+            .run_with(move |info| async move { crate::call::send(&settings, &info, &request).await })
+            .await
+    }
+
+    /// The worker's call settings (signing key, private targets), for handlers
+    /// that make their own requests inside a step.
+    pub fn call_settings(&self) -> &crate::CallSettings {
+        &self.core.settings.calls
     }
 
     /// Declare how many steps the run expects in all, for progress displays.

@@ -39,6 +39,7 @@
 //! run parallel work through [`Context::all`] / [`Context::join`]): other awaits
 //! are not durable. The [`testing`] module runs workflows without Redis or waiting.
 
+mod call;
 mod context;
 mod error;
 mod history;
@@ -47,9 +48,11 @@ mod runtime;
 pub mod testing;
 mod workflow;
 
+pub use call::{CallRequest, CallResponse, CallSettings, send as send_call};
 pub use context::{Context, Step, StepInfo};
 pub use error::{Error, Result, StepError};
 pub use keel_engine as engine;
+pub use keel_net as net;
 pub use retry::RetryPolicy;
 pub use runtime::{Worker, WorkerBuilder, WorkerError};
 pub use workflow::Workflow;

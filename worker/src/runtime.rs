@@ -99,6 +99,7 @@ pub struct WorkerBuilder {
     worker_id: Option<String>,
     default_retry: Option<RetryPolicy>,
     interceptor: Option<Interceptor>,
+    calls: crate::CallSettings,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -168,6 +169,19 @@ impl WorkerBuilder {
         self
     }
 
+    /// The key `ctx.call(...signed())` signs with (the server's KEEL_SIGNING_KEY,
+    /// so services can verify calls with the key from /v1/webhooks/signing-key).
+    pub fn signing_key(mut self, signer: keel_net::Signer) -> Self {
+        self.calls.signer = Some(signer);
+        self
+    }
+
+    /// Let `ctx.call` reach private and loopback addresses (off by default).
+    pub fn allow_private_targets(mut self, allow: bool) -> Self {
+        self.calls.allow_private_targets = allow;
+        self
+    }
+
     pub(crate) fn interceptor(mut self, interceptor: Interceptor) -> Self {
         self.interceptor = Some(interceptor);
         self
@@ -206,6 +220,7 @@ impl WorkerBuilder {
                 default_retry: self.default_retry.unwrap_or_default(),
                 interceptor: self.interceptor,
                 versions,
+                calls: self.calls,
             }),
             config: WorkerConfig {
                 worker_id,

@@ -4,18 +4,34 @@
 //! - `demo`: a small workflow to try Keel with: steps, an optional sleep, an
 //!   optional wait for an event, and an optional failure.
 //!
-//! (The plan / execute / reflect agent comes next.)
+//! - `agent-http` and `agent-llm`: the plan / execute / reflect agent (see
+//!   [`agent`]) with the starting service's endpoints or an OpenAI-compatible
+//!   model as its handlers.
 
 use std::time::Duration;
+
+pub mod agent;
+pub mod http_agent;
+pub mod llm_agent;
+
+/// The guide in README.md, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeGuide;
 
 use keel_worker::{Context, RetryPolicy, StepError, Workflow};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// The built-in workflows.
+/// The built-in workflows, with the agent's model from the environment.
 pub fn all() -> Vec<Workflow> {
-    vec![bench(), demo()]
+    all_with(llm_agent::LlmConfig::from_env(), RetryPolicy::attempts(5))
+}
+
+/// The built-in workflows, with this model and this retry policy for the agents' calls.
+pub fn all_with(llm: llm_agent::LlmConfig, agent_retry: RetryPolicy) -> Vec<Workflow> {
+    vec![bench(), demo(), http_agent::workflow(agent_retry.clone()), llm_agent::workflow(llm, agent_retry)]
 }
 
 /// Input of `bench`.

@@ -67,7 +67,7 @@ pub async fn start(
     let run_id = body.run_id.map(RunId::new).transpose().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let delay = body.delay.as_deref().map(parse_duration).transpose()?;
     if let Some(url) = &body.callback_url {
-        crate::ssrf::check(url, state.config().allow_private_targets)
+        keel_net::ssrf::check(url, state.config().allow_private_targets)
             .await
             .map_err(|e| ApiError::TargetRefused(e.to_string()))?;
     }

@@ -18,7 +18,7 @@ pub async fn create(
     State(state): State<AppState>,
     Json(body): Json<CreateWebhook>,
 ) -> ApiResult<(StatusCode, Reply<WebhookSubscription>)> {
-    crate::ssrf::check(&body.url, state.config().allow_private_targets)
+    keel_net::ssrf::check(&body.url, state.config().allow_private_targets)
         .await
         .map_err(|e| ApiError::TargetRefused(e.to_string()))?;
     if let Some(workflow) = &body.workflow {
