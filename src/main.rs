@@ -47,6 +47,8 @@ enum Command {
     Retry(cli::client::IdArgs),
     /// Send an event to the runs waiting for it.
     Notify(cli::client::NotifyArgs),
+    /// Measure throughput, latency and cost per step.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +80,7 @@ fn main() -> std::process::ExitCode {
             Command::Resume(args) => cli::client::action(args, "resume").await.map(|()| 0),
             Command::Retry(args) => cli::client::action(args, "retry").await.map(|()| 0),
             Command::Notify(args) => cli::client::notify(args).await.map(|()| 0),
+            Command::Bench(args) => cli::bench::bench(args).await,
         }
     });
     match result {

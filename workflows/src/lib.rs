@@ -41,13 +41,25 @@ pub struct BenchInput {
     /// How many no-op steps (1–1000).
     #[schemars(range(min = 1, max = 1000))]
     pub steps: u32,
+    /// Make each step take this long (ms), to measure the engine's overhead around it.
+    #[serde(default)]
+    #[schemars(range(max = 10000))]
+    pub step_ms: u64,
 }
 
 /// `bench`: S steps, each a no-op returning a small JSON value.
 pub fn bench() -> Workflow {
     Workflow::new("bench", |ctx: Context, input: BenchInput| async move {
+        let pause = Duration::from_millis(input.step_ms.min(10_000));
         for i in 0..input.steps {
-            ctx.step(format!("step-{i}")).run(move || async move { Ok::<_, StepError>(json!({"i": i})) }).await?;
+            ctx.step(format!("step-{i}"))
+                .run(move || async move {
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                    Ok::<_, StepError>(json!({"i": i}))
+                })
+                .await?;
         }
         Ok(json!({"steps": input.steps}))
     })

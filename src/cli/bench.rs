@@ -1,0 +1,314 @@
+//! `keel bench`: an honest, repeatable measurement of throughput, latency and
+//! cost per step. It starts N runs of the built-in `bench` workflow over HTTP at
+//! concurrency C, against a running Keel (`--url`) or against a server, W worker
+//! processes and a private redis-server it starts itself, waits for every run to
+//! finish, and prints one line (or JSON). Latency is from the start request to
+//! completion as the API reports it (`?wait=`).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// How many runs.
+    #[arg(long, default_value_t = 1000)]
+    runs: usize,
+    /// Steps per run.
+    #[arg(long, default_value_t = 3)]
+    steps: u32,
+    /// Runs in flight at once.
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Worker processes to start (when the bench starts Keel itself).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Bench a running Keel at this URL instead of starting one.
+    #[arg(long)]
+    url: Option<String>,
+    /// The running Keel's Redis, for command and memory counts (with --url).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Measure the engine's overhead per step instead: one run of 100 sequential 1 ms steps.
+    #[arg(long)]
+    overhead: bool,
+    /// Print JSON instead of the one line.
+    #[arg(long)]
+    json: bool,
+    /// `appendfsync` of the private redis-server (always, everysec, no).
+    #[arg(long, default_value = "everysec")]
+    fsync: String,
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// CPU time of a process so far (user + system), from /proc.
+fn cpu_ms(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces) start after ") ".
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of /proc/pid/stat, in USER_HZ (100) ticks.
+    (ticks(11) + ticks(12)) * 10.0
+}
+
+struct Redis {
+    conn: redis::aio::MultiplexedConnection,
+}
+
+impl Redis {
+    async fn info(&mut self) -> anyhow::Result<BTreeMap<String, String>> {
+        let text: String = redis::cmd("INFO").arg("everything").query_async(&mut self.conn).await?;
+        Ok(text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_owned(), v.trim().to_owned())).collect())
+    }
+}
+
+/// Commands Redis executed (inside scripts too), from commandstats.
+fn commands(info: &BTreeMap<String, String>) -> u64 {
+    info.iter()
+        .filter(|(k, _)| k.starts_with("cmdstat_") && !k.starts_with("cmdstat_info"))
+        .filter_map(|(_, v)| v.split(',').find_map(|p| p.strip_prefix("calls="))?.parse::<u64>().ok())
+        .sum()
+}
+
+fn redis_cpu_ms(info: &BTreeMap<String, String>) -> f64 {
+    ["used_cpu_sys", "used_cpu_user"].iter().filter_map(|k| info.get(*k)?.parse::<f64>().ok()).sum::<f64>() * 1000.0
+}
+
+struct Started {
+    url: String,
+    redis_url: String,
+    keel: Vec<Proc>,
+    redis: Proc,
+    _dir: std::path::PathBuf,
+}
+
+/// A private redis-server, `keel server` and W `keel worker` processes.
+async fn start_keel(workers: usize, concurrency: usize, fsync: &str) -> anyhow::Result<Started> {
+    let dir = std::env::temp_dir().join(format!("keel-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let redis_port = free_port()?;
+    let redis = Command::new("redis-server")
+        .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+        .args(["--appendfsync", fsync, "--maxmemory-policy", "noeviction", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server (is it installed?)")?;
+    let redis = Proc(redis);
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("redis-server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exe = std::env::current_exe()?;
+    let port = free_port()?;
+    let spawn = |command: &str| -> anyhow::Result<Proc> {
+        Ok(Proc(
+            Command::new(&exe)
+                .arg(command)
+                .env("KEEL_ADDR", format!("127.0.0.1:{port}"))
+                .env("KEEL_REDIS_URL", &redis_url)
+                .env("KEEL_LOG", "warn")
+                .env("KEEL_CONCURRENCY", concurrency.max(32).to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        ))
+    };
+    let mut keel = vec![spawn("server")?];
+    for _ in 0..workers {
+        keel.push(spawn("worker")?);
+    }
+    Ok(Started { url: format!("http://127.0.0.1:{port}"), redis_url, keel, redis, _dir: dir })
+}
+
+async fn wait_for_bench(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{url}/v1/workflows")).send().await
+            && let Ok(v) = r.json::<Value>().await
+            && v["workflows"].as_array().is_some_and(|w| w.iter().any(|w| w["name"] == "bench"))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no worker running the `bench` workflow answered at {url} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One run, start to finish through the API: its latency, or why it failed.
+async fn one_run(http: &reqwest::Client, url: &str, input: &Value) -> anyhow::Result<Duration> {
+    let began = Instant::now();
+    let response =
+        http.post(format!("{url}/v1/workflows/bench/runs?wait=120s")).json(&json!({"input": input})).send().await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    if body["status"] != "completed" {
+        bail!("a run did not complete ({status}): {body}");
+    }
+    Ok(began.elapsed())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
+    let started = match &args.url {
+        Some(_) => None,
+        None => Some(start_keel(args.workers, args.concurrency, &args.fsync).await?),
+    };
+    let url = args.url.clone().or_else(|| started.as_ref().map(|s| s.url.clone())).unwrap_or_default();
+    let redis_url = args.redis_url.clone().or_else(|| started.as_ref().map(|s| s.redis_url.clone()));
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency.max(1)).build()?;
+    wait_for_bench(&http, &url).await?;
+    let mut redis = match &redis_url {
+        Some(u) => Some(Redis { conn: redis::Client::open(u.as_str())?.get_multiplexed_async_connection().await? }),
+        None => None,
+    };
+
+    if args.overhead {
+        // Warm up, then one run of 100 sequential 1 ms steps.
+        one_run(&http, &url, &json!({"steps": 3})).await?;
+        let took = one_run(&http, &url, &json!({"steps": 100, "step_ms": 1})).await?;
+        let overhead = (took.as_secs_f64() * 1000.0 - 100.0) / 100.0;
+        let line = json!({"steps": 100, "step_ms": 1, "wall_ms": took.as_secs_f64() * 1000.0, "overhead_ms_per_step": overhead});
+        if args.json {
+            println!("{line}");
+        } else {
+            println!(
+                "keel-bench-overhead steps=100 step_ms=1 wall_ms={:.1} overhead_ms_per_step={overhead:.3}",
+                took.as_secs_f64() * 1000.0
+            );
+        }
+        return Ok(0);
+    }
+
+    // Warm-up runs (connections, scripts loaded), not counted.
+    for _ in 0..args.concurrency.clamp(1, 20) {
+        one_run(&http, &url, &json!({"steps": args.steps})).await?;
+    }
+    let before = match redis.as_mut() {
+        Some(r) => Some(r.info().await?),
+        None => None,
+    };
+    let pids: Vec<u32> = started.iter().flat_map(|s| s.keel.iter().map(|p| p.0.id()).chain([s.redis.0.id()])).collect();
+    let keel_pids: Vec<u32> = started.iter().flat_map(|s| s.keel.iter().map(|p| p.0.id())).collect();
+    let cpu_before: f64 = keel_pids.iter().map(|p| cpu_ms(*p)).sum();
+    let _ = pids;
+
+    let bar = ProgressBar::new(args.runs as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} runs {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let input = json!({"steps": args.steps});
+    let began = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.runs {
+        let permit = permits.clone().acquire_owned().await?;
+        let (http, url, input, bar) = (http.clone(), url.clone(), input.clone(), bar.clone());
+        tasks.spawn(async move {
+            let result = one_run(&http, &url, &input).await;
+            bar.inc(1);
+            drop(permit);
+            result
+        });
+    }
+    let mut latencies = Vec::with_capacity(args.runs);
+    let mut failures = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        match done? {
+            Ok(latency) => latencies.push(latency),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    let wall = began.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let cpu_keel = keel_pids.iter().map(|p| cpu_ms(*p)).sum::<f64>() - cpu_before;
+    latencies.sort();
+
+    let after = match redis.as_mut() {
+        Some(r) => Some(r.info().await?),
+        None => None,
+    };
+    let total_steps = (args.runs as f64) * f64::from(args.steps);
+    let (cmds_per_step, bytes_per_run, cpu_redis) = match (&before, &after) {
+        (Some(b), Some(a)) => {
+            let used =
+                |i: &BTreeMap<String, String>| i.get("used_memory").and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (
+                Some((commands(a) - commands(b)) as f64 / total_steps),
+                Some((used(a) - used(b)) / args.runs as f64),
+                Some(redis_cpu_ms(a) - redis_cpu_ms(b)),
+            )
+        }
+        _ => (None, None, None),
+    };
+    let cpu_per_run = if started.is_some() { cpu_redis.map(|r| (r + cpu_keel) / args.runs as f64) } else { None };
+    let fmt = |v: Option<f64>, digits: usize| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"));
+    let report = json!({
+        "runs": args.runs, "steps": args.steps, "concurrency": args.concurrency,
+        "workers": if started.is_some() { json!(args.workers) } else { json!(null) },
+        "wall_s": wall, "runs_per_s": args.runs as f64 / wall, "steps_per_s": total_steps / wall,
+        "p50_ms": percentile(&latencies, 0.5), "p99_ms": percentile(&latencies, 0.99),
+        "cpu_ms_per_run": cpu_per_run, "redis_cmds_per_step": cmds_per_step, "bytes_per_run": bytes_per_run,
+        "failed": failures.len(),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "keel-bench runs={} steps={} concurrency={} workers={} wall_s={wall:.2} runs_per_s={:.0} steps_per_s={:.0} p50_ms={:.2} p99_ms={:.2} cpu_ms_per_run={} redis_cmds_per_step={} bytes_per_run={}",
+            args.runs,
+            args.steps,
+            args.concurrency,
+            if started.is_some() { args.workers.to_string() } else { "external".into() },
+            args.runs as f64 / wall,
+            total_steps / wall,
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            fmt(cpu_per_run, 3),
+            fmt(cmds_per_step, 1),
+            fmt(bytes_per_run, 0),
+        );
+    }
+    if !failures.is_empty() {
+        eprintln!("{} of {} runs did not complete; first: {}", failures.len(), args.runs, failures[0]);
+        return Ok(1);
+    }
+    Ok(0)
+}
