@@ -67,6 +67,8 @@ struct Inner {
     signer: Signer,
     metrics: Metrics,
     schemas: util::SchemaCache,
+    /// Live workflows, and when they were read.
+    workflows: std::sync::Mutex<Option<(std::time::Instant, Vec<keel_proto::http::WorkflowView>)>>,
 }
 
 impl AppState {
@@ -78,6 +80,7 @@ impl AppState {
                 signer,
                 metrics: Metrics::default(),
                 schemas: util::SchemaCache::default(),
+                workflows: std::sync::Mutex::new(None),
             }),
         }
     }

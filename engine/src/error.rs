@@ -27,6 +27,9 @@ pub enum Error {
     Corrupt { what: String, detail: String },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A queue's consumer group is missing (Redis restarted empty); the store recreates it.
+    #[error("a queue's consumer group is missing")]
+    NoGroup,
     #[error("redis did not answer within {0:?}")]
     Timeout(std::time::Duration),
 }

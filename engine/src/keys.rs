@@ -42,6 +42,16 @@ impl Keys {
         format!("{}:run:{{{id}}}:lease", self.prefix)
     }
 
+    /// String with a TTL: somebody long-polls this run's result.
+    pub fn watch(&self, id: &RunId) -> String {
+        format!("{}:run:{{{id}}}:watch", self.prefix)
+    }
+
+    /// Stream (one entry, with a TTL): the run ended, for the long-pollers.
+    pub fn end(&self, id: &RunId) -> String {
+        format!("{}:run:{{{id}}}:end", self.prefix)
+    }
+
     /// Stream + consumer group [`GROUP`]: tasks of one workflow.
     pub fn queue(&self, workflow: &str) -> String {
         format!("{}:queue:{workflow}", self.prefix)

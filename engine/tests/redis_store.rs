@@ -90,6 +90,7 @@ async fn stored_messages_match_the_committed_wire_schemas() {
                     step_id: "plan".into(),
                     attempt: 1,
                     output: json!({"steps": ["a"]}),
+                    pos: None,
                     duration_ms: None,
                 },
             ],
@@ -201,6 +202,8 @@ async fn lua_key_names_match_keys_rs() {
         keys.outbox(),
         keys.webhook_jobs(),
         keys.stats(),
+        keys.watch(&id),
+        keys.end(&id),
     ];
     assert_eq!(from_lua, from_rust);
     assert!(keys.run(&id).ends_with(":run:{r-1}"), "a run's keys share the hash tag {{run_id}}");
@@ -256,8 +259,13 @@ async fn acknowledged_writes_survive_a_redis_kill_with_appendfsync_always() {
         ids.push(store.create_run(req).await.unwrap().run_id);
     }
     let task = store.claim(&claim_req("w1")).await.unwrap().remove(0);
-    let step =
-        JournalEvent::StepCompleted { step_id: "a".into(), attempt: 1, output: json!("kept"), duration_ms: None };
+    let step = JournalEvent::StepCompleted {
+        step_id: "a".into(),
+        attempt: 1,
+        output: json!("kept"),
+        pos: None,
+        duration_ms: None,
+    };
     store.append(&task.lease, &[step.clone()]).await.unwrap();
     let done = store.claim(&claim_req("w1")).await.unwrap().remove(0);
     store.finish(&done.lease, &[], Finish::Complete { output: json!("done") }).await.unwrap();

@@ -44,6 +44,8 @@ pub enum JournalEvent {
         labels: BTreeMap<String, String>,
     },
     /// An attempt of a step began (its side effects may happen from here on).
+    /// Written only for attempts that take a while: a fast step goes straight to
+    /// `step_completed` (one journal write per step).
     StepStarted {
         step_id: String,
         attempt: u32,
@@ -57,6 +59,10 @@ pub enum JournalEvent {
         step_id: String,
         attempt: u32,
         output: Value,
+        /// Where the workflow reached the step, when this is its first entry (a
+        /// fast step has no `step_started`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pos: Option<String>,
         /// How long the successful attempt took, as the worker measured it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         duration_ms: Option<u64>,
@@ -68,6 +74,9 @@ pub enum JournalEvent {
         error: ErrorInfo,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_at_ms: Option<u64>,
+        /// As for `step_completed`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pos: Option<String>,
     },
     /// A durable sleep began; the run wakes at `fire_at_ms` (server time).
     TimerScheduled {
@@ -154,6 +163,8 @@ impl JournalEvent {
     pub fn pos(&self) -> Option<&str> {
         match self {
             Self::StepStarted { pos, .. }
+            | Self::StepCompleted { pos, .. }
+            | Self::StepFailed { pos, .. }
             | Self::TimerScheduled { pos, .. }
             | Self::WaitStarted { pos, .. }
             | Self::ChildStarted { pos, .. } => pos.as_deref(),
@@ -197,6 +208,7 @@ mod tests {
             step_id: "plan".into(),
             attempt: 2,
             output: json!({"items": [1, 2]}),
+            pos: None,
             duration_ms: None,
         });
         let text = serde_json::to_value(&entry).unwrap();

@@ -57,9 +57,16 @@ fn every_event() -> Vec<JournalEvent> {
             step_id: "plan".into(),
             attempt: 1,
             output: json!([1, 2]),
+            pos: None,
             duration_ms: Some(12),
         },
-        JournalEvent::StepFailed { step_id: "fetch-1".into(), attempt: 1, error: error.clone(), retry_at_ms: Some(5) },
+        JournalEvent::StepFailed {
+            step_id: "fetch-1".into(),
+            attempt: 1,
+            error: error.clone(),
+            retry_at_ms: Some(5),
+            pos: None,
+        },
         JournalEvent::TimerScheduled { step_id: "nap".into(), fire_at_ms: 1_700_000_000_000, pos: None },
         JournalEvent::TimerFired { step_id: "nap".into() },
         JournalEvent::WaitStarted {

@@ -27,6 +27,10 @@ use crate::history::{
 };
 use crate::{Error, Result, RetryPolicy, StepError};
 
+/// A step attempt that runs longer than this is journaled as started before it
+/// ends; a faster one only by its result.
+const STARTED_AFTER: Duration = Duration::from_millis(10);
+
 /// What a step's code learns about the attempt it runs in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepInfo {
@@ -845,22 +849,38 @@ impl Step {
             StepDecision::WaitUntil(at) => return active.block_until(at).await,
             StepDecision::Execute { attempt } => attempt,
         };
-        let started = JournalEvent::StepStarted { step_id: step_id.clone(), attempt, pos: Some(active.pos.clone()) };
-        if core.append(vec![started]).await.is_none() {
-            return active.halt().await;
-        }
         let run_id = core.lease.run_id.clone();
         let info =
             StepInfo { idempotency_key: format!("{run_id}:{step_id}"), run_id, step_id: step_id.clone(), attempt };
+        // A fast attempt is journaled once, by its result; one that runs longer
+        // than STARTED_AFTER is first journaled as started (so its attempt count is
+        // durable and dashboards see it running). The first entry carries the place.
+        let mut started = false;
         let injected = core.settings.interceptor.as_ref().and_then(|intercept| intercept(&info));
         let outcome: Result<(T, Duration), (ErrorInfo, Option<StepError>)> = match injected {
             Some(err) => Err((ErrorInfo::new(err.kind_name(), err.message()), Some(err))),
             None => {
-                let work = f(info);
                 let began = Instant::now();
-                let result = match self.timeout {
-                    Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| limit),
-                    None => Ok(work.await),
+                let limit = self.timeout;
+                let work = f(info);
+                let bounded = async move {
+                    match limit {
+                        Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| limit),
+                        None => Ok(work.await),
+                    }
+                };
+                tokio::pin!(bounded);
+                let result = tokio::select! {
+                    biased;
+                    result = &mut bounded => result,
+                    () = tokio::time::sleep(STARTED_AFTER) => {
+                        let entry = JournalEvent::StepStarted { step_id: step_id.clone(), attempt, pos: Some(active.pos.clone()) };
+                        if core.append(vec![entry]).await.is_none() {
+                            return active.halt().await;
+                        }
+                        started = true;
+                        bounded.await
+                    }
                 };
                 match result {
                     Ok(Ok(value)) => Ok((value, began.elapsed())),
@@ -871,6 +891,7 @@ impl Step {
                 }
             }
         };
+        let pos = (attempt == 1 && !started).then(|| active.pos.clone());
         match outcome {
             Ok((value, took)) => {
                 let output = match serde_json::to_value(&value) {
@@ -879,14 +900,15 @@ impl Step {
                         let error = ErrorInfo::new("encode_failed", format!("the step's result is not JSON: {e}"))
                             .in_step(&step_id);
                         let failed =
-                            JournalEvent::StepFailed { step_id, attempt, error: error.clone(), retry_at_ms: None };
+                            JournalEvent::StepFailed { step_id, attempt, error: error.clone(), retry_at_ms: None, pos };
                         if core.append(vec![failed]).await.is_none() {
                             return active.halt().await;
                         }
                         return Err(Error::from_info(error));
                     }
                 };
-                let done = JournalEvent::StepCompleted { step_id, attempt, output, duration_ms: Some(millis(took)) };
+                let done =
+                    JournalEvent::StepCompleted { step_id, attempt, output, pos, duration_ms: Some(millis(took)) };
                 if core.append(vec![done]).await.is_none() {
                     return active.halt().await;
                 }
@@ -903,13 +925,14 @@ impl Step {
                         .unwrap_or_else(|| policy.delay_after(attempt));
                     let retry_at = core.now_ms() + millis(delay);
                     tracing::debug!(run_id = %core.lease.run_id, step = %step_id, attempt, ?delay, "step attempt failed; retrying");
-                    let failed = JournalEvent::StepFailed { step_id, attempt, error, retry_at_ms: Some(retry_at) };
+                    let failed = JournalEvent::StepFailed { step_id, attempt, error, retry_at_ms: Some(retry_at), pos };
                     if core.append(vec![failed]).await.is_none() {
                         return active.halt().await;
                     }
                     active.block_until(retry_at).await
                 } else {
-                    let failed = JournalEvent::StepFailed { step_id, attempt, error: error.clone(), retry_at_ms: None };
+                    let failed =
+                        JournalEvent::StepFailed { step_id, attempt, error: error.clone(), retry_at_ms: None, pos };
                     if core.append(vec![failed]).await.is_none() {
                         return active.halt().await;
                     }

@@ -291,12 +291,19 @@ mod tests {
             attempt,
             error: ErrorInfo::new("step_failed", "boom"),
             retry_at_ms,
+            pos: None,
         }
     }
 
     #[test]
     fn step_decisions() {
-        let done = JournalEvent::StepCompleted { step_id: "s".into(), attempt: 2, output: json!(7), duration_ms: None };
+        let done = JournalEvent::StepCompleted {
+            step_id: "s".into(),
+            attempt: 2,
+            output: json!(7),
+            pos: None,
+            duration_ms: None,
+        };
         let cases: Vec<(&str, Vec<JournalEvent>, u64, StepDecision)> = vec![
             ("never seen", vec![], 0, StepDecision::Execute { attempt: 1 }),
             ("completed", vec![started("s", 1), done.clone()], 0, StepDecision::Replay(json!(7))),

@@ -20,10 +20,13 @@
 //! let run = env.run_to_end("remind", "ann").await;
 //! assert_eq!(run.status, RunStatus::Completed);
 //! assert_eq!(run.output, Some(serde_json::json!("reminded ann")));
-//! let attempts = env.journal(&run.run_id).await.iter().filter(|r| {
-//!     matches!(r.entry.event, keel_engine::proto::JournalEvent::StepStarted { .. })
-//! }).count();
-//! assert_eq!(attempts, 2);
+//! // The journal: the failed attempt, then the result of the second.
+//! let attempts: Vec<u32> = env.journal(&run.run_id).await.iter().filter_map(|r| match &r.entry.event {
+//!     keel_engine::proto::JournalEvent::StepFailed { attempt, .. }
+//!     | keel_engine::proto::JournalEvent::StepCompleted { attempt, .. } => Some(*attempt),
+//!     _ => None,
+//! }).collect();
+//! assert_eq!(attempts, [1, 2]);
 //! # });
 //! ```
 

@@ -16,7 +16,6 @@ use keel_engine::{CancelOutcome, CreateRun, PauseOutcome, ResumeOutcome, RunQuer
 use keel_proto::http::{RunAction, RunDetail, RunResult, StartRunRequest, StepView};
 use keel_proto::{JournalEvent, JournalRecord, RunId, RunPage, RunStatus, RunSummary};
 use serde::Deserialize;
-use tokio::time::Instant;
 
 use super::run_id;
 use crate::AppState;
@@ -59,8 +58,7 @@ pub async fn start(
     };
     keel_proto::validate_workflow_name(&name).map_err(|_| unknown())?;
     let wait = query.wait.as_deref().map(parse_duration).transpose()?;
-    let workflows = super::workflows::live_workflows(&state).await?;
-    let workflow = workflows.iter().find(|w| w.name == name).ok_or_else(unknown)?;
+    let workflow = super::workflows::live_workflow(&state, &name).await?.ok_or_else(unknown)?;
     if let Some(schema) = &workflow.input_schema {
         state.inner.schemas.check(schema, &body.input)?;
     }
@@ -102,8 +100,11 @@ pub async fn start(
         return Ok((code, Reply(result_of(run, Some(created.created)))).into_response());
     }
     let code = if created.created { StatusCode::CREATED } else { StatusCode::OK };
-    let run = state.store().get_run(&created.run_id).await?;
-    let status = run.map_or(RunStatus::Pending, |r| r.status);
+    let status = match (created.created, delay) {
+        (true, Some(d)) if !d.is_zero() => RunStatus::Sleeping,
+        (true, _) => RunStatus::Pending,
+        (false, _) => state.store().get_run(&created.run_id).await?.map_or(RunStatus::Pending, |r| r.status),
+    };
     Ok((
         code,
         Reply(RunResult { run_id: created.run_id, status, created: Some(created.created), output: None, error: None }),
@@ -122,29 +123,14 @@ fn result_of(run: RunSummary, created: Option<bool>) -> RunResult {
     }
 }
 
-/// Wait until the run is final or `wait` passes, blocking on its journal stream
-/// (XREAD BLOCK), never polling.
+/// Wait until the run is final or `wait` passes: one blocking read on the run's
+/// end signal (XREAD BLOCK), never polling.
 async fn wait_final(state: &AppState, id: &RunId, wait: Duration) -> ApiResult<RunSummary> {
-    let deadline = Instant::now() + wait.min(state.config().max_wait);
-    let mut after: Option<String> = None;
-    loop {
-        let run = state
-            .store()
-            .get_run(id)
-            .await?
-            .ok_or_else(|| ApiError::RunNotFound(format!("run {id} does not exist")))?;
-        if run.status.is_final() {
-            return Ok(run);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(run);
-        }
-        let records = state.store().watch_journal(id, after.as_deref(), left.min(Duration::from_secs(10))).await?;
-        if let Some(last) = records.last() {
-            after = Some(last.seq.clone());
-        }
-    }
+    state
+        .store()
+        .wait_finished(id, wait.min(state.config().max_wait))
+        .await?
+        .ok_or_else(|| ApiError::RunNotFound(format!("run {id} does not exist")))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -229,12 +215,19 @@ pub(crate) fn steps_of(journal: &[JournalRecord]) -> Vec<StepView> {
                 step.attempts = step.attempts.max(*attempt);
                 step.status = "running".into();
             }
-            JournalEvent::StepCompleted { output, duration_ms, .. } => {
+            JournalEvent::StepCompleted { output, duration_ms, attempt, .. } => {
+                step.attempts = step.attempts.max(*attempt);
+                let mut finish = |status: &str, output: Option<serde_json::Value>| {
+                    step.status = status.into();
+                    step.finished_at_ms = Some(record.at_ms);
+                    step.output = output;
+                };
                 finish("completed", Some(output.clone()));
                 step.duration_ms = *duration_ms;
                 step.error = None;
             }
-            JournalEvent::StepFailed { error, retry_at_ms, .. } => {
+            JournalEvent::StepFailed { error, retry_at_ms, attempt, .. } => {
+                step.attempts = step.attempts.max(*attempt);
                 step.error = Some(error.clone());
                 if retry_at_ms.is_some() {
                     step.status = "retrying".into();

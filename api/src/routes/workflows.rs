@@ -15,6 +15,22 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<WorkflowList>
     Ok(Json(WorkflowList { workflows: live_workflows(&state).await? }))
 }
 
+/// One live workflow, from a cache refreshed every second (and at once when the
+/// name is not in it, so a worker that just started is seen).
+pub(crate) async fn live_workflow(state: &AppState, name: &str) -> ApiResult<Option<WorkflowView>> {
+    let cached = state.inner.workflows.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some((at, views)) = cached
+        && at.elapsed() < std::time::Duration::from_secs(1)
+        && let Some(view) = views.iter().find(|w| w.name == name)
+    {
+        return Ok(Some(view.clone()));
+    }
+    let views = live_workflows(state).await?;
+    let found = views.iter().find(|w| w.name == name).cloned();
+    *state.inner.workflows.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), views));
+    Ok(found)
+}
+
 pub(crate) async fn live_workflows(state: &AppState) -> ApiResult<Vec<WorkflowView>> {
     let mut views: BTreeMap<String, (BTreeSet<u32>, Option<serde_json::Value>, u32)> = BTreeMap::new();
     for worker in state.store().list_workers().await? {

@@ -1112,6 +1112,22 @@ impl Store for MemoryStore {
         }
     }
 
+    async fn wait_finished(&self, run_id: &RunId, timeout: Duration) -> Result<Option<RunSummary>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let run = self.get_run(run_id).await?;
+            if run.as_ref().is_none_or(|r| r.status.is_final()) {
+                return Ok(run);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.get_run(run_id).await;
+            }
+        }
+    }
+
     async fn put_webhook(&self, subscription: &WebhookSubscription) -> Result<()> {
         self.state().webhooks.insert(subscription.id.clone(), subscription.clone());
         Ok(())

@@ -300,6 +300,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// (for long-polls and live progress; Redis: XREAD BLOCK, never polling).
     async fn watch_journal(&self, run_id: &RunId, after: Option<&str>, block: Duration) -> Result<Vec<JournalRecord>>;
 
+    /// Wait up to `timeout` for the run to end (one blocking read on its end
+    /// signal, not a wake-up per journal entry). The run as it stands then; `None`
+    /// if it does not exist.
+    async fn wait_finished(&self, run_id: &RunId, timeout: Duration) -> Result<Option<RunSummary>>;
+
     /// Add or replace a webhook subscription.
     async fn put_webhook(&self, subscription: &WebhookSubscription) -> Result<()>;
 

@@ -57,7 +57,7 @@ async fn journal_types(store: &dyn Store, id: &RunId) -> Vec<String> {
 }
 
 fn step_done(step: &str, output: serde_json::Value) -> JournalEvent {
-    JournalEvent::StepCompleted { step_id: step.into(), attempt: 1, output, duration_ms: None }
+    JournalEvent::StepCompleted { step_id: step.into(), attempt: 1, output, pos: None, duration_ms: None }
 }
 
 async fn sleep_ms(ms: u64) {
@@ -1305,6 +1305,7 @@ pub async fn stats_count_runs_steps_and_queues(f: Fixture) {
         step_id: "a".into(),
         attempt: 1,
         output: json!({"duration_ms": 1}),
+        pos: Some(":0".into()),
         duration_ms: Some(42),
     };
     s.finish(&task.lease, &[done], Finish::Complete { output: json!(1) }).await.unwrap();
@@ -1319,4 +1320,31 @@ pub async fn stats_count_runs_steps_and_queues(f: Fixture) {
     assert_eq!(stats.runs_by_status.get(&RunStatus::Running), Some(&1));
     assert_eq!(stats.runs_by_status.get(&RunStatus::Pending), Some(&1));
     assert_eq!(stats.dead_letters, 0);
+}
+
+pub async fn wait_finished_wakes_when_the_run_ends(f: Fixture) {
+    let store = f.store.clone();
+    assert!(store.wait_finished(&RunId::new("nope").unwrap(), Duration::from_millis(50)).await.unwrap().is_none());
+    let id = store.create_run(start(json!(1))).await.unwrap().run_id;
+    let began = std::time::Instant::now();
+    let pending = store.wait_finished(&id, Duration::from_millis(300)).await.unwrap().unwrap();
+    assert_eq!(pending.status, RunStatus::Pending, "not finished within the wait");
+    assert!(began.elapsed() >= Duration::from_millis(250));
+    let waiter = {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move { store.wait_finished(&id, Duration::from_secs(10)).await })
+    };
+    sleep_ms(200).await;
+    let task = claim_one(store.as_ref(), "w").await;
+    store.append(&task.lease, &[step_done("a", json!(1))]).await.unwrap();
+    sleep_ms(100).await;
+    assert!(!waiter.is_finished(), "a step does not wake the waiter; the end does");
+    store.finish(&task.lease, &[], Finish::Complete { output: json!("done") }).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woke").unwrap().unwrap().unwrap();
+    assert_eq!((done.status, done.output), (RunStatus::Completed, Some(json!("done"))));
+    let again = store.wait_finished(&id, Duration::from_secs(10)).await.unwrap().unwrap();
+    assert_eq!(again.status, RunStatus::Completed, "a finished run answers at once");
+    if let Some(keys) = f.redis_keys_mentioning(id.as_str()).await {
+        assert!(keys.iter().any(|k| k.ends_with(":end")), "the end signal is there for late waiters: {keys:?}");
+    }
 }

@@ -68,4 +68,5 @@ conformance!(
     listing_filters_by_label,
     webhook_events_flow_from_outbox_to_jobs_and_logs,
     stats_count_runs_steps_and_queues,
+    wait_finished_wakes_when_the_run_ends,
 );

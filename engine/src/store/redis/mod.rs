@@ -174,6 +174,12 @@ impl RedisStore {
     {
         self.ensure_groups(workflows).await?;
         match op().await {
+            Err(Error::NoGroup) => {
+                tracing::warn!("a queue's consumer group vanished (Redis restarted empty?); recreating it");
+                self.forget_groups();
+                self.ensure_groups(workflows).await?;
+                op().await
+            }
             Err(Error::Redis(e)) if e.code() == Some("NOGROUP") => {
                 tracing::warn!("a queue's consumer group vanished (Redis restarted empty?); recreating it");
                 self.forget_groups();
@@ -268,56 +274,84 @@ impl RedisStore {
         Ok(out)
     }
 
-    async fn claim_deliveries(&self, req: &Claim, deliveries: Vec<Delivery>) -> Result<Vec<ClaimedTask>> {
-        let mut claimed = Vec::with_capacity(deliveries.len());
+    /// The settings every claim script takes: what to write if a task is dead-lettered.
+    fn claim_settings(&self, req: &Claim) -> Result<[String; 10]> {
         let reason = super::dead_letter_reason(self.config.max_deliveries);
         let error = ErrorInfo::new("dead_lettered", reason.clone());
-        let failed = encode_event(&JournalEvent::RunFailed { error: error.clone() })?;
-        let error_json = to_json(&error)?;
-        let child_outcome = to_json(&ChildOutcome::Failed { error: error.clone() })?;
+        Ok([
+            req.worker_id.clone(),
+            (req.lease.as_millis() as u64).to_string(),
+            self.config.max_deliveries.to_string(),
+            reason,
+            encode_event(&JournalEvent::RunFailed { error: error.clone() })?,
+            to_json(&error)?,
+            (self.config.retention.as_millis() as u64).to_string(),
+            to_json(&ChildOutcome::Failed { error })?,
+            (self.config.event_lookback.as_millis().max(1) as u64).to_string(),
+            self.config.event_lookback_max.max(1).to_string(),
+        ])
+    }
+
+    /// A `CLAIMED` reply: `[CLAIMED, epoch, deliveries, now, hash, journal, run id, task id, workflow]`.
+    fn claimed_from(reply: &[Value], worker_id: &str) -> Result<ClaimedTask> {
+        let run_id = RunId::new(text(&reply[6])?)?;
+        Ok(ClaimedTask {
+            run: summary_from_hash(&run_id, pairs(&reply[4])?)?,
+            journal: journal_from_stream(&reply[5])?,
+            deliveries: int(&reply[2])? as u32,
+            now_ms: text(&reply[3])?.parse().map_err(|e| Error::corrupt("claim time", e))?,
+            lease: Lease {
+                run_id,
+                workflow: text(&reply[8])?,
+                worker_id: worker_id.to_owned(),
+                epoch: int(&reply[1])? as u64,
+                task_id: text(&reply[7])?,
+            },
+        })
+    }
+
+    /// The fast path: read and claim new tasks in one script, without blocking.
+    async fn claim_batch(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
+        let mut invocation = self.scripts.claim_batch.prepare_invoke();
+        invocation.arg(self.keys.prefix());
+        for setting in self.claim_settings(req)? {
+            invocation.arg(setting);
+        }
+        invocation.arg(req.max.max(1)).arg(req.workflows.len());
+        for workflow in &req.workflows {
+            invocation.arg(workflow);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Value = invocation.invoke_async(&mut conn).await?;
+        let reply = array(&reply)?;
+        if text(&reply[0])? == "NOGROUP" {
+            return Err(Error::NoGroup);
+        }
+        array(reply.get(1).unwrap_or(&Value::Nil))?
+            .iter()
+            .map(|claimed| Self::claimed_from(array(claimed)?, &req.worker_id))
+            .collect()
+    }
+
+    async fn claim_deliveries(&self, req: &Claim, deliveries: Vec<Delivery>) -> Result<Vec<ClaimedTask>> {
+        let mut claimed = Vec::with_capacity(deliveries.len());
+        let settings = self.claim_settings(req)?;
         let mut conn = self.conn.clone();
         for delivery in deliveries {
-            let reply: Value = self
-                .scripts
-                .claim
-                .prepare_invoke()
+            let mut invocation = self.scripts.claim.prepare_invoke();
+            invocation
                 .arg(self.keys.prefix())
                 .arg(&delivery.workflow)
                 .arg(&delivery.task_id)
-                .arg(delivery.run_id.as_str())
-                .arg(&req.worker_id)
-                .arg(req.lease.as_millis() as u64)
-                .arg(self.config.max_deliveries)
-                .arg(&reason)
-                .arg(&failed)
-                .arg(&error_json)
-                .arg(self.config.retention.as_millis() as u64)
-                .arg(&child_outcome)
-                .arg(self.config.event_lookback.as_millis().max(1) as u64)
-                .arg(self.config.event_lookback_max.max(1))
-                .invoke_async(&mut conn)
-                .await?;
+                .arg(delivery.run_id.as_str());
+            for setting in &settings {
+                invocation.arg(setting);
+            }
+            let reply: Value = invocation.invoke_async(&mut conn).await?;
             let reply = array(&reply)?;
             match text(&reply[0])?.as_str() {
-                "CLAIMED" => {
-                    let epoch = int(&reply[1])? as u64;
-                    let run = summary_from_hash(&delivery.run_id, pairs(&reply[4])?)?;
-                    let journal = journal_from_stream(&reply[5])?;
-                    claimed.push(ClaimedTask {
-                        lease: Lease {
-                            run_id: delivery.run_id,
-                            workflow: delivery.workflow,
-                            worker_id: req.worker_id.clone(),
-                            epoch,
-                            task_id: delivery.task_id,
-                        },
-                        run,
-                        journal,
-                        deliveries: int(&reply[2])? as u32,
-                        now_ms: text(&reply[3])?.parse().map_err(|e| Error::corrupt("claim time", e))?,
-                    });
-                }
-                "DEAD" => tracing::warn!(run_id = %delivery.run_id, "task dead-lettered: {reason}"),
+                "CLAIMED" => claimed.push(Self::claimed_from(reply, &req.worker_id)?),
+                "DEAD" => tracing::warn!(run_id = %delivery.run_id, "task dead-lettered: {}", settings[3]),
                 other => tracing::debug!(
                     run_id = %delivery.run_id, outcome = other, detail = ?reply.get(1),
                     "delivery not claimed"
@@ -527,6 +561,11 @@ impl Store for RedisStore {
 
     async fn claim(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
         validate_claim(req)?;
+        // Under load the queues are never empty: one script reads and claims.
+        let fast = self.with_groups(&req.workflows, || self.claim_batch(req)).await?;
+        if !fast.is_empty() || req.block.is_zero() {
+            return Ok(fast);
+        }
         let deliveries = self.with_groups(&req.workflows, || self.read_new(req)).await?;
         self.claim_deliveries(req, deliveries).await
     }
@@ -855,6 +894,36 @@ impl Store for RedisStore {
             out.extend(journal_from_stream(stream.get(1).unwrap_or(&Value::Nil))?);
         }
         Ok(out)
+    }
+
+    async fn wait_finished(&self, run_id: &RunId, timeout: Duration) -> Result<Option<RunSummary>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let block = left.min(Duration::from_secs(10));
+            let mut conn = self.conn.clone();
+            let state: String = self
+                .scripts
+                .watch
+                .prepare_invoke()
+                .arg(self.keys.prefix())
+                .arg(run_id.as_str())
+                .arg(block.as_millis() as u64 + 5000)
+                .invoke_async(&mut conn)
+                .await?;
+            match state.as_str() {
+                "NONE" => return Ok(None),
+                "FINAL" => return self.get_run(run_id).await,
+                _ if block.is_zero() => return self.get_run(run_id).await,
+                _ => {}
+            }
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64).arg("STREAMS").arg(self.keys.end(run_id)).arg("0-0");
+            let ended = !matches!(self.blocking_query(cmd, block).await?, Value::Nil);
+            if ended || tokio::time::Instant::now() >= deadline {
+                return self.get_run(run_id).await;
+            }
+        }
     }
 
     async fn put_webhook(&self, subscription: &WebhookSubscription) -> Result<()> {

@@ -28,6 +28,8 @@ pub(super) struct Scripts {
     pub fanout: Script,
     pub jobs_due: Script,
     pub job_update: Script,
+    pub claim_batch: Script,
+    pub watch: Script,
 }
 
 impl Scripts {
@@ -51,6 +53,8 @@ impl Scripts {
             fanout: script!("fanout.lua"),
             jobs_due: script!("jobs_due.lua"),
             job_update: script!("job_update.lua"),
+            claim_batch: script!("claim_batch.lua"),
+            watch: script!("watch.lua"),
         }
     }
 }

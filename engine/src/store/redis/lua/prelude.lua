@@ -10,6 +10,8 @@ local GROUP = 'keel'
 local function k_run(id) return P .. ':run:{' .. id .. '}' end
 local function k_journal(id) return P .. ':run:{' .. id .. '}:journal' end
 local function k_lease(id) return P .. ':run:{' .. id .. '}:lease' end
+local function k_watch(id) return P .. ':run:{' .. id .. '}:watch' end
+local function k_end(id) return P .. ':run:{' .. id .. '}:end' end
 local function k_queue(wf) return P .. ':queue:' .. wf end
 local function k_runs_wf(wf) return P .. ':runs:wf:' .. wf end
 local function k_runs_status(st) return P .. ':runs:status:' .. st end
@@ -42,6 +44,13 @@ local HOOKS = {
   run_completed = 'run.completed', run_failed = 'run.failed', run_cancelled = 'run.cancelled',
 }
 
+-- Whether any webhook subscription exists, read once per script.
+local HOOKS_EXIST = nil
+local function hooks_exist()
+  if HOOKS_EXIST == nil then HOOKS_EXIST = redis.call('EXISTS', K_HOOKS) == 1 end
+  return HOOKS_EXIST
+end
+
 -- Append one journal entry. When anyone listens (a webhook subscription exists,
 -- or the run has a callback URL) and it is a webhook event, it also goes to the
 -- outbox, in the same atomic step. (Entries are serialized `{"v":N,"type":...`.)
@@ -53,10 +62,17 @@ local STATS = {
 }
 local STEP_MS_BUCKETS = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000 }
 
+-- The workflow of each run touched by this script, read once.
+local WORKFLOW_OF = {}
+
 local function count_stats(id, kind, entry)
   local stat = STATS[kind]
   if not stat then return end
-  local wf = redis.call('HGET', k_run(id), 'wf') or '?'
+  local wf = WORKFLOW_OF[id]
+  if not wf then
+    wf = redis.call('HGET', k_run(id), 'wf') or '?'
+    WORKFLOW_OF[id] = wf
+  end
   redis.call('HINCRBY', K_STATS, wf .. '|' .. stat, 1)
   -- duration_ms is the entry's last field: anchored at the end, a step's own
   -- output can not fake it.
@@ -76,7 +92,7 @@ local function journal_add(id, entry)
   local kind = string.match(entry, '^{"v":%d+,"type":"([a-z_]+)"') or ''
   count_stats(id, kind, entry)
   local hook = HOOKS[kind]
-  if hook and (redis.call('EXISTS', K_HOOKS) == 1 or redis.call('HEXISTS', k_run(id), 'cb') == 1) then
+  if hook and (hooks_exist() or redis.call('HEXISTS', k_run(id), 'cb') == 1) then
     redis.call('XADD', K_OUTBOX, '*', 'run_id', id, 'seq', seq, 'type', hook)
   end
   return seq
@@ -139,6 +155,12 @@ local function finalize(id, st, new, created, now, retention_ms)
   redis.call('HDEL', k_run(id), 'cr', 'pz')
   redis.call('DEL', k_lease(id))
   redis.call('ZADD', K_RETENTION, now + retention_ms, id)
+  -- Somebody waits for this run's result (a long-poll): wake them. Only then,
+  -- so runs nobody waits for pay nothing.
+  if redis.call('EXISTS', k_watch(id)) == 1 then
+    redis.call('XADD', k_end(id), 'MAXLEN', '1', '*', 's', new)
+    redis.call('PEXPIRE', k_end(id), 60000)
+  end
 end
 
 -- The fence: the caller's epoch must still be the run's and the run still running.
@@ -147,6 +169,7 @@ end
 local function fenced(id, worker, epoch)
   local h = redis.call('HMGET', k_run(id), 'ep', 'st', 'wf', 'ca', 'cr', 'task', 'pz')
   if h[1] ~= epoch or h[2] ~= 'running' then return nil end
+  WORKFLOW_OF[id] = h[3]
   local holder = redis.call('GET', k_lease(id))
   if holder and holder ~= worker .. ':' .. epoch then return nil end
   return h
@@ -163,9 +186,10 @@ end
 
 local function apply_patch(id, delta, cur, total, now)
   if delta ~= '0' then redis.call('HINCRBY', k_run(id), 'cs', delta) end
-  if cur ~= '' then redis.call('HSET', k_run(id), 'cur', cur) end
-  if total ~= '' then redis.call('HSET', k_run(id), 'ts', total) end
-  redis.call('HSET', k_run(id), 'ua', n2s(now))
+  local fields = { 'ua', n2s(now) }
+  if cur ~= '' then fields[#fields + 1] = 'cur'; fields[#fields + 1] = cur end
+  if total ~= '' then fields[#fields + 1] = 'ts'; fields[#fields + 1] = total end
+  redis.call('HSET', k_run(id), unpack(fields))
 end
 
 local function parse_id(s)
@@ -218,4 +242,48 @@ local function notify_parent(id, outcome, lookback_ms, max_len)
   if outcome ~= '' and redis.call('HEXISTS', k_run(id), 'par') == 1 then
     deliver(child_key(id), outcome, lookback_ms, max_len)
   end
+end
+
+-- Turn one delivered queue entry into a lease with a new epoch, and hand back
+-- what replay needs (summary + journal). `c` holds the claim's settings:
+-- worker, lease_ms, max_deliveries, reason, failed_entry, error, retention,
+-- child_outcome, lookback, lookback_max.
+local function claim_one(c, wf, tid, id)
+  local q = k_queue(wf)
+  -- The delivery must be ours: a reclaimer may have taken it since, or the holder
+  -- taken it back with a heartbeat.
+  local pend = redis.call('XPENDING', q, GROUP, tid, tid, 1)
+  if #pend == 0 then return { 'SKIP', 'task already finished' } end
+  if pend[1][2] ~= c.worker then return { 'BUSY', 'task delivered to another worker' } end
+  local deliveries = tonumber(pend[1][4])
+
+  local h = redis.call('HMGET', k_run(id), 'st', 'task', 'ca', 'wf')
+  if not h[1] then ack(wf, tid); return { 'SKIP', 'run no longer exists' } end
+  local st = h[1]
+  WORKFLOW_OF[id] = h[4]
+  if FINAL[st] then ack(wf, tid); return { 'SKIP', 'run is ' .. st } end
+  if h[2] ~= tid then ack(wf, tid); return { 'SKIP', 'not the run\'s current task (duplicate)' } end
+  if redis.call('EXISTS', k_lease(id)) == 1 then
+    -- Its holder is alive (it heartbeated after the reclaimer picked the entry).
+    return { 'BUSY', 'lease still held' }
+  end
+
+  local now = now_ms()
+  if deliveries > tonumber(c.max_deliveries) then
+    redis.call('XADD', K_DEAD, 'MAXLEN', '~', '10000', '*', 'run_id', id, 'workflow', wf, 'task_id', tid,
+      'deliveries', deliveries, 'reason', c.reason)
+    journal_add(id, c.failed_entry)
+    redis.call('HSET', k_run(id), 'err', c.error)
+    finalize(id, st, 'failed', h[3], now, tonumber(c.retention))
+    ack(wf, tid)
+    notify_parent(id, c.child_outcome, c.lookback, c.lookback_max)
+    return { 'DEAD', c.reason }
+  end
+
+  local epoch = redis.call('HINCRBY', k_run(id), 'ep', 1)
+  redis.call('SET', k_lease(id), c.worker .. ':' .. epoch, 'PX', c.lease_ms)
+  set_status(id, st, 'running', h[3])
+  redis.call('HSET', k_run(id), 'ua', n2s(now))
+  return { 'CLAIMED', epoch, deliveries, n2s(now), redis.call('HGETALL', k_run(id)),
+    redis.call('XRANGE', k_journal(id), '-', '+'), id, tid, wf }
 end
