@@ -47,7 +47,7 @@ impl Keys {
         format!("{}:run:{{{id}}}:watch", self.prefix)
     }
 
-    /// Stream (one entry, with a TTL): the run ended, for the long-pollers.
+    /// List (with a TTL): the run ended, for the long-pollers.
     pub fn end(&self, id: &RunId) -> String {
         format!("{}:run:{{{id}}}:end", self.prefix)
     }

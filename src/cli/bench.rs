@@ -111,7 +111,7 @@ async fn start_keel(workers: usize, concurrency: usize, fsync: &str) -> anyhow::
     let redis_port = free_port()?;
     let redis = Command::new("redis-server")
         .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-        .args(["--appendfsync", fsync, "--maxmemory-policy", "noeviction", "--dir"])
+        .args(["--appendfsync", fsync, "--maxmemory-policy", "noeviction", "--stream-node-max-bytes", "512", "--dir"])
         .arg(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -178,7 +178,7 @@ fn start_dev_redis(dir: &Path) -> anyhow::Result<Option<DevRedis>> {
     let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--appendfsync", "everysec"])
-        .args(["--save", "", "--maxmemory-policy", "noeviction", "--dir"])
+        .args(["--save", "", "--maxmemory-policy", "noeviction", "--stream-node-max-bytes", "512", "--dir"])
         .arg(&data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

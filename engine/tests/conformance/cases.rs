@@ -1334,6 +1334,10 @@ pub async fn wait_finished_wakes_when_the_run_ends(f: Fixture) {
         let (store, id) = (store.clone(), id.clone());
         tokio::spawn(async move { store.wait_finished(&id, Duration::from_secs(10)).await })
     };
+    let second_waiter = {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move { store.wait_finished(&id, Duration::from_secs(10)).await })
+    };
     sleep_ms(200).await;
     let task = claim_one(store.as_ref(), "w").await;
     store.append(&task.lease, &[step_done("a", json!(1))]).await.unwrap();
@@ -1342,9 +1346,12 @@ pub async fn wait_finished_wakes_when_the_run_ends(f: Fixture) {
     store.finish(&task.lease, &[], Finish::Complete { output: json!("done") }).await.unwrap();
     let done = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woke").unwrap().unwrap().unwrap();
     assert_eq!((done.status, done.output), (RunStatus::Completed, Some(json!("done"))));
+    let second =
+        tokio::time::timeout(Duration::from_secs(5), second_waiter).await.expect("both woke").unwrap().unwrap();
+    assert_eq!(second.unwrap().status, RunStatus::Completed, "every waiter wakes, not just one");
     let again = store.wait_finished(&id, Duration::from_secs(10)).await.unwrap().unwrap();
     assert_eq!(again.status, RunStatus::Completed, "a finished run answers at once");
     if let Some(keys) = f.redis_keys_mentioning(id.as_str()).await {
-        assert!(keys.iter().any(|k| k.ends_with(":end")), "the end signal is there for late waiters: {keys:?}");
+        assert!(keys.iter().any(|k| k.ends_with(":end")), "the end signal is there for racing waiters: {keys:?}");
     }
 }

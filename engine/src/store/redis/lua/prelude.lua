@@ -157,9 +157,10 @@ local function finalize(id, st, new, created, now, retention_ms)
   redis.call('ZADD', K_RETENTION, now + retention_ms, id)
   -- Somebody waits for this run's result (a long-poll): wake them. Only then,
   -- so runs nobody waits for pay nothing.
-  if redis.call('EXISTS', k_watch(id)) == 1 then
-    redis.call('XADD', k_end(id), 'MAXLEN', '1', '*', 's', new)
-    redis.call('PEXPIRE', k_end(id), 60000)
+  -- (A small list: waiters BLMOVE it onto itself, so it wakes every one of them.)
+  if redis.call('DEL', k_watch(id)) == 1 then
+    redis.call('RPUSH', k_end(id), new)
+    redis.call('PEXPIRE', k_end(id), 10000)
   end
 end
 
