@@ -52,6 +52,12 @@ pub struct Settings {
     /// The first webhook retry's delay; later ones double [default: 5s].
     #[arg(long, env = "KEEL_WEBHOOK_RETRY_BASE", global = true)]
     pub webhook_retry_base: Option<String>,
+    /// A webhook job a dead dispatcher took comes due again after this [default: 60s].
+    #[arg(long, env = "KEEL_WEBHOOK_VISIBILITY", global = true)]
+    pub webhook_visibility: Option<String>,
+    /// How often a server re-queues runs that lost their task [default: 30s].
+    #[arg(long, env = "KEEL_RECONCILE_EVERY", global = true)]
+    pub reconcile_every: Option<String>,
     /// Log filter (tracing syntax) [default: info].
     #[arg(long, env = "KEEL_LOG", global = true)]
     pub log: Option<String>,
@@ -76,6 +82,8 @@ struct File {
     lease: Option<String>,
     concurrency: Option<usize>,
     webhook_retry_base: Option<String>,
+    webhook_visibility: Option<String>,
+    reconcile_every: Option<String>,
     log: Option<String>,
     log_format: Option<String>,
 }
@@ -105,6 +113,8 @@ impl Settings {
                 lease,
                 concurrency,
                 webhook_retry_base,
+                webhook_visibility,
+                reconcile_every,
                 log,
                 log_format
             );
@@ -139,6 +149,20 @@ impl Settings {
         self.webhook_retry_base
             .as_deref()
             .map_or(Ok(Duration::from_secs(5)), |d| duration(d).context("--webhook-retry-base"))
+    }
+
+    pub fn webhook_visibility(&self) -> anyhow::Result<Duration> {
+        self.webhook_visibility
+            .as_deref()
+            .map_or(Ok(Duration::from_secs(60)), |d| duration(d).context("--webhook-visibility"))
+    }
+
+    pub fn duties(&self) -> anyhow::Result<keel_engine::Duties> {
+        let mut duties = keel_engine::Duties::default();
+        if let Some(every) = &self.reconcile_every {
+            duties.reconcile_every = duration(every).context("--reconcile-every")?;
+        }
+        Ok(duties)
     }
 
     pub fn api_config(&self) -> keel_api::ApiConfig {

@@ -49,6 +49,8 @@ enum Command {
     Notify(cli::client::NotifyArgs),
     /// Measure throughput, latency and cost per step.
     Bench(cli::bench::BenchArgs),
+    /// Run a mixed workload under injected faults and check that nothing acknowledged was lost.
+    Chaos(cli::chaos::ChaosArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,6 +83,7 @@ fn main() -> std::process::ExitCode {
             Command::Retry(args) => cli::client::action(args, "retry").await.map(|()| 0),
             Command::Notify(args) => cli::client::notify(args).await.map(|()| 0),
             Command::Bench(args) => cli::bench::bench(args).await,
+            Command::Chaos(args) => cli::chaos::chaos(args).await,
         }
     });
     match result {

@@ -35,6 +35,9 @@ pub struct DispatchConfig {
     pub timeout: Duration,
     /// Deliveries in flight at once.
     pub concurrency: usize,
+    /// A job or event a dispatcher took and never finished (it died) comes due
+    /// again after this long.
+    pub visibility: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -45,6 +48,7 @@ impl Default for DispatchConfig {
             give_up_after: Duration::from_secs(24 * 3600),
             timeout: Duration::from_secs(15),
             concurrency: 32,
+            visibility: Duration::from_secs(60),
         }
     }
 }
@@ -64,10 +68,10 @@ pub async fn run(state: AppState, config: DispatchConfig, stop: CancellationToke
 
 async fn round(state: &AppState, config: &DispatchConfig) -> keel_engine::Result<()> {
     let store = state.store();
-    let jobs = store.due_jobs(config.concurrency, Duration::from_secs(60)).await?;
+    let jobs = store.due_jobs(config.concurrency, config.visibility).await?;
     // With nothing due, wait a little for new events instead of spinning.
     let block = if jobs.is_empty() { Duration::from_millis(250) } else { Duration::ZERO };
-    let items = store.claim_outbox(&config.consumer, 100, block).await?;
+    let items = store.claim_outbox(&config.consumer, 100, block, config.visibility).await?;
     let subscriptions = store.list_webhooks().await?;
     for item in items {
         fan_out(store.as_ref(), &subscriptions, item).await?;

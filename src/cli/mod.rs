@@ -1,5 +1,6 @@
 //! The subcommands.
 
 pub mod bench;
+pub mod chaos;
 pub mod client;
 pub mod serve;

@@ -97,11 +97,15 @@ async fn serve(
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     {
-        let (store, stop) = (store.clone(), stop.clone());
-        tasks.spawn(async move { keel_engine::run_duties(store.as_ref(), Default::default(), stop.cancelled()).await });
+        let (store, stop, duties) = (store.clone(), stop.clone(), settings.duties()?);
+        tasks.spawn(async move { keel_engine::run_duties(store.as_ref(), duties, stop.cancelled()).await });
     }
     {
-        let config = dispatcher::DispatchConfig { retry_base: settings.webhook_retry_base()?, ..Default::default() };
+        let config = dispatcher::DispatchConfig {
+            retry_base: settings.webhook_retry_base()?,
+            visibility: settings.webhook_visibility()?,
+            ..Default::default()
+        };
         tasks.spawn(dispatcher::run(state.clone(), config, stop.clone()));
     }
     if let Some(worker) = worker {

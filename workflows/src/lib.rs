@@ -31,7 +31,63 @@ pub fn all() -> Vec<Workflow> {
 
 /// The built-in workflows, with this model and this retry policy for the agents' calls.
 pub fn all_with(llm: llm_agent::LlmConfig, agent_retry: RetryPolicy) -> Vec<Workflow> {
-    vec![bench(), demo(), http_agent::workflow(agent_retry.clone()), llm_agent::workflow(llm, agent_retry)]
+    vec![bench(), demo(), chaos(), http_agent::workflow(agent_retry.clone()), llm_agent::workflow(llm, agent_retry)]
+}
+
+/// Input of `chaos`.
+#[derive(Debug, Clone, serde::Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChaosInput {
+    /// Steps (1–20), each a durable call to `effects_url` (which counts it).
+    #[schemars(range(min = 1, max = 20))]
+    pub steps: u32,
+    pub effects_url: String,
+    #[serde(default)]
+    pub sleep_ms: Option<u64>,
+    #[serde(default)]
+    pub wait_key: Option<String>,
+    /// Also run a small child run.
+    #[serde(default)]
+    pub child: bool,
+}
+
+/// `chaos`: the workload of `keel chaos`. Every step is a durable HTTP call whose
+/// side effect the harness counts by idempotency key; then an optional sleep, an
+/// optional event wait and an optional child run.
+pub fn chaos() -> Workflow {
+    Workflow::new("chaos", |ctx: Context, input: ChaosInput| async move {
+        let extra = u32::from(input.sleep_ms.is_some()) + u32::from(input.wait_key.is_some()) + u32::from(input.child);
+        ctx.progress(input.steps.min(20) + extra).await?;
+        let retry = RetryPolicy::attempts(20).initial(Duration::from_millis(200)).max_delay(Duration::from_secs(2));
+        let mut counts = Vec::new();
+        for i in 0..input.steps.min(20) {
+            let request = keel_worker::CallRequest::post(input.effects_url.clone(), json!({"i": i}))
+                .timeout(Duration::from_secs(5))
+                .retry(retry.clone());
+            let response = ctx.call(format!("s{i}"), request).await?;
+            counts.push(response.body["n"].clone());
+        }
+        if let Some(ms) = input.sleep_ms {
+            ctx.sleep("nap", Duration::from_millis(ms)).await?;
+        }
+        let event: Option<Value> = match &input.wait_key {
+            Some(key) => ctx.wait_for_event("event", key.clone(), Some(Duration::from_secs(120))).await?,
+            None => None,
+        };
+        let child: Option<Value> = if input.child {
+            let child_input = ChaosInput {
+                steps: 2,
+                effects_url: input.effects_url.clone(),
+                sleep_ms: None,
+                wait_key: None,
+                child: false,
+            };
+            Some(ctx.invoke("child", "chaos", &child_input).await?)
+        } else {
+            None
+        };
+        Ok(json!({"steps": counts.len(), "event": event, "child": child}))
+    })
 }
 
 /// Input of `bench`.

@@ -1145,7 +1145,13 @@ impl Store for MemoryStore {
         Ok(state.webhooks.remove(id).is_some())
     }
 
-    async fn claim_outbox(&self, _consumer: &str, max: usize, block: Duration) -> Result<Vec<OutboxItem>> {
+    async fn claim_outbox(
+        &self,
+        _consumer: &str,
+        max: usize,
+        block: Duration,
+        stale: Duration,
+    ) -> Result<Vec<OutboxItem>> {
         let deadline = tokio::time::Instant::now() + block;
         loop {
             let notified = self.appended.notified();
@@ -1154,7 +1160,7 @@ impl Store for MemoryStore {
             {
                 let now = self.now_ms();
                 let mut state = self.state();
-                let taken_before = now.saturating_sub(60_000);
+                let taken_before = now.saturating_sub(stale.as_millis() as u64);
                 let free: Vec<Sid> = state
                     .outbox
                     .keys()

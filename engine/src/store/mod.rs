@@ -315,8 +315,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Take webhook events from the outbox (shared by the dispatchers of every
     /// server through a consumer group), new ones and ones another dispatcher
-    /// took and never finished.
-    async fn claim_outbox(&self, consumer: &str, max: usize, block: Duration) -> Result<Vec<OutboxItem>>;
+    /// took `stale` ago or longer and never finished.
+    async fn claim_outbox(
+        &self,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+        stale: Duration,
+    ) -> Result<Vec<OutboxItem>>;
 
     /// Turn an outbox event into delivery jobs and remove it from the outbox, atomically.
     async fn fan_out(&self, item_id: &str, jobs: &[DeliveryJob]) -> Result<()>;

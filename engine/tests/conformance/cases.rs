@@ -1201,7 +1201,7 @@ pub async fn webhook_events_flow_from_outbox_to_jobs_and_logs(f: Fixture) {
     let s = f.store.as_ref();
     // Nobody listens: nothing goes to the outbox.
     let quiet = s.create_run(start(json!("quiet"))).await.unwrap().run_id;
-    assert!(s.claim_outbox("d1", 10, Duration::ZERO).await.unwrap().is_empty());
+    assert!(s.claim_outbox("d1", 10, Duration::ZERO, Duration::from_secs(60)).await.unwrap().is_empty());
     // A run with its own callback URL is listened to.
     let called = s
         .create_run(CreateRun { callback_url: Some("https://example.com/hook".into()), ..start(json!("cb")) })
@@ -1224,7 +1224,7 @@ pub async fn webhook_events_flow_from_outbox_to_jobs_and_logs(f: Fixture) {
     assert_eq!(task.lease.run_id, quiet);
     s.finish(&task.lease, &[step_done("a", json!(1))], Finish::Complete { output: json!("done") }).await.unwrap();
 
-    let mut items = s.claim_outbox("d1", 10, Duration::from_secs(1)).await.unwrap();
+    let mut items = s.claim_outbox("d1", 10, Duration::from_secs(1), Duration::from_secs(60)).await.unwrap();
     items.sort_by(|a, b| a.id.cmp(&b.id));
     let kinds: Vec<(RunId, WebhookEventType)> = items.iter().map(|i| (i.run_id.clone(), i.event_type)).collect();
     assert_eq!(
@@ -1238,9 +1238,14 @@ pub async fn webhook_events_flow_from_outbox_to_jobs_and_logs(f: Fixture) {
     let journal = s.read_journal(&quiet, None, 10).await.unwrap();
     assert_eq!(items[2].sequence, journal.last().unwrap().seq, "the item points at its journal entry");
     assert!(
-        s.claim_outbox("d2", 10, Duration::ZERO).await.unwrap().is_empty(),
+        s.claim_outbox("d2", 10, Duration::ZERO, Duration::from_secs(60)).await.unwrap().is_empty(),
         "claimed items are not handed out twice"
     );
+    // A dispatcher that took events and died: they come back to another once stale.
+    sleep_ms(400).await;
+    let mut again = s.claim_outbox("d2", 10, Duration::ZERO, Duration::from_millis(300)).await.unwrap();
+    again.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(again, items, "stale events are handed to another dispatcher");
 
     let job = DeliveryJob {
         webhook_id: format!("msg_{}_{}", quiet, items[2].sequence),

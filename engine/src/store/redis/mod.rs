@@ -976,7 +976,13 @@ impl Store for RedisStore {
         Ok(removed == 1)
     }
 
-    async fn claim_outbox(&self, consumer: &str, max: usize, block: Duration) -> Result<Vec<OutboxItem>> {
+    async fn claim_outbox(
+        &self,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+        stale: Duration,
+    ) -> Result<Vec<OutboxItem>> {
         let outbox = self.keys.outbox();
         let mut conn = self.conn.clone();
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
@@ -992,12 +998,12 @@ impl Store for RedisStore {
             Err(e) if e.code() == Some("BUSYGROUP") => {}
             Err(e) => return Err(e.into()),
         }
-        // Events a dispatcher took and never finished (it died) come back after a minute.
+        // Events a dispatcher took and never finished (it died) come back.
         let stale: Value = redis::cmd("XAUTOCLAIM")
             .arg(&outbox)
             .arg(DISPATCH_GROUP)
             .arg(consumer)
-            .arg(60_000)
+            .arg(stale.as_millis().max(1) as u64)
             .arg("0-0")
             .arg("COUNT")
             .arg(max.max(1))

@@ -1,0 +1,529 @@
+//! `keel chaos`: a mixed workload under injected faults, then the checks that
+//! say whether anything acknowledged was lost or recorded twice.
+//!
+//! It starts a private redis-server (AOF on, `appendfsync` as asked), two
+//! `keel server`s and several `keel worker`s, a local receiver that counts step
+//! side effects (by idempotency key) and webhooks (failing some at random), and
+//! runs of the built-in `chaos` workflow (3–10 durable calls, some with a
+//! sleep, an event wait or a child run; one step's first call always fails).
+//! Meanwhile it injects faults: SIGKILL and restart of workers and servers,
+//! SIGSTOP of a worker past its lease then SIGCONT, SIGKILL and restart of
+//! Redis, CLIENT PAUSE longer than the lease. Everything talks to 127.0.0.1,
+//! is bounded in count and time, and stops by itself.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use clap::Args;
+use keel_engine::proto::{JournalEvent, RunId, RunStatus};
+use keel_engine::{RedisStore, RunQuery, Store, StoreConfig};
+use serde_json::{Value, json};
+
+use super::bench::{Proc, free_port};
+
+const SIGNING_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const LEASE: &str = "2s";
+
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    /// How many runs to start.
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// How many faults to inject.
+    #[arg(long, default_value_t = 20)]
+    faults: usize,
+    /// Redis `appendfsync`: always or everysec.
+    #[arg(long, default_value = "everysec")]
+    fsync: String,
+    /// Worker processes.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// Runs started per second.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Seed of the random choices (printed, to replay a run).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// After the faults, how long runs may take to settle.
+    #[arg(long, default_value_t = 180)]
+    settle_s: u64,
+}
+
+/// A small deterministic random source (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// What the receiver saw.
+#[derive(Default)]
+struct Seen {
+    effects: HashMap<String, u64>,
+    /// (run id, sequence) -> webhook ids seen, for run.completed.
+    completed_hooks: HashMap<(String, String), HashSet<String>>,
+    hook_attempts: u64,
+    rng: u64,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+async fn effects(State(seen): State<Shared>, headers: HeaderMap) -> impl IntoResponse {
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    let n = seen.effects.entry(key.clone()).or_default();
+    *n += 1;
+    let n = *n;
+    // Step s1's first call fails: every run exercises a durable retry.
+    if n == 1 && key.ends_with(":s1") {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": "first call fails"}))).into_response();
+    }
+    axum::Json(json!({"n": n})).into_response()
+}
+
+async fn hook(State(seen): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    seen.hook_attempts += 1;
+    seen.rng = seen.rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    // A receiver that fails a fifth of the time.
+    if (seen.rng >> 33) % 5 == 0 {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if payload["type"] == "run.completed" {
+        let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let run = payload["run_id"].as_str().unwrap_or_default().to_owned();
+        let seq = payload["sequence"].as_str().unwrap_or_default().to_owned();
+        seen.completed_hooks.entry((run, seq)).or_default().insert(id);
+    }
+    StatusCode::OK
+}
+
+/// The processes under test.
+struct Cluster {
+    exe: PathBuf,
+    dir: PathBuf,
+    fsync: String,
+    redis_port: u16,
+    redis: Option<Proc>,
+    servers: Vec<(u16, Option<Proc>)>,
+    workers: Vec<Option<Proc>>,
+}
+
+impl Cluster {
+    fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.redis_port)
+    }
+
+    fn start_redis(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", &self.fsync, "--maxmemory-policy", "noeviction", "--stream-node-max-bytes", "512"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        self.redis = Some(Proc(child));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.redis_port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not come back within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, command: &str, port: u16) -> anyhow::Result<Proc> {
+        Ok(Proc(
+            Command::new(&self.exe)
+                .arg(command)
+                .env("KEEL_ADDR", format!("127.0.0.1:{port}"))
+                .env("KEEL_REDIS_URL", self.redis_url())
+                .env("KEEL_LOG", "error")
+                .env("KEEL_LEASE", LEASE)
+                .env("KEEL_SIGNING_KEY", SIGNING_KEY)
+                .env("KEEL_ALLOW_PRIVATE_TARGETS", "true")
+                .env("KEEL_WEBHOOK_RETRY_BASE", "200ms")
+                .env("KEEL_RECONCILE_EVERY", "3s")
+                .env("KEEL_WEBHOOK_VISIBILITY", "5s")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        ))
+    }
+
+    fn start_server(&mut self, i: usize) -> anyhow::Result<()> {
+        let port = self.servers[i].0;
+        self.servers[i].1 = Some(self.spawn("server", port)?);
+        Ok(())
+    }
+
+    fn start_worker(&mut self, i: usize) -> anyhow::Result<()> {
+        self.workers[i] = Some(self.spawn("worker", 0)?);
+        Ok(())
+    }
+
+    fn signal(proc: &Proc, signal: &str) {
+        let _ = Command::new("kill").args([signal, &proc.0.id().to_string()]).status();
+    }
+}
+
+#[derive(Default, Debug)]
+struct Faults {
+    workers_killed: u64,
+    servers_killed: u64,
+    redis_restarts: u64,
+    stops: u64,
+    pauses: u64,
+}
+
+/// Retry a request against the servers in turn until it answers (bounded).
+async fn send(
+    http: &reqwest::Client,
+    bases: &[String],
+    build: impl Fn(&str) -> reqwest::RequestBuilder,
+) -> Option<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut i = 0;
+    while Instant::now() < deadline {
+        let base = &bases[i % bases.len()];
+        i += 1;
+        if let Ok(response) = build(base).send().await
+            && (response.status().is_success() || response.status() == StatusCode::ACCEPTED)
+            && let Ok(value) = response.json::<Value>().await
+        {
+            return Some(value);
+        }
+        let _ = http;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7) | 1
+    });
+    let mut rng = Rng(seed);
+    eprintln!("keel chaos: seed {seed}, {} runs, {} faults, appendfsync {}", args.runs, args.faults, args.fsync);
+
+    // The receiver.
+    let seen: Shared = Arc::new(Mutex::new(Seen { rng: seed, ..Default::default() }));
+    let app = axum::Router::new()
+        .route("/effects", axum::routing::post(effects))
+        .route("/hook", axum::routing::post(hook))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let receiver = format!("http://{}", listener.local_addr()?);
+    let receiver_task = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // The cluster.
+    let dir = std::env::temp_dir().join(format!("keel-chaos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut cluster = Cluster {
+        exe: std::env::current_exe()?,
+        dir: dir.clone(),
+        fsync: args.fsync.clone(),
+        redis_port: free_port()?,
+        redis: None,
+        servers: vec![(free_port()?, None), (free_port()?, None)],
+        workers: (0..args.workers.max(1)).map(|_| None).collect(),
+    };
+    cluster.start_redis()?;
+    for i in 0..cluster.servers.len() {
+        cluster.start_server(i)?;
+    }
+    for i in 0..cluster.workers.len() {
+        cluster.start_worker(i)?;
+    }
+    let bases: Vec<String> = cluster.servers.iter().map(|(port, _)| format!("http://127.0.0.1:{port}")).collect();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = http.get(format!("{}/v1/workflows", bases[0])).send().await.ok();
+        let body = match ready {
+            Some(r) => r.json::<Value>().await.unwrap_or(Value::Null),
+            None => Value::Null,
+        };
+        if body["workflows"].as_array().is_some_and(|w| w.iter().any(|w| w["name"] == "chaos")) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the cluster did not come up");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    send(&http, &bases, |b| {
+        http.post(format!("{b}/v1/webhooks"))
+            .json(&json!({"url": format!("{receiver}/hook"), "event_types": ["run.completed"]}))
+    })
+    .await
+    .context("subscribing the receiver")?;
+
+    // The workload: runs started at a steady rate, each followed to its end.
+    let acknowledged: Arc<Mutex<BTreeMap<usize, RunId>>> = Arc::default();
+    let observed: Arc<Mutex<HashMap<RunId, Value>>> = Arc::default();
+    let mut load = tokio::task::JoinSet::new();
+    let gap = Duration::from_secs_f64(1.0 / args.rate.max(0.1));
+    let started_at = Instant::now();
+    let mut plans = Vec::new();
+    for i in 0..args.runs {
+        let steps = 3 + rng.below(8);
+        let wait_key = rng.chance(25).then(|| format!("chaos-event-{seed}-{i}"));
+        let input = json!({
+            "steps": steps,
+            "effects_url": format!("{receiver}/effects"),
+            "sleep_ms": if rng.chance(30) { json!(200 + rng.below(1800)) } else { Value::Null },
+            "wait_key": wait_key,
+            "child": rng.chance(15),
+        });
+        plans.push((i, input, wait_key));
+    }
+    let plans_for_load = plans.clone();
+    let (http2, bases2, acked2, observed2) = (http.clone(), bases.clone(), acknowledged.clone(), observed.clone());
+    load.spawn(async move {
+        let mut followers = tokio::task::JoinSet::new();
+        for (i, input, wait_key) in plans_for_load {
+            tokio::time::sleep_until((started_at + gap * i as u32).into()).await;
+            let (http, bases, acked, observed) = (http2.clone(), bases2.clone(), acked2.clone(), observed2.clone());
+            followers.spawn(async move {
+                let key = format!("chaos-{i}");
+                let started = send(&http, &bases, |b| {
+                    http.post(format!("{b}/v1/workflows/chaos/runs"))
+                        .header("idempotency-key", &key)
+                        .json(&json!({"input": input}))
+                })
+                .await;
+                let Some(id) = started.and_then(|s| s["run_id"].as_str().and_then(|id| RunId::new(id).ok())) else {
+                    return;
+                };
+                acked.lock().unwrap_or_else(|p| p.into_inner()).insert(i, id.clone());
+                let follow_deadline = Instant::now() + Duration::from_secs(600);
+                let mut sent_event = Instant::now() - Duration::from_secs(10);
+                while Instant::now() < follow_deadline {
+                    if let Some(key) = &wait_key
+                        && sent_event.elapsed() > Duration::from_secs(3)
+                    {
+                        let _ = http
+                            .post(format!("{}/v1/events/{key}", bases[i % bases.len()]))
+                            .json(&json!({"i": i}))
+                            .send()
+                            .await;
+                        sent_event = Instant::now();
+                    }
+                    let result = send(&http, &bases, |b| http.get(format!("{b}/v1/runs/{id}/result?wait=2s"))).await;
+                    if let Some(result) = result
+                        && result["status"] == "completed"
+                    {
+                        observed.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), result["output"].clone());
+                        return;
+                    }
+                }
+            });
+        }
+        while followers.join_next().await.is_some() {}
+    });
+
+    // The faults, spread over the load.
+    let expected = Duration::from_secs_f64(args.runs as f64 / args.rate.max(0.1)).max(Duration::from_secs(5));
+    let spacing = expected / (args.faults as u32 + 1);
+    let mut faults = Faults::default();
+    for _ in 0..args.faults {
+        tokio::time::sleep(spacing.mul_f64(0.5 + rng.below(100) as f64 / 100.0)).await;
+        match rng.below(100) {
+            0..=34 => {
+                let i = rng.below(cluster.workers.len() as u64) as usize;
+                cluster.workers[i] = None; // SIGKILL
+                faults.workers_killed += 1;
+                tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
+                cluster.start_worker(i)?;
+            }
+            35..=54 => {
+                let i = rng.below(cluster.workers.len() as u64) as usize;
+                if let Some(worker) = &cluster.workers[i] {
+                    Cluster::signal(worker, "-STOP");
+                    faults.stops += 1;
+                    tokio::time::sleep(Duration::from_millis(3000)).await; // past the 2 s lease
+                    Cluster::signal(worker, "-CONT");
+                }
+            }
+            55..=69 => {
+                let i = rng.below(cluster.servers.len() as u64) as usize;
+                cluster.servers[i].1 = None;
+                faults.servers_killed += 1;
+                tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
+                cluster.start_server(i)?;
+            }
+            70..=84 => {
+                cluster.redis = None; // SIGKILL
+                faults.redis_restarts += 1;
+                tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
+                cluster.start_redis()?;
+            }
+            _ => {
+                if let Ok(client) = redis::Client::open(cluster.redis_url())
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                {
+                    let _: redis::RedisResult<()> =
+                        redis::cmd("CLIENT").arg("PAUSE").arg(3000).query_async(&mut conn).await;
+                    faults.pauses += 1;
+                    tokio::time::sleep(Duration::from_millis(3000)).await;
+                }
+            }
+        }
+    }
+    eprintln!("keel chaos: faults done ({faults:?}); letting the runs settle");
+
+    // Settle: every run final, every webhook delivered (bounded).
+    let settle = Instant::now() + Duration::from_secs(args.settle_s);
+    let store = RedisStore::connect(&cluster.redis_url(), StoreConfig::default()).await?;
+    while let Some(done) = tokio::time::timeout_at(settle.into(), load.join_next()).await.ok().flatten() {
+        done?;
+    }
+    while unfinished(&store).await > 0 && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let hooks_deadline = Instant::now().min(settle) + Duration::from_secs(30);
+    loop {
+        let missing = count_missing_hooks(&store, &seen, &acknowledged).await;
+        if missing == 0 || Instant::now() > hooks_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The checks.
+    let acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let observed = observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (mut completed, mut lost, mut duplicated, mut effects_missing, mut failed) = (0, 0, 0, 0, 0);
+    let effects_seen = seen.lock().unwrap_or_else(|p| p.into_inner()).effects.clone();
+    let mut checked_runs: Vec<RunId> = acked.values().cloned().collect();
+    // Child runs too: every run in the store.
+    let mut cursor = None;
+    loop {
+        let page = store.list_runs(&RunQuery { limit: 1000, cursor, ..Default::default() }).await?;
+        for run in &page.runs {
+            if !checked_runs.contains(&run.run_id) {
+                checked_runs.push(run.run_id.clone());
+            }
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    for id in &checked_runs {
+        let Some(run) = store.get_run(id).await? else {
+            lost += 1; // an acknowledged start that vanished
+            continue;
+        };
+        match run.status {
+            RunStatus::Completed => completed += 1,
+            RunStatus::Failed | RunStatus::Cancelled => failed += 1,
+            _ => {}
+        }
+        if observed.contains_key(id) && run.status != RunStatus::Completed {
+            lost += 1; // a result a client saw, regressed
+        }
+        let journal = store.read_journal(id, None, 100_000).await?;
+        let mut results: HashMap<String, u64> = HashMap::new();
+        for record in &journal {
+            if let JournalEvent::StepCompleted { step_id, .. } = &record.entry.event {
+                *results.entry(step_id.clone()).or_default() += 1;
+            }
+        }
+        for (step, n) in &results {
+            duplicated += n.saturating_sub(1);
+            if step.starts_with('s') && effects_seen.get(&format!("{id}:{step}")).copied().unwrap_or(0) == 0 {
+                effects_missing += 1;
+            }
+        }
+    }
+    let stuck = unfinished(&store).await;
+    let stats = store.stats(&["chaos".to_owned()]).await?;
+    let stuck_tasks = stats.queued.values().sum::<u64>() + stats.in_flight.values().sum::<u64>();
+    let webhooks_missing = count_missing_hooks(&store, &seen, &acknowledged).await;
+    let unacknowledged = args.runs - acked.len();
+    let total_faults =
+        faults.workers_killed + faults.servers_killed + faults.redis_restarts + faults.stops + faults.pauses;
+    println!(
+        "keel-chaos runs={} faults={total_faults} (workers_killed={} servers_killed={} redis_restarts={} stops={} pauses={}) fsync={} completed={completed}/{} lost={lost} duplicated_results={duplicated} stuck={} webhooks_missing={webhooks_missing} effects_missing={effects_missing} failed={failed} unacknowledged={unacknowledged} seed={seed}",
+        args.runs,
+        faults.workers_killed,
+        faults.servers_killed,
+        faults.redis_restarts,
+        faults.stops,
+        faults.pauses,
+        args.fsync,
+        checked_runs.len(),
+        stuck + stuck_tasks as usize,
+    );
+    drop(cluster);
+    receiver_task.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+    let healthy = completed == checked_runs.len()
+        && duplicated == 0
+        && stuck == 0
+        && stuck_tasks == 0
+        && webhooks_missing == 0
+        && effects_missing == 0
+        && unacknowledged == 0
+        && (args.fsync != "always" || lost == 0);
+    Ok(if healthy { 0 } else { 1 })
+}
+
+/// Runs not yet final.
+async fn unfinished(store: &RedisStore) -> usize {
+    let mut open = 0;
+    for status in [RunStatus::Pending, RunStatus::Running, RunStatus::Sleeping, RunStatus::Waiting, RunStatus::Paused] {
+        open += store
+            .list_runs(&RunQuery { status: Some(status), limit: 1000, ..Default::default() })
+            .await
+            .map_or(0, |p| p.runs.len());
+    }
+    open
+}
+
+/// Completed runs whose run.completed webhook has not arrived, plus events that
+/// arrived under more than one webhook-id.
+async fn count_missing_hooks(
+    store: &RedisStore,
+    seen: &Shared,
+    acknowledged: &Arc<Mutex<BTreeMap<usize, RunId>>>,
+) -> usize {
+    let hooks = seen.lock().unwrap_or_else(|p| p.into_inner()).completed_hooks.clone();
+    let by_run: HashSet<String> = hooks.keys().map(|(run, _)| run.clone()).collect();
+    let mismatched = hooks.values().filter(|ids| ids.len() != 1).count();
+    let ids: Vec<RunId> = acknowledged.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+    let mut missing = 0;
+    for id in ids {
+        if let Ok(Some(run)) = store.get_run(&id).await
+            && run.status == RunStatus::Completed
+            && !by_run.contains(id.as_str())
+        {
+            missing += 1;
+        }
+    }
+    missing + mismatched
+}
