@@ -14,7 +14,11 @@ use crate::extract::Json;
 #[utoipa::path(post, path = "/v1/events/{key}", tag = "events",
     params(("key" = String, Path, description = "the event key, e.g. order-42:paid")),
     request_body(content = Value, description = "the event's data (any JSON)"),
-    responses((status = 200, body = EventDelivered), (status = 422, body = keel_proto::http::Problem)))]
+    responses((status = 200, body = EventDelivered),
+        (status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"),
+        (status = 413, body = keel_proto::http::Problem, content_type = "application/problem+json"),
+        (status = 415, body = keel_proto::http::Problem, content_type = "application/problem+json"),
+        (status = 422, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn send(
     State(state): State<AppState>,
     Path(key): Path<String>,

@@ -16,7 +16,7 @@ pub async fn healthz() -> Json<Value> {
 /// Readiness: the store answers (503 while Redis is unreachable).
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, description = "ready"),
-    (status = 503, description = "the store is unreachable", body = keel_proto::http::Problem),
+    (status = 503, description = "the store is unreachable", body = keel_proto::http::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     match tokio::time::timeout(std::time::Duration::from_secs(2), state.store().list_workers()).await {

@@ -41,9 +41,9 @@ pub struct WaitQuery {
         (status = 201, description = "started", body = RunResult),
         (status = 200, description = "already started with this key or run id; or finished within the wait", body = RunResult),
         (status = 202, description = "not finished within the wait", body = RunResult),
-        (status = 400, body = keel_proto::http::Problem), (status = 404, body = keel_proto::http::Problem),
-        (status = 413, body = keel_proto::http::Problem), (status = 415, body = keel_proto::http::Problem),
-        (status = 422, body = keel_proto::http::Problem)))]
+        (status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"),
+        (status = 413, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 415, body = keel_proto::http::Problem, content_type = "application/problem+json"),
+        (status = 422, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn start(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -147,7 +147,7 @@ pub struct ListQuery {
 
 /// List runs, newest first, filtered, cursor-paginated.
 #[utoipa::path(get, path = "/v1/runs", tag = "runs", params(ListQuery),
-    responses((status = 200, body = RunPage), (status = 422, body = keel_proto::http::Problem)))]
+    responses((status = 200, body = RunPage), (status = 422, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult<Reply<RunPage>> {
     let status = query.status.as_deref().map(str::parse::<RunStatus>).transpose().map_err(ApiError::InvalidRequest)?;
     let label = query
@@ -174,7 +174,7 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>)
 
 /// A run: status, progress, steps with attempts, durations, outputs, errors.
 #[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = RunDetail), (status = 404, body = keel_proto::http::Problem)))]
+    responses((status = 200, body = RunDetail), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunDetail>> {
     let id = run_id(id)?;
     let run =
@@ -252,7 +252,7 @@ pub(crate) fn steps_of(journal: &[JournalRecord]) -> Vec<StepView> {
 /// Long-poll for the result: answers as soon as the run is final (200), or with
 /// its status when the wait ends (202).
 #[utoipa::path(get, path = "/v1/runs/{id}/result", tag = "runs", params(("id" = String, Path), WaitQuery),
-    responses((status = 200, body = RunResult), (status = 202, body = RunResult), (status = 404, body = keel_proto::http::Problem)))]
+    responses((status = 200, body = RunResult), (status = 202, body = RunResult), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn result(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -271,7 +271,7 @@ pub async fn result(
 #[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs", params(("id" = String, Path),
     ("Last-Event-ID" = Option<String>, Header, description = "resume after this sequence number")),
     responses((status = 200, description = "text/event-stream of journal records", content_type = "text/event-stream"),
-              (status = 404, body = keel_proto::http::Problem)))]
+              (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -315,7 +315,7 @@ fn action(id: RunId, outcome: &str) -> Reply<RunAction> {
 
 /// Cancel: at once if no worker holds the run, else at its next step boundary.
 #[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem), (status = 409, body = keel_proto::http::Problem)))]
+    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
     let id = run_id(id)?;
     let outcome = match state.store().request_cancel(&id, Some("cancelled through the API")).await? {
@@ -327,7 +327,7 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 
 /// Hold a run between steps until resumed.
 #[utoipa::path(post, path = "/v1/runs/{id}/pause", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem), (status = 409, body = keel_proto::http::Problem)))]
+    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
     let id = run_id(id)?;
     let outcome = match state.store().pause(&id).await? {
@@ -339,7 +339,7 @@ pub async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Api
 
 /// Let a paused run go on.
 #[utoipa::path(post, path = "/v1/runs/{id}/resume", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem), (status = 409, body = keel_proto::http::Problem)))]
+    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
     let id = run_id(id)?;
     let outcome = match state.store().resume(&id).await? {
@@ -351,7 +351,7 @@ pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 
 /// Re-run a failed run from its failed step (recorded results are kept).
 #[utoipa::path(post, path = "/v1/runs/{id}/retry", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem), (status = 409, body = keel_proto::http::Problem)))]
+    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
     let id = run_id(id)?;
     state.store().retry(&id).await?;

@@ -13,7 +13,11 @@ use crate::extract::Json;
 
 /// Subscribe a URL to webhook events (all, or some types; all workflows, or one).
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
-    responses((status = 201, body = WebhookSubscription), (status = 422, body = keel_proto::http::Problem)))]
+    responses((status = 201, body = WebhookSubscription),
+        (status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"),
+        (status = 413, body = keel_proto::http::Problem, content_type = "application/problem+json"),
+        (status = 415, body = keel_proto::http::Problem, content_type = "application/problem+json"),
+        (status = 422, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     Json(body): Json<CreateWebhook>,
@@ -52,13 +56,13 @@ async fn find(state: &AppState, id: &str) -> ApiResult<WebhookSubscription> {
 }
 
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, body = WebhookSubscription), (status = 404, body = keel_proto::http::Problem)))]
+    responses((status = 200, body = WebhookSubscription), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<WebhookSubscription>> {
     Ok(Reply(find(&state, &id).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 204, description = "deleted"), (status = 404, body = keel_proto::http::Problem)))]
+    responses((status = 204, description = "deleted"), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     if state.store().delete_webhook(&id).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -75,7 +79,7 @@ pub struct LogQuery {
 
 /// The newest delivery attempts to a subscription.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path), LogQuery),
-    responses((status = 200, body = DeliveryLog), (status = 404, body = keel_proto::http::Problem)))]
+    responses((status = 200, body = DeliveryLog), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn deliveries(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -1,0 +1,24 @@
+//! A short `keel chaos` run (CI's version; the long one is in the README): a
+//! mixed workload under worker, server and Redis kills, stops and pauses, with
+//! `appendfsync always`, must lose nothing, record nothing twice and leave
+//! nothing stuck.
+
+#[test]
+fn a_short_chaos_run_loses_nothing() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["chaos", "--runs", "40", "--faults", "6", "--rate", "8", "--fsync", "always", "--settle-s", "150"])
+        .output()
+        .expect("run keel chaos");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("keel-chaos "))
+        .unwrap_or_else(|| panic!("no keel-chaos line:\n{stdout}\n{stderr}"));
+    for healthy in ["lost=0", "duplicated_results=0", "stuck=0", "webhooks_missing=0", "effects_missing=0", "failed=0"]
+    {
+        assert!(line.contains(&format!(" {healthy} ")), "{healthy} expected in: {line}");
+    }
+    assert!(line.contains("faults=6 "), "{line}");
+    assert!(output.status.success(), "{line}\n{stderr}");
+}
