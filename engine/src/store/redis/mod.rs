@@ -373,6 +373,12 @@ impl RedisStore {
         Ok(claimed)
     }
 
+    /// Run a periodic-duty script that takes only a batch limit.
+    async fn limited_script<T: redis::FromRedisValue>(&self, script: &redis::Script, limit: usize) -> Result<T> {
+        let mut conn = self.conn.clone();
+        Ok(script.prepare_invoke().arg(self.keys.prefix()).arg(limit.max(1)).invoke_async(&mut conn).await?)
+    }
+
     /// Run a script that takes only the run id.
     async fn run_script(&self, script: &redis::Script, run_id: &RunId) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
@@ -695,15 +701,7 @@ impl Store for RedisStore {
     }
 
     async fn fire_due_timers(&self, limit: usize) -> Result<Vec<RunId>> {
-        let mut conn = self.conn.clone();
-        let woken: Vec<String> = self
-            .scripts
-            .timers
-            .prepare_invoke()
-            .arg(self.keys.prefix())
-            .arg(limit.max(1))
-            .invoke_async(&mut conn)
-            .await?;
+        let woken: Vec<String> = self.limited_script(&self.scripts.timers, limit).await?;
         woken.into_iter().map(|id| Ok(RunId::new(id)?)).collect()
     }
 
@@ -841,28 +839,11 @@ impl Store for RedisStore {
     }
 
     async fn expire_finished(&self, limit: usize) -> Result<usize> {
-        let mut conn = self.conn.clone();
-        let n: usize = self
-            .scripts
-            .expire
-            .prepare_invoke()
-            .arg(self.keys.prefix())
-            .arg(limit.max(1))
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(n)
+        self.limited_script(&self.scripts.expire, limit).await
     }
 
     async fn reconcile(&self, limit: usize) -> Result<Vec<RunId>> {
-        let mut conn = self.conn.clone();
-        let fixed: Vec<String> = self
-            .scripts
-            .reconcile
-            .prepare_invoke()
-            .arg(self.keys.prefix())
-            .arg(limit.max(1))
-            .invoke_async(&mut conn)
-            .await?;
+        let fixed: Vec<String> = self.limited_script(&self.scripts.reconcile, limit).await?;
         fixed.into_iter().map(|id| Ok(RunId::new(id)?)).collect()
     }
 
