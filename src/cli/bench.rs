@@ -132,6 +132,12 @@ async fn start_keel(workers: usize, concurrency: usize, fsync: &str) -> anyhow::
         Ok(Proc(
             Command::new(&exe)
                 .arg(command)
+                // The measured Keel is the bench's own: nothing of the caller's
+                // configuration (tokens, namespace, keel.toml) leaks into it.
+                .env_remove("KEEL_API_TOKENS")
+                .env_remove("KEEL_READ_TOKENS")
+                .env_remove("KEEL_NAMESPACE")
+                .env("KEEL_CONFIG", "/dev/null")
                 .env("KEEL_ADDR", format!("127.0.0.1:{port}"))
                 .env("KEEL_REDIS_URL", &redis_url)
                 .env("KEEL_LOG", "warn")
