@@ -913,6 +913,7 @@ pub async fn store_recovers_from_an_empty_restart(f: Fixture) {
     let s = f.store.as_ref();
     s.create_run(start(json!(1))).await.unwrap();
     let task = claim_one(s, "w").await;
+    assert!(s.claim_outbox("d", 10, Duration::ZERO, Duration::from_secs(60)).await.unwrap().is_empty());
     f.wipe().await;
     assert!(matches!(s.append(&task.lease, &[]).await, Err(Error::LeaseLost { .. })));
     // The consumer group is gone; the next create and claim recreate it.
@@ -921,6 +922,26 @@ pub async fn store_recovers_from_an_empty_restart(f: Fixture) {
     assert_eq!(again.lease.run_id, id);
     s.finish(&again.lease, &[], Finish::Complete { output: json!(2) }).await.unwrap();
     assert_eq!(status(s, &id).await, RunStatus::Completed);
+    // The dispatchers' consumer group comes back too (regression: a cached
+    // "group exists" made every dispatch round fail with NOGROUP for ever).
+    let sub = keel_engine::proto::WebhookSubscription {
+        id: "wh".into(),
+        url: "https://example.com".into(),
+        event_types: vec![],
+        workflow: None,
+        created_at_ms: 1,
+        disabled: None,
+    };
+    s.put_webhook(&sub).await.unwrap();
+    s.create_run(start(json!(3))).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got = s.claim_outbox("d", 10, Duration::ZERO, Duration::from_secs(60)).await.unwrap();
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got.len(), 1, "the run_started event reaches a dispatcher after the empty restart");
 }
 
 pub async fn journal_reads_resume_after_a_sequence_number(f: Fixture) {

@@ -147,26 +147,41 @@ impl RedisStore {
     async fn ensure_groups(&self, workflows: &[String]) -> Result<()> {
         let missing: Vec<String> = {
             let known = self.groups.lock().map_err(|_| Error::Invalid("group cache poisoned".into()))?;
-            workflows.iter().map(|wf| self.keys.queue(wf)).filter(|q| !known.contains(q)).collect()
+            workflows
+                .iter()
+                .map(|wf| self.keys.queue(wf))
+                .filter(|q| !known.contains(&format!("{q}\u{0}{GROUP}")))
+                .collect()
         };
-        let mut conn = self.conn.clone();
         for queue in missing {
-            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&queue)
-                .arg(GROUP)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(&mut conn)
-                .await;
-            match created {
-                Ok(()) => {}
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(e.into()),
-            }
-            if let Ok(mut known) = self.groups.lock() {
-                known.insert(queue);
-            }
+            self.ensure_group(&queue, GROUP).await?;
+        }
+        Ok(())
+    }
+
+    /// Create a consumer group (at id 0, with MKSTREAM) unless this process knows
+    /// it exists.
+    async fn ensure_group(&self, stream: &str, group: &str) -> Result<()> {
+        let name = format!("{stream}\u{0}{group}");
+        if self.groups.lock().map(|known| known.contains(&name)).unwrap_or(false) {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Ok(mut known) = self.groups.lock() {
+            known.insert(name);
         }
         Ok(())
     }
@@ -965,22 +980,10 @@ impl Store for RedisStore {
         stale: Duration,
     ) -> Result<Vec<OutboxItem>> {
         let outbox = self.keys.outbox();
+        self.ensure_group(&outbox, DISPATCH_GROUP).await?;
         let mut conn = self.conn.clone();
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&outbox)
-            .arg(DISPATCH_GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        match created {
-            Ok(()) => {}
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) => return Err(e.into()),
-        }
         // Events a dispatcher took and never finished (it died) come back.
-        let stale: Value = redis::cmd("XAUTOCLAIM")
+        let stale: redis::RedisResult<Value> = redis::cmd("XAUTOCLAIM")
             .arg(&outbox)
             .arg(DISPATCH_GROUP)
             .arg(consumer)
@@ -989,7 +992,16 @@ impl Store for RedisStore {
             .arg("COUNT")
             .arg(max.max(1))
             .query_async(&mut conn)
-            .await?;
+            .await;
+        let stale = match stale {
+            Ok(stale) => stale,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // Redis restarted empty: recreate the group on the next round.
+                self.forget_groups();
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut entries: Vec<Value> =
             array(&stale)?.get(1).map(|v| array(v).map(<[Value]>::to_vec)).transpose()?.unwrap_or_default();
         if entries.is_empty() {
