@@ -1377,6 +1377,23 @@ pub async fn wait_finished_wakes_when_the_run_ends(f: Fixture) {
     assert_eq!(second.unwrap().status, RunStatus::Completed, "every waiter wakes, not just one");
     let again = store.wait_finished(&id, Duration::from_secs(10)).await.unwrap().unwrap();
     assert_eq!(again.status, RunStatus::Completed, "a finished run answers at once");
+
+    // Regression: a run that failed, was waited for, and was retried must not be
+    // reported as ended by the first end's signal.
+    let failing = store.create_run(start(json!(2))).await.unwrap().run_id;
+    let waiter = {
+        let (store, id) = (store.clone(), failing.clone());
+        tokio::spawn(async move { store.wait_finished(&id, Duration::from_secs(10)).await })
+    };
+    sleep_ms(100).await;
+    let task = claim_one(store.as_ref(), "w").await;
+    store.finish(&task.lease, &[], Finish::Fail { error: ErrorInfo::new("step_failed", "once") }).await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap().unwrap().status, RunStatus::Failed);
+    store.retry(&failing).await.unwrap();
+    let began = std::time::Instant::now();
+    let retried = store.wait_finished(&failing, Duration::from_millis(400)).await.unwrap().unwrap();
+    assert_eq!(retried.status, RunStatus::Pending, "still waiting: the old end signal does not count");
+    assert!(began.elapsed() >= Duration::from_millis(350));
     if let Some(keys) = f.redis_keys_mentioning(id.as_str()).await {
         assert!(keys.iter().any(|k| k.ends_with(":end")), "the end signal is there for racing waiters: {keys:?}");
     }

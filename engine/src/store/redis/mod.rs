@@ -932,7 +932,11 @@ impl Store for RedisStore {
             cmd.arg(&end).arg(&end).arg("RIGHT").arg("LEFT").arg(block.as_secs_f64().max(0.001));
             let ended = !matches!(self.blocking_query(cmd, block).await?, Value::Nil);
             if ended || tokio::time::Instant::now() >= deadline {
-                return self.get_run(run_id).await;
+                let run = self.get_run(run_id).await?;
+                // Not final after an end signal: it was retried meanwhile; wait on.
+                if tokio::time::Instant::now() >= deadline || run.as_ref().is_none_or(|r| r.status.is_final()) {
+                    return Ok(run);
+                }
             }
         }
     }
