@@ -100,7 +100,8 @@ struct Started {
     url: String,
     redis_url: String,
     keel: Vec<Proc>,
-    redis: Proc,
+    /// Kept to be killed on drop.
+    _redis: Proc,
     _dir: std::path::PathBuf,
 }
 
@@ -151,7 +152,7 @@ async fn start_keel(workers: usize, concurrency: usize, fsync: &str) -> anyhow::
     for _ in 0..workers {
         keel.push(spawn("worker")?);
     }
-    Ok(Started { url: format!("http://127.0.0.1:{port}"), redis_url, keel, redis, _dir: dir })
+    Ok(Started { url: format!("http://127.0.0.1:{port}"), redis_url, keel, _redis: redis, _dir: dir })
 }
 
 async fn wait_for_bench(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
@@ -230,10 +231,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
         Some(r) => Some(r.info().await?),
         None => None,
     };
-    let pids: Vec<u32> = started.iter().flat_map(|s| s.keel.iter().map(|p| p.0.id()).chain([s.redis.0.id()])).collect();
     let keel_pids: Vec<u32> = started.iter().flat_map(|s| s.keel.iter().map(|p| p.0.id())).collect();
     let cpu_before: f64 = keel_pids.iter().map(|p| cpu_ms(*p)).sum();
-    let _ = pids;
 
     let bar = ProgressBar::new(args.runs as u64);
     bar.set_style(

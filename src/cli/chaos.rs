@@ -205,11 +205,7 @@ struct Faults {
 }
 
 /// Retry a request against the servers in turn until it answers (bounded).
-async fn send(
-    http: &reqwest::Client,
-    bases: &[String],
-    build: impl Fn(&str) -> reqwest::RequestBuilder,
-) -> Option<Value> {
+async fn send(bases: &[String], build: impl Fn(&str) -> reqwest::RequestBuilder) -> Option<Value> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut i = 0;
     while Instant::now() < deadline {
@@ -221,7 +217,6 @@ async fn send(
         {
             return Some(value);
         }
-        let _ = http;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     None
@@ -280,7 +275,7 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    send(&http, &bases, |b| {
+    send(&bases, |b| {
         http.post(format!("{b}/v1/webhooks"))
             .json(&json!({"url": format!("{receiver}/hook"), "event_types": ["run.completed"]}))
     })
@@ -315,7 +310,7 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
             let (http, bases, acked, observed) = (http2.clone(), bases2.clone(), acked2.clone(), observed2.clone());
             followers.spawn(async move {
                 let key = format!("chaos-{i}");
-                let started = send(&http, &bases, |b| {
+                let started = send(&bases, |b| {
                     http.post(format!("{b}/v1/workflows/chaos/runs"))
                         .header("idempotency-key", &key)
                         .json(&json!({"input": input}))
@@ -338,7 +333,7 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
                             .await;
                         sent_event = Instant::now();
                     }
-                    let result = send(&http, &bases, |b| http.get(format!("{b}/v1/runs/{id}/result?wait=2s"))).await;
+                    let result = send(&bases, |b| http.get(format!("{b}/v1/runs/{id}/result?wait=2s"))).await;
                     if let Some(result) = result
                         && result["status"] == "completed"
                     {

@@ -15,7 +15,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use keel_engine::{Claim, ClaimedTask, Finish, Finished, Lease, Store, Suspension};
-use keel_proto::{ErrorInfo, JournalEvent, JournalRecord, WorkerInfo};
+use keel_proto::{ErrorInfo, JournalEvent, WorkerInfo};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -625,6 +625,3 @@ impl<F: Future<Output = crate::Result<Value>>> Future for Driver<F> {
 pub(crate) fn interceptor_from(f: impl Fn(&StepInfo) -> Option<StepError> + Send + Sync + 'static) -> Interceptor {
     Arc::new(f)
 }
-
-#[allow(dead_code)]
-fn _journal_is_send(_: &JournalRecord) {}

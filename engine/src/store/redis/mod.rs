@@ -229,17 +229,7 @@ impl RedisStore {
         for _ in &queues {
             cmd.arg(">");
         }
-        let watchdog = req.block + BLOCK_MARGIN;
-        let mut conn = self.blocking_conn(watchdog).await?;
-        let reply: Value = match tokio::time::timeout(watchdog, cmd.query_async(&mut conn)).await {
-            Ok(Ok(reply)) => {
-                self.return_blocking_conn(conn);
-                reply
-            }
-            // The connection is dropped, not pooled: its state is unknown.
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(Error::Timeout(watchdog)),
-        };
+        let reply = self.blocking_query(cmd, req.block).await?;
         let mut out = Vec::new();
         if let Value::Nil = reply {
             return Ok(out);
@@ -419,6 +409,7 @@ impl RedisStore {
                 self.return_blocking_conn(conn);
                 Ok(reply)
             }
+            // The connection is dropped, not pooled: its state is unknown.
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(Error::Timeout(watchdog)),
         }

@@ -33,14 +33,8 @@ if how == 'release' then
   ack(wf, tid)
   redis.call('DEL', k_lease(id))
   redis.call('HSET', k_run(id), 'task', '')
-  if h[7] == '1' then
-    -- Stopped at a step boundary because a pause was asked for.
-    set_status(id, st, 'paused', created)
-    journal_add(id, '{"v":1,"type":"run_paused"}')
-  else
-    set_status(id, st, 'pending', created)
-    enqueue(id, wf)
-  end
+  -- Handed back at a step boundary: paused there if a pause was asked for.
+  runnable(id, wf, st, created, h[7] == '1')
   return { 'DONE' }
 end
 

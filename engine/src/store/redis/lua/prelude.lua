@@ -138,15 +138,21 @@ end
 
 -- A suspended run becomes runnable: one task, exactly. (A run asked to pause
 -- becomes paused instead, with no task, until resumed.)
-local function wake(id, wf, st, created, wk)
-  clear_wait(id, wk)
-  if redis.call('HGET', k_run(id), 'pz') == '1' then
+-- A run no worker holds becomes runnable (one task), or paused (no task) when a
+-- pause was asked for.
+local function runnable(id, wf, st, created, paused)
+  if paused then
     set_status(id, st, 'paused', created)
     journal_add(id, '{"v":1,"type":"run_paused"}')
   else
     set_status(id, st, 'pending', created)
     enqueue(id, wf)
   end
+end
+
+local function wake(id, wf, st, created, wk)
+  clear_wait(id, wk)
+  runnable(id, wf, st, created, redis.call('HGET', k_run(id), 'pz') == '1')
 end
 
 local function finalize(id, st, new, created, now, retention_ms)
