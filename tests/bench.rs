@@ -1,6 +1,9 @@
 //! `keel bench` works (with a tiny N: a benchmark, not a timed test). It starts
 //! its own redis-server, server and worker, and prints its one line.
 
+// Test helpers outside #[test] functions unwrap too (clippy.toml allows it only inside them).
+#![allow(clippy::unwrap_used)]
+
 #[test]
 fn keel_bench_runs_and_reports_one_line() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))

@@ -2,6 +2,9 @@
 //! wire schemas, its Lua key names must match keys.rs, and its scripts must
 //! survive a SCRIPT FLUSH (NOSCRIPT -> reload).
 
+// Test helpers outside #[test] functions unwrap too (clippy.toml allows it only inside them).
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -266,7 +269,7 @@ async fn acknowledged_writes_survive_a_redis_kill_with_appendfsync_always() {
         pos: None,
         duration_ms: None,
     };
-    store.append(&task.lease, &[step.clone()]).await.unwrap();
+    store.append(&task.lease, std::slice::from_ref(&step)).await.unwrap();
     let done = store.claim(&claim_req("w1")).await.unwrap().remove(0);
     store.finish(&done.lease, &[], Finish::Complete { output: json!("done") }).await.unwrap();
 

@@ -1,6 +1,9 @@
 //! The committed JSON Schemas must match the types. Regenerate with
 //! `KEEL_BLESS=1 cargo test -p keel-proto --test schemas`.
 
+// Test helpers outside #[test] functions unwrap too (clippy.toml allows it only inside them).
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use keel_proto::{ChildOutcome, ErrorInfo, JournalEntry, JournalEvent, JournalRecord, ParentRef, RunId};

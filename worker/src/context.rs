@@ -10,11 +10,13 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use keel_engine::{CreateRun, EventWait, Lease, Store};
 use keel_proto::{ChildOutcome, ErrorInfo, JournalEntry, JournalEvent, JournalRecord, ParentRef, RunId, RunStatus};
 use serde::Serialize;
@@ -54,6 +56,8 @@ pub(crate) struct Settings {
     pub versions: HashMap<String, u32>,
     /// How `ctx.call` sends requests.
     pub calls: crate::CallSettings,
+    /// Lease renewals and the started marks of long attempts, on their own thread.
+    pub heartbeats: crate::heartbeat::Heartbeats,
 }
 
 /// Why the run must stop being driven.
@@ -196,11 +200,17 @@ impl RunCore {
     /// Append entries under the lease. On failure the run is abandoned (its lease
     /// will expire and the journal, which has or has not the entries, decides).
     async fn append(&self, events: Vec<JournalEvent>) -> Option<Vec<JournalRecord>> {
+        self.append_via(self.store.as_ref(), events).await
+    }
+
+    /// [`append`](Self::append) through another handle on the store (the
+    /// heartbeat thread's, which a blocked runtime cannot stall).
+    async fn append_via(&self, store: &dyn Store, events: Vec<JournalEvent>) -> Option<Vec<JournalRecord>> {
         let _turn = self.writes.lock().await;
         if matches!(self.state().stop, Some(Stop::Abandon(_) | Stop::Fail(_))) {
             return None;
         }
-        match self.store.append(&self.lease, &events).await {
+        match store.append(&self.lease, &events).await {
             Ok(appended) => {
                 let records: Vec<JournalRecord> = appended
                     .seqs
@@ -363,15 +373,18 @@ impl Context {
     ///
     /// ```
     /// # async fn f(ctx: keel_worker::Context) {
-    /// tracing::info!(run_id = %ctx.run_id(), attempt = ctx.attempt(), "working");
+    /// tracing::info!(run_id = %ctx.run_id(), lease_epoch = ctx.lease_epoch(), "working");
     /// # }
     /// ```
     pub fn run_id(&self) -> &RunId {
         &self.core.lease.run_id
     }
 
-    /// How many times a worker has picked this run up (1 on the first execution).
-    pub fn attempt(&self) -> u64 {
+    /// The epoch of the lease this execution holds: how many times a worker has
+    /// picked this run up (1 on the first execution; a resume after a sleep or an
+    /// event, or a takeover after a crash, counts too). A step's own attempt
+    /// number is [`StepInfo::attempt`].
+    pub fn lease_epoch(&self) -> u64 {
         self.core.lease.epoch
     }
 
@@ -855,39 +868,28 @@ impl Step {
         // A fast attempt is journaled once, by its result; one that runs longer
         // than STARTED_AFTER is first journaled as started (so its attempt count is
         // durable and dashboards see it running). The first entry carries the place.
-        let mut started = false;
+        // The started mark is written from the heartbeat thread: a step that blocks
+        // its thread must still count as an attempt if its worker dies during it.
         let injected = core.settings.interceptor.as_ref().and_then(|intercept| intercept(&info));
+        let mut started = false;
         let outcome: Result<(T, Duration), (ErrorInfo, Option<StepError>)> = match injected {
             Some(err) => Err((ErrorInfo::new(err.kind_name(), err.message()), Some(err))),
             None => {
                 let began = Instant::now();
-                let limit = self.timeout;
-                let work = f(info);
-                let bounded = async move {
-                    match limit {
-                        Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| limit),
-                        None => Ok(work.await),
-                    }
-                };
-                tokio::pin!(bounded);
-                let result = tokio::select! {
-                    biased;
-                    result = &mut bounded => result,
-                    () = tokio::time::sleep(STARTED_AFTER) => {
-                        let entry = JournalEvent::StepStarted { step_id: step_id.clone(), attempt, pos: Some(active.pos.clone()) };
-                        if core.append(vec![entry]).await.is_none() {
-                            return active.halt().await;
-                        }
-                        started = true;
-                        bounded.await
-                    }
-                };
+                let mark = StartedMark::new();
+                let entry =
+                    JournalEvent::StepStarted { step_id: step_id.clone(), attempt, pos: Some(active.pos.clone()) };
+                let _marker = mark.write_after(core.clone(), STARTED_AFTER, entry);
+                let result = attempt_once(f, info, self.timeout).await;
+                match mark.settle().await {
+                    MarkState::Running | MarkState::Done => {}
+                    MarkState::Journaled => started = true,
+                    MarkState::Journaling | MarkState::Failed => return active.halt().await,
+                }
                 match result {
                     Ok(Ok(value)) => Ok((value, began.elapsed())),
                     Ok(Err(err)) => Err((ErrorInfo::new(err.kind_name(), err.message()), Some(err))),
-                    Err(limit) => {
-                        Err((ErrorInfo::new("timeout", format!("the attempt took longer than {limit:?}")), None))
-                    }
+                    Err(error) => Err((error, None)),
                 }
             }
         };
@@ -939,6 +941,98 @@ impl Step {
                     Err(Error::from_info(error))
                 }
             }
+        }
+    }
+}
+
+/// One attempt of a step's code, bounded by its timeout. A panic (while building
+/// the future or polling it) is a failed attempt, retried by the step's policy.
+async fn attempt_once<T, F, Fut>(
+    f: F,
+    info: StepInfo,
+    limit: Option<Duration>,
+) -> Result<Result<T, StepError>, ErrorInfo>
+where
+    F: FnOnce(StepInfo) -> Fut,
+    Fut: Future<Output = Result<T, StepError>>,
+{
+    let panicked = |payload: Box<dyn std::any::Any + Send>| {
+        let message = crate::runtime::panic_message(&*payload);
+        tracing::error!(panic = %message, "a step attempt panicked");
+        ErrorInfo::new("panicked", format!("the step panicked: {message}"))
+    };
+    let work = match std::panic::catch_unwind(AssertUnwindSafe(|| f(info))) {
+        Ok(work) => AssertUnwindSafe(work).catch_unwind(),
+        Err(payload) => return Err(panicked(payload)),
+    };
+    let result = match limit {
+        Some(limit) => match tokio::time::timeout(limit, work).await {
+            Ok(result) => result,
+            Err(_) => return Err(ErrorInfo::new("timeout", format!("the attempt took longer than {limit:?}"))),
+        },
+        None => work.await,
+    };
+    result.map_err(panicked)
+}
+
+/// Where the "step started" entry of one attempt stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MarkState {
+    /// The attempt runs; nothing journaled yet.
+    Running,
+    /// The heartbeat thread is writing the entry.
+    Journaling,
+    Journaled,
+    /// Writing it failed: the execution is abandoned.
+    Failed,
+    /// The attempt ended before the entry was due: its result is its only entry.
+    Done,
+}
+
+/// Shared between an attempt and the task that journals its start; the watch
+/// channel works across the two runtimes.
+struct StartedMark(Arc<tokio::sync::watch::Sender<MarkState>>);
+
+impl StartedMark {
+    fn new() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(MarkState::Running)))
+    }
+
+    /// Journal `entry` after `delay` unless the attempt has ended; from the
+    /// heartbeat thread. The task is aborted when the guard drops.
+    fn write_after(&self, core: Arc<RunCore>, delay: Duration, entry: JournalEvent) -> crate::heartbeat::AbortOnDrop {
+        let state = self.0.clone();
+        let heartbeats = core.settings.heartbeats.clone();
+        let store = heartbeats.store().clone();
+        heartbeats.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let begin = state.send_if_modified(|s| {
+                let running = *s == MarkState::Running;
+                if running {
+                    *s = MarkState::Journaling;
+                }
+                running
+            });
+            if begin {
+                let written = core.append_via(store.as_ref(), vec![entry]).await.is_some();
+                state.send_replace(if written { MarkState::Journaled } else { MarkState::Failed });
+            }
+        })
+    }
+
+    /// The attempt ended: close the mark, or wait for a write in progress.
+    async fn settle(&self) -> MarkState {
+        self.0.send_if_modified(|s| {
+            let running = *s == MarkState::Running;
+            if running {
+                *s = MarkState::Done;
+            }
+            running
+        });
+        let mut seen = self.0.subscribe();
+        match seen.wait_for(|s| *s != MarkState::Journaling).await {
+            Ok(state) => *state,
+            Err(_) => MarkState::Failed,
         }
     }
 }

@@ -38,10 +38,34 @@
 //! writes by lease epoch). Only await Keel's primitives in a workflow's body (and
 //! run parallel work through [`Context::all`] / [`Context::join`]): other awaits
 //! are not durable. The [`testing`] module runs workflows without Redis or waiting.
+//!
+//! A step's code may panic: the attempt fails (kind `panicked`, with the
+//! message) and is retried by the step's policy; a panic in the body outside any
+//! step fails the run (kind `panicked`) and runs its failure handler.
+//!
+//! Blocking code (`std::thread::sleep`, heavy CPU work, a synchronous client)
+//! belongs in [`tokio::task::spawn_blocking`] inside the step, so the worker's
+//! other runs go on meanwhile. A step that blocks anyway does not lose its run:
+//! leases are renewed from a thread of their own, so no other worker takes the
+//! run over, and the attempt is journaled as started while it blocks.
+//!
+//! ```
+//! # use keel_worker::{Context, Result, StepError};
+//! async fn checksum(ctx: Context, path: String) -> Result<u64> {
+//!     ctx.step("checksum")
+//!         .run(move || async move {
+//!             tokio::task::spawn_blocking(move || path.bytes().map(u64::from).sum::<u64>())
+//!                 .await
+//!                 .map_err(|e| StepError::retryable(e.to_string()))
+//!         })
+//!         .await
+//! }
+//! ```
 
 mod call;
 mod context;
 mod error;
+mod heartbeat;
 mod history;
 mod retry;
 mod runtime;

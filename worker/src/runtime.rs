@@ -9,17 +9,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use keel_engine::{Claim, ClaimedTask, Finish, Finished, Lease, Store, Suspension};
 use keel_proto::{ErrorInfo, JournalEvent, WorkerInfo};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::context::{Interceptor, RunCore, Settings, Stop};
 use crate::workflow::Workflow;
@@ -213,6 +216,7 @@ impl WorkerBuilder {
             .filter_map(|(name, versions)| Some((name.clone(), *versions.keys().next_back()?)))
             .collect();
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
+        let heartbeats = crate::heartbeat::Heartbeats::start(&store).await?;
         Ok(Worker {
             store,
             workflows,
@@ -221,6 +225,7 @@ impl WorkerBuilder {
                 interceptor: self.interceptor,
                 versions,
                 calls: self.calls,
+                heartbeats,
             }),
             config: WorkerConfig {
                 worker_id,
@@ -325,7 +330,14 @@ impl Worker {
                         let worker = worker.clone();
                         let handback = handback.clone();
                         runs.spawn(async move {
-                            worker.execute(task, handback).await;
+                            let run_id = task.lease.run_id.clone();
+                            // A panic here is a bug of the runtime's (the workflow's own
+                            // panics are caught closer to them): say so; the lease
+                            // lapses (its renewals end with the execution) and another
+                            // worker replays the run.
+                            if let Err(panic) = AssertUnwindSafe(worker.execute(task, handback)).catch_unwind().await {
+                                tracing::error!(%run_id, panic = %panic_message(&*panic), "the execution of a run panicked; its lease will lapse");
+                            }
                             drop(permit);
                         });
                     }
@@ -337,17 +349,25 @@ impl Worker {
                     tokio::select! { biased; _ = &mut shutdown => break, _ = tokio::time::sleep(pause) => {} }
                 }
             }
-            while runs.try_join_next().is_some() {}
+            while let Some(joined) = runs.try_join_next() {
+                log_join_error(joined);
+            }
         }
 
         tracing::info!(in_flight = runs.len(), grace = ?worker.config.grace, "worker stopping: no new tasks");
         stop.cancel();
-        let drained =
-            tokio::time::timeout(worker.config.grace, async { while runs.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(worker.config.grace, async {
+            while let Some(joined) = runs.join_next().await {
+                log_join_error(joined);
+            }
+        })
+        .await;
         if drained.is_err() {
             tracing::info!(in_flight = runs.len(), "grace period over: handing the remaining runs back");
             handback.cancel();
-            while runs.join_next().await.is_some() {}
+            while let Some(joined) = runs.join_next().await {
+                log_join_error(joined);
+            }
         }
         let _ = duties.await;
         tracing::info!("worker stopped");
@@ -394,11 +414,15 @@ impl Worker {
         Ok(ran)
     }
 
-    /// Run one claimed task until its lease ends.
+    /// Run one claimed task until its lease ends, in the run's tracing span.
     async fn execute(&self, task: ClaimedTask, handback: CancellationToken) {
-        let lease = task.lease.clone();
+        let lease = &task.lease;
         let span = tracing::info_span!("run", run_id = %lease.run_id, workflow = %lease.workflow, epoch = lease.epoch);
-        let _enter = span.enter();
+        self.execute_in_span(task, handback).instrument(span).await
+    }
+
+    async fn execute_in_span(&self, task: ClaimedTask, handback: CancellationToken) {
+        let lease = task.lease.clone();
         let Some(workflow) = self.workflows.get(&lease.workflow).and_then(|v| v.get(&task.run.version)).cloned() else {
             tracing::warn!(version = task.run.version, "no such workflow version here; handing the run back");
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -414,8 +438,8 @@ impl Worker {
             return;
         };
 
-        let lost = CancellationToken::new();
-        let heartbeat = tokio::spawn(heartbeat(self.store.clone(), lease.clone(), self.config.lease, lost.clone()));
+        // Renewals end when this guard drops: on every way out of here, panics included.
+        let (_renewals, lost) = self.settings.heartbeats.keep(lease.clone(), self.config.lease);
         let base = (task.now_ms, Instant::now());
         let now = move || base.0 + base.1.elapsed().as_millis() as u64;
         let mut journal = task.journal;
@@ -469,7 +493,6 @@ impl Worker {
                 _ => break,
             }
         }
-        heartbeat.abort();
     }
 
     /// Poll the workflow until it returns, suspends, stops, or loses its lease.
@@ -544,20 +567,20 @@ impl Worker {
     }
 }
 
-/// Keep the lease alive while the run executes; say so when it is lost.
-async fn heartbeat(store: Arc<dyn Store>, lease: Lease, ttl: Duration, lost: CancellationToken) {
-    let mut tick = tokio::time::interval(ttl / 3);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match store.renew_lease(&lease, ttl).await {
-            Ok(()) => {}
-            Err(keel_engine::Error::LeaseLost { .. }) => {
-                lost.cancel();
-                return;
-            }
-            Err(e) => tracing::warn!(run_id = %lease.run_id, error = %e, "lease renewal failed; will retry"),
-        }
+fn log_join_error(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined {
+        tracing::error!(error = %e, "a run's execution task ended abnormally");
+    }
+}
+
+/// The text a panic was raised with.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }
 
@@ -601,7 +624,19 @@ impl<F: Future<Output = crate::Result<Value>>> Future for Driver<F> {
     type Output = Outcome;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Outcome> {
-        let polled = self.fut.as_mut().poll(cx);
+        // A panic in the workflow's body (outside any step) fails the run; the
+        // future is dropped, never polled again.
+        let polled = match std::panic::catch_unwind(AssertUnwindSafe(|| self.fut.as_mut().poll(cx))) {
+            Ok(polled) => polled,
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                tracing::error!(panic = %message, "the workflow panicked");
+                return Poll::Ready(Outcome::Fail(ErrorInfo::new(
+                    "panicked",
+                    format!("the workflow panicked: {message}"),
+                )));
+            }
+        };
         let state = self.core.state();
         match (&state.stop, polled) {
             (Some(Stop::Abandon(reason)), _) => return Poll::Ready(Outcome::Abandon(reason.clone())),

@@ -2,6 +2,9 @@
 //! SIGKILLed, SIGSTOPped and restarted by PID while they run workflows against a
 //! private redis-server. Every wait is bounded.
 
+// Test helpers outside #[test] functions unwrap too (clippy.toml allows it only inside them).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -1,5 +1,8 @@
 //! The worker runtime end to end, in process, on both stores.
 
+// Test helpers outside #[test] functions unwrap too (clippy.toml allows it only inside them).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -237,6 +237,14 @@ pub struct DeadLetter {
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn config(&self) -> &StoreConfig;
 
+    /// Another handle on the same data whose connections are driven by the
+    /// runtime this is awaited on (the worker renews leases through one on a
+    /// thread of its own, so a step that blocks the main runtime cannot starve
+    /// them). `None`: this store has no connections, use it as it is.
+    async fn independent(&self) -> Result<Option<std::sync::Arc<dyn Store>>> {
+        Ok(None)
+    }
+
     /// Create a run with its `run_started` entry and its first task (or its start
     /// timer), atomically. Idempotent by key and by client run id.
     async fn create_run(&self, req: CreateRun) -> Result<Created>;

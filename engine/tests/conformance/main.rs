@@ -1,6 +1,9 @@
 //! The store conformance suite: every case is written once (in `cases.rs`) and
 //! run against both stores, each Redis case on its own private redis-server.
 
+// Test helpers outside #[test] functions unwrap too (clippy.toml allows it only inside them).
+#![allow(clippy::unwrap_used)]
+
 mod cases;
 mod fixture;
 

@@ -62,13 +62,18 @@ impl fmt::Debug for RedisStore {
 impl RedisStore {
     /// Connect to `url` (`redis://`, `rediss://`). Warns when Redis may evict keys.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<Self> {
-        let client = Client::open(url)?;
+        let store = Self::with_client(Client::open(url)?, config).await?;
+        store.warn_on_eviction().await;
+        Ok(store)
+    }
+
+    async fn with_client(client: Client, config: StoreConfig) -> Result<Self> {
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(6);
         let conn = client.get_connection_manager_with_config(manager_config).await?;
-        let store = Self {
+        Ok(Self {
             client,
             conn,
             blocking: Mutex::new(Vec::new()),
@@ -76,9 +81,7 @@ impl RedisStore {
             config,
             scripts: Scripts::new(),
             groups: Mutex::new(HashSet::new()),
-        };
-        store.warn_on_eviction().await;
-        Ok(store)
+        })
     }
 
     pub fn keys(&self) -> &Keys {
@@ -533,6 +536,10 @@ fn stream_id(s: &str) -> Result<&str> {
 impl Store for RedisStore {
     fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    async fn independent(&self) -> Result<Option<std::sync::Arc<dyn Store>>> {
+        Ok(Some(std::sync::Arc::new(Self::with_client(self.client.clone(), self.config.clone()).await?)))
     }
 
     async fn create_run(&self, req: CreateRun) -> Result<Created> {
