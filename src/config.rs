@@ -40,6 +40,12 @@ pub struct Settings {
     /// Request body limit in bytes [default: 1048576].
     #[arg(long, env = "KEEL_MAX_BODY_BYTES", global = true)]
     pub max_body_bytes: Option<usize>,
+    /// HTTP connections a server keeps open at once; more are closed [default: 16384].
+    #[arg(long, env = "KEEL_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
+    /// A client must send a request's head within this, its body within 3x this [default: 10s].
+    #[arg(long, env = "KEEL_HEADER_TIMEOUT", global = true)]
+    pub header_timeout: Option<String>,
     /// How long finished runs are kept [default: 7d].
     #[arg(long, env = "KEEL_RETENTION", global = true)]
     pub retention: Option<String>,
@@ -78,6 +84,8 @@ struct File {
     signing_key: Option<String>,
     allow_private_targets: Option<bool>,
     max_body_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    header_timeout: Option<String>,
     retention: Option<String>,
     lease: Option<String>,
     concurrency: Option<usize>,
@@ -109,6 +117,8 @@ impl Settings {
                 signing_key,
                 allow_private_targets,
                 max_body_bytes,
+                max_connections,
+                header_timeout,
                 retention,
                 lease,
                 concurrency,
@@ -163,6 +173,18 @@ impl Settings {
             duties.reconcile_every = duration(every).context("--reconcile-every")?;
         }
         Ok(duties)
+    }
+
+    pub fn serve_limits(&self) -> anyhow::Result<keel_api::ServeLimits> {
+        let mut limits = keel_api::ServeLimits::default();
+        if let Some(max) = self.max_connections {
+            limits.max_connections = max.max(1);
+        }
+        if let Some(timeout) = &self.header_timeout {
+            limits.header_timeout = duration(timeout).context("--header-timeout")?.max(Duration::from_millis(100));
+            limits.body_timeout = limits.header_timeout * 3;
+        }
+        Ok(limits)
     }
 
     pub fn api_config(&self) -> keel_api::ApiConfig {

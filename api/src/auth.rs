@@ -54,8 +54,8 @@ pub(crate) async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().as_bytes().to_vec())
+        .and_then(bearer_token)
+        .map(|t| t.as_bytes().to_vec())
         .ok_or(ApiError::Unauthorized)?;
     // Check every token (no early exit), so timing says nothing about which matched.
     let full = config.api_tokens.iter().fold(false, |hit, t| hit | t.matches(&presented));
@@ -70,5 +70,28 @@ pub(crate) async fn require_token(
             Err(ApiError::Forbidden)
         };
     }
-    Err(ApiError::Unauthorized)
+    Err(ApiError::InvalidToken)
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is
+/// case-insensitive (RFC 9110 §11.1).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer t0k", "bearer t0k", "BEARER t0k", "  bEaReR   t0k  "] {
+            assert_eq!(bearer_token(header), Some("t0k"), "{header:?}");
+        }
+        for header in ["Basic t0k", "Bearer", "Bearer ", "Bearert0k", ""] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
+    }
 }

@@ -14,6 +14,14 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the request body is larger than {0} bytes")]
     BodyTooLarge(usize),
+    #[error("the query string does not parse: {0}")]
+    BadQuery(String),
+    #[error("the path does not parse: {0}")]
+    BadPath(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("this resource does not support that method")]
+    MethodNotAllowed,
     #[error("{0}")]
     InvalidRequest(String),
     #[error("{0}")]
@@ -32,6 +40,8 @@ pub enum ApiError {
     TargetRefused(String),
     #[error("a bearer token is required: send `Authorization: Bearer <token>`")]
     Unauthorized,
+    #[error("invalid token: it is not one of this server's tokens")]
+    InvalidToken,
     #[error("this token may only read (GET); use a full token to change things")]
     Forbidden,
     #[error("the store is unavailable: {0}")]
@@ -48,6 +58,12 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "The body must be JSON")
             }
             Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "The body is too large"),
+            Self::BadQuery(_) => (StatusCode::BAD_REQUEST, "invalid-query", "The query string is not valid"),
+            Self::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid-path", "The path is not valid"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "The request is not valid"),
+            Self::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "The method is not allowed here")
+            }
             Self::InvalidRequest(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "The request is not valid")
             }
@@ -71,6 +87,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "target-refused", "The URL points where Keel may not send requests")
             }
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required"),
+            Self::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid-token", "The token is not valid"),
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Not allowed with this token"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "The store is unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
@@ -107,8 +124,16 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if matches!(self, Self::Unauthorized) {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            Self::Unauthorized => {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::InvalidToken => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+            }
+            _ => {}
         }
         response
     }

@@ -20,6 +20,7 @@ mod extract;
 mod metrics;
 mod openapi;
 mod routes;
+mod serve;
 mod util;
 
 pub use auth::Secret;
@@ -27,6 +28,7 @@ pub use error::{ApiError, ApiResult};
 pub use keel_net::{Signer, signing, ssrf};
 pub use metrics::Metrics;
 pub use openapi::openapi_json;
+pub use serve::{ServeLimits, serve};
 
 /// How the API behaves.
 #[derive(Debug, Clone)]
@@ -134,6 +136,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}", get(routes::webhooks::get_one).delete(routes::webhooks::delete))
         .route("/v1/webhooks/{id}/deliveries", get(routes::webhooks::deliveries))
         .fallback(routes::health::not_found)
+        .method_not_allowed_fallback(routes::health::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(limit))

@@ -56,8 +56,11 @@ impl Metrics {
 }
 
 /// Count every request by method, route and status; count store failures.
+/// Every label has a bounded set of values (anybody can send any method and
+/// path, before auth): the standard methods else `other`, the matched route
+/// template else `unmatched`.
 pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    let method = method_label(req.method()).to_owned();
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(req).await;
     let status = response.status().as_u16();
@@ -66,6 +69,20 @@ pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Nex
     }
     state.metrics().http.get_or_create(&HttpLabels { method, route, status }).inc();
     response
+}
+
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// A histogram whose buckets were counted elsewhere (by the store).
@@ -91,7 +108,7 @@ impl EncodeMetric for ConstHistogram {
 }
 
 /// Prometheus text format (OpenMetrics).
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 pub async fn scrape(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
     let store = state.store();
     let mut workflows: BTreeSet<String> = BTreeSet::new();

@@ -124,7 +124,7 @@ async fn serve(
             stop.cancel();
         }
     };
-    axum::serve(listener, keel_api::router(state)).with_graceful_shutdown(graceful).await?;
+    keel_api::serve(listener, keel_api::router(state), settings.serve_limits()?, graceful).await?;
     stop.cancel();
     if tokio::time::timeout(Duration::from_secs(20), async { while tasks.join_next().await.is_some() {} })
         .await

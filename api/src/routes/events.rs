@@ -1,17 +1,17 @@
 //! `POST /v1/events/{key}`: deliver an event to the runs waiting for it.
 
 use axum::Json as Reply;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use keel_proto::http::EventDelivered;
 use serde_json::Value;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Json;
+use crate::extract::{Json, Path};
 
 /// Deliver an event (the body is its data) to every run waiting on the key.
 /// Runs that start waiting shortly after still get it (the lookback window).
-#[utoipa::path(post, path = "/v1/events/{key}", tag = "events",
+#[utoipa::path(post, path = "/v1/events/{key}", operation_id = "sendEvent", tag = "events",
     params(("key" = String, Path, description = "the event key, e.g. order-42:paid")),
     request_body(content = Value, description = "the event's data (any JSON)"),
     responses((status = 200, body = EventDelivered),

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json as Reply;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -20,10 +20,11 @@ use serde::Deserialize;
 use super::run_id;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Json;
+use crate::extract::{Json, Path, Query};
 use crate::util::parse_duration;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// Wait up to this long for the run to finish (e.g. `30s`).
     wait: Option<String>,
@@ -32,7 +33,7 @@ pub struct WaitQuery {
 /// Start a run. 201 with its id; 200 with the same id when the Idempotency-Key
 /// (or run_id) was seen before; with `?wait=`, the result when it finishes in time
 /// (else 202 with its status).
-#[utoipa::path(post, path = "/v1/workflows/{name}/runs", tag = "runs",
+#[utoipa::path(post, path = "/v1/workflows/{name}/runs", operation_id = "startRun", tag = "runs",
     params(("name" = String, Path, description = "the workflow"),
            ("Idempotency-Key" = Option<String>, Header, description = "repeat-safe starts: the same key gives the same run"),
            WaitQuery),
@@ -134,6 +135,7 @@ async fn wait_final(state: &AppState, id: &RunId, wait: Duration) -> ApiResult<R
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     workflow: Option<String>,
     /// pending, running, sleeping, waiting, paused, completed, failed, cancelled
@@ -146,7 +148,7 @@ pub struct ListQuery {
 }
 
 /// List runs, newest first, filtered, cursor-paginated.
-#[utoipa::path(get, path = "/v1/runs", tag = "runs", params(ListQuery),
+#[utoipa::path(get, path = "/v1/runs", operation_id = "listRuns", tag = "runs", params(ListQuery),
     responses((status = 200, body = RunPage), (status = 422, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult<Reply<RunPage>> {
     let status = query.status.as_deref().map(str::parse::<RunStatus>).transpose().map_err(ApiError::InvalidRequest)?;
@@ -173,7 +175,7 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>)
 }
 
 /// A run: status, progress, steps with attempts, durations, outputs, errors.
-#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/runs/{id}", operation_id = "getRun", tag = "runs", params(("id" = String, Path)),
     responses((status = 200, body = RunDetail), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunDetail>> {
     let id = run_id(id)?;
@@ -251,7 +253,7 @@ pub(crate) fn steps_of(journal: &[JournalRecord]) -> Vec<StepView> {
 
 /// Long-poll for the result: answers as soon as the run is final (200), or with
 /// its status when the wait ends (202).
-#[utoipa::path(get, path = "/v1/runs/{id}/result", tag = "runs", params(("id" = String, Path), WaitQuery),
+#[utoipa::path(get, path = "/v1/runs/{id}/result", operation_id = "getRunResult", tag = "runs", params(("id" = String, Path), WaitQuery),
     responses((status = 200, body = RunResult), (status = 202, body = RunResult), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn result(
     State(state): State<AppState>,
@@ -268,9 +270,10 @@ pub async fn result(
 /// The journal live as Server-Sent Events: every entry so far, then new ones as
 /// they come; resumable with `Last-Event-ID` (each event's id is its sequence
 /// number). The stream ends after the run's final entry.
-#[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs", params(("id" = String, Path),
+#[utoipa::path(get, path = "/v1/runs/{id}/events", operation_id = "streamRunJournal", tag = "runs", params(("id" = String, Path),
     ("Last-Event-ID" = Option<String>, Header, description = "resume after this sequence number")),
     responses((status = 200, description = "text/event-stream of journal records", content_type = "text/event-stream"),
+              (status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"),
               (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn events(
     State(state): State<AppState>,
@@ -281,7 +284,18 @@ pub async fn events(
     if state.store().get_run(&id).await?.is_none() {
         return Err(ApiError::RunNotFound(format!("run {id} does not exist")));
     }
-    let after = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let after = match headers.get("last-event-id") {
+        None => None,
+        // A browser's EventSource resends the last id it saw: one we never sent is
+        // a client error, not an empty stream it would reconnect to for ever.
+        Some(value) => Some(
+            value.to_str().ok().map(str::trim).filter(|id| is_sequence(id)).map(str::to_owned).ok_or_else(|| {
+                ApiError::BadRequest(
+                    "Last-Event-ID must be the id of an event of this stream (like 1733140000000-0)".into(),
+                )
+            })?,
+        ),
+    };
     let stream = futures::stream::unfold((state, id, after, false), |(state, id, after, done)| async move {
         if done {
             return None;
@@ -309,12 +323,17 @@ pub async fn events(
     Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
 }
 
+/// A journal sequence number: `<ms>-<n>`, as the SSE ids are.
+fn is_sequence(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, n)| ms.parse::<u64>().is_ok() && n.parse::<u64>().is_ok())
+}
+
 fn action(id: RunId, outcome: &str) -> Reply<RunAction> {
     Reply(RunAction { run_id: id, outcome: outcome.into() })
 }
 
 /// Cancel: at once if no worker holds the run, else at its next step boundary.
-#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", operation_id = "cancelRun", tag = "runs", params(("id" = String, Path)),
     responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
     let id = run_id(id)?;
@@ -326,7 +345,7 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 }
 
 /// Hold a run between steps until resumed.
-#[utoipa::path(post, path = "/v1/runs/{id}/pause", tag = "runs", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/runs/{id}/pause", operation_id = "pauseRun", tag = "runs", params(("id" = String, Path)),
     responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
     let id = run_id(id)?;
@@ -338,7 +357,7 @@ pub async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Api
 }
 
 /// Let a paused run go on.
-#[utoipa::path(post, path = "/v1/runs/{id}/resume", tag = "runs", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/runs/{id}/resume", operation_id = "resumeRun", tag = "runs", params(("id" = String, Path)),
     responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
     let id = run_id(id)?;
@@ -350,7 +369,7 @@ pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 }
 
 /// Re-run a failed run from its failed step (recorded results are kept).
-#[utoipa::path(post, path = "/v1/runs/{id}/retry", tag = "runs", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/runs/{id}/retry", operation_id = "retryRun", tag = "runs", params(("id" = String, Path)),
     responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
     let id = run_id(id)?;

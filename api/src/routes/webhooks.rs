@@ -1,7 +1,7 @@
 //! Webhook subscriptions, their delivery logs, and the key that verifies them.
 
 use axum::Json as Reply;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use keel_proto::WebhookSubscription;
 use keel_proto::http::{CreateWebhook, DeliveryLog, SigningKey, WebhookList};
@@ -9,10 +9,10 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Json;
+use crate::extract::{Json, Path, Query};
 
 /// Subscribe a URL to webhook events (all, or some types; all workflows, or one).
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
+#[utoipa::path(post, path = "/v1/webhooks", operation_id = "createWebhook", tag = "webhooks", request_body = CreateWebhook,
     responses((status = 201, body = WebhookSubscription),
         (status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"),
         (status = 413, body = keel_proto::http::Problem, content_type = "application/problem+json"),
@@ -40,7 +40,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Reply(subscription)))
 }
 
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, body = WebhookList)))]
+#[utoipa::path(get, path = "/v1/webhooks", operation_id = "listWebhooks", tag = "webhooks", responses((status = 200, body = WebhookList)))]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Reply<WebhookList>> {
     Ok(Reply(WebhookList { webhooks: state.store().list_webhooks().await? }))
 }
@@ -55,13 +55,13 @@ async fn find(state: &AppState, id: &str) -> ApiResult<WebhookSubscription> {
         .ok_or_else(|| ApiError::NotFound(format!("no webhook subscription {id:?}")))
 }
 
-#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/webhooks/{id}", operation_id = "getWebhook", tag = "webhooks", params(("id" = String, Path)),
     responses((status = 200, body = WebhookSubscription), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<WebhookSubscription>> {
     Ok(Reply(find(&state, &id).await?))
 }
 
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", operation_id = "deleteWebhook", tag = "webhooks", params(("id" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     if state.store().delete_webhook(&id).await? {
@@ -72,13 +72,14 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// 1–100, default 50
     limit: Option<usize>,
 }
 
 /// The newest delivery attempts to a subscription.
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path), LogQuery),
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", operation_id = "listWebhookDeliveries", tag = "webhooks", params(("id" = String, Path), LogQuery),
     responses((status = 200, body = DeliveryLog), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn deliveries(
     State(state): State<AppState>,
@@ -91,7 +92,7 @@ pub async fn deliveries(
 }
 
 /// The ed25519 public key that verifies webhook signatures.
-#[utoipa::path(get, path = "/v1/webhooks/signing-key", tag = "webhooks", responses((status = 200, body = SigningKey)))]
+#[utoipa::path(get, path = "/v1/webhooks/signing-key", operation_id = "getSigningKey", tag = "webhooks", responses((status = 200, body = SigningKey)))]
 pub async fn signing_key(State(state): State<AppState>) -> Reply<SigningKey> {
     let public_key = state.signer().public_key_base64();
     Reply(SigningKey { algorithm: "ed25519".into(), standard_webhooks: format!("whpk_{public_key}"), public_key })

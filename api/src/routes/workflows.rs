@@ -10,7 +10,7 @@ use crate::AppState;
 use crate::error::ApiResult;
 
 /// Registered workflows: name, versions, input JSON Schema, live workers.
-#[utoipa::path(get, path = "/v1/workflows", tag = "workflows", responses((status = 200, body = WorkflowList)))]
+#[utoipa::path(get, path = "/v1/workflows", operation_id = "listWorkflows", tag = "workflows", responses((status = 200, body = WorkflowList)))]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<WorkflowList>> {
     Ok(Json(WorkflowList { workflows: live_workflows(&state).await? }))
 }

@@ -1,0 +1,155 @@
+//! A hostile or careless client against the real binary: invented methods,
+//! half-sent request heads, too many connections, malformed queries and paths,
+//! a bad Last-Event-ID, token spellings. Each answer is a problem, nothing grows.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Keel, wait_for_workflows};
+use keel_engine::testing::RedisServer;
+use serde_json::{Value, json};
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+async fn metrics_size(http: &reqwest::Client, keel: &Keel) -> usize {
+    http.get(format!("{}/metrics", keel.url)).send().await.unwrap().text().await.unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_http_methods_do_not_grow_metrics() {
+    let redis = RedisServer::start();
+    let keel = Keel::spawn("server", &redis, &RedisServer::unique_namespace("metrics"), &[]);
+    let http = http();
+    for _ in 0..3 {
+        http.get(format!("{}/healthz", keel.url)).send().await.unwrap();
+    }
+    let before = metrics_size(&http, &keel).await;
+    for i in 0..1000 {
+        let method = reqwest::Method::from_bytes(format!("X{i:05}ZZ").as_bytes()).unwrap();
+        let response = http.request(method, format!("{}/v1/runs/nope{i}", keel.url)).send().await.unwrap();
+        assert!(response.status().is_client_error(), "{}", response.status());
+    }
+    let after = metrics_size(&http, &keel).await;
+    let text = http.get(format!("{}/metrics", keel.url)).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("method=\"other\""), "invented methods are counted as other:\n{text}");
+    assert!(!text.contains("X00001ZZ"), "an invented method became a label");
+    assert!(!text.contains("nope1"), "a raw path became a label");
+    assert!(after < before + 2048, "/metrics grew from {before} to {after} bytes");
+}
+
+/// Read until the server closes the connection (or `within` passes: then `false`).
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + within;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_request_heads_time_out_and_connections_are_capped() {
+    let redis = RedisServer::start();
+    let keel = Keel::spawn(
+        "server",
+        &redis,
+        &RedisServer::unique_namespace("slow"),
+        &[("KEEL_HEADER_TIMEOUT", "1s"), ("KEEL_MAX_CONNECTIONS", "8")],
+    );
+    let addr = keel.url.trim_start_matches("http://").to_owned();
+    let http = http();
+
+    // Slowloris: half a request head, then silence. The server closes it.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: keel\r\nX-Slow: ").unwrap();
+    assert!(closed_within(&mut slow, Duration::from_secs(10)), "a half-sent head was held open");
+
+    // Fill the cap with silent connections: one more is closed at once, while
+    // the silent ones are closed by the head timeout and the server answers again.
+    let silent: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut over = TcpStream::connect(&addr).unwrap();
+    over.write_all(b"GET /healthz HTTP/1.1\r\nHost: keel\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    over.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = over.read_to_string(&mut answer);
+    assert!(!answer.contains("200 OK"), "a connection over the cap was served: {answer}");
+    for mut conn in silent {
+        assert!(closed_within(&mut conn, Duration::from_secs(10)), "an idle connection was held open");
+    }
+    let ok = http.get(format!("{}/healthz", keel.url)).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+async fn problem(response: reqwest::Response, status: u16, kind: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "{response:?}");
+    assert_eq!(response.headers()["content-type"], "application/problem+json", "{response:?}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], format!("urn:keel:problem:{kind}"), "{body}");
+    assert_eq!(body["status"], status);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_a_problem_and_tokens_are_read_as_rfc_9110_says() {
+    let redis = RedisServer::start();
+    let keel = Keel::spawn("dev", &redis, &RedisServer::unique_namespace("problems"), &[("KEEL_API_TOKENS", "s3cret")]);
+    let http = http();
+    wait_for_workflows(&http, &keel, Some("s3cret")).await;
+    let url = |path: &str| format!("{}{path}", keel.url);
+    let get = |path: &str| http.get(url(path)).bearer_auth("s3cret");
+
+    problem(get("/v1/runs?limit=-1").send().await.unwrap(), 400, "invalid-query").await;
+    problem(get("/v1/runs?limit=99999999999999999999999").send().await.unwrap(), 400, "invalid-query").await;
+    problem(get("/v1/runs/%ff").send().await.unwrap(), 400, "invalid-path").await;
+    problem(get("/v1/runs/%ff/result").send().await.unwrap(), 400, "invalid-path").await;
+    let not_allowed = http.delete(url("/v1/runs")).bearer_auth("s3cret").send().await.unwrap();
+    assert!(not_allowed.headers().contains_key("allow"), "405 says what is allowed");
+    problem(not_allowed, 405, "method-not-allowed").await;
+
+    // A Last-Event-ID this stream never sent is a 400, not an empty 200 stream.
+    let run: Value = http
+        .post(url("/v1/workflows/demo/runs?wait=20s"))
+        .bearer_auth("s3cret")
+        .json(&json!({"input": {"steps": 1}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = run["run_id"].as_str().unwrap();
+    for bad in ["garbage", "12-x", "-1", ""] {
+        let response = get(&format!("/v1/runs/{id}/events")).header("last-event-id", bad).send().await.unwrap();
+        problem(response, 400, "bad-request").await;
+    }
+    let resumed = get(&format!("/v1/runs/{id}/events")).header("last-event-id", "0-0").send().await.unwrap();
+    assert_eq!(resumed.status(), 200);
+    assert!(resumed.text().await.unwrap().contains("run_completed"), "a valid id resumes the stream");
+
+    // The scheme is case-insensitive; a wrong token is told apart from none.
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = http.get(url("/v1/runs")).header("authorization", format!("{scheme} s3cret")).send().await;
+        assert_eq!(response.unwrap().status(), 200, "{scheme}");
+    }
+    let wrong =
+        problem(http.get(url("/v1/runs")).bearer_auth("nope").send().await.unwrap(), 401, "invalid-token").await;
+    assert!(wrong["detail"].as_str().unwrap().contains("invalid token"), "{wrong}");
+    let none = problem(http.get(url("/v1/runs")).send().await.unwrap(), 401, "unauthorized").await;
+    assert!(none["detail"].as_str().unwrap().contains("required"), "{none}");
+}
