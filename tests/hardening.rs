@@ -153,3 +153,72 @@ async fn every_error_is_a_problem_and_tokens_are_read_as_rfc_9110_says() {
     let none = problem(http.get(url("/v1/runs")).send().await.unwrap(), 401, "unauthorized").await;
     assert!(none["detail"].as_str().unwrap().contains("required"), "{none}");
 }
+
+async fn redis_clients(redis: &RedisServer) -> usize {
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.unwrap();
+    // Not counting this connection.
+    list.lines().count() - 1
+}
+
+/// Regression: each long-poll and SSE stream held a Redis connection of its own
+/// for good; 500 of them exhausted `maxclients`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_long_polls_and_streams_share_a_few_redis_connections() {
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("polls");
+    let server = Keel::spawn("server", &redis, &ns, &[]);
+    let worker = Keel::spawn("worker", &redis, &ns, &[]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(0).build().unwrap();
+    wait_for_workflows(&http, &server, None).await;
+    let before = redis_clients(&redis).await;
+    // One run that waits for an event: everybody long-polls it or streams it.
+    let run: Value = http
+        .post(format!("{}/v1/workflows/demo/runs", server.url))
+        .json(&json!({"input": {"steps": 1, "wait_for": "polls:go"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = run["run_id"].as_str().unwrap().to_owned();
+    let mut polls = tokio::task::JoinSet::new();
+    for _ in 0..1500 {
+        let (http, url) = (http.clone(), format!("{}/v1/runs/{id}/result?wait=50s", server.url));
+        polls.spawn(async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() });
+    }
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..150 {
+        let (http, url) = (http.clone(), format!("{}/v1/runs/{id}/events", server.url));
+        streams.spawn(async move { http.get(url).send().await.unwrap().text().await.unwrap() });
+    }
+    // Everybody waits: the server answers other requests, on a few connections.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let other: Value = http
+        .post(format!("{}/v1/workflows/demo/runs?wait=20s", server.url))
+        .json(&json!({"input": {"steps": 2}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other["status"], "completed", "{other}");
+    let during = redis_clients(&redis).await;
+    assert!(during <= before + 32, "1,650 waiters took {} Redis connections", during - before);
+    assert_eq!(polls.len() + streams.len(), 1650, "every waiter is still waiting");
+
+    let sent = http.post(format!("{}/v1/events/polls:go", server.url)).json(&json!({"ok": true})).send().await;
+    assert!(sent.unwrap().status().is_success());
+    while let Some(result) = tokio::time::timeout(Duration::from_secs(30), polls.join_next()).await.expect("polls end")
+    {
+        assert_eq!(result.unwrap()["status"], "completed");
+    }
+    while let Some(text) =
+        tokio::time::timeout(Duration::from_secs(30), streams.join_next()).await.expect("streams end")
+    {
+        assert!(text.unwrap().contains("run_completed"));
+    }
+    drop(worker);
+}

@@ -42,14 +42,15 @@ impl Keys {
         format!("{}:run:{{{id}}}:lease", self.prefix)
     }
 
-    /// String with a TTL: somebody long-polls this run's result.
+    /// String with a TTL: somebody long-polls this run's result or streams its
+    /// journal; while it exists, the run's scripts publish on [`notify`](Self::notify).
     pub fn watch(&self, id: &RunId) -> String {
         format!("{}:run:{{{id}}}:watch", self.prefix)
     }
 
-    /// List (with a TTL): the run ended, for the long-pollers.
-    pub fn end(&self, id: &RunId) -> String {
-        format!("{}:run:{{{id}}}:end", self.prefix)
+    /// Pub/sub channel: the id of a watched run whose journal grew or that ended.
+    pub fn notify(&self) -> String {
+        format!("{}:notify", self.prefix)
     }
 
     /// Stream + consumer group [`GROUP`]: tasks of one workflow.

@@ -206,7 +206,7 @@ async fn lua_key_names_match_keys_rs() {
         keys.webhook_jobs(),
         keys.stats(),
         keys.watch(&id),
-        keys.end(&id),
+        keys.notify(),
     ];
     assert_eq!(from_lua, from_rust);
     assert!(keys.run(&id).ends_with(":run:{r-1}"), "a run's keys share the hash tag {{run_id}}");
@@ -334,4 +334,66 @@ async fn a_long_blocking_read_after_a_short_one_does_not_time_out() {
     let more = store.watch_journal(&id, Some(&seen[0].seq), Duration::from_millis(3500)).await;
     assert!(more.unwrap().is_empty(), "nothing new, and no timeout error");
     assert!(began.elapsed() >= Duration::from_millis(3400));
+}
+
+async fn client_count(raw: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(raw).await.expect("CLIENT LIST");
+    list.lines().count()
+}
+
+/// Regression: every long-poll and journal stream used to take a Redis
+/// connection of its own and keep it. Now they share one subscriber connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_waiters_share_a_few_connections_and_all_wake() {
+    let server = RedisServer::start();
+    let (store, mut raw) = connect(&server).await;
+    let store = std::sync::Arc::new(store);
+    let baseline = client_count(&mut raw).await;
+    let mut runs = Vec::new();
+    for i in 0..50 {
+        runs.push(
+            store
+                .create_run(CreateRun { workflow: "wire".into(), version: 1, input: json!(i), ..Default::default() })
+                .await
+                .unwrap()
+                .run_id,
+        );
+    }
+    let mut polls = tokio::task::JoinSet::new();
+    for i in 0..800 {
+        let (store, id) = (store.clone(), runs[i % runs.len()].clone());
+        polls.spawn(async move { store.wait_finished(&id, Duration::from_secs(30)).await.unwrap().unwrap().status });
+    }
+    let mut streams = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (store, id) = (store.clone(), runs[i % runs.len()].clone());
+        streams.spawn(async move {
+            // Wait for entries after run_started, as an SSE stream resumed there does.
+            let first = store.read_journal(&id, None, 1).await.unwrap();
+            let after = first[0].seq.clone();
+            store.watch_journal(&id, Some(&after), Duration::from_secs(30)).await.unwrap()
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = client_count(&mut raw).await;
+    assert!(during <= baseline + 4, "1,000 waiters took {} connections (baseline {baseline})", during - baseline);
+    assert!(polls.len() == 800 && streams.len() == 200, "nobody answered before the runs moved");
+
+    for _ in 0..runs.len() {
+        let task = store.claim(&claim_req("w")).await.unwrap().pop().expect("a task");
+        store.finish(&task.lease, &[], Finish::Complete { output: json!("ok") }).await.unwrap();
+    }
+    let mut woken = 0;
+    while let Some(status) = tokio::time::timeout(Duration::from_secs(10), polls.join_next()).await.expect("polls wake")
+    {
+        assert_eq!(status.unwrap(), RunStatus::Completed);
+        woken += 1;
+    }
+    while let Some(records) =
+        tokio::time::timeout(Duration::from_secs(10), streams.join_next()).await.expect("streams wake")
+    {
+        assert!(records.unwrap().iter().any(|r| r.entry.event.is_final()), "the stream saw the final entry");
+        woken += 1;
+    }
+    assert_eq!(woken, 1000);
 }

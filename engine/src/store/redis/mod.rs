@@ -2,9 +2,10 @@
 //!
 //! Every state transition is one Lua script under `lua/`, loaded once and called
 //! by SHA (the `redis` crate reloads it on NOSCRIPT). Reads and scripts share one
-//! auto-reconnecting multiplexed connection; blocking reads (XREADGROUP BLOCK)
-//! take a dedicated connection from a small pool, under a watchdog timeout.
-//! It spawns no tasks.
+//! auto-reconnecting multiplexed connection; blocking reads (XREADGROUP BLOCK of
+//! claims and the outbox) take a dedicated connection from a small pool, under a
+//! watchdog timeout. Long-polls and journal streams wait on one shared
+//! subscriber connection (`notify.rs`), the one task this store spawns.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -28,6 +29,7 @@ use super::{
 use crate::keys::{DISPATCH_GROUP, GROUP, Keys};
 use crate::{Error, Result, StoreConfig};
 
+mod notify;
 mod scripts;
 mod values;
 
@@ -39,6 +41,10 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocking reads get this much beyond their BLOCK time before the watchdog
 /// drops their connection (a read that hangs after a peer reset must not hang us).
 const BLOCK_MARGIN: Duration = Duration::from_secs(3);
+/// Idle blocking connections kept for reuse; more are closed after use.
+const BLOCKING_POOL: usize = 4;
+/// A waiter re-checks its run this often even without a notification.
+const RECHECK: Duration = Duration::from_secs(10);
 
 /// The Redis-backed [`Store`].
 pub struct RedisStore {
@@ -50,6 +56,8 @@ pub struct RedisStore {
     scripts: Scripts,
     /// Queues whose consumer group this process created or found.
     groups: Mutex<HashSet<String>>,
+    /// Long-polls and journal streams, woken through one subscriber connection.
+    notifier: notify::Notifier,
 }
 
 impl fmt::Debug for RedisStore {
@@ -73,11 +81,13 @@ impl RedisStore {
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(6);
         let conn = client.get_connection_manager_with_config(manager_config).await?;
+        let keys = Keys::new(config.namespace.clone());
         Ok(Self {
+            notifier: notify::Notifier::new(client.clone(), keys.notify()),
             client,
             conn,
             blocking: Mutex::new(Vec::new()),
-            keys: Keys::new(config.namespace.clone()),
+            keys,
             config,
             scripts: Scripts::new(),
             groups: Mutex::new(HashSet::new()),
@@ -139,9 +149,26 @@ impl RedisStore {
     }
 
     fn return_blocking_conn(&self, conn: MultiplexedConnection) {
-        if let Ok(mut pool) = self.blocking.lock() {
+        if let Ok(mut pool) = self.blocking.lock()
+            && pool.len() < BLOCKING_POOL
+        {
             pool.push(conn);
         }
+    }
+
+    /// Mark the run watched for `ttl` (its scripts notify while it is): `NONE`
+    /// (no such run), `FINAL` or `WAIT`.
+    async fn watch(&self, run_id: &RunId, ttl: Duration) -> Result<String> {
+        let mut conn = self.conn.clone();
+        Ok(self
+            .scripts
+            .watch
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(run_id.as_str())
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?)
     }
 
     /// Create the consumer group of each queue (at id 0, with MKSTREAM) unless this
@@ -884,58 +911,37 @@ impl Store for RedisStore {
     }
 
     async fn watch_journal(&self, run_id: &RunId, after: Option<&str>, block: Duration) -> Result<Vec<JournalRecord>> {
-        let from = match after {
-            Some(seq) => stream_id(seq)?.to_owned(),
-            None => "0-0".to_owned(),
-        };
-        let mut cmd = redis::cmd("XREAD");
-        if !block.is_zero() {
-            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        if block.is_zero() {
+            return self.read_journal(run_id, after, 1000).await;
         }
-        cmd.arg("COUNT").arg(1000).arg("STREAMS").arg(self.keys.journal(run_id)).arg(from);
-        let reply = self.blocking_query(cmd, block).await?;
-        let mut out = Vec::new();
-        for stream in array(&reply)? {
-            let stream = array(stream)?;
-            out.extend(journal_from_stream(stream.get(1).unwrap_or(&Value::Nil))?);
+        let deadline = tokio::time::Instant::now() + block;
+        // Registered before the first read: an entry appended after it wakes us.
+        let mut waiter = self.notifier.wait_on(run_id.as_str());
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if self.watch(run_id, left.min(RECHECK) + BLOCK_MARGIN).await? == "NONE" {
+                return Ok(Vec::new());
+            }
+            let records = self.read_journal(run_id, after, 1000).await?;
+            if !records.is_empty() || left.is_zero() {
+                return Ok(records);
+            }
+            waiter.changed(left.min(RECHECK)).await;
         }
-        Ok(out)
     }
 
     async fn wait_finished(&self, run_id: &RunId, timeout: Duration) -> Result<Option<RunSummary>> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut waiter = self.notifier.wait_on(run_id.as_str());
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let block = left.min(Duration::from_secs(10));
-            let mut conn = self.conn.clone();
-            let state: String = self
-                .scripts
-                .watch
-                .prepare_invoke()
-                .arg(self.keys.prefix())
-                .arg(run_id.as_str())
-                .arg(block.as_millis() as u64 + 5000)
-                .invoke_async(&mut conn)
-                .await?;
-            match state.as_str() {
+            match self.watch(run_id, left.min(RECHECK) + BLOCK_MARGIN).await?.as_str() {
                 "NONE" => return Ok(None),
                 "FINAL" => return self.get_run(run_id).await,
-                _ if block.is_zero() => return self.get_run(run_id).await,
+                _ if left.is_zero() => return self.get_run(run_id).await,
                 _ => {}
             }
-            // BLMOVE the end list onto itself: it wakes this waiter without taking
-            // the signal from the others.
-            let end = self.keys.end(run_id);
-            let mut cmd = redis::cmd("BLMOVE");
-            cmd.arg(&end).arg(&end).arg("RIGHT").arg("LEFT").arg(block.as_secs_f64().max(0.001));
-            let ended = !matches!(self.blocking_query(cmd, block).await?, Value::Nil);
-            if ended || tokio::time::Instant::now() >= deadline {
-                let run = self.get_run(run_id).await?;
-                // Not final after an end signal: it was retried meanwhile; wait on.
-                if tokio::time::Instant::now() >= deadline || run.as_ref().is_none_or(|r| r.status.is_final()) {
-                    return Ok(run);
-                }
-            }
+            waiter.changed(left.min(RECHECK)).await;
         }
     }
 

@@ -10,7 +10,7 @@ for _, id in ipairs(due) do
     redis.call('ZREM', k_runs_status(h[2]), id)
     if h[3] and redis.call('GET', k_idem(h[3])) == id then redis.call('DEL', k_idem(h[3])) end
   end
-  redis.call('DEL', k_run(id), k_journal(id), k_lease(id), k_watch(id), k_end(id))
+  redis.call('DEL', k_run(id), k_journal(id), k_lease(id), k_watch(id))
   redis.call('ZREM', K_RETENTION, id)
 end
 return #due

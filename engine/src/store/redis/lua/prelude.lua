@@ -11,7 +11,7 @@ local function k_run(id) return P .. ':run:{' .. id .. '}' end
 local function k_journal(id) return P .. ':run:{' .. id .. '}:journal' end
 local function k_lease(id) return P .. ':run:{' .. id .. '}:lease' end
 local function k_watch(id) return P .. ':run:{' .. id .. '}:watch' end
-local function k_end(id) return P .. ':run:{' .. id .. '}:end' end
+local K_NOTIFY = P .. ':notify'
 local function k_queue(wf) return P .. ':queue:' .. wf end
 local function k_runs_wf(wf) return P .. ':runs:wf:' .. wf end
 local function k_runs_status(st) return P .. ':runs:status:' .. st end
@@ -87,8 +87,18 @@ local function count_stats(id, kind, entry)
   end
 end
 
+-- Somebody long-polls this run or streams its journal (its watch key lives
+-- while they do): tell the servers, whose one subscriber connection wakes the
+-- waiters in process. Runs nobody watches pay one EXISTS per script.
+local WATCHED = {}
+local function notify_watchers(id)
+  if WATCHED[id] == nil then WATCHED[id] = redis.call('EXISTS', k_watch(id)) == 1 end
+  if WATCHED[id] then redis.call('PUBLISH', K_NOTIFY, id) end
+end
+
 local function journal_add(id, entry)
   local seq = redis.call('XADD', k_journal(id), '*', 'e', entry)
+  notify_watchers(id)
   local kind = string.match(entry, '^{"v":%d+,"type":"([a-z_]+)"') or ''
   count_stats(id, kind, entry)
   local hook = HOOKS[kind]
@@ -161,13 +171,7 @@ local function finalize(id, st, new, created, now, retention_ms)
   redis.call('HDEL', k_run(id), 'cr', 'pz')
   redis.call('DEL', k_lease(id))
   redis.call('ZADD', K_RETENTION, now + retention_ms, id)
-  -- Somebody waits for this run's result (a long-poll): wake them. Only then,
-  -- so runs nobody waits for pay nothing.
-  -- (A small list: waiters BLMOVE it onto itself, so it wakes every one of them.)
-  if redis.call('DEL', k_watch(id)) == 1 then
-    redis.call('RPUSH', k_end(id), new)
-    redis.call('PEXPIRE', k_end(id), 10000)
-  end
+  notify_watchers(id)
 end
 
 -- The fence: the caller's epoch must still be the run's and the run still running.
