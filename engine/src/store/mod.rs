@@ -438,9 +438,19 @@ pub(crate) fn validate_create(req: &CreateRun) -> Result<()> {
     if let Some(key) = &req.idempotency_key {
         keel_proto::validate_idempotency_key(key)?;
     }
+    if req.labels.len() > MAX_LABELS {
+        return Err(Error::Invalid(format!("a run has at most {MAX_LABELS} labels, not {}", req.labels.len())));
+    }
     for (name, value) in &req.labels {
-        if name.is_empty() || name.len() > 64 || value.len() > 256 {
-            return Err(Error::Invalid(format!("label {name:?}: names are 1-64 bytes and values at most 256 bytes")));
+        if name.is_empty()
+            || name.len() > 64
+            || value.len() > 256
+            || name.contains('=')
+            || name.contains(char::is_control)
+        {
+            return Err(Error::Invalid(format!(
+                "label {name:?}: names are 1-64 bytes without '=' or control characters, values at most 256 bytes"
+            )));
         }
     }
     Ok(())
@@ -495,6 +505,9 @@ pub(crate) fn parse_cursor(cursor: &str) -> Result<(u64, RunId)> {
 pub(crate) fn make_cursor(run: &RunSummary) -> String {
     format!("{}:{}", run.created_at_ms, run.run_id)
 }
+
+/// Labels a run may carry (each is an index entry).
+pub const MAX_LABELS: usize = 64;
 
 pub(crate) const DEFAULT_PAGE: usize = 50;
 pub(crate) const MAX_PAGE: usize = 1000;

@@ -1395,3 +1395,70 @@ pub async fn wait_finished_wakes_when_the_run_ends(f: Fixture) {
     assert_eq!(retried.status, RunStatus::Pending, "still waiting: the old end signal does not count");
     assert!(began.elapsed() >= Duration::from_millis(350));
 }
+
+/// Every page of a filtered list, following the cursor to the end.
+async fn list_all(s: &dyn Store, mut query: RunQuery) -> Vec<keel_engine::proto::RunSummary> {
+    let mut all = Vec::new();
+    for _ in 0..10_000 {
+        let page = s.list_runs(&query).await.unwrap();
+        all.extend(page.runs);
+        match page.next_cursor {
+            Some(c) => query.cursor = Some(c),
+            None => return all,
+        }
+    }
+    panic!("the cursor never ended");
+}
+
+/// Regression: a filter whose matches sit behind thousands of other runs used to
+/// answer `[]` without a cursor. Every match comes back, page by page.
+pub async fn filtered_lists_return_every_match_behind_thousands_of_runs(f: Fixture) {
+    let s = f.store.as_ref();
+    let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    // The oldest runs match; 2,500 newer ones do not.
+    let mut old = Vec::new();
+    for i in 0..3 {
+        let req = CreateRun {
+            workflow: "refunds".into(),
+            labels: labels(&[("team", "core"), ("bulk", "yes")]),
+            ..start(json!(i))
+        };
+        old.push(s.create_run(req).await.unwrap().run_id);
+    }
+    let mut req = claim_req("w", 30_000, 1000);
+    req.workflows = vec!["refunds".into()];
+    for task in s.claim(&req).await.unwrap() {
+        s.finish(&task.lease, &[], Finish::Complete { output: json!(1) }).await.unwrap();
+    }
+    for i in 0..2500 {
+        s.create_run(CreateRun { labels: labels(&[("bulk", "yes")]), ..start(json!(i)) }).await.unwrap();
+    }
+    let query = |workflow: Option<&str>, status: Option<RunStatus>, label: Option<(&str, &str)>| RunQuery {
+        workflow: workflow.map(str::to_owned),
+        status,
+        label: label.map(|(k, v)| (k.to_owned(), v.to_owned())),
+        limit: 2,
+        cursor: None,
+    };
+    let ids = |runs: Vec<keel_engine::proto::RunSummary>| {
+        let mut ids: Vec<RunId> = runs.into_iter().map(|r| r.run_id).collect();
+        ids.sort();
+        ids
+    };
+    let mut expected = old.clone();
+    expected.sort();
+    assert_eq!(ids(list_all(s, query(None, None, Some(("team", "core")))).await), expected);
+    assert_eq!(ids(list_all(s, query(Some("refunds"), Some(RunStatus::Completed), None)).await), expected);
+    assert_eq!(ids(list_all(s, query(None, Some(RunStatus::Completed), Some(("bulk", "yes")))).await), expected);
+    assert_eq!(ids(list_all(s, query(Some("refunds"), None, Some(("bulk", "yes")))).await), expected);
+    assert_eq!(list_all(s, query(Some(WF), Some(RunStatus::Completed), Some(("team", "core")))).await.len(), 0);
+    let mut bulk = query(None, None, Some(("bulk", "yes")));
+    bulk.limit = 1000;
+    assert_eq!(list_all(s, bulk).await.len(), 2503);
+
+    // At most 64 labels, names without '='.
+    let many: BTreeMap<String, String> = (0..65).map(|i| (format!("l{i}"), "v".to_owned())).collect();
+    assert!(matches!(s.create_run(CreateRun { labels: many, ..start(json!(0)) }).await, Err(Error::Invalid(_))));
+    let eq = labels(&[("a=b", "c")]);
+    assert!(matches!(s.create_run(CreateRun { labels: eq, ..start(json!(0)) }).await, Err(Error::Invalid(_))));
+}

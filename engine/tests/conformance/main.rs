@@ -72,4 +72,5 @@ conformance!(
     webhook_events_flow_from_outbox_to_jobs_and_logs,
     stats_count_runs_steps_and_queues,
     wait_finished_wakes_when_the_run_ends,
+    filtered_lists_return_every_match_behind_thousands_of_runs,
 );

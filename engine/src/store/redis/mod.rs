@@ -837,15 +837,25 @@ impl Store for RedisStore {
             .arg(query.label.as_ref().map(|l| l.1.as_str()).unwrap_or(""))
             .invoke_async(&mut conn)
             .await?;
+        let reply = array(&reply)?;
+        let [found, last_id, last_score, index_goes_on] = reply else {
+            return Err(Error::corrupt("list reply", format!("{} parts", reply.len())));
+        };
         let mut runs = Vec::new();
-        for item in array(&reply)? {
+        for item in array(found)? {
             let item = array(item)?;
             let id = RunId::new(text(&item[0])?)?;
             runs.push(summary_from_hash(&id, pairs(&item[1])?)?);
         }
-        let more = runs.len() > limit;
-        runs.truncate(limit);
-        let next_cursor = if more { runs.last().map(make_cursor) } else { None };
+        let next_cursor = if runs.len() > limit {
+            runs.truncate(limit);
+            runs.last().map(make_cursor)
+        } else if text(index_goes_on)? == "1" {
+            // The scan budget ran out before the page filled: go on from where it stopped.
+            Some(format!("{}:{}", text(last_score)?, text(last_id)?))
+        } else {
+            None
+        };
         Ok(RunPage { runs, next_cursor })
     }
 

@@ -35,6 +35,8 @@ redis.call('HSET', k_run(id), unpack(fields))
 journal_add(id, ARGV[11])
 redis.call('ZADD', K_RUNS, now, id)
 redis.call('ZADD', k_runs_wf(wf), now, id)
+WORKFLOW_OF[id] = wf
+index_labels(id, ARGV[9], now, true)
 if idem ~= '' then redis.call('SET', k_idem(idem), id, 'PX', ARGV[7]) end
 
 local delay = tonumber(ARGV[8])

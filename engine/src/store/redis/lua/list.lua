@@ -1,10 +1,21 @@
--- list_runs: newest first from the narrowest index, filtered, one page plus a
--- cursor. Read-only.
+-- list_runs: newest first from the index that matches the filters exactly
+-- (label, workflow + status, status, workflow, all), one page plus where the
+-- scan stopped. Only a label filter combined with another leaves filtering to do
+-- here; such a scan stops after a budget of entries and answers where it stopped,
+-- so the caller pages on with a cursor instead of getting a silently short list.
+-- Read-only.
 -- ARGV: P, workflow filter or '', status filter or '', limit, cursor score or '',
 --       cursor run id or '', label name or '', label value
+-- Returns: { runs ({ id, hash } each), last scanned id or '', its score or '', '1' if the index goes on }
 local wf, st, limit = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local index = K_RUNS
-if st ~= '' then index = k_runs_status(st) elseif wf ~= '' then index = k_runs_wf(wf) end
+local label = ARGV[7] ~= ''
+local index
+if label then index = k_runs_label(ARGV[7], ARGV[8])
+elseif wf ~= '' and st ~= '' then index = k_runs_wf_status(wf, st)
+elseif st ~= '' then index = k_runs_status(st)
+elseif wf ~= '' then index = k_runs_wf(wf)
+else index = K_RUNS end
+local check_wf, check_st = label and wf ~= '', label and st ~= ''
 
 -- Where to resume: just after the cursor's run if it is still in the index, else
 -- just below its score (a run that left the index meanwhile).
@@ -15,30 +26,35 @@ if ARGV[6] ~= '' then
 end
 
 local out = {}
-local batch = math.max(limit + 1, 100)
+local budget = 2000
+local batch = math.min(math.max(limit + 1, 100), budget)
 local scanned = 0
-while #out <= limit and scanned < 10 * batch + 1000 do
-  local ids
+local last_id, last_score, more = '', '', '0'
+while #out <= limit do
+  if scanned >= budget then more = '1'; break end
+  local page
   if below then
-    ids = redis.call('ZREVRANGEBYSCORE', index, below, '-inf', 'LIMIT', pos, batch)
+    page = redis.call('ZREVRANGEBYSCORE', index, below, '-inf', 'WITHSCORES', 'LIMIT', pos, batch)
   else
-    ids = redis.call('ZREVRANGE', index, pos, pos + batch - 1)
+    page = redis.call('ZREVRANGE', index, pos, pos + batch - 1, 'WITHSCORES')
   end
-  if #ids == 0 then break end
-  for _, id in ipairs(ids) do
-    local hash = redis.call('HGETALL', k_run(id))
-    if #hash > 0 then
-      local keep = true
-      if wf ~= '' and st ~= '' then keep = redis.call('HGET', k_run(id), 'wf') == wf end
-      if keep and ARGV[7] ~= '' then
-        local labels = redis.call('HGET', k_run(id), 'lab')
-        keep = labels ~= false and cjson.decode(labels)[ARGV[7]] == ARGV[8]
-      end
-      if keep then out[#out + 1] = { id, hash } end
-      if #out > limit then break end
+  if #page == 0 then break end
+  for i = 1, #page, 2 do
+    local id = page[i]
+    last_id, last_score = id, page[i + 1]
+    scanned = scanned + 1
+    local keep = true
+    if check_wf or check_st then
+      local h = redis.call('HMGET', k_run(id), 'wf', 'st')
+      keep = (not check_wf or h[1] == wf) and (not check_st or h[2] == st)
     end
+    if keep then
+      local hash = redis.call('HGETALL', k_run(id))
+      if #hash > 0 then out[#out + 1] = { id, hash } end
+    end
+    if #out > limit then break end
   end
-  pos = pos + #ids
-  scanned = scanned + #ids
+  pos = pos + #page / 2
+  if #page / 2 < batch then break end
 end
-return out
+return { out, last_id, last_score, more }

@@ -15,6 +15,8 @@ local K_NOTIFY = P .. ':notify'
 local function k_queue(wf) return P .. ':queue:' .. wf end
 local function k_runs_wf(wf) return P .. ':runs:wf:' .. wf end
 local function k_runs_status(st) return P .. ':runs:status:' .. st end
+local function k_runs_wf_status(wf, st) return P .. ':runs:wf:' .. wf .. ':status:' .. st end
+local function k_runs_label(name, value) return P .. ':runs:label:' .. name .. '=' .. value end
 local function k_waiters(key) return P .. ':waiters:' .. key end
 local function k_events(key) return P .. ':events:' .. key end
 local function k_idem(key) return P .. ':idem:' .. key end
@@ -108,11 +110,30 @@ local function journal_add(id, entry)
   return seq
 end
 
+-- Moves the run between the status indexes (all runs, and its workflow's).
 local function set_status(id, old, new, created)
   if old ~= new then
-    if old then redis.call('ZREM', k_runs_status(old), id) end
+    local wf = WORKFLOW_OF[id] or redis.call('HGET', k_run(id), 'wf')
+    WORKFLOW_OF[id] = wf
+    if old then
+      redis.call('ZREM', k_runs_status(old), id)
+      redis.call('ZREM', k_runs_wf_status(wf, old), id)
+    end
     redis.call('ZADD', k_runs_status(new), created, id)
+    redis.call('ZADD', k_runs_wf_status(wf, new), created, id)
     redis.call('HSET', k_run(id), 'st', new)
+  end
+end
+
+-- Labels are an index each (`name=value`), written at the start, removed at expiry.
+local function index_labels(id, labels_json, created, add)
+  if labels_json == nil or labels_json == false or labels_json == '' then return end
+  for name, value in pairs(cjson.decode(labels_json)) do
+    if add then
+      redis.call('ZADD', k_runs_label(name, value), created, id)
+    else
+      redis.call('ZREM', k_runs_label(name, value), id)
+    end
   end
 end
 
