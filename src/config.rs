@@ -46,6 +46,9 @@ pub struct Settings {
     /// A client must send a request's head within this, its body within 3x this [default: 10s].
     #[arg(long, env = "KEEL_HEADER_TIMEOUT", global = true)]
     pub header_timeout: Option<String>,
+    /// The largest value stored (input, step output, event data, run output), in bytes [default: 1048576].
+    #[arg(long, env = "KEEL_MAX_VALUE_BYTES", global = true)]
+    pub max_value_bytes: Option<usize>,
     /// How long finished runs are kept [default: 7d].
     #[arg(long, env = "KEEL_RETENTION", global = true)]
     pub retention: Option<String>,
@@ -86,6 +89,7 @@ struct File {
     max_body_bytes: Option<usize>,
     max_connections: Option<usize>,
     header_timeout: Option<String>,
+    max_value_bytes: Option<usize>,
     retention: Option<String>,
     lease: Option<String>,
     concurrency: Option<usize>,
@@ -119,6 +123,7 @@ impl Settings {
                 max_body_bytes,
                 max_connections,
                 header_timeout,
+                max_value_bytes,
                 retention,
                 lease,
                 concurrency,
@@ -147,6 +152,9 @@ impl Settings {
         let mut config = keel_engine::StoreConfig::with_namespace(self.namespace());
         if let Some(retention) = &self.retention {
             config.retention = duration(retention).context("--retention")?;
+        }
+        if let Some(max) = self.max_value_bytes {
+            config.max_value_bytes = max.max(1);
         }
         Ok(config)
     }

@@ -108,7 +108,12 @@ async fn problem(response: reqwest::Response, status: u16, kind: &str) -> Value 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_is_a_problem_and_tokens_are_read_as_rfc_9110_says() {
     let redis = RedisServer::start();
-    let keel = Keel::spawn("dev", &redis, &RedisServer::unique_namespace("problems"), &[("KEEL_API_TOKENS", "s3cret")]);
+    let keel = Keel::spawn(
+        "dev",
+        &redis,
+        &RedisServer::unique_namespace("problems"),
+        &[("KEEL_API_TOKENS", "s3cret"), ("KEEL_MAX_VALUE_BYTES", "4096")],
+    );
     let http = http();
     wait_for_workflows(&http, &keel, Some("s3cret")).await;
     let url = |path: &str| format!("{}{path}", keel.url);
@@ -141,6 +146,42 @@ async fn every_error_is_a_problem_and_tokens_are_read_as_rfc_9110_says() {
     let resumed = get(&format!("/v1/runs/{id}/events")).header("last-event-id", "0-0").send().await.unwrap();
     assert_eq!(resumed.status(), 200);
     assert!(resumed.text().await.unwrap().contains("run_completed"), "a valid id resumes the stream");
+
+    // Values over KEEL_MAX_VALUE_BYTES are refused whole.
+    let big = json!({"blob": "b".repeat(5000)});
+    let response = http.post(url("/v1/events/big")).bearer_auth("s3cret").json(&big).send().await.unwrap();
+    let refused = problem(response, 413, "payload-too-large").await;
+    assert!(refused["detail"].as_str().unwrap().contains("4096"), "{refused}");
+
+    // The detail leaves step outputs out unless asked; the journal pages.
+    let detail: Value = get(&format!("/v1/runs/{id}")).send().await.unwrap().json().await.unwrap();
+    assert!(detail["steps"][0].get("output").is_none(), "{detail}");
+    let detail: Value = get(&format!("/v1/runs/{id}?include=outputs")).send().await.unwrap().json().await.unwrap();
+    assert!(detail["steps"][0].get("output").is_some(), "{detail}");
+    problem(get(&format!("/v1/runs/{id}?include=everything")).send().await.unwrap(), 400, "invalid-query").await;
+    let mut after: Option<String> = None;
+    let mut kinds = Vec::new();
+    loop {
+        let page_url = match &after {
+            Some(a) => format!("/v1/runs/{id}/journal?limit=1&after={a}"),
+            None => format!("/v1/runs/{id}/journal?limit=1"),
+        };
+        let page: Value = get(&page_url).send().await.unwrap().json().await.unwrap();
+        kinds.extend(
+            page["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["entry"]["type"].as_str().unwrap_or_default().to_owned()),
+        );
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(kinds.len() < 50, "the journal pages never ended");
+    }
+    assert_eq!(kinds.first().map(String::as_str), Some("run_started"), "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("run_completed"), "{kinds:?}");
 
     // The scheme is case-insensitive; a wrong token is told apart from none.
     for scheme in ["bearer", "BEARER", "Bearer"] {

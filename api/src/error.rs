@@ -14,6 +14,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the request body is larger than {0} bytes")]
     BodyTooLarge(usize),
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("the query string does not parse: {0}")]
     BadQuery(String),
     #[error("the path does not parse: {0}")]
@@ -58,6 +60,9 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "The body must be JSON")
             }
             Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "The body is too large"),
+            Self::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "A value is larger than the store keeps")
+            }
             Self::BadQuery(_) => (StatusCode::BAD_REQUEST, "invalid-query", "The query string is not valid"),
             Self::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid-path", "The path is not valid"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "The request is not valid"),
@@ -153,6 +158,7 @@ impl From<keel_engine::Error> for ApiError {
             )),
             E::Id(e) => Self::InvalidRequest(e.to_string()),
             E::Invalid(e) => Self::InvalidRequest(e),
+            e @ E::PayloadTooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
             E::BadCursor(c) => Self::InvalidRequest(format!("cursor {c:?} is not one this API issued")),
             E::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
                 Self::Unavailable(e.to_string())

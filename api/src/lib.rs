@@ -125,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs", get(routes::runs::list))
         .route("/v1/runs/{id}", get(routes::runs::detail))
         .route("/v1/runs/{id}/result", get(routes::runs::result))
+        .route("/v1/runs/{id}/journal", get(routes::runs::journal))
         .route("/v1/runs/{id}/events", get(routes::runs::events))
         .route("/v1/runs/{id}/cancel", post(routes::runs::cancel))
         .route("/v1/runs/{id}/pause", post(routes::runs::pause))

@@ -16,7 +16,7 @@ use crate::routes;
     paths(
         routes::health::healthz, routes::health::readyz, crate::metrics::scrape,
         routes::workflows::list,
-        routes::runs::start, routes::runs::list, routes::runs::detail, routes::runs::result, routes::runs::events,
+        routes::runs::start, routes::runs::list, routes::runs::detail, routes::runs::journal, routes::runs::result, routes::runs::events,
         routes::runs::cancel, routes::runs::pause, routes::runs::resume, routes::runs::retry,
         routes::events::send,
         routes::webhooks::create, routes::webhooks::list, routes::webhooks::get_one, routes::webhooks::delete,

@@ -15,7 +15,13 @@ pub struct StoreConfig {
     pub event_lookback_max: usize,
     /// A task delivered more often than this goes to the dead-letter list.
     pub max_deliveries: u32,
+    /// The largest value stored (an input, a step's output, an event's data, a
+    /// run's output), in bytes of JSON.
+    pub max_value_bytes: usize,
 }
+
+/// 1 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -26,6 +32,7 @@ impl Default for StoreConfig {
             event_lookback: Duration::from_secs(300),
             event_lookback_max: 1000,
             max_deliveries: 10,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
         }
     }
 }

@@ -32,9 +32,38 @@ pub enum Error {
     NoGroup,
     #[error("redis did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// A value over [`StoreConfig::max_value_bytes`](crate::StoreConfig). Nothing was written.
+    #[error("the {what} is {size} bytes of JSON, over the limit of {limit} bytes (KEEL_MAX_VALUE_BYTES)")]
+    PayloadTooLarge { what: String, size: usize, limit: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The size of `value` as JSON text, without building the text.
+pub fn json_size(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Refuse `value` when its JSON is over `limit` bytes.
+pub fn check_value_size(what: &str, value: &serde_json::Value, limit: usize) -> Result<()> {
+    let size = json_size(value);
+    if size > limit {
+        return Err(Error::PayloadTooLarge { what: what.to_owned(), size, limit });
+    }
+    Ok(())
+}
 
 impl Error {
     pub(crate) fn corrupt(what: impl Into<String>, detail: impl ToString) -> Self {

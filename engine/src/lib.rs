@@ -20,7 +20,7 @@ pub mod testing;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::StoreConfig;
 pub use duties::{Duties, run_duties};
-pub use error::{Error, Result};
+pub use error::{Error, Result, check_value_size, json_size};
 pub use keel_proto as proto;
 pub use keel_proto::WorkerInfo;
 pub use store::memory::MemoryStore;

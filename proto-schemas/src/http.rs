@@ -71,6 +71,15 @@ pub struct RunDetail {
     pub steps: Vec<StepView>,
 }
 
+/// `GET /v1/runs/{id}/journal`: a page of the journal, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct JournalPage {
+    pub entries: Vec<crate::JournalRecord>,
+    /// Pass as `?after=` for the next page; absent at the end of the journal so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
 /// `GET /v1/workflows`: a workflow with live workers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct WorkflowView {

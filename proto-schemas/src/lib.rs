@@ -40,6 +40,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("http/start-run-request.json", schemars::schema_for!(http::StartRunRequest)),
         ("http/run-result.json", schemars::schema_for!(http::RunResult)),
         ("http/run-detail.json", schemars::schema_for!(http::RunDetail)),
+        ("http/journal-page.json", schemars::schema_for!(http::JournalPage)),
         ("http/problem.json", schemars::schema_for!(http::Problem)),
         ("agent/http-input.json", schemars::schema_for!(agent::AgentHttpInput)),
         ("agent/llm-input.json", schemars::schema_for!(agent::AgentLlmInput)),

@@ -106,6 +106,9 @@ pub struct CallResponse {
 pub struct CallSettings {
     pub signer: Option<keel_net::Signer>,
     pub allow_private_targets: bool,
+    /// The largest response body read (default: the store's value limit, 1 MiB):
+    /// a larger one fails the call terminally with `payload_too_large`.
+    pub max_response_bytes: Option<usize>,
 }
 
 fn unix_now() -> i64 {
@@ -160,8 +163,8 @@ pub async fn send(settings: &CallSettings, info: &StepInfo, request: &CallReques
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         headers.entry(name.as_str().to_owned()).and_modify(|v| *v = format!("{v}, {value}")).or_insert(value);
     }
-    let bytes =
-        response.bytes().await.map_err(|e| StepError::retryable(format!("reading the response failed: {e}")))?;
+    let limit = settings.max_response_bytes.unwrap_or(keel_engine::StoreConfig::default().max_value_bytes);
+    let bytes = read_capped(response, limit).await?;
     let body =
         serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     let excerpt = || {
@@ -173,7 +176,11 @@ pub async fn send(settings: &CallSettings, info: &StepInfo, request: &CallReques
     };
     let what = format!("{} {} answered {status}", request.method, request.url);
     match status {
-        200..=399 => Ok(CallResponse { status, headers, body }),
+        200..=299 => Ok(CallResponse { status, headers, body }),
+        300..=399 => {
+            let location = headers.get("location").map(String::as_str).unwrap_or("none");
+            Err(StepError::terminal(format!("{what}: redirects are not followed (Location: {location})")))
+        }
         408 | 429 | 500..=599 => {
             let after = headers.get("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
             Err(match after {
@@ -183,4 +190,30 @@ pub async fn send(settings: &CallSettings, info: &StepInfo, request: &CallReques
         }
         _ => Err(StepError::terminal(format!("{what}: {}", excerpt()))),
     }
+}
+
+/// The body, read no further than `limit` bytes: a larger one is a terminal
+/// `payload_too_large` failure, never a 60 MB allocation.
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, StepError> {
+    let too_large = |size: String| {
+        StepError::terminal_kind(
+            "payload_too_large",
+            format!("the response body is {size} bytes, over the limit of {limit} bytes (KEEL_MAX_VALUE_BYTES)"),
+        )
+    };
+    if let Some(length) = response.content_length()
+        && length > limit as u64
+    {
+        return Err(too_large(length.to_string()));
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) =
+        response.chunk().await.map_err(|e| StepError::retryable(format!("reading the response failed: {e}")))?
+    {
+        if bytes.len() + chunk.len() > limit {
+            return Err(too_large(format!("more than {limit}")));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }

@@ -896,11 +896,19 @@ impl Step {
         let pos = (attempt == 1 && !started).then(|| active.pos.clone());
         match outcome {
             Ok((value, took)) => {
-                let output = match serde_json::to_value(&value) {
+                let limit = core.store.config().max_value_bytes;
+                let encoded = serde_json::to_value(&value)
+                    .map_err(|e| ErrorInfo::new("encode_failed", format!("the step's result is not JSON: {e}")))
+                    .and_then(|output| {
+                        // Too large to store: a terminal failure (a retry would return the same).
+                        keel_engine::check_value_size("step's output", &output, limit)
+                            .map(|()| output)
+                            .map_err(|e| ErrorInfo::new("payload_too_large", e.to_string()))
+                    });
+                let output = match encoded {
                     Ok(output) => output,
-                    Err(e) => {
-                        let error = ErrorInfo::new("encode_failed", format!("the step's result is not JSON: {e}"))
-                            .in_step(&step_id);
+                    Err(error) => {
+                        let error = error.in_step(&step_id);
                         let failed =
                             JournalEvent::StepFailed { step_id, attempt, error: error.clone(), retry_at_ms: None, pos };
                         if core.append(vec![failed]).await.is_none() {

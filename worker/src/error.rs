@@ -89,6 +89,8 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for Error {
 pub struct StepError {
     message: String,
     kind: StepErrorKind,
+    /// The journaled error kind, when Keel itself names it (`payload_too_large`).
+    named: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,17 +103,22 @@ enum StepErrorKind {
 impl StepError {
     /// Try again, after the step's back-off.
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { message: message.into(), kind: StepErrorKind::Retryable }
+        Self { message: message.into(), kind: StepErrorKind::Retryable, named: None }
     }
 
     /// Do not try again: the step fails for good now.
     pub fn terminal(message: impl Into<String>) -> Self {
-        Self { message: message.into(), kind: StepErrorKind::Terminal }
+        Self { message: message.into(), kind: StepErrorKind::Terminal, named: None }
     }
 
     /// Try again after `delay` (a rate limit's Retry-After) instead of the back-off.
     pub fn retry_after(message: impl Into<String>, delay: Duration) -> Self {
-        Self { message: message.into(), kind: StepErrorKind::RetryAfter(delay) }
+        Self { message: message.into(), kind: StepErrorKind::RetryAfter(delay), named: None }
+    }
+
+    /// A terminal error of a kind Keel names (journaled as that kind).
+    pub(crate) fn terminal_kind(kind: &'static str, message: impl Into<String>) -> Self {
+        Self { message: message.into(), kind: StepErrorKind::Terminal, named: Some(kind) }
     }
 
     pub fn message(&self) -> &str {
@@ -131,6 +138,9 @@ impl StepError {
     }
 
     pub(crate) fn kind_name(&self) -> &'static str {
+        if let Some(named) = self.named {
+            return named;
+        }
         match self.kind {
             StepErrorKind::Terminal => "terminal",
             _ => "step_failed",

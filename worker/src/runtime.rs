@@ -217,6 +217,8 @@ impl WorkerBuilder {
             .collect();
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
         let heartbeats = crate::heartbeat::Heartbeats::start(&store).await?;
+        let mut calls = self.calls;
+        calls.max_response_bytes.get_or_insert(store.config().max_value_bytes);
         Ok(Worker {
             store,
             workflows,
@@ -224,7 +226,7 @@ impl WorkerBuilder {
                 default_retry: self.default_retry.unwrap_or_default(),
                 interceptor: self.interceptor,
                 versions,
-                calls: self.calls,
+                calls,
                 heartbeats,
             }),
             config: WorkerConfig {
@@ -461,6 +463,14 @@ impl Worker {
             );
             let ctx = Context::new(core.clone());
             let outcome = self.drive(core.clone(), (workflow.handler)(ctx, input.clone()), &lost, &handback).await;
+            let limit = self.store.config().max_value_bytes;
+            let outcome = match outcome {
+                Outcome::Returned(Ok(output)) => match keel_engine::check_value_size("run's output", &output, limit) {
+                    Ok(()) => Outcome::Returned(Ok(output)),
+                    Err(e) => Outcome::Fail(ErrorInfo::new("payload_too_large", e.to_string())),
+                },
+                other => other,
+            };
             let how = match outcome {
                 Outcome::Returned(Ok(output)) => Finish::Complete { output },
                 Outcome::Returned(Err(error)) => {

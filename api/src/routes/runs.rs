@@ -174,15 +174,74 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>)
     Ok(Reply(page))
 }
 
-/// A run: status, progress, steps with attempts, durations, outputs, errors.
-#[utoipa::path(get, path = "/v1/runs/{id}", operation_id = "getRun", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = RunDetail), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
-pub async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunDetail>> {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DetailQuery {
+    /// `outputs`: include each step's output (left out by default, so a long run's
+    /// detail stays small; the journal endpoint pages through everything).
+    include: Option<String>,
+}
+
+/// A run: status, progress, steps with attempts, durations, errors (and outputs
+/// with `?include=outputs`).
+#[utoipa::path(get, path = "/v1/runs/{id}", operation_id = "getRun", tag = "runs", params(("id" = String, Path), DetailQuery),
+    responses((status = 200, body = RunDetail), (status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"),
+              (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
+pub async fn detail(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<DetailQuery>,
+) -> ApiResult<Reply<RunDetail>> {
+    let outputs = match query.include.as_deref() {
+        None | Some("") => false,
+        Some("outputs") => true,
+        Some(other) => return Err(ApiError::BadQuery(format!("include={other:?}: the only option is `outputs`"))),
+    };
     let id = run_id(id)?;
     let run =
         state.store().get_run(&id).await?.ok_or_else(|| ApiError::RunNotFound(format!("run {id} does not exist")))?;
     let journal = state.store().read_journal(&id, None, 100_000).await?;
-    Ok(Reply(RunDetail { run, steps: steps_of(&journal) }))
+    let mut steps = steps_of(&journal);
+    if !outputs {
+        steps.iter_mut().for_each(|step| step.output = None);
+    }
+    Ok(Reply(RunDetail { run, steps }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JournalQuery {
+    /// Entries after this sequence number (the previous page's `next_after`).
+    after: Option<String>,
+    /// 1–1000, default 100
+    limit: Option<usize>,
+}
+
+/// The run's journal, oldest first, a page at a time.
+#[utoipa::path(get, path = "/v1/runs/{id}/journal", operation_id = "getRunJournal", tag = "runs", params(("id" = String, Path), JournalQuery),
+    responses((status = 200, body = keel_proto::http::JournalPage), (status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"),
+              (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
+pub async fn journal(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<JournalQuery>,
+) -> ApiResult<Reply<keel_proto::http::JournalPage>> {
+    let id = run_id(id)?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::BadQuery("limit must be 1 to 1000".into()));
+    }
+    if let Some(after) = &query.after
+        && !is_sequence(after)
+    {
+        return Err(ApiError::BadQuery(format!("after={after:?} is not a sequence number (like 1733140000000-0)")));
+    }
+    if state.store().get_run(&id).await?.is_none() {
+        return Err(ApiError::RunNotFound(format!("run {id} does not exist")));
+    }
+    let entries = state.store().read_journal(&id, query.after.as_deref(), limit).await?;
+    let next_after = (entries.len() == limit).then(|| entries.last().map(|r| r.seq.clone())).flatten();
+    Ok(Reply(keel_proto::http::JournalPage { entries, next_after }))
 }
 
 /// The steps of a journal, in the order the run reached them.

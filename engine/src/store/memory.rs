@@ -565,7 +565,7 @@ impl Store for MemoryStore {
     }
 
     async fn create_run(&self, req: CreateRun) -> Result<Created> {
-        validate_create(&req)?;
+        validate_create(&req, &self.config)?;
         let client_chose = req.run_id.is_some();
         let id = match req.run_id.clone() {
             Some(id) => id,
@@ -715,6 +715,7 @@ impl Store for MemoryStore {
     }
 
     async fn append(&self, lease: &Lease, events: &[JournalEvent]) -> Result<Appended> {
+        super::validate_values(events, None, &self.config)?;
         let entries = events.iter().map(encode_event).collect::<Result<Vec<_>>>()?;
         let patch = SummaryPatch::of(events);
         let now = self.now_ms();
@@ -731,6 +732,7 @@ impl Store for MemoryStore {
     }
 
     async fn finish(&self, lease: &Lease, events: &[JournalEvent], how: Finish) -> Result<Finished> {
+        super::validate_values(events, Some(&how), &self.config)?;
         if let Finish::Suspend(s) = &how {
             validate_suspension(s)?;
         }
@@ -878,6 +880,7 @@ impl Store for MemoryStore {
     }
 
     async fn deliver_event(&self, key: &str, data: &Json) -> Result<Delivered> {
+        crate::check_value_size("event's data", data, self.config.max_value_bytes)?;
         keel_proto::validate_event_key(key)?;
         let now = self.now_ms();
         let mut state = self.state();

@@ -433,8 +433,9 @@ pub(crate) fn fingerprint(workflow: &str, input: &Value) -> String {
 /// How many delivery attempts a webhook log keeps.
 pub(crate) const DELIVERY_LOG_LEN: usize = 100;
 
-pub(crate) fn validate_create(req: &CreateRun) -> Result<()> {
+pub(crate) fn validate_create(req: &CreateRun, config: &StoreConfig) -> Result<()> {
     keel_proto::validate_workflow_name(&req.workflow)?;
+    crate::check_value_size("run's input", &req.input, config.max_value_bytes)?;
     if let Some(key) = &req.idempotency_key {
         keel_proto::validate_idempotency_key(key)?;
     }
@@ -452,6 +453,21 @@ pub(crate) fn validate_create(req: &CreateRun) -> Result<()> {
                 "label {name:?}: names are 1-64 bytes without '=' or control characters, values at most 256 bytes"
             )));
         }
+    }
+    Ok(())
+}
+
+/// The values a lease writes must fit the limit: step outputs, received data,
+/// the run's output and error.
+pub(crate) fn validate_values(events: &[JournalEvent], how: Option<&Finish>, config: &StoreConfig) -> Result<()> {
+    let limit = config.max_value_bytes;
+    for event in events {
+        if let JournalEvent::StepCompleted { output, step_id, .. } = event {
+            crate::check_value_size(&format!("output of step {step_id:?}"), output, limit)?;
+        }
+    }
+    if let Some(Finish::Complete { output }) = how {
+        crate::check_value_size("run's output", output, limit)?;
     }
     Ok(())
 }

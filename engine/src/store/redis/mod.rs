@@ -570,7 +570,7 @@ impl Store for RedisStore {
     }
 
     async fn create_run(&self, req: CreateRun) -> Result<Created> {
-        validate_create(&req)?;
+        validate_create(&req, &self.config)?;
         let client_chose = req.run_id.is_some();
         let run_id = match req.run_id.clone() {
             Some(id) => id,
@@ -653,6 +653,7 @@ impl Store for RedisStore {
     }
 
     async fn append(&self, lease: &Lease, events: &[JournalEvent]) -> Result<Appended> {
+        super::validate_values(events, None, &self.config)?;
         let patch = SummaryPatch::of(events);
         let mut invocation = self.scripts.append.prepare_invoke();
         invocation
@@ -681,6 +682,7 @@ impl Store for RedisStore {
     }
 
     async fn finish(&self, lease: &Lease, events: &[JournalEvent], how: Finish) -> Result<Finished> {
+        super::validate_values(events, Some(&how), &self.config)?;
         let patch = SummaryPatch::of(events);
         let (kind, final_entry, payload) = match &how {
             Finish::Complete { output } => {
@@ -746,6 +748,7 @@ impl Store for RedisStore {
     }
 
     async fn deliver_event(&self, key: &str, data: &Json) -> Result<Delivered> {
+        crate::check_value_size("event's data", data, self.config.max_value_bytes)?;
         keel_proto::validate_event_key(key)?;
         let mut conn = self.conn.clone();
         let reply: (String, Vec<String>) = self
