@@ -38,6 +38,7 @@ pub async fn run_duties(store: &dyn Store, duties: Duties, stop: impl std::futur
     let every = |period: Duration| (period.as_millis() / tick_ms).max(1) as u64;
     let (register, reconcile, expire) =
         (every(Duration::from_secs(10)), every(duties.reconcile_every), every(duties.expire_every));
+    let unpark = every(Duration::from_secs(1));
     let mut tick = tokio::time::interval(duties.timer_tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
@@ -51,6 +52,21 @@ pub async fn run_duties(store: &dyn Store, duties: Duties, stop: impl std::futur
             && let Err(e) = store.register_worker(info, Duration::from_secs(30)).await
         {
             tracing::warn!(error = %e, "worker registration failed");
+        }
+        // Runs parked for want of a worker with these versions go on (at start,
+        // then every second: a run another worker set aside waits that long).
+        if let Some(info) = &duties.registration
+            && n.is_multiple_of(unpark)
+        {
+            for (workflow, versions) in &info.workflows {
+                match store.unpark(workflow, versions).await {
+                    Ok(runs) if !runs.is_empty() => {
+                        tracing::info!(%workflow, ?runs, "queued parked runs again: their version is live")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, %workflow, "unparking runs failed"),
+                }
+            }
         }
         if n % reconcile == reconcile / 2 {
             match store.reconcile(500).await {

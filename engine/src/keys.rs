@@ -71,6 +71,12 @@ impl Keys {
         format!("{}:runs:status:{status}", self.prefix)
     }
 
+    /// Sorted set: runs of a workflow parked for want of a worker with their
+    /// version, scored by that version.
+    pub fn parked(&self, workflow: &str) -> String {
+        format!("{}:parked:{workflow}", self.prefix)
+    }
+
     /// Sorted set: run id by wake-up time.
     pub fn timers(&self) -> String {
         format!("{}:timers", self.prefix)

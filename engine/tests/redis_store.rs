@@ -29,6 +29,7 @@ fn claim_req(worker: &str) -> Claim {
         lease: Duration::from_secs(30),
         max: 1,
         block: Duration::from_secs(2),
+        versions: Default::default(),
     }
 }
 
@@ -207,6 +208,7 @@ async fn lua_key_names_match_keys_rs() {
         keys.stats(),
         keys.watch(&id),
         keys.notify(),
+        keys.parked("agent"),
     ];
     assert_eq!(from_lua, from_rust);
     assert!(keys.run(&id).ends_with(":run:{r-1}"), "a run's keys share the hash tag {{run_id}}");

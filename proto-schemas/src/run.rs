@@ -144,6 +144,10 @@ pub struct RunSummary {
     /// Where this run's webhook events are also sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// Why the run waits without being worked on (e.g. `no live worker has demo
+    /// v1`); it goes on by itself once that changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
 }
 
 /// One page of a run listing, newest first.

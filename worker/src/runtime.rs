@@ -278,6 +278,7 @@ impl Worker {
             lease: self.config.lease,
             max,
             block,
+            versions: self.workflows(),
         }
     }
 
@@ -372,6 +373,11 @@ impl Worker {
             }
         }
         let _ = duties.await;
+        // Gone at once, not after the registration's time to live: the API and
+        // other workers stop counting on this one now.
+        if let Err(e) = worker.store.unregister_worker(&worker.config.worker_id).await {
+            tracing::warn!(error = %e, "removing the worker's registration failed; it expires by itself");
+        }
         tracing::info!("worker stopped");
         Ok(())
     }
@@ -426,9 +432,7 @@ impl Worker {
     async fn execute_in_span(&self, task: ClaimedTask, handback: CancellationToken) {
         let lease = task.lease.clone();
         let Some(workflow) = self.workflows.get(&lease.workflow).and_then(|v| v.get(&task.run.version)).cloned() else {
-            tracing::warn!(version = task.run.version, "no such workflow version here; handing the run back");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = self.finish(&lease, Finish::Release).await;
+            self.set_aside(&lease, task.run.version).await;
             return;
         };
         let Some(input) = task.journal.iter().find_map(|r| match &r.entry.event {
@@ -502,6 +506,31 @@ impl Worker {
                 }
                 _ => break,
             }
+        }
+    }
+
+    /// A run pinned to a version this worker lacks: hand it back if a live
+    /// worker has that version (after a pause, so two workers do not toss it to
+    /// and fro), else park it with the reason, until one registers.
+    async fn set_aside(&self, lease: &Lease, version: u32) {
+        let others_have_it = match self.store.list_workers().await {
+            Ok(workers) => workers.iter().any(|w| {
+                w.worker_id != self.config.worker_id
+                    && w.workflows.get(&lease.workflow).is_some_and(|versions| versions.contains(&version))
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing live workers failed; handing the run back");
+                true
+            }
+        };
+        if others_have_it {
+            tracing::info!(version, "another live worker runs this version; handing the run back");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = self.finish(lease, Finish::Release).await;
+        } else {
+            let reason = format!("no live worker has {} v{version}", lease.workflow);
+            tracing::warn!(%reason, "parking the run until a worker with its version registers");
+            let _ = self.finish(lease, Finish::Park { reason }).await;
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Backend, count, journal, spawn_worker, start, wait_final};
+use common::{Backend, count, eventually, journal, spawn_worker, start, wait_final};
 use keel_engine::Store;
 use keel_engine::proto::{JournalEvent, RunStatus};
 use keel_worker::{Context, RetryPolicy, StepError, Worker, Workflow};
@@ -42,6 +42,7 @@ on_both_stores!(
     a_step_that_always_panics_fails_the_run_and_runs_the_failure_handler,
     a_panic_in_the_body_fails_the_run_as_panicked_and_runs_the_failure_handler,
     a_step_that_blocks_its_thread_past_the_lease_runs_once,
+    a_run_pinned_to_a_missing_version_waits_blocked_then_goes_on,
 );
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -232,4 +233,52 @@ async fn a_step_that_blocks_its_thread_past_the_lease_runs_once(b: Backend) {
         "the attempt was journaled as started while it blocked its thread"
     );
     assert_eq!(count(&j, |e| matches!(e, JournalEvent::StepCompleted { .. })), 1);
+}
+
+async fn a_run_pinned_to_a_missing_version_waits_blocked_then_goes_on(b: Backend) {
+    let versioned = |version: u32| {
+        Workflow::new("versioned", move |ctx: Context, _: Value| async move {
+            ctx.step("which").run(move || async move { Ok::<_, StepError>(version) }).await
+        })
+        .version(version)
+    };
+    let old = spawn_worker(&b.store, vec![versioned(1)], Duration::from_secs(5)).await;
+    let id = b
+        .store
+        .create_run(keel_engine::CreateRun {
+            workflow: "versioned".into(),
+            version: 2,
+            input: json!(null),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .run_id;
+    let blocked = eventually(WAIT, "the run to show why it waits", || async {
+        b.store.get_run(&id).await.unwrap().filter(|r| r.blocked.is_some())
+    })
+    .await;
+    assert_eq!(blocked.blocked.as_deref(), Some("no live worker has versioned v2"));
+    assert_eq!(blocked.status, RunStatus::Pending);
+    assert_eq!(blocked.epoch, 0, "set aside at the claim, never leased");
+    // A while later it still waits, unclaimed (it used to be claimed and released
+    // every second, its epoch rising).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let still = b.store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!((still.epoch, still.blocked.is_some()), (0, true), "{still:?}");
+
+    // A worker with v2 appears: the run goes on at once.
+    let new = spawn_worker(&b.store, vec![versioned(2)], Duration::from_secs(5)).await;
+    let run = wait_final(&b.store, &id, WAIT).await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(run.output, Some(json!(2)));
+    assert_eq!(run.blocked, None);
+    assert_eq!(run.epoch, 1, "leased once, by the worker that has v2");
+
+    // A graceful shutdown removes the registration at once.
+    let before = b.store.list_workers().await.unwrap().len();
+    old.stop().await;
+    assert_eq!(b.store.list_workers().await.unwrap().len(), before - 1);
+    new.stop().await;
+    assert!(b.store.list_workers().await.unwrap().is_empty());
 }

@@ -127,6 +127,8 @@ struct Run {
     journal: Vec<(Sid, String)>,
     /// Holder (`worker:epoch`) and expiry, ms.
     lease: Option<(String, u64)>,
+    /// Parked: why no worker runs it (see [`Finish::Park`]).
+    blocked: Option<String>,
 }
 
 impl Run {
@@ -152,6 +154,7 @@ impl Run {
             parent: self.parent.clone(),
             labels: self.labels.clone(),
             callback_url: self.callback_url.clone(),
+            blocked: self.blocked.clone(),
         }
     }
 
@@ -302,6 +305,7 @@ impl State {
         run.cancel_requested = false;
         run.pause_requested = false;
         run.lease = None;
+        run.blocked = None;
         self.retention.insert((now + retention.as_millis() as u64, id.clone()));
         Ok(())
     }
@@ -400,6 +404,17 @@ impl State {
             return Ok(None);
         }
         if run.live_lease(now).is_some() {
+            return Ok(None);
+        }
+        if let Some(versions) = req.versions.get(workflow)
+            && !versions.contains(&run.version)
+        {
+            let reason = format!("no live worker has {workflow} v{}", run.version);
+            self.ack(workflow, Some(tid));
+            let run = self.run_mut(&run_id)?;
+            run.task = None;
+            run.status = RunStatus::Pending;
+            run.blocked = Some(reason);
             return Ok(None);
         }
         if deliveries > config.max_deliveries {
@@ -631,6 +646,7 @@ impl Store for MemoryStore {
                 idempotency_key: req.idempotency_key.clone(),
                 journal: Vec::new(),
                 lease: None,
+                blocked: None,
             },
         );
         state.append(&id, vec![started], now)?;
@@ -778,7 +794,16 @@ impl Store for MemoryStore {
                 self.queued.notify_waiters();
                 return Ok(Finished::Done);
             }
-            Finish::Suspend(_) if cancel_requested => {
+            Finish::Park { reason } if !cancel_requested => {
+                state.ack(&lease.workflow, task);
+                let run = state.run_mut(id)?;
+                run.lease = None;
+                run.task = None;
+                run.status = RunStatus::Pending;
+                run.blocked = Some(reason.clone());
+                return Ok(Finished::Done);
+            }
+            Finish::Suspend(_) | Finish::Park { .. } if cancel_requested => {
                 state.append(id, vec![encode_event(&JournalEvent::RunCancelled { reason: None })?], now)?;
                 state.finalize(id, RunStatus::Cancelled, now, retention)?;
                 state.ack(&lease.workflow, task);
@@ -787,7 +812,7 @@ impl Store for MemoryStore {
                 self.queued.notify_waiters();
                 return Ok(Finished::Cancelled);
             }
-            Finish::Suspend(_) => None,
+            Finish::Suspend(_) | Finish::Park { .. } => None,
         };
         if let Some(status) = final_status {
             state.finalize(id, status, now, retention)?;
@@ -999,7 +1024,8 @@ impl Store for MemoryStore {
         let mut untimed: Vec<(RunId, u64)> = Vec::new();
         for (id, run) in &state.runs {
             match run.status {
-                RunStatus::Pending | RunStatus::Running => {
+                // Parked runs have no task on purpose: unpark queues them.
+                RunStatus::Pending | RunStatus::Running if run.blocked.is_none() => {
                     let queued = run
                         .task
                         .is_some_and(|t| state.queues.get(&run.workflow).is_some_and(|q| q.entries.contains_key(&t)));
@@ -1263,6 +1289,43 @@ impl Store for MemoryStore {
         info.heartbeat_at_ms = now;
         self.state().workers.insert(info.worker_id.clone(), (info, now + ttl.as_millis() as u64));
         Ok(())
+    }
+
+    async fn unregister_worker(&self, worker_id: &str) -> Result<()> {
+        self.state().workers.remove(worker_id);
+        Ok(())
+    }
+
+    async fn unpark(&self, workflow: &str, versions: &[u32]) -> Result<Vec<RunId>> {
+        let now = self.now_ms();
+        let mut state = self.state();
+        let parked: Vec<RunId> = state
+            .runs
+            .iter()
+            .filter(|(_, run)| {
+                run.blocked.is_some()
+                    && run.workflow == workflow
+                    && versions.contains(&run.version)
+                    && !run.status.is_final()
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &parked {
+            let run = state.run_mut(id)?;
+            run.blocked = None;
+            if run.pause_requested {
+                run.status = RunStatus::Paused;
+                state.append(id, vec![encode_event(&JournalEvent::RunPaused {})?], now)?;
+            } else {
+                run.status = RunStatus::Pending;
+                state.enqueue(id, now)?;
+            }
+        }
+        drop(state);
+        if !parked.is_empty() {
+            self.queued.notify_waiters();
+        }
+        Ok(parked)
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {

@@ -61,6 +61,10 @@ pub struct Claim {
     pub max: usize,
     /// How long to block waiting for a task when none is queued.
     pub block: Duration,
+    /// The versions the claimer runs, per workflow (none listed: any version).
+    /// A task of a run pinned to another version is not handed out: the run is
+    /// parked (`blocked`) until [`Store::unpark`] by a worker that has it.
+    pub versions: BTreeMap<String, Vec<u32>>,
 }
 
 /// The right to write a run's journal: held by one worker, under one epoch.
@@ -114,6 +118,12 @@ pub enum Finish {
     Suspend(Suspension),
     /// Hand the run back at once (graceful shutdown): another worker may claim it now.
     Release,
+    /// Set the run aside without a task: no live worker can run it (its version
+    /// is gone). It shows `blocked` with this reason and is queued again by
+    /// [`Store::unpark`] when a worker with its version registers.
+    Park {
+        reason: String,
+    },
 }
 
 /// What a suspended run waits for: a timer, events, or both; the first to come
@@ -352,6 +362,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Register (or refresh) a live worker for `ttl`.
     async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<()>;
 
+    /// Remove a worker's registration at once (its graceful shutdown).
+    async fn unregister_worker(&self, worker_id: &str) -> Result<()>;
+
+    /// Queue again the parked runs of `workflow` pinned to one of `versions`
+    /// (a worker that runs them is live). Returns them.
+    async fn unpark(&self, workflow: &str, versions: &[u32]) -> Result<Vec<RunId>>;
+
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
 }
 
@@ -397,7 +414,7 @@ pub(crate) fn child_outcome_of(how: &Finish) -> Result<Option<String>> {
         Finish::Complete { output } => keel_proto::ChildOutcome::Completed { output: output.clone() },
         Finish::Fail { error } => keel_proto::ChildOutcome::Failed { error: error.clone() },
         Finish::Cancel { .. } => keel_proto::ChildOutcome::Cancelled,
-        Finish::Suspend(_) | Finish::Release => return Ok(None),
+        Finish::Suspend(_) | Finish::Release | Finish::Park { .. } => return Ok(None),
     };
     serde_json::to_string(&outcome).map(Some).map_err(|e| Error::Invalid(e.to_string()))
 }

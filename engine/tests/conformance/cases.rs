@@ -26,6 +26,7 @@ fn claim_req(worker: &str, lease_ms: u64, block_ms: u64) -> Claim {
         lease: Duration::from_millis(lease_ms),
         max: 10,
         block: Duration::from_millis(block_ms),
+        versions: Default::default(),
     }
 }
 
@@ -1461,4 +1462,26 @@ pub async fn filtered_lists_return_every_match_behind_thousands_of_runs(f: Fixtu
     assert!(matches!(s.create_run(CreateRun { labels: many, ..start(json!(0)) }).await, Err(Error::Invalid(_))));
     let eq = labels(&[("a=b", "c")]);
     assert!(matches!(s.create_run(CreateRun { labels: eq, ..start(json!(0)) }).await, Err(Error::Invalid(_))));
+}
+
+/// A claimer without the run's version sets it aside (no lease): it shows why,
+/// reconcile leaves it alone, and unpark by a holder of the version queues it.
+pub async fn a_run_of_a_version_nobody_claims_is_parked_until_unparked(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(CreateRun { version: 2, ..start(json!(1)) }).await.unwrap().run_id;
+    let mut v1 = claim_req("old", 30_000, 200);
+    v1.versions = [(WF.to_owned(), vec![1])].into();
+    assert!(s.claim(&v1).await.unwrap().is_empty(), "a v1 worker is not handed a v2 run");
+    let run = s.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(run.blocked.as_deref(), Some("no live worker has orders v2"));
+    assert_eq!((run.status, run.epoch), (RunStatus::Pending, 0));
+    assert!(s.reconcile(100).await.unwrap().is_empty(), "a parked run has no task on purpose");
+    assert!(s.claim(&v1).await.unwrap().is_empty());
+    assert_eq!(s.unpark(WF, &[1]).await.unwrap(), Vec::<RunId>::new(), "not for v1");
+    assert_eq!(s.unpark(WF, &[2, 3]).await.unwrap(), vec![id.clone()]);
+    assert_eq!(s.get_run(&id).await.unwrap().unwrap().blocked, None);
+    let mut v2 = claim_req("new", 30_000, 1000);
+    v2.versions = [(WF.to_owned(), vec![2])].into();
+    let task = s.claim(&v2).await.unwrap().remove(0);
+    assert_eq!((task.lease.run_id, task.lease.epoch), (id, 1));
 }

@@ -322,7 +322,7 @@ impl RedisStore {
     }
 
     /// The settings every claim script takes: what to write if a task is dead-lettered.
-    fn claim_settings(&self, req: &Claim) -> Result<[String; 10]> {
+    fn claim_settings(&self, req: &Claim) -> Result<[String; 11]> {
         let reason = super::dead_letter_reason(self.config.max_deliveries);
         let error = ErrorInfo::new("dead_lettered", reason.clone());
         Ok([
@@ -336,6 +336,13 @@ impl RedisStore {
             to_json(&ChildOutcome::Failed { error })?,
             (self.config.event_lookback.as_millis().max(1) as u64).to_string(),
             self.config.event_lookback_max.max(1).to_string(),
+            req.versions
+                .iter()
+                .map(|(wf, versions)| {
+                    format!("{wf}={}", versions.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
         ])
     }
 
@@ -399,6 +406,9 @@ impl RedisStore {
             match text(&reply[0])?.as_str() {
                 "CLAIMED" => claimed.push(Self::claimed_from(reply, &req.worker_id)?),
                 "DEAD" => tracing::warn!(run_id = %delivery.run_id, "task dead-lettered: {}", settings[3]),
+                "PARKED" => {
+                    tracing::warn!(run_id = %delivery.run_id, version = ?reply.get(1), "run parked: no version of it here")
+                }
                 other => tracing::debug!(
                     run_id = %delivery.run_id, outcome = other, detail = ?reply.get(1),
                     "delivery not claimed"
@@ -529,6 +539,7 @@ fn summary_from_hash(run_id: &RunId, hash: HashMap<String, String>) -> Result<Ru
         cancel_requested: field("cr").is_some_and(|v| v == "1"),
         pause_requested: field("pz").is_some_and(|v| v == "1"),
         callback_url: field("cb").cloned(),
+        blocked: field("blk").cloned(),
         output: field("out").map(|v| from_json::<Json>(&what(), v)).transpose()?,
         error: field("err").map(|v| from_json::<ErrorInfo>(&what(), v)).transpose()?,
         parent: field("par").map(|v| from_json::<ParentRef>(&what(), v)).transpose()?,
@@ -699,6 +710,7 @@ impl Store for RedisStore {
                 ("suspend", String::new(), String::new())
             }
             Finish::Release => ("release", String::new(), String::new()),
+            Finish::Park { reason } => ("park", String::new(), reason.clone()),
         };
         let cancelled = encode_event(&JournalEvent::RunCancelled { reason: None })?;
         let (wake, waits) = match &how {
@@ -1193,6 +1205,34 @@ impl Store for RedisStore {
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
+    }
+
+    async fn unregister_worker(&self, worker_id: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(self.keys.worker(worker_id))
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.keys.workers())
+            .arg(worker_id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn unpark(&self, workflow: &str, versions: &[u32]) -> Result<Vec<RunId>> {
+        keel_proto::validate_workflow_name(workflow)?;
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.unpark.prepare_invoke();
+        invocation.arg(self.keys.prefix()).arg(workflow);
+        for version in versions {
+            invocation.arg(version);
+        }
+        let ids: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        ids.into_iter().map(|id| RunId::new(id).map_err(Error::from)).collect()
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {

@@ -30,6 +30,7 @@ pub(super) struct Scripts {
     pub job_update: Script,
     pub claim_batch: Script,
     pub watch: Script,
+    pub unpark: Script,
 }
 
 impl Scripts {
@@ -55,6 +56,7 @@ impl Scripts {
             job_update: script!("job_update.lua"),
             claim_batch: script!("claim_batch.lua"),
             watch: script!("watch.lua"),
+            unpark: script!("unpark.lua"),
         }
     }
 }

@@ -16,6 +16,7 @@ local function k_queue(wf) return P .. ':queue:' .. wf end
 local function k_runs_wf(wf) return P .. ':runs:wf:' .. wf end
 local function k_runs_status(st) return P .. ':runs:status:' .. st end
 local function k_runs_wf_status(wf, st) return P .. ':runs:wf:' .. wf .. ':status:' .. st end
+local function k_parked(wf) return P .. ':parked:' .. wf end
 local function k_runs_label(name, value) return P .. ':runs:label:' .. name .. '=' .. value end
 local function k_waiters(key) return P .. ':waiters:' .. key end
 local function k_events(key) return P .. ':events:' .. key end
@@ -189,7 +190,7 @@ end
 local function finalize(id, st, new, created, now, retention_ms)
   set_status(id, st, new, created)
   redis.call('HSET', k_run(id), 'fa', n2s(now), 'ua', n2s(now), 'task', '')
-  redis.call('HDEL', k_run(id), 'cr', 'pz')
+  redis.call('HDEL', k_run(id), 'cr', 'pz', 'blk')
   redis.call('DEL', k_lease(id))
   redis.call('ZADD', K_RETENTION, now + retention_ms, id)
   notify_watchers(id)
@@ -276,6 +277,22 @@ local function notify_parent(id, outcome, lookback_ms, max_len)
   end
 end
 
+-- A claimer's versions: 'wf=1,2' lines -> { wf = { ['1'] = true, ['2'] = true } };
+-- nil (any version) for ''.
+local function parse_versions(text)
+  if text == nil or text == '' then return nil end
+  local out = {}
+  for line in string.gmatch(text, '[^\n]+') do
+    local wf, list = string.match(line, '^(.-)=(.*)$')
+    if wf then
+      local set = {}
+      for v in string.gmatch(list, '[^,]+') do set[v] = true end
+      out[wf] = set
+    end
+  end
+  return out
+end
+
 -- Turn one delivered queue entry into a lease with a new epoch, and hand back
 -- what replay needs (summary + journal). `c` holds the claim's settings:
 -- worker, lease_ms, max_deliveries, reason, failed_entry, error, retention,
@@ -289,7 +306,7 @@ local function claim_one(c, wf, tid, id)
   if pend[1][2] ~= c.worker then return { 'BUSY', 'task delivered to another worker' } end
   local deliveries = tonumber(pend[1][4])
 
-  local h = redis.call('HMGET', k_run(id), 'st', 'task', 'ca', 'wf')
+  local h = redis.call('HMGET', k_run(id), 'st', 'task', 'ca', 'wf', 'ver')
   if not h[1] then ack(wf, tid); return { 'SKIP', 'run no longer exists' } end
   local st = h[1]
   WORKFLOW_OF[id] = h[4]
@@ -298,6 +315,17 @@ local function claim_one(c, wf, tid, id)
   if redis.call('EXISTS', k_lease(id)) == 1 then
     -- Its holder is alive (it heartbeated after the reclaimer picked the entry).
     return { 'BUSY', 'lease still held' }
+  end
+
+  -- A version the claimer does not run: set the run aside (no lease, no epoch)
+  -- until a worker that has it registers (unpark.lua), instead of handing it out.
+  local allowed = c.versions and c.versions[wf]
+  if allowed and not allowed[h[5]] then
+    ack(wf, tid)
+    redis.call('HSET', k_run(id), 'task', '', 'blk', 'no live worker has ' .. wf .. ' v' .. h[5])
+    set_status(id, st, 'pending', h[3])
+    redis.call('ZADD', k_parked(wf), h[5], id)
+    return { 'PARKED', h[5] }
   end
 
   local now = now_ms()

@@ -9,8 +9,9 @@ local function has_task(wf, tid)
 end
 for _, st in ipairs({ 'pending', 'running' }) do
   for _, id in ipairs(redis.call('ZRANGE', k_runs_status(st), 0, limit - 1)) do
-    local h = redis.call('HMGET', k_run(id), 'wf', 'task', 'ca')
-    if h[1] and not has_task(h[1], h[2]) and redis.call('EXISTS', k_lease(id)) == 0 then
+    local h = redis.call('HMGET', k_run(id), 'wf', 'task', 'ca', 'blk')
+    -- A parked run ('blk') has no task on purpose: unpark.lua queues it.
+    if h[1] and not h[4] and not has_task(h[1], h[2]) and redis.call('EXISTS', k_lease(id)) == 0 then
       set_status(id, st, 'pending', h[3])
       enqueue(id, h[1])
       fixed[#fixed + 1] = id
