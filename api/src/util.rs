@@ -47,7 +47,7 @@ impl SchemaCache {
             let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
             match compiled.get(&key) {
                 Some(v) => v.clone(),
-                None => match jsonschema::validator_for(schema) {
+                None => match jsonschema::options().with_keyword("format", number_format).build(schema) {
                     Ok(v) => {
                         let v = Arc::new(v);
                         if compiled.len() > 1000 {
@@ -75,9 +75,92 @@ impl SchemaCache {
     }
 }
 
+/// The integer formats schemars writes for Rust's integer types, with their ranges.
+fn integer_range(format: &str) -> Option<(i128, i128)> {
+    Some(match format {
+        "uint8" => (0, u8::MAX.into()),
+        "uint16" => (0, u16::MAX.into()),
+        "uint32" | "uint" => (0, u32::MAX.into()),
+        "uint64" => (0, u64::MAX.into()),
+        "int8" => (i8::MIN.into(), i8::MAX.into()),
+        "int16" => (i16::MIN.into(), i16::MAX.into()),
+        "int32" | "int" => (i32::MIN.into(), i32::MAX.into()),
+        "int64" => (i64::MIN.into(), i64::MAX.into()),
+        _ => return None,
+    })
+}
+
+/// `format` on numbers, as the worker's types read them: `"format": "uint32"`
+/// accepts an integer written as one (not `1e2`, which serde reads as a float)
+/// within the type's range. Other formats (on strings) are annotations.
+struct NumberFormat {
+    range: (i128, i128),
+    format: String,
+}
+
+impl<'i> jsonschema::Keyword<'i> for NumberFormat {
+    fn validate(&self, instance: &'i serde_json::Value) -> Result<(), jsonschema::ValidationError<'i>> {
+        if self.is_valid(instance) {
+            return Ok(());
+        }
+        Err(jsonschema::ValidationError::custom(format!(
+            "{instance} is not a {} (an integer from {} to {}, written without a fraction or exponent)",
+            self.format, self.range.0, self.range.1
+        )))
+    }
+
+    fn is_valid(&self, instance: &'i serde_json::Value) -> bool {
+        let serde_json::Value::Number(n) = instance else { return true };
+        let value = n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
+        value.is_some_and(|v| v >= self.range.0 && v <= self.range.1)
+    }
+}
+
+struct Annotation;
+
+impl<'i> jsonschema::Keyword<'i> for Annotation {
+    fn validate(&self, _: &'i serde_json::Value) -> Result<(), jsonschema::ValidationError<'i>> {
+        Ok(())
+    }
+
+    fn is_valid(&self, _: &'i serde_json::Value) -> bool {
+        true
+    }
+}
+
+fn number_format<'a>(
+    _parent: &'a serde_json::Map<String, serde_json::Value>,
+    value: &'a serde_json::Value,
+    _path: jsonschema::paths::Location,
+) -> Result<Box<dyn for<'i> jsonschema::Keyword<'i>>, jsonschema::ValidationError<'a>> {
+    match value.as_str().and_then(|format| Some((format, integer_range(format)?))) {
+        Some((format, range)) => Ok(Box::new(NumberFormat { range, format: format.to_owned() })),
+        None => Ok(Box::new(Annotation)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integer_formats_are_checked_as_the_worker_reads_them() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"steps": {"type": "integer", "format": "uint32", "minimum": 0}, "name": {"type": "string", "format": "email"}}
+        });
+        let cache = SchemaCache::default();
+        assert!(cache.check(&schema, &serde_json::json!({"steps": 3, "name": "x"})).is_ok());
+        assert!(cache.check(&schema, &serde_json::json!({"steps": 4294967295u64})).is_ok());
+        for bad in [
+            serde_json::json!({"steps": 1e2}),
+            serde_json::json!({"steps": 4294967296u64}),
+            serde_json::json!({"steps": 1.5}),
+        ] {
+            let err = cache.check(&schema, &bad).expect_err("refused");
+            assert!(err.to_string().contains("uint32"), "{err}");
+        }
+    }
 
     #[test]
     fn durations_parse() {

@@ -510,7 +510,7 @@ impl Context {
             }
             SleepDecision::Schedule => {
                 let fire_at_ms = match target {
-                    Target::After(d) => now + millis(d),
+                    Target::After(d) => now.saturating_add(millis(d)),
                     Target::At(at) => at,
                 };
                 let scheduled = JournalEvent::TimerScheduled {
@@ -588,7 +588,7 @@ impl Context {
                 active.block_on_event(wait, w.timeout_at_ms).await
             }
             WaitDecision::Start => {
-                let timeout_at_ms = timeout.map(|d| now + millis(d));
+                let timeout_at_ms = timeout.map(|d| now.saturating_add(millis(d)));
                 let started = JournalEvent::WaitStarted {
                     step_id: step_id.clone(),
                     event_keys: keys.clone(),
@@ -933,7 +933,7 @@ impl Step {
                         .as_ref()
                         .and_then(StepError::retry_delay)
                         .unwrap_or_else(|| policy.delay_after(attempt));
-                    let retry_at = core.now_ms() + millis(delay);
+                    let retry_at = core.now_ms().saturating_add(millis(delay));
                     tracing::debug!(run_id = %core.lease.run_id, step = %step_id, attempt, ?delay, "step attempt failed; retrying");
                     let failed = JournalEvent::StepFailed { step_id, attempt, error, retry_at_ms: Some(retry_at), pos };
                     if core.append(vec![failed]).await.is_none() {

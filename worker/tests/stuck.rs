@@ -43,6 +43,7 @@ on_both_stores!(
     a_panic_in_the_body_fails_the_run_as_panicked_and_runs_the_failure_handler,
     a_step_that_blocks_its_thread_past_the_lease_runs_once,
     a_run_pinned_to_a_missing_version_waits_blocked_then_goes_on,
+    durations_past_the_end_of_time_saturate_instead_of_wrapping,
 );
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -281,4 +282,22 @@ async fn a_run_pinned_to_a_missing_version_waits_blocked_then_goes_on(b: Backend
     assert_eq!(b.store.list_workers().await.unwrap().len(), before - 1);
     new.stop().await;
     assert!(b.store.list_workers().await.unwrap().is_empty());
+}
+
+/// Regression: `sleep_ms: u64::MAX` wrapped to a timer in the past and the run
+/// completed at once.
+async fn durations_past_the_end_of_time_saturate_instead_of_wrapping(b: Backend) {
+    let workflow = Workflow::new("forever", |ctx: Context, ms: u64| async move {
+        ctx.sleep("nap", Duration::from_millis(ms)).await?;
+        let waited: Option<Value> = ctx.wait_for_event("wait", "never:comes", Some(Duration::from_millis(ms))).await?;
+        Ok(waited)
+    });
+    let worker = spawn_worker(&b.store, vec![workflow], Duration::from_secs(5)).await;
+    let id = start(&b.store, "forever", json!(u64::MAX)).await;
+    let sleeping = eventually(WAIT, "the run to sleep", || async {
+        b.store.get_run(&id).await.unwrap().filter(|r| r.status == RunStatus::Sleeping)
+    })
+    .await;
+    assert_eq!(sleeping.wake_at_ms, Some(u64::MAX), "{sleeping:?}");
+    worker.stop().await;
 }

@@ -654,8 +654,8 @@ impl Store for MemoryStore {
             state.idempotency.insert(key, (id.clone(), idem_expiry));
         }
         if delay > 0 {
-            state.run_mut(&id)?.wake = Some(now + delay);
-            state.timers.insert((now + delay, id.clone()));
+            state.run_mut(&id)?.wake = Some(now.saturating_add(delay));
+            state.timers.insert((now.saturating_add(delay), id.clone()));
         } else {
             state.enqueue(&id, now)?;
             drop(state);
