@@ -77,6 +77,11 @@ impl Keys {
         format!("{}:parked:{workflow}", self.prefix)
     }
 
+    /// Hash: status -> where the next reconcile pass goes on in that status's index.
+    pub fn reconcile(&self) -> String {
+        format!("{}:reconcile", self.prefix)
+    }
+
     /// Sorted set: run id by wake-up time.
     pub fn timers(&self) -> String {
         format!("{}:timers", self.prefix)

@@ -209,6 +209,7 @@ async fn lua_key_names_match_keys_rs() {
         keys.watch(&id),
         keys.notify(),
         keys.parked("agent"),
+        keys.reconcile(),
     ];
     assert_eq!(from_lua, from_rust);
     assert!(keys.run(&id).ends_with(":run:{r-1}"), "a run's keys share the hash tag {{run_id}}");
@@ -398,4 +399,32 @@ async fn a_thousand_waiters_share_a_few_connections_and_all_wake() {
         woken += 1;
     }
     assert_eq!(woken, 1000);
+}
+
+/// Regression: one task that does not decode failed the whole claim batch,
+/// stranding the tasks the same script had leased until their leases lapsed.
+#[tokio::test]
+async fn an_undecodable_task_does_not_strand_the_rest_of_its_batch() {
+    let server = RedisServer::start();
+    let (store, mut raw) = connect(&server).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let req = CreateRun { workflow: "wire".into(), version: 1, input: json!(i), ..Default::default() };
+        ids.push(store.create_run(req).await.unwrap().run_id);
+    }
+    let _: () = redis::cmd("HSET")
+        .arg(store.keys().run(&ids[1]))
+        .arg("lab")
+        .arg("{not json")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let mut req = claim_req("w");
+    req.max = 10;
+    let claimed = store.claim(&req).await.expect("the batch is not failed by one bad task");
+    let mut got: Vec<RunId> = claimed.into_iter().map(|t| t.lease.run_id).collect();
+    got.sort();
+    let mut want = vec![ids[0].clone(), ids[2].clone()];
+    want.sort();
+    assert_eq!(got, want);
 }

@@ -636,9 +636,25 @@ impl Context {
                         ..Default::default()
                     })
                     .await;
-                if let Err(e) = created {
-                    let error = ErrorInfo::new("child_not_started", e.to_string()).in_step(&step_id);
-                    return Err(Error::from_info(error));
+                match created {
+                    Ok(_) => {}
+                    // The request itself is wrong: retrying cannot help.
+                    Err(
+                        e @ (keel_engine::Error::Invalid(_)
+                        | keel_engine::Error::Id(_)
+                        | keel_engine::Error::IdempotencyConflict { .. }
+                        | keel_engine::Error::PayloadTooLarge { .. }),
+                    ) => {
+                        let error = ErrorInfo::new("child_not_started", e.to_string()).in_step(&step_id);
+                        return Err(Error::from_info(error));
+                    }
+                    // The store failed (a blip, a timeout): abandon like every other
+                    // store error; the replay creates the same child id again.
+                    Err(e) => {
+                        tracing::warn!(run_id = %core.lease.run_id, error = %e, "starting a child run failed; abandoning this execution");
+                        core.halt(Stop::Abandon(e.to_string()));
+                        return active.halt().await;
+                    }
                 }
                 let started = JournalEvent::ChildStarted {
                     step_id: step_id.clone(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{Backend, count, eventually, journal, spawn_worker, start, wait_final};
 use keel_engine::Store;
-use keel_engine::proto::{JournalEvent, RunStatus};
+use keel_engine::proto::{JournalEvent, RunId, RunStatus};
 use keel_worker::{Context, RetryPolicy, StepError, Worker, Workflow};
 use serde_json::{Value, json};
 
@@ -300,4 +300,51 @@ async fn durations_past_the_end_of_time_saturate_instead_of_wrapping(b: Backend)
     .await;
     assert_eq!(sleeping.wake_at_ms, Some(u64::MAX), "{sleeping:?}");
     worker.stop().await;
+}
+
+/// Regression: a store error while starting a child failed the parent
+/// (`child_not_started`) where every other store error abandons and replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_error_starting_a_child_abandons_and_replays_instead_of_failing() {
+    let b = common::redis().await;
+    let parent = Workflow::new("parent", |ctx: Context, _: Value| async move {
+        let doubled: u32 = ctx.invoke("kid", "kid", &21u32).await?;
+        Ok(doubled)
+    });
+    let kid = Workflow::new("kid", |ctx: Context, n: u32| async move {
+        ctx.step("double").run(move || async move { Ok::<_, StepError>(n * 2) }).await
+    });
+    let id = RunId::new(uuid::Uuid::now_v7().to_string()).unwrap();
+    // The child's id is derived from the parent's and the step's: occupy its key
+    // with a value of the wrong type, so creating it fails inside Redis.
+    let child =
+        RunId::new(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("keel/{id}/kid").as_bytes()).to_string())
+            .unwrap();
+    let child_key = keel_engine::keys::Keys::new(b.namespace.clone()).run(&child);
+    let server = b.redis.as_ref().unwrap();
+    let mut raw = ::redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("SET").arg(&child_key).arg("in the way").query_async(&mut raw).await.unwrap();
+
+    let worker = spawn_worker(&b.store, vec![parent, kid], Duration::from_millis(600)).await;
+    b.store
+        .create_run(keel_engine::CreateRun {
+            workflow: "parent".into(),
+            version: 1,
+            input: json!(null),
+            run_id: Some(id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Abandoned, taken over after its lease, and tried again.
+    eventually(WAIT, "the parent to be picked up again", || async {
+        b.store.get_run(&id).await.unwrap().filter(|r| r.epoch >= 2)
+    })
+    .await;
+    assert!(!b.store.get_run(&id).await.unwrap().unwrap().status.is_final(), "the parent did not fail");
+    let _: () = ::redis::cmd("DEL").arg(&child_key).query_async(&mut raw).await.unwrap();
+    let run = wait_final(&b.store, &id, WAIT).await;
+    worker.stop().await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(run.output, Some(json!(42)));
 }

@@ -1485,3 +1485,19 @@ pub async fn a_run_of_a_version_nobody_claims_is_parked_until_unparked(f: Fixtur
     let task = s.claim(&v2).await.unwrap().remove(0);
     assert_eq!((task.lease.run_id, task.lease.epoch), (id, 1));
 }
+
+/// Regression: reconcile only ever looked at the oldest 500 runs of a status.
+/// With a small batch, repeated passes reach every run.
+pub async fn reconcile_reaches_every_run_over_successive_passes(f: Fixture) {
+    let s = f.store.as_ref();
+    let mut lost = Vec::new();
+    for i in 0..7 {
+        lost.push(s.create_run(start(json!(i))).await.unwrap().run_id);
+    }
+    f.lose_queued_tasks(WF).await;
+    let mut fixed = HashSet::new();
+    for _ in 0..4 {
+        fixed.extend(s.reconcile(3).await.unwrap());
+    }
+    assert_eq!(fixed, lost.into_iter().collect::<HashSet<_>>(), "every lost run re-queued within a few passes");
+}

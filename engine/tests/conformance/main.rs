@@ -74,4 +74,5 @@ conformance!(
     wait_finished_wakes_when_the_run_ends,
     filtered_lists_return_every_match_behind_thousands_of_runs,
     a_run_of_a_version_nobody_claims_is_parked_until_unparked,
+    reconcile_reaches_every_run_over_successive_passes,
 );

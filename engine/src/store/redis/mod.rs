@@ -381,10 +381,16 @@ impl RedisStore {
         if text(&reply[0])? == "NOGROUP" {
             return Err(Error::NoGroup);
         }
-        array(reply.get(1).unwrap_or(&Value::Nil))?
-            .iter()
-            .map(|claimed| Self::claimed_from(array(claimed)?, &req.worker_id))
-            .collect()
+        // One undecodable task must not strand the others this script leased:
+        // it is logged and left to lapse (its run is replayed later), the rest run.
+        let mut claimed = Vec::new();
+        for item in array(reply.get(1).unwrap_or(&Value::Nil))? {
+            match array(item).and_then(|item| Self::claimed_from(item, &req.worker_id)) {
+                Ok(task) => claimed.push(task),
+                Err(e) => tracing::error!(error = %e, "a claimed task does not decode; its lease will lapse"),
+            }
+        }
+        Ok(claimed)
     }
 
     async fn claim_deliveries(&self, req: &Claim, deliveries: Vec<Delivery>) -> Result<Vec<ClaimedTask>> {
@@ -404,7 +410,12 @@ impl RedisStore {
             let reply: Value = invocation.invoke_async(&mut conn).await?;
             let reply = array(&reply)?;
             match text(&reply[0])?.as_str() {
-                "CLAIMED" => claimed.push(Self::claimed_from(reply, &req.worker_id)?),
+                "CLAIMED" => match Self::claimed_from(reply, &req.worker_id) {
+                    Ok(task) => claimed.push(task),
+                    Err(e) => {
+                        tracing::error!(run_id = %delivery.run_id, error = %e, "a claimed task does not decode; its lease will lapse")
+                    }
+                },
                 "DEAD" => tracing::warn!(run_id = %delivery.run_id, "task dead-lettered: {}", settings[3]),
                 "PARKED" => {
                     tracing::warn!(run_id = %delivery.run_id, version = ?reply.get(1), "run parked: no version of it here")

@@ -12,6 +12,7 @@ local function k_journal(id) return P .. ':run:{' .. id .. '}:journal' end
 local function k_lease(id) return P .. ':run:{' .. id .. '}:lease' end
 local function k_watch(id) return P .. ':run:{' .. id .. '}:watch' end
 local K_NOTIFY = P .. ':notify'
+local K_RECONCILE = P .. ':reconcile'
 local function k_queue(wf) return P .. ':queue:' .. wf end
 local function k_runs_wf(wf) return P .. ':runs:wf:' .. wf end
 local function k_runs_status(st) return P .. ':runs:status:' .. st end
