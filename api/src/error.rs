@@ -154,7 +154,7 @@ impl From<keel_engine::Error> for ApiError {
                 Self::Conflict(format!("run {run_id} is {status}: only a failed run can be retried"))
             }
             E::IdempotencyConflict { run_id, what } => Self::IdempotencyConflict(format!(
-                "this {what} already started run {run_id} with a different workflow or input; use another key"
+                "this {what} already started run {run_id} with a different request (workflow, input, labels, delay or callback URL); send the same request or use another key"
             )),
             E::Id(e) => Self::InvalidRequest(e.to_string()),
             E::Invalid(e) => Self::InvalidRequest(e),

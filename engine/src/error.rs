@@ -8,7 +8,9 @@ pub enum Error {
     #[error("lease on run {run_id} (epoch {epoch}) is no longer held; nothing was written")]
     LeaseLost { run_id: RunId, epoch: u64 },
     /// The same idempotency key (or client-chosen run id) was used with other input.
-    #[error("run {run_id} already exists for this {what} with a different workflow or input")]
+    #[error(
+        "run {run_id} already exists for this {what} with a different request (workflow, input, labels, delay or callback URL)"
+    )]
     IdempotencyConflict { run_id: RunId, what: &'static str },
     #[error("run {0} not found")]
     RunNotFound(RunId),

@@ -586,7 +586,7 @@ impl Store for MemoryStore {
             Some(id) => id,
             None => RunId::new(uuid::Uuid::now_v7().to_string())?,
         };
-        let fp = fingerprint(&req.workflow, &req.input);
+        let fp = fingerprint(&req);
         let now = self.now_ms();
         let mut state = self.state();
         if let Some(key) = &req.idempotency_key
@@ -1216,12 +1216,15 @@ impl Store for MemoryStore {
         let sid = parse_sid(item_id)?;
         let now = self.now_ms();
         let mut state = self.state();
+        state.outbox_taken.remove(&sid);
+        // Fanned out already (by a dispatcher that took it before us): nothing to add.
+        if state.outbox.remove(&sid).is_none() {
+            return Ok(());
+        }
         for job in jobs {
             let member = serde_json::to_string(job).map_err(|e| Error::Invalid(e.to_string()))?;
             state.jobs.entry(member).or_insert(now);
         }
-        state.outbox.remove(&sid);
-        state.outbox_taken.remove(&sid);
         Ok(())
     }
 

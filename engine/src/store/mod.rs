@@ -441,10 +441,15 @@ pub(crate) fn seq_millis(seq: &str) -> Result<u64> {
     seq.split_once('-').and_then(|(ms, _)| ms.parse().ok()).ok_or_else(|| Error::corrupt("stream id", seq))
 }
 
-/// The idempotency fingerprint of a start: the same workflow and input give the
-/// same text (serde_json sorts object keys, so key order does not matter).
-pub(crate) fn fingerprint(workflow: &str, input: &Value) -> String {
-    format!("{workflow}\n{input}")
+/// The idempotency fingerprint of a start: the whole request (workflow, input,
+/// labels, delay, callback URL). A repeat with the same key or run id must be the
+/// same request, or it is refused: a changed label or delay is never dropped
+/// silently. (serde_json sorts object keys, so key order does not matter.)
+pub(crate) fn fingerprint(req: &CreateRun) -> String {
+    let labels = serde_json::to_string(&req.labels).unwrap_or_default();
+    let delay = req.delay.map_or(0, |d| d.as_millis());
+    let callback = req.callback_url.as_deref().unwrap_or("");
+    format!("{}\n{}\n{labels}\n{delay}\n{callback}", req.workflow, req.input)
 }
 
 /// How many delivery attempts a webhook log keeps.

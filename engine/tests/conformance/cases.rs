@@ -1501,3 +1501,55 @@ pub async fn reconcile_reaches_every_run_over_successive_passes(f: Fixture) {
     }
     assert_eq!(fixed, lost.into_iter().collect::<HashSet<_>>(), "every lost run re-queued within a few passes");
 }
+
+/// Regression: a repeated Idempotency-Key with other labels, delay or callback
+/// URL silently dropped them. The whole request must match.
+pub async fn a_repeated_key_must_repeat_the_whole_request(f: Fixture) {
+    let s = f.store.as_ref();
+    let base = || CreateRun {
+        idempotency_key: Some("order-7".into()),
+        labels: [("team".to_owned(), "core".to_owned())].into(),
+        delay: Some(Duration::from_secs(60)),
+        callback_url: Some("https://example.com/hook".into()),
+        ..start(json!({"order": 7}))
+    };
+    let first = s.create_run(base()).await.unwrap();
+    assert!(first.created);
+    let again = s.create_run(base()).await.unwrap();
+    assert_eq!((again.run_id.clone(), again.created), (first.run_id.clone(), false));
+    let variants = [
+        CreateRun { labels: [("team".to_owned(), "other".to_owned())].into(), ..base() },
+        CreateRun { labels: BTreeMap::new(), ..base() },
+        CreateRun { delay: Some(Duration::from_secs(61)), ..base() },
+        CreateRun { delay: None, ..base() },
+        CreateRun { callback_url: Some("https://example.com/other".into()), ..base() },
+    ];
+    for variant in variants {
+        let refused = s.create_run(variant.clone()).await;
+        assert!(matches!(refused, Err(Error::IdempotencyConflict { .. })), "{variant:?}: {refused:?}");
+    }
+}
+
+/// Regression: two dispatchers fanning out the same outbox entry (a slow one and
+/// the one that reclaimed it) made duplicate jobs, since job members differ in
+/// `first_due_ms`. The second fan-out adds nothing.
+pub async fn fanning_out_one_outbox_entry_twice_adds_its_jobs_once(f: Fixture) {
+    use keel_engine::proto::{DeliveryJob, DeliveryTarget, WebhookEventType};
+    let s = f.store.as_ref();
+    s.create_run(CreateRun { callback_url: Some("https://example.com/hook".into()), ..start(json!(1)) }).await.unwrap();
+    let item = s.claim_outbox("d1", 10, Duration::from_secs(1), Duration::from_secs(60)).await.unwrap().remove(0);
+    let job = |first_due_ms| DeliveryJob {
+        webhook_id: "msg_1".into(),
+        run_id: item.run_id.clone(),
+        sequence: item.sequence.clone(),
+        event_type: WebhookEventType::RunStarted,
+        target: DeliveryTarget::Callback("https://example.com/hook".into()),
+        attempts: 0,
+        first_due_ms,
+    };
+    s.fan_out(&item.id, &[job(1)]).await.unwrap();
+    s.fan_out(&item.id, &[job(2)]).await.unwrap();
+    let due = s.due_jobs(10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(due[0].first_due_ms, 1, "the first fan-out's job");
+}

@@ -75,4 +75,6 @@ conformance!(
     filtered_lists_return_every_match_behind_thousands_of_runs,
     a_run_of_a_version_nobody_claims_is_parked_until_unparked,
     reconcile_reaches_every_run_over_successive_passes,
+    a_repeated_key_must_repeat_the_whole_request,
+    fanning_out_one_outbox_entry_twice_adds_its_jobs_once,
 );

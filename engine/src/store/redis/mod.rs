@@ -616,7 +616,7 @@ impl Store for RedisStore {
             .arg(run_id.as_str())
             .arg(&req.workflow)
             .arg(req.version)
-            .arg(fingerprint(&req.workflow, &req.input))
+            .arg(fingerprint(&req))
             .arg(req.idempotency_key.as_deref().unwrap_or(""))
             .arg(self.config.idempotency_ttl.as_millis() as u64)
             .arg(req.delay.map_or(0, |d| d.as_millis() as u64))

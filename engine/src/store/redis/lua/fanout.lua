@@ -1,11 +1,12 @@
 -- fanout: one outbox entry becomes one delivery job per receiver, and leaves the
--- outbox, together. Jobs are deterministic members (NX), so a repeated fan-out
--- (a dispatcher died before acking) adds nothing twice.
+-- outbox, together. Idempotent: a second fan-out of the same entry (a slow
+-- dispatcher racing the one that reclaimed it) finds the entry gone and adds
+-- nothing, whatever its jobs look like; jobs are also added NX.
 -- ARGV: P, outbox entry id, n, jobs...
+redis.pcall('XACK', K_OUTBOX, 'dispatch', ARGV[2])
+if redis.call('XDEL', K_OUTBOX, ARGV[2]) == 0 then return 0 end
 local now = now_ms()
 for i = 1, tonumber(ARGV[3]) do
   redis.call('ZADD', K_HOOK_JOBS, 'NX', now, ARGV[3 + i])
 end
-redis.pcall('XACK', K_OUTBOX, 'dispatch', ARGV[2])
-redis.call('XDEL', K_OUTBOX, ARGV[2])
 return 1
