@@ -513,6 +513,10 @@ async fn hostile_webhook_targets_are_refused_when_private_targets_are_not_allowe
         "http://[::ffff:127.0.0.1]:8080/hook",
         "http://localhost:1/x",
         "http://10.0.0.1/x",
+        "http://[::ffff:0:7f00:1]/x",
+        "http://[64:ff9b:1::a00:1]/x",
+        "http://[2001::1]/x",
+        "http://[fec0::1]/x",
     ] {
         for request in [
             http.post(format!("{}/v1/webhooks", keel.url)).json(&json!({"url": target})),
@@ -521,10 +525,35 @@ async fn hostile_webhook_targets_are_refused_when_private_targets_are_not_allowe
         ] {
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), 422, "{target}");
-            assert_eq!(response.json::<Value>().await.unwrap()["type"], "urn:keel:problem:target-refused", "{target}");
+            let problem = response.json::<Value>().await.unwrap();
+            assert_eq!(problem["type"], "urn:keel:problem:target-refused", "{target}");
+            let detail = problem["detail"].as_str().unwrap();
+            if target.contains("localhost") {
+                assert!(!detail.contains("127.0.0.1") && !detail.contains("::1"), "what a name resolved to: {detail}");
+            }
         }
     }
     assert!(keys(&redis, &ns).await.iter().all(|k| !k.ends_with(":webhooks")), "no subscription was stored");
+
+    // Credentials in a webhook URL are kept for sending, never shown back.
+    let allowed = Keel::spawn("dev", &redis, &RedisServer::unique_namespace("creds"), &[]);
+    let created = http
+        .post(format!("{}/v1/webhooks", allowed.url))
+        .json(&json!({"url": "http://user:hunter2@127.0.0.1:9/hook"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    for shown in [
+        created.to_string(),
+        http.get(format!("{}/v1/webhooks", allowed.url)).send().await.unwrap().text().await.unwrap(),
+        http.get(format!("{}/v1/webhooks/{id}", allowed.url)).send().await.unwrap().text().await.unwrap(),
+    ] {
+        assert!(!shown.contains("hunter2") && !shown.contains("user:"), "credentials shown back: {shown}");
+        assert!(shown.contains("***@127.0.0.1:9/hook"), "{shown}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

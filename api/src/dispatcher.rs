@@ -211,7 +211,8 @@ async fn deliver(
         webhook_id: job.webhook_id.clone(),
         event_type: job.event_type,
         run_id: job.run_id.clone(),
-        url,
+        // The log is shown back (GET /v1/webhooks/{id}/deliveries): no credentials.
+        url: keel_net::redact_url(&url),
         attempt: attempts,
         at_ms: now_ms(),
         status,

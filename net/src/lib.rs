@@ -7,4 +7,4 @@ pub mod signing;
 pub mod ssrf;
 
 pub use signing::{KeyError, Signer, verify};
-pub use ssrf::{CheckedTarget, TargetError, check, is_forbidden, pinned_client};
+pub use ssrf::{CheckedTarget, TargetError, check, is_forbidden, pinned_client, redact_url};

@@ -171,6 +171,10 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>)
             cursor: query.cursor,
         })
         .await?;
+    let mut page = page;
+    for run in &mut page.runs {
+        run.callback_url = run.callback_url.as_deref().map(keel_net::redact_url);
+    }
     Ok(Reply(page))
 }
 
@@ -201,6 +205,8 @@ pub async fn detail(
     let run =
         state.store().get_run(&id).await?.ok_or_else(|| ApiError::RunNotFound(format!("run {id} does not exist")))?;
     let journal = state.store().read_journal(&id, None, 100_000).await?;
+    let mut run = run;
+    run.callback_url = run.callback_url.as_deref().map(keel_net::redact_url);
     let mut steps = steps_of(&journal);
     if !outputs {
         steps.iter_mut().for_each(|step| step.output = None);

@@ -37,12 +37,13 @@ pub async fn create(
         disabled: None,
     };
     state.store().put_webhook(&subscription).await?;
-    Ok((StatusCode::CREATED, Reply(subscription)))
+    Ok((StatusCode::CREATED, Reply(shown(subscription))))
 }
 
 #[utoipa::path(get, path = "/v1/webhooks", operation_id = "listWebhooks", tag = "webhooks", responses((status = 200, body = WebhookList)))]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Reply<WebhookList>> {
-    Ok(Reply(WebhookList { webhooks: state.store().list_webhooks().await? }))
+    let webhooks = state.store().list_webhooks().await?.into_iter().map(shown).collect();
+    Ok(Reply(WebhookList { webhooks }))
 }
 
 async fn find(state: &AppState, id: &str) -> ApiResult<WebhookSubscription> {
@@ -58,7 +59,13 @@ async fn find(state: &AppState, id: &str) -> ApiResult<WebhookSubscription> {
 #[utoipa::path(get, path = "/v1/webhooks/{id}", operation_id = "getWebhook", tag = "webhooks", params(("id" = String, Path)),
     responses((status = 200, body = WebhookSubscription), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<WebhookSubscription>> {
-    Ok(Reply(find(&state, &id).await?))
+    Ok(Reply(shown(find(&state, &id).await?)))
+}
+
+/// A subscription as answered: credentials in its URL are never shown back.
+fn shown(mut subscription: WebhookSubscription) -> WebhookSubscription {
+    subscription.url = keel_net::ssrf::redact_url(&subscription.url);
+    subscription
 }
 
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", operation_id = "deleteWebhook", tag = "webhooks", params(("id" = String, Path)),
