@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Args;
 use serde::Deserialize;
 
@@ -34,9 +34,12 @@ pub struct Settings {
     /// Base64 ed25519 secret key for webhook signatures (`keel dev` generates one).
     #[arg(long, env = "KEEL_SIGNING_KEY", global = true, hide_env_values = true)]
     pub signing_key: Option<String>,
-    /// Allow webhooks and calls to private and loopback addresses.
-    #[arg(long, env = "KEEL_ALLOW_PRIVATE_TARGETS", global = true)]
+    /// Allow webhooks and calls to private and loopback addresses (1/0, true/false, yes/no).
+    #[arg(long, env = "KEEL_ALLOW_PRIVATE_TARGETS", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_private_targets: Option<bool>,
+    /// Register the `chaos` workflow (what `keel chaos` runs) on this worker.
+    #[arg(long, env = "KEEL_CHAOS_WORKFLOW", global = true, hide = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub chaos_workflow: Option<bool>,
     /// Request body limit in bytes [default: 1048576].
     #[arg(long, env = "KEEL_MAX_BODY_BYTES", global = true)]
     pub max_body_bytes: Option<usize>,
@@ -221,18 +224,7 @@ fn read_file(path: &Path) -> anyhow::Result<File> {
 
 /// `250ms`, `30s`, `5m`, `2h`, `7d`.
 pub fn duration(text: &str) -> anyhow::Result<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (n, unit) = text.split_at(split);
-    let n: u64 = n.parse().with_context(|| format!("{text:?} is not a duration (e.g. 500ms, 30s, 5m, 2h, 7d)"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86_400),
-        other => bail!("{text:?}: unknown unit {other:?} (use ms, s, m, h or d)"),
-    })
+    keel_engine::parse_duration(text).map_err(anyhow::Error::msg)
 }
 
 /// Logs with tracing: pretty by default, JSON with `--log-format json`.

@@ -6,7 +6,8 @@
 mod cli;
 mod config;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Keel: a self-hosted durable workflow engine on Redis.
 ///
@@ -53,8 +54,34 @@ enum Command {
     Chaos(cli::chaos::ChaosArgs),
 }
 
+/// Settings only a process that runs workflows reads: `keel server` refuses them
+/// as flags (it would ignore them) and says so when they come from the environment.
+const WORKER_ONLY: [(&str, &str); 3] =
+    [("concurrency", "KEEL_CONCURRENCY"), ("lease", "KEEL_LEASE"), ("chaos_workflow", "KEEL_CHAOS_WORKFLOW")];
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if matches!(cli.command, Command::Server) {
+        for (id, env) in WORKER_ONLY {
+            match matches.value_source(id) {
+                Some(ValueSource::CommandLine) => {
+                    eprintln!(
+                        "keel: keel server runs no workflows and would ignore --{}; give it to keel worker (or keel dev)",
+                        id.replace('_', "-")
+                    );
+                    return std::process::ExitCode::from(2);
+                }
+                Some(ValueSource::EnvVariable) => {
+                    eprintln!("keel: note: keel server ignores {env} (it runs no workflows; workers read it)");
+                }
+                _ => {}
+            }
+        }
+    }
     let settings = match cli.settings.layered() {
         Ok(settings) => settings,
         Err(e) => {

@@ -263,3 +263,63 @@ async fn thousands_of_long_polls_and_streams_share_a_few_redis_connections() {
     }
     drop(worker);
 }
+
+/// The Rust client a service uses: start, await, notify, cancel, problems.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_starts_awaits_notifies_and_cancels() {
+    use keel_worker::{Client, ClientError, RunStatus, StartOptions};
+    let redis = RedisServer::start();
+    let keel = Keel::spawn("dev", &redis, &RedisServer::unique_namespace("client"), &[]);
+    wait_for_workflows(&http(), &keel, None).await;
+    let client = Client::new(&keel.url);
+
+    let options = StartOptions { idempotency_key: Some("client-1".into()), ..Default::default() };
+    let started =
+        client.start_with("demo", &json!({"steps": 2, "wait_for": "client:go"}), options.clone()).await.unwrap();
+    assert!(started.created);
+    let again = client.start_with("demo", &json!({"steps": 2, "wait_for": "client:go"}), options).await.unwrap();
+    assert_eq!((again.run_id.clone(), again.created), (started.run_id.clone(), false));
+    let waiting = client.result::<Value>(&started.run_id, Duration::from_millis(300)).await;
+    assert!(matches!(waiting, Err(ClientError::NotFinished(_))), "{waiting:?}");
+    client.notify("client:go", &json!({"ok": 1})).await.unwrap();
+    let output: Value = client.result(&started.run_id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(output["steps"], json!([1, 2]));
+    assert_eq!(output["event"], json!({"ok": 1}));
+
+    let doomed = client.start("demo", &json!({"steps": 1, "wait_for": "client:never"})).await.unwrap();
+    client.cancel(&doomed.run_id).await.unwrap();
+    match client.result::<Value>(&doomed.run_id, Duration::from_secs(30)).await {
+        Err(ClientError::RunFailed { status, .. }) => assert_eq!(status, RunStatus::Cancelled),
+        other => panic!("a cancelled run is an error: {other:?}"),
+    }
+    match client.start("no-such-workflow", &json!({})).await {
+        Err(ClientError::Problem { status, problem_type, .. }) => {
+            assert_eq!((status, problem_type.as_str()), (404, "urn:keel:problem:unknown-workflow"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `keel server` refuses settings it would ignore; booleans read as people write them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keel_server_refuses_worker_flags_and_reads_booleans_loosely() {
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["server", "--concurrency", "5"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("keel worker"), "{refused:?}");
+    let redis = RedisServer::start();
+    for yes in ["1", "yes", "TRUE"] {
+        let keel = Keel::spawn(
+            "server",
+            &redis,
+            &RedisServer::unique_namespace("bools"),
+            &[("KEEL_ALLOW_PRIVATE_TARGETS", yes)],
+        );
+        let ok = http().get(format!("{}/healthz", keel.url)).send().await.unwrap();
+        assert_eq!(ok.status(), 200, "KEEL_ALLOW_PRIVATE_TARGETS={yes}");
+    }
+}

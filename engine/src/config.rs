@@ -42,3 +42,52 @@ impl StoreConfig {
         Self { namespace: namespace.into(), ..Self::default() }
     }
 }
+
+/// A duration as settings spell it: `250ms`, `30s`, `5m`, `2h`, `7d` (a bare
+/// number is seconds). Shared by `keel` and `Worker::builder().from_env()`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 5m, 2h, 7d)"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        other => return Err(format!("{text:?}: unknown unit {other:?} (use ms, s, m, h or d)")),
+    };
+    ms.map(Duration::from_millis).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// A boolean as settings spell it: 1/0, true/false, yes/no, on/off.
+pub fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "y" | "t" => Ok(true),
+        "0" | "false" | "no" | "off" | "n" | "f" | "" => Ok(false),
+        other => Err(format!("{other:?} is not a boolean (use 1/0, true/false or yes/no)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_as_documented() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+        for yes in ["1", "true", "YES", "on"] {
+            assert_eq!(parse_bool(yes), Ok(true), "{yes}");
+        }
+        for no in ["0", "false", "No", "off"] {
+            assert_eq!(parse_bool(no), Ok(false), "{no}");
+        }
+        assert!(parse_bool("maybe").is_err());
+    }
+}

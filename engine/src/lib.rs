@@ -15,10 +15,11 @@ mod duties;
 mod error;
 pub mod keys;
 pub mod store;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::StoreConfig;
+pub use config::{StoreConfig, parse_bool, parse_duration};
 pub use duties::{Duties, run_duties};
 pub use error::{Error, Result, check_value_size, json_size};
 pub use keel_proto as proto;

@@ -170,6 +170,7 @@ impl Cluster {
                 .env("KEEL_LEASE", LEASE)
                 .env("KEEL_SIGNING_KEY", SIGNING_KEY)
                 .env("KEEL_ALLOW_PRIVATE_TARGETS", "true")
+                .env("KEEL_CHAOS_WORKFLOW", "true")
                 .env("KEEL_WEBHOOK_RETRY_BASE", "200ms")
                 .env("KEEL_RECONCILE_EVERY", "3s")
                 .env("KEEL_WEBHOOK_VISIBILITY", "5s")

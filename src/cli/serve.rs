@@ -80,6 +80,9 @@ fn built_in_worker(
     for workflow in keel_workflows::all() {
         builder = builder.register(workflow);
     }
+    if settings.chaos_workflow.unwrap_or(false) {
+        builder = builder.register(keel_workflows::chaos());
+    }
     Ok(builder)
 }
 

@@ -8,9 +8,11 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use keel_worker::{Context, Result, StepError, Workflow};
+//! use keel_worker::{Context, Deserialize, JsonSchema, Result, StepError, Workflow};
 //!
-//! #[derive(serde::Deserialize, schemars::JsonSchema)]
+//! #[derive(Deserialize, JsonSchema)]
+//! #[serde(crate = "keel_worker::serde")]
+//! #[schemars(crate = "keel_worker::schemars")]
 //! struct Goal { topic: String }
 //!
 //! async fn research(ctx: Context, goal: Goal) -> Result<String> {
@@ -63,6 +65,7 @@
 //! ```
 
 mod call;
+mod client;
 mod context;
 mod error;
 mod heartbeat;
@@ -73,10 +76,18 @@ pub mod testing;
 mod workflow;
 
 pub use call::{CallRequest, CallResponse, CallSettings, send as send_call};
+pub use client::{Client, ClientError, StartOptions, Started};
+// What a workflow with a typed input needs, so `keel-worker` and `tokio` are the
+// only dependencies an author's crate must name (derive with
+// `#[serde(crate = "keel_worker::serde")]` and `#[schemars(crate = "keel_worker::schemars")]`).
 pub use context::{Context, Step, StepInfo};
 pub use error::{Error, Result, StepError};
 pub use keel_engine as engine;
 pub use keel_net as net;
+pub use keel_proto::{ErrorInfo, RunId, RunStatus};
 pub use retry::RetryPolicy;
 pub use runtime::{Worker, WorkerBuilder, WorkerError};
+pub use schemars::{self, JsonSchema};
+pub use serde::{self, Deserialize, Serialize};
+pub use serde_json::{self, Value, json};
 pub use workflow::Workflow;

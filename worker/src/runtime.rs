@@ -84,6 +84,8 @@ pub enum WorkerError {
     NoWorkflows,
     #[error("workflow {0:?} version {1} is registered twice")]
     Duplicate(String, u32),
+    #[error("bad setting {0}")]
+    Setting(String),
     #[error(transparent)]
     Store(#[from] keel_engine::Error),
 }
@@ -103,6 +105,7 @@ pub struct WorkerBuilder {
     default_retry: Option<RetryPolicy>,
     interceptor: Option<Interceptor>,
     calls: crate::CallSettings,
+    max_value_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -135,7 +138,56 @@ impl WorkerBuilder {
         self
     }
 
-    /// How many runs execute at once (default 16).
+    /// Read the settings `keel worker` reads from the environment: `KEEL_REDIS_URL`
+    /// (or `REDIS_URL`), `KEEL_NAMESPACE`, `KEEL_LEASE` (`30s`), `KEEL_CONCURRENCY`,
+    /// `KEEL_SIGNING_KEY`, `KEEL_ALLOW_PRIVATE_TARGETS` (`1/0`, `true/false`,
+    /// `yes/no`), `KEEL_MAX_VALUE_BYTES`. Unset ones keep their defaults; a value
+    /// that does not parse is an error naming the variable.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), keel_worker::WorkerError> {
+    /// # use keel_worker::{Worker, Workflow};
+    /// # let workflow: Workflow = todo!();
+    /// Worker::builder().from_env()?.register(workflow).build().await?.run_until_signal().await
+    /// # }
+    /// ```
+    pub fn from_env(self) -> Result<Self, WorkerError> {
+        self.read_vars(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    fn read_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, WorkerError> {
+        let bad = |name: &str, reason: String| WorkerError::Setting(format!("{name}: {reason}"));
+        if let Some(url) = var("KEEL_REDIS_URL").or_else(|| var("REDIS_URL")) {
+            self.redis_url = Some(url);
+        }
+        if let Some(namespace) = var("KEEL_NAMESPACE") {
+            self.namespace = Some(namespace);
+        }
+        if let Some(lease) = var("KEEL_LEASE") {
+            self.lease = Some(keel_engine::parse_duration(&lease).map_err(|e| bad("KEEL_LEASE", e))?);
+        }
+        if let Some(n) = var("KEEL_CONCURRENCY") {
+            let n: usize = n.trim().parse().map_err(|_| bad("KEEL_CONCURRENCY", format!("{n:?} is not a number")))?;
+            self = self.concurrency(n);
+        }
+        if let Some(key) = var("KEEL_SIGNING_KEY") {
+            // Never echo the key itself.
+            let signer = keel_net::Signer::from_base64(&key).map_err(|e| bad("KEEL_SIGNING_KEY", e.to_string()))?;
+            self.calls.signer = Some(signer);
+        }
+        if let Some(allow) = var("KEEL_ALLOW_PRIVATE_TARGETS") {
+            self.calls.allow_private_targets =
+                keel_engine::parse_bool(&allow).map_err(|e| bad("KEEL_ALLOW_PRIVATE_TARGETS", e))?;
+        }
+        if let Some(max) = var("KEEL_MAX_VALUE_BYTES") {
+            let max: usize =
+                max.trim().parse().map_err(|_| bad("KEEL_MAX_VALUE_BYTES", format!("{max:?} is not a number")))?;
+            self.max_value_bytes = Some(max.max(1));
+        }
+        Ok(self)
+    }
+
+    /// How many runs execute at once (default 32).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = Some(n.max(1));
         self
@@ -194,7 +246,11 @@ impl WorkerBuilder {
         let store: Arc<dyn Store> = match (self.store, self.redis_url) {
             (Some(store), _) => store,
             (None, Some(url)) => {
-                let config = keel_engine::StoreConfig::with_namespace(self.namespace.unwrap_or_else(|| "keel".into()));
+                let mut config =
+                    keel_engine::StoreConfig::with_namespace(self.namespace.unwrap_or_else(|| "keel".into()));
+                if let Some(max) = self.max_value_bytes {
+                    config.max_value_bytes = max;
+                }
                 Arc::new(keel_engine::RedisStore::connect(&url, config).await?)
             }
             (None, None) => return Err(WorkerError::NoStore),
@@ -231,7 +287,7 @@ impl WorkerBuilder {
             }),
             config: WorkerConfig {
                 worker_id,
-                concurrency: self.concurrency.unwrap_or(16),
+                concurrency: self.concurrency.unwrap_or(32),
                 lease: self.lease.unwrap_or(Duration::from_secs(30)),
                 claim_block: Duration::from_secs(1),
                 timer_tick: self.timer_tick.unwrap_or(Duration::from_millis(100)),
@@ -405,9 +461,8 @@ impl Worker {
 
     /// Fire due timers, then claim what is queued (without blocking) and run each
     /// task to the end of its lease, one after another. Returns how many timers
-    /// fired and tasks ran. For tests and the testing harness.
-    #[doc(hidden)]
-    pub async fn drain_once(&self) -> Result<usize, keel_engine::Error> {
+    /// fired and tasks ran. For the testing harness.
+    pub(crate) async fn drain_once(&self) -> Result<usize, keel_engine::Error> {
         let mut ran = self.store.fire_due_timers(1000).await?.len();
         loop {
             let tasks = self.store.claim(&self.claim_request(1, Duration::ZERO)).await?;
@@ -698,4 +753,35 @@ impl<F: Future<Output = crate::Result<Value>>> Future for Driver<F> {
 /// Testing hook: make chosen step attempts fail without running.
 pub(crate) fn interceptor_from(f: impl Fn(&StepInfo) -> Option<StepError> + Send + Sync + 'static) -> Interceptor {
     Arc::new(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_env_reads_what_keel_worker_reads() {
+        let vars: HashMap<&str, &str> = [
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("KEEL_NAMESPACE", "shop"),
+            ("KEEL_LEASE", "5s"),
+            ("KEEL_CONCURRENCY", "7"),
+            ("KEEL_ALLOW_PRIVATE_TARGETS", "yes"),
+            ("KEEL_MAX_VALUE_BYTES", "2048"),
+        ]
+        .into();
+        let builder = Worker::builder().read_vars(|name| vars.get(name).map(|v| v.to_string())).unwrap();
+        assert_eq!(builder.redis_url.as_deref(), Some("redis://127.0.0.1:1"));
+        assert_eq!(builder.namespace.as_deref(), Some("shop"));
+        assert_eq!(builder.lease, Some(Duration::from_secs(5)));
+        assert_eq!(builder.concurrency, Some(7));
+        assert!(builder.calls.allow_private_targets);
+        assert_eq!(builder.max_value_bytes, Some(2048));
+        for (name, value) in [("KEEL_LEASE", "soon"), ("KEEL_CONCURRENCY", "many"), ("KEEL_SIGNING_KEY", "not base64!")]
+        {
+            let err = Worker::builder().read_vars(|n| (n == name).then(|| value.to_owned())).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+            assert!(name != "KEEL_SIGNING_KEY" || !err.to_string().contains(value), "the key is never echoed: {err}");
+        }
+    }
 }

@@ -24,14 +24,15 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// The built-in workflows, with the agent's model from the environment.
+/// The built-in workflows, with the agent's model from the environment. (Not
+/// `chaos`: `keel chaos` registers it on the workers it starts.)
 pub fn all() -> Vec<Workflow> {
     all_with(llm_agent::LlmConfig::from_env(), RetryPolicy::attempts(5))
 }
 
 /// The built-in workflows, with this model and this retry policy for the agents' calls.
 pub fn all_with(llm: llm_agent::LlmConfig, agent_retry: RetryPolicy) -> Vec<Workflow> {
-    vec![bench(), demo(), chaos(), http_agent::workflow(agent_retry.clone()), llm_agent::workflow(llm, agent_retry)]
+    vec![bench(), demo(), http_agent::workflow(agent_retry.clone()), llm_agent::workflow(llm, agent_retry)]
 }
 
 /// Input of `chaos`.

@@ -467,7 +467,7 @@ impl RedisStore {
     }
 
     /// The key names the Lua prelude builds, for the test that holds them equal to [`Keys`].
-    #[doc(hidden)]
+    #[cfg(feature = "testing")]
     pub async fn lua_key_names(
         &self,
         run_id: &RunId,

@@ -21,6 +21,7 @@ pub(super) struct Scripts {
     pub expire: Script,
     pub list: Script,
     pub reconcile: Script,
+    #[cfg(feature = "testing")]
     pub key_names: Script,
     pub pause: Script,
     pub resume: Script,
@@ -47,6 +48,7 @@ impl Scripts {
             expire: script!("expire.lua"),
             list: script!("list.lua"),
             reconcile: script!("reconcile.lua"),
+            #[cfg(feature = "testing")]
             key_names: script!("key_names.lua"),
             pause: script!("pause.lua"),
             resume: script!("resume.lua"),
