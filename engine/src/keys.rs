@@ -102,6 +102,11 @@ impl Keys {
         format!("{}:events:{event_key}", self.prefix)
     }
 
+    /// String with a TTL: a client's id for an event on `event_key` -> the event's id.
+    pub fn event_id(&self, event_key: &str, client_id: &str) -> String {
+        format!("{}:event-id:{}:{event_key}:{client_id}", self.prefix, event_key.len())
+    }
+
     /// String with a TTL: idempotency key -> run id.
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}:idem:{key}", self.prefix)

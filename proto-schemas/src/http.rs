@@ -104,6 +104,10 @@ pub struct EventDelivered {
     pub event_id: String,
     /// The runs it woke.
     pub woken: Vec<RunId>,
+    /// The `Idempotency-Key` was sent with an earlier event on this key: that
+    /// event's id, delivered to nobody again.
+    #[serde(default)]
+    pub duplicate: bool,
 }
 
 /// `POST /v1/runs/{id}/cancel`, `/pause`, `/resume`, `/retry`: what happened.

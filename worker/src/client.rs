@@ -173,6 +173,14 @@ impl Client {
         Self::answer(request.send().await?).await
     }
 
+    /// Send an event with an id of yours: a repeat of the id (a retry of yours)
+    /// is not delivered again.
+    pub async fn notify_once(&self, key: &str, id: &str, data: &impl Serialize) -> Result<EventDelivered, ClientError> {
+        let request =
+            self.request(reqwest::Method::POST, &format!("/v1/events/{key}")).header("idempotency-key", id).json(data);
+        Self::answer(request.send().await?).await
+    }
+
     /// Cancel the run (at once if no worker holds it, else at its next step).
     pub async fn cancel(&self, run_id: &RunId) -> Result<RunAction, ClientError> {
         Self::answer(self.request(reqwest::Method::POST, &format!("/v1/runs/{run_id}/cancel")).send().await?).await

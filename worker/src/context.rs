@@ -33,6 +33,20 @@ use crate::{Error, Result, RetryPolicy, StepError};
 /// ends; a faster one only by its result.
 const STARTED_AFTER: Duration = Duration::from_millis(10);
 
+/// Which earlier events a wait may receive. Events go to the runs waiting when
+/// they are sent (a broadcast); a run that starts waiting later gets the first
+/// event sent within the store's lookback window (5 minutes by default) before
+/// its wait began, and never one it consumed before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lookback {
+    /// Only events sent since this run started (the default): a new run never
+    /// receives an event that was meant for an earlier one.
+    #[default]
+    SinceRunStart,
+    /// Any event within the lookback window, even one sent before this run began.
+    Window,
+}
+
 /// What a step's code learns about the attempt it runs in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepInfo {
@@ -80,6 +94,8 @@ pub(crate) struct RunCore {
     pub settings: Arc<Settings>,
     base_ms: u64,
     base_at: Instant,
+    /// When the run started (its `run_started` entry), store time.
+    run_start_ms: u64,
     state: Mutex<RunState>,
     /// Journal writes go one at a time, in the order branches asked for them.
     writes: tokio::sync::Mutex<()>,
@@ -111,12 +127,14 @@ impl RunCore {
         stop: Option<Stop>,
     ) -> Arc<Self> {
         let history = History::new(&journal);
+        let run_start_ms = journal.first().map_or(now_ms, |r| r.at_ms);
         Arc::new(Self {
             store,
             lease,
             settings,
             base_ms: now_ms,
             base_at: Instant::now(),
+            run_start_ms,
             state: Mutex::new(RunState {
                 journal,
                 history,
@@ -140,6 +158,19 @@ impl RunCore {
     /// The store's clock, as of the claim plus the time since.
     pub fn now_ms(&self) -> u64 {
         self.base_ms + self.base_at.elapsed().as_millis() as u64
+    }
+
+    /// The `since_ms` a wait that began at `wait_start` hands the store (which
+    /// counts events from `since_ms - lookback`): by default never before the
+    /// run's own start, so a new run never gets an event meant for an older one.
+    fn event_since(&self, wait_start: u64, lookback: Lookback) -> u64 {
+        match lookback {
+            Lookback::Window => wait_start,
+            Lookback::SinceRunStart => {
+                let window = millis(self.store.config().event_lookback);
+                wait_start.max(self.run_start_ms.saturating_add(window))
+            }
+        }
     }
 
     fn halt(&self, stop: Stop) {
@@ -565,6 +596,26 @@ impl Context {
         keys: impl IntoIterator<Item = impl Into<String>>,
         timeout: Option<Duration>,
     ) -> Result<Option<(String, T)>> {
+        self.wait_for_any_with(name, keys, timeout, Lookback::SinceRunStart).await
+    }
+
+    /// [`wait_for_any`](Self::wait_for_any), choosing which earlier events count.
+    ///
+    /// ```
+    /// # async fn f(ctx: keel_worker::Context) -> keel_worker::Result<()> {
+    /// use keel_worker::Lookback;
+    /// // The deploy may have been announced before this run started: take it anyway.
+    /// let deployed: Option<(String, String)> =
+    ///     ctx.wait_for_any_with("deployed", ["release-9:deployed"], None, Lookback::Window).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for_any_with<T: DeserializeOwned>(
+        &self,
+        name: impl Into<String>,
+        keys: impl IntoIterator<Item = impl Into<String>>,
+        timeout: Option<Duration>,
+        lookback: Lookback,
+    ) -> Result<Option<(String, T)>> {
         let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
         for key in &keys {
             keel_proto::validate_event_key(key).map_err(|e| Error::new("invalid_event_key", e.to_string()))?;
@@ -584,7 +635,7 @@ impl Context {
                 Ok(None)
             }
             WaitDecision::Wait(w) => {
-                let wait = EventWait { step_id, keys: w.keys, since_ms: w.since_ms };
+                let wait = EventWait { step_id, keys: w.keys, since_ms: core.event_since(w.since_ms, lookback) };
                 active.block_on_event(wait, w.timeout_at_ms).await
             }
             WaitDecision::Start => {
@@ -596,7 +647,7 @@ impl Context {
                     pos: Some(active.pos.clone()),
                 };
                 let Some(records) = core.append(vec![started]).await else { return active.halt().await };
-                let since_ms = records.first().map_or(now, |r| r.at_ms);
+                let since_ms = core.event_since(records.first().map_or(now, |r| r.at_ms), lookback);
                 active.block_on_event(EventWait { step_id, keys, since_ms }, timeout_at_ms).await
             }
         }

@@ -80,7 +80,7 @@ pub use client::{Client, ClientError, StartOptions, Started};
 // What a workflow with a typed input needs, so `keel-worker` and `tokio` are the
 // only dependencies an author's crate must name (derive with
 // `#[serde(crate = "keel_worker::serde")]` and `#[schemars(crate = "keel_worker::schemars")]`).
-pub use context::{Context, Step, StepInfo};
+pub use context::{Context, Lookback, Step, StepInfo};
 pub use error::{Error, Result, StepError};
 pub use keel_engine as engine;
 pub use keel_net as net;

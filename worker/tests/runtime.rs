@@ -44,6 +44,7 @@ on_both_stores!(
     a_step_that_fails_for_good_fails_the_run_and_runs_the_failure_handler_once,
     wait_for_event_gets_its_data_times_out_or_catches_an_early_event,
     ten_parallel_steps_of_200ms_finish_well_under_2s,
+    a_new_run_gets_no_event_older_than_itself_and_a_repeated_event_id_once,
     a_child_runs_output_and_failure_reach_the_parent,
     reordering_steps_between_replays_is_a_non_determinism_error,
     cancel_during_a_sleep_runs_no_later_step,
@@ -212,7 +213,10 @@ async fn a_step_that_fails_for_good_fails_the_run_and_runs_the_failure_handler_o
 
 async fn wait_for_event_gets_its_data_times_out_or_catches_an_early_event(b: Backend) {
     let workflow = Workflow::new("approval", |ctx: Context, key: String| async move {
-        let early: Option<Value> = ctx.wait_for_event("early", format!("{key}:early"), None).await?;
+        // Asks for events sent before the run started too.
+        let early: Option<(String, Value)> =
+            ctx.wait_for_any_with("early", [format!("{key}:early")], None, keel_worker::Lookback::Window).await?;
+        let early = early.map(|(_, data)| data);
         let decision: Option<Value> = ctx.wait_for_event("decision", format!("{key}:decision"), None).await?;
         let late: Option<Value> =
             ctx.wait_for_event("late", format!("{key}:never"), Some(Duration::from_millis(300))).await?;
@@ -490,4 +494,35 @@ async fn the_testing_harness_delivers_events_and_waits_for_the_first_of_several_
     // And with nobody answering, the hour passes in no time.
     let silent = env.run_to_end("review", "doc-2").await;
     assert_eq!((silent.status, silent.output), (RunStatus::Completed, Some(json!(null))));
+}
+
+/// Regression: a new run waiting on a key got the oldest event in the lookback
+/// window, even one sent (and consumed by another run) before it existed. By
+/// default a wait sees only events since its run started; a client's event id
+/// is delivered once.
+async fn a_new_run_gets_no_event_older_than_itself_and_a_repeated_event_id_once(b: Backend) {
+    let workflow = Workflow::new("listener", |ctx: Context, key: String| async move {
+        let got: Option<Value> = ctx.wait_for_event("got", key, Some(Duration::from_millis(1500))).await?;
+        Ok(got)
+    });
+    let worker = spawn_worker(&b.store, vec![workflow], LEASE).await;
+    // An event for an earlier run, sent before the next one starts.
+    b.store.deliver_event("stale:key", &json!("for somebody else")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let id = start(&b.store, "listener", json!("stale:key")).await;
+    let run = wait_final(&b.store, &id, WAIT).await;
+    assert_eq!(run.output, Some(json!(null)), "the stale event was not delivered: {run:?}");
+
+    // Sent after the run started but before it waits: within the lookback, it counts.
+    let id = start(&b.store, "listener", json!("fresh:key")).await;
+    b.store.deliver_event("fresh:key", &json!("for you")).await.unwrap();
+    let run = wait_final(&b.store, &id, WAIT).await;
+    assert_eq!(run.output, Some(json!("for you")));
+
+    // A repeated client id is the same event: delivered to nobody again.
+    let first = b.store.deliver("ids:key", &json!(1), Some("evt-1")).await.unwrap();
+    let again = b.store.deliver("ids:key", &json!(1), Some("evt-1")).await.unwrap();
+    assert!(!first.duplicate && again.duplicate);
+    assert_eq!(again.event_id, first.event_id);
+    worker.stop().await;
 }

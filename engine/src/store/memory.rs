@@ -76,6 +76,8 @@ impl fmt::Debug for MemoryStore {
 #[derive(Default)]
 struct State {
     last_id: Sid,
+    /// (event key, client id) -> the event id it got, and until when it counts.
+    event_ids: HashMap<(String, String), (String, u64)>,
     runs: HashMap<RunId, Run>,
     queues: HashMap<String, Queue>,
     timers: BTreeSet<(u64, RunId)>,
@@ -904,17 +906,31 @@ impl Store for MemoryStore {
         Ok(woken)
     }
 
-    async fn deliver_event(&self, key: &str, data: &Json) -> Result<Delivered> {
+    async fn deliver(&self, key: &str, data: &Json, client_id: Option<&str>) -> Result<Delivered> {
         crate::check_value_size("event's data", data, self.config.max_value_bytes)?;
         keel_proto::validate_event_key(key)?;
+        if let Some(id) = client_id {
+            keel_proto::validate_idempotency_key(id)?;
+        }
         let now = self.now_ms();
         let mut state = self.state();
+        let seen_key = client_id.map(|id| (key.to_owned(), id.to_owned()));
+        if let Some(seen) = &seen_key
+            && let Some((event_id, expires)) = state.event_ids.get(seen)
+            && *expires > now
+        {
+            return Ok(Delivered { event_id: event_id.clone(), woken: Vec::new(), duplicate: true });
+        }
         let (sid, woken) = state.deliver(&self.config, key, data, now)?;
+        if let Some(seen) = seen_key {
+            let expires = now + self.config.idempotency_ttl.as_millis() as u64;
+            state.event_ids.insert(seen, (sid_text(sid), expires));
+        }
         drop(state);
         if !woken.is_empty() {
             self.queued.notify_waiters();
         }
-        Ok(Delivered { event_id: sid_text(sid), woken })
+        Ok(Delivered { event_id: sid_text(sid), woken, duplicate: false })
     }
 
     async fn request_cancel(&self, run_id: &RunId, reason: Option<&str>) -> Result<CancelOutcome> {

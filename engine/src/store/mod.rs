@@ -164,6 +164,8 @@ pub struct Delivered {
     pub event_id: String,
     /// The runs this event woke (each gets it exactly once).
     pub woken: Vec<RunId>,
+    /// The client's event id was seen before: this is that event, not delivered again.
+    pub duplicate: bool,
 }
 
 /// What [`Store::request_cancel`] did.
@@ -283,7 +285,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Deliver an event to every run waiting on `key`, and keep it for the lookback
     /// window for runs that start waiting just after.
-    async fn deliver_event(&self, key: &str, data: &Value) -> Result<Delivered>;
+    async fn deliver_event(&self, key: &str, data: &Value) -> Result<Delivered> {
+        self.deliver(key, data, None).await
+    }
+
+    /// [`deliver_event`](Self::deliver_event) with a client's id for the event:
+    /// a repeat of an id seen on this key (for [`StoreConfig::idempotency_ttl`])
+    /// is not delivered again and answers the first delivery's event id.
+    async fn deliver(&self, key: &str, data: &Value, client_id: Option<&str>) -> Result<Delivered>;
 
     /// Cancel a run now if no worker holds it, else ask its worker to stop.
     async fn request_cancel(&self, run_id: &RunId, reason: Option<&str>) -> Result<CancelOutcome>;

@@ -770,11 +770,14 @@ impl Store for RedisStore {
         woken.into_iter().map(|id| Ok(RunId::new(id)?)).collect()
     }
 
-    async fn deliver_event(&self, key: &str, data: &Json) -> Result<Delivered> {
+    async fn deliver(&self, key: &str, data: &Json, client_id: Option<&str>) -> Result<Delivered> {
         crate::check_value_size("event's data", data, self.config.max_value_bytes)?;
         keel_proto::validate_event_key(key)?;
+        if let Some(id) = client_id {
+            keel_proto::validate_idempotency_key(id)?;
+        }
         let mut conn = self.conn.clone();
-        let reply: (String, Vec<String>) = self
+        let reply: (String, Vec<String>, i64) = self
             .scripts
             .deliver
             .prepare_invoke()
@@ -783,9 +786,15 @@ impl Store for RedisStore {
             .arg(to_json(data)?)
             .arg(self.config.event_lookback.as_millis().max(1) as u64)
             .arg(self.config.event_lookback_max.max(1))
+            .arg(client_id.map(|id| self.keys.event_id(key, id)).unwrap_or_default())
+            .arg(self.config.idempotency_ttl.as_millis().max(1) as u64)
             .invoke_async(&mut conn)
             .await?;
-        Ok(Delivered { event_id: reply.0, woken: reply.1.into_iter().map(RunId::new).collect::<Result<_, _>>()? })
+        Ok(Delivered {
+            event_id: reply.0,
+            woken: reply.1.into_iter().map(RunId::new).collect::<Result<_, _>>()?,
+            duplicate: reply.2 == 1,
+        })
     }
 
     async fn request_cancel(&self, run_id: &RunId, reason: Option<&str>) -> Result<CancelOutcome> {
