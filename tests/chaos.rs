@@ -1,7 +1,9 @@
 //! A short `keel chaos` run (CI's version; the long one is in the README): a
 //! mixed workload under worker, server and Redis kills, stops and pauses, with
 //! `appendfsync always`, must lose nothing, record nothing twice and leave
-//! nothing stuck.
+//! nothing stuck; steps that panic or block their thread past the lease, and
+//! bodies that panic, end as they should; runs pinned to a missing version wait
+//! and say why.
 
 // Test helpers outside #[test] functions unwrap too (clippy.toml allows it only inside them).
 #![allow(clippy::unwrap_used)]
@@ -18,8 +20,16 @@ fn a_short_chaos_run_loses_nothing() {
         .lines()
         .find(|l| l.starts_with("keel-chaos "))
         .unwrap_or_else(|| panic!("no keel-chaos line:\n{stdout}\n{stderr}"));
-    for healthy in ["lost=0", "duplicated_results=0", "stuck=0", "webhooks_missing=0", "effects_missing=0", "failed=0"]
-    {
+    for healthy in [
+        "lost=0",
+        "duplicated_results=0",
+        "stuck=0",
+        "webhooks_missing=0",
+        "effects_missing=0",
+        "failed=0",
+        "over_attempts=0",
+        "blocked=2/2",
+    ] {
         assert!(line.contains(&format!(" {healthy} ")), "{healthy} expected in: {line}");
     }
     assert!(line.contains("faults=6 "), "{line}");

@@ -282,6 +282,16 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     })
     .await
     .context("subscribing the receiver")?;
+    // Runs pinned to a version no worker has: they must wait, showing why.
+    let mut pinned = Vec::new();
+    {
+        let store = RedisStore::connect(&cluster.redis_url(), StoreConfig::default()).await?;
+        for i in 0..2 {
+            let input = json!({"steps": 1, "effects_url": format!("{receiver}/effects")});
+            let req = keel_engine::CreateRun { workflow: "chaos".into(), version: 99, input, ..Default::default() };
+            pinned.push(store.create_run(req).await.with_context(|| format!("starting pinned run {i}"))?.run_id);
+        }
+    }
 
     // The workload: runs started at a steady rate, each followed to its end.
     let acknowledged: Arc<Mutex<BTreeMap<usize, RunId>>> = Arc::default();
@@ -293,12 +303,21 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     for i in 0..args.runs {
         let steps = 3 + rng.below(8);
         let wait_key = rng.chance(25).then(|| format!("chaos-event-{seed}-{i}"));
+        // Authors' mistakes in the mix: panics in a step and in the body, a step
+        // that blocks its thread past the lease.
+        let hazard = match rng.below(100) {
+            0..=4 => json!("panic-step"),
+            5..=9 => json!("block"),
+            10..=12 => json!("panic-body"),
+            _ => Value::Null,
+        };
         let input = json!({
             "steps": steps,
             "effects_url": format!("{receiver}/effects"),
             "sleep_ms": if rng.chance(30) { json!(200 + rng.below(1800)) } else { Value::Null },
             "wait_key": wait_key,
             "child": rng.chance(15),
+            "hazard": hazard,
         });
         plans.push((i, input, wait_key));
     }
@@ -335,11 +354,17 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
                         sent_event = Instant::now();
                     }
                     let result = send(&bases, |b| http.get(format!("{b}/v1/runs/{id}/result?wait=2s"))).await;
-                    if let Some(result) = result
-                        && result["status"] == "completed"
-                    {
-                        observed.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), result["output"].clone());
-                        return;
+                    if let Some(result) = result {
+                        if result["status"] == "completed" {
+                            observed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(id.clone(), result["output"].clone());
+                            return;
+                        }
+                        if result["status"] == "failed" {
+                            return;
+                        }
                     }
                 }
             });
@@ -403,7 +428,8 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     while let Some(done) = tokio::time::timeout_at(settle.into(), load.join_next()).await.ok().flatten() {
         done?;
     }
-    while unfinished(&store).await > 0 && Instant::now() < settle {
+    // (The pinned runs never finish: they wait for a worker with their version.)
+    while unfinished(&store).await > pinned.len() && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let hooks_deadline = Instant::now().min(settle) + Duration::from_secs(30);
@@ -419,6 +445,11 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     let acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let observed = observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let (mut completed, mut lost, mut duplicated, mut effects_missing, mut failed) = (0, 0, 0, 0, 0);
+    let (mut panicked, mut blocked, mut over_attempts) = (0, 0, 0);
+    let hazards: HashMap<RunId, String> = plans
+        .iter()
+        .filter_map(|(i, input, _)| Some((acked.get(i)?.clone(), input["hazard"].as_str()?.to_owned())))
+        .collect();
     let effects_seen = seen.lock().unwrap_or_else(|p| p.into_inner()).effects.clone();
     let mut checked_runs: Vec<RunId> = acked.values().cloned().collect();
     // Child runs too: every run in the store.
@@ -440,7 +471,17 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
             lost += 1; // an acknowledged start that vanished
             continue;
         };
+        let hazard = hazards.get(id).map(String::as_str);
         match run.status {
+            _ if pinned.contains(id) && !run.status.is_final() && run.blocked.is_some() => blocked += 1,
+            _ if pinned.contains(id) => {}
+            RunStatus::Failed if hazard == Some("panic-body") => {
+                if run.error.as_ref().is_some_and(|e| e.kind == "panicked") {
+                    panicked += 1;
+                } else {
+                    failed += 1;
+                }
+            }
             RunStatus::Completed => completed += 1,
             RunStatus::Failed | RunStatus::Cancelled => failed += 1,
             _ => {}
@@ -455,6 +496,24 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
                 *results.entry(step_id.clone()).or_default() += 1;
             }
         }
+        // A misbehaving step never takes more attempts than its policy allows.
+        let hazard_attempts = journal
+            .iter()
+            .filter_map(|r| match &r.entry.event {
+                JournalEvent::StepStarted { step_id, attempt, .. }
+                | JournalEvent::StepCompleted { step_id, attempt, .. }
+                | JournalEvent::StepFailed { step_id, attempt, .. }
+                    if step_id == "hazard" =>
+                {
+                    Some(*attempt)
+                }
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        if hazard_attempts > keel_workflows::CHAOS_HAZARD_ATTEMPTS {
+            over_attempts += 1;
+        }
         for (step, n) in &results {
             duplicated += n.saturating_sub(1);
             if step.starts_with('s') && effects_seen.get(&format!("{id}:{step}")).copied().unwrap_or(0) == 0 {
@@ -462,7 +521,8 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    let stuck = unfinished(&store).await;
+    // The pinned runs wait on purpose (and say why).
+    let stuck = unfinished(&store).await.saturating_sub(blocked);
     let stats = store.stats(&["chaos".to_owned()]).await?;
     let stuck_tasks = stats.queued.values().sum::<u64>() + stats.in_flight.values().sum::<u64>();
     let webhooks_missing = count_missing_hooks(&store, &seen, &acknowledged).await;
@@ -470,7 +530,7 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     let total_faults =
         faults.workers_killed + faults.servers_killed + faults.redis_restarts + faults.stops + faults.pauses;
     println!(
-        "keel-chaos runs={} faults={total_faults} (workers_killed={} servers_killed={} redis_restarts={} stops={} pauses={}) fsync={} completed={completed}/{} lost={lost} duplicated_results={duplicated} stuck={} webhooks_missing={webhooks_missing} effects_missing={effects_missing} failed={failed} unacknowledged={unacknowledged} seed={seed}",
+        "keel-chaos runs={} faults={total_faults} (workers_killed={} servers_killed={} redis_restarts={} stops={} pauses={}) fsync={} completed={completed}/{} panicked={panicked} blocked={blocked}/{} lost={lost} duplicated_results={duplicated} stuck={} over_attempts={over_attempts} webhooks_missing={webhooks_missing} effects_missing={effects_missing} failed={failed} unacknowledged={unacknowledged} seed={seed}",
         args.runs,
         faults.workers_killed,
         faults.servers_killed,
@@ -479,12 +539,16 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
         faults.pauses,
         args.fsync,
         checked_runs.len(),
+        pinned.len(),
         stuck + stuck_tasks as usize,
     );
     drop(cluster);
     receiver_task.abort();
     let _ = std::fs::remove_dir_all(&dir);
-    let healthy = completed == checked_runs.len()
+    let healthy = completed + panicked + blocked == checked_runs.len()
+        && blocked == pinned.len()
+        && over_attempts == 0
+        && failed == 0
         && duplicated == 0
         && stuck == 0
         && stuck_tasks == 0

@@ -10,7 +10,7 @@
 //!
 //! Environment: `KEEL_REDIS_URL` (required), `KEEL_NAMESPACE` (default `keel`),
 //! `KEEL_LEASE_MS` (default 30000), `KEEL_WORKER_ID` (default generated).
-//! Workflows: `three-steps`, `flaky`, `slow`, `sleeper` (see below). It prints
+//! Workflows: `three-steps`, `flaky`, `slow`, `sleeper`, `panicky`, `blocking` (see below). It prints
 //! `ready` once it runs, and stops gracefully on SIGINT/SIGTERM.
 
 use std::sync::Arc;
@@ -87,6 +87,46 @@ async fn slow(ctx: Context, effects: Arc<Effects>, ms: u64) -> Result<Value> {
     Ok(json!(outputs))
 }
 
+/// An author's mistakes: a step that panics on its first attempt, then (with
+/// `{"body": true}`) a workflow body that panics after it.
+async fn panicky(ctx: Context, effects: Arc<Effects>, input: Value) -> Result<Value> {
+    let policy = RetryPolicy::attempts(3).initial(Duration::from_millis(100)).jitter(0.0);
+    let attempt: u32 = ctx
+        .step("flinch")
+        .retry(policy)
+        .run_with(|info| async move {
+            effects.record(&info).await?;
+            if info.attempt == 1 {
+                panic!("flinched on attempt 1");
+            }
+            Ok::<_, StepError>(info.attempt)
+        })
+        .await?;
+    if input["body"] == true {
+        panic!("the body gave up after attempt {attempt}");
+    }
+    Ok(json!(attempt))
+}
+
+/// A step that blocks its thread for `ms` milliseconds (a sync client, CPU
+/// work), then another step.
+async fn blocking(ctx: Context, effects: Arc<Effects>, ms: u64) -> Result<Value> {
+    let mut outputs = Vec::new();
+    for (name, hold) in [("hold", ms), ("after", 0)] {
+        let effects = effects.clone();
+        let out: String = ctx
+            .step(name)
+            .run_with(|info| async move {
+                effects.record(&info).await?;
+                std::thread::sleep(Duration::from_millis(hold));
+                Ok::<_, StepError>(format!("{name}-by-{}", std::process::id()))
+            })
+            .await?;
+        outputs.push(out);
+    }
+    Ok(json!(outputs))
+}
+
 /// A durable sleep of `ms` milliseconds, then a step.
 async fn sleeper(ctx: Context, effects: Arc<Effects>, ms: u64) -> Result<Value> {
     ctx.sleep("nap", Duration::from_millis(ms)).await?;
@@ -112,6 +152,8 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let e2 = effects.clone();
     let e3 = effects.clone();
     let e4 = effects.clone();
+    let e5 = effects.clone();
+    let e6 = effects.clone();
     let mut builder = Worker::builder()
         .redis_url(url)
         .namespace(namespace)
@@ -120,7 +162,9 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .register(Workflow::new("three-steps", move |ctx, _: Value| three_steps(ctx, e.clone())))
         .register(Workflow::new("flaky", move |ctx, _: Value| flaky(ctx, e2.clone())))
         .register(Workflow::new("slow", move |ctx, ms: u64| slow(ctx, e3.clone(), ms)))
-        .register(Workflow::new("sleeper", move |ctx, ms: u64| sleeper(ctx, e4.clone(), ms)));
+        .register(Workflow::new("sleeper", move |ctx, ms: u64| sleeper(ctx, e4.clone(), ms)))
+        .register(Workflow::new("panicky", move |ctx, input: Value| panicky(ctx, e5.clone(), input)))
+        .register(Workflow::new("blocking", move |ctx, ms: u64| blocking(ctx, e6.clone(), ms)));
     if let Ok(id) = std::env::var("KEEL_WORKER_ID") {
         builder = builder.worker_id(id);
     }

@@ -82,6 +82,17 @@ impl WorkerProcess {
         assert!(status.success(), "kill {signal} {} failed", self.pid());
     }
 
+    /// SIGTERM, then wait (bounded) for the process to exit: a graceful stop
+    /// finishes (or abandons) everything it had in flight first.
+    fn stop_and_wait(mut self) {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().expect("try_wait").is_none() {
+            assert!(Instant::now() < deadline, "the worker did not stop within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn sigkill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -206,8 +217,10 @@ async fn a_worker_stopped_past_its_lease_has_its_late_writes_rejected() {
     .await;
     stalled.signal("-CONT");
     let run = wait_final(&b.store, &id, WAIT).await;
-    // Give the resumed worker time to try its late writes.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // The resumed worker either tries its late write or notices first that its
+    // lease is gone; stopped gracefully, it exits only when its execution has
+    // ended: after that, nothing more can come from it.
+    stalled.stop_and_wait();
     assert_eq!(run.status, RunStatus::Completed);
     let j = journal(&b.store, &id).await;
     assert_eq!(
@@ -289,4 +302,91 @@ async fn sigterm_hands_a_running_run_back_for_another_worker_to_take_at_once() {
     assert!(taken.elapsed() < Duration::from_secs(20), "taken at once, not after the 60 s lease");
     let j = journal(&b.store, &id).await;
     assert_eq!(completed_output(&j, "slow"), [json!(format!("slow-done-by-{}", staying.pid()))]);
+}
+
+/// An author's mistakes with two worker processes: a step that panics, a body
+/// that panics, a step that blocks its thread for over three leases, a run
+/// pinned to a version no worker has. Every run ends, or waits saying why; the
+/// blocking step runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_workflows_end_or_say_why_under_two_worker_processes() {
+    let b = common::redis().await;
+    let _first = WorkerProcess::spawn(&b, 600);
+    let _second = WorkerProcess::spawn(&b, 600);
+    let mut flinching = Vec::new();
+    let mut giving_up = Vec::new();
+    let mut holding = Vec::new();
+    for _ in 0..2 {
+        flinching.push(start(&b.store, "panicky", json!({"body": false})).await);
+        giving_up.push(start(&b.store, "panicky", json!({"body": true})).await);
+        holding.push(start(&b.store, "blocking", json!(2000)).await);
+    }
+    let pinned = b
+        .store
+        .create_run(keel_engine::CreateRun {
+            workflow: "three-steps".into(),
+            version: 9,
+            input: json!(null),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .run_id;
+
+    for id in &flinching {
+        let run = wait_final(&b.store, id, WAIT).await;
+        assert_eq!((run.status, run.output), (RunStatus::Completed, Some(json!(2))), "{id}");
+        assert_eq!(effects(&b, id, "flinch").await, 2, "the panicking attempt, then the retry");
+    }
+    for id in &giving_up {
+        let run = wait_final(&b.store, id, WAIT).await;
+        assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+        let error = run.error.unwrap();
+        assert_eq!(error.kind, "panicked");
+        assert!(error.message.contains("the body gave up after attempt 2"), "{error:?}");
+    }
+    for id in &holding {
+        let run = wait_final(&b.store, id, WAIT).await;
+        assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+        assert_eq!(effects(&b, id, "hold").await, 1, "the blocking step ran once, never taken over");
+        let j = journal(&b.store, id).await;
+        assert_eq!(
+            count(&j, |e| matches!(e, JournalEvent::StepStarted { step_id, .. } if step_id == "hold")),
+            1,
+            "one attempt, journaled as started while it blocked"
+        );
+    }
+    let parked = eventually(WAIT, "the pinned run to say why it waits", || async {
+        b.store.get_run(&pinned).await.unwrap().filter(|r| r.blocked.is_some())
+    })
+    .await;
+    assert_eq!(parked.blocked.as_deref(), Some("no live worker has three-steps v9"));
+    assert_eq!((parked.status, parked.epoch), (RunStatus::Pending, 0));
+}
+
+/// A worker killed while a step blocks its thread: the step was journaled as
+/// started (from the heartbeat thread), so the re-run counts as attempt 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_after_a_worker_died_in_a_blocking_step_is_a_new_attempt() {
+    let b = common::redis().await;
+    let first = WorkerProcess::spawn(&b, 600);
+    let id = start(&b.store, "blocking", json!(5000)).await;
+    journal_has(
+        &b.store,
+        &id,
+        "the blocking attempt journaled as started",
+        |e| matches!(e, JournalEvent::StepStarted { step_id, attempt: 1, .. } if step_id == "hold"),
+    )
+    .await;
+    first.sigkill();
+    let _second = WorkerProcess::spawn(&b, 600);
+    let run = wait_final(&b.store, &id, WAIT).await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    let j = journal(&b.store, &id).await;
+    assert_eq!(
+        count(&j, |e| matches!(e, JournalEvent::StepCompleted { step_id, attempt: 2, .. } if step_id == "hold")),
+        1,
+        "the re-run is attempt 2: {j:?}"
+    );
+    assert_eq!(effects(&b, &id, "hold").await, 2);
 }

@@ -50,7 +50,15 @@ pub struct ChaosInput {
     /// Also run a small child run.
     #[serde(default)]
     pub child: bool,
+    /// A misbehaving step after the calls: `panic-step` (panics on its first
+    /// attempt), `block` (blocks its thread for 2.5 s, past keel chaos's 2 s
+    /// lease), `panic-body` (the workflow panics: the run fails as `panicked`).
+    #[serde(default)]
+    pub hazard: Option<String>,
 }
+
+/// How many attempts the chaos hazard step may take.
+pub const CHAOS_HAZARD_ATTEMPTS: u32 = 5;
 
 /// `chaos`: the workload of `keel chaos`. Every step is a durable HTTP call whose
 /// side effect the harness counts by idempotency key; then an optional sleep, an
@@ -68,6 +76,32 @@ pub fn chaos() -> Workflow {
             let response = ctx.call(format!("s{i}"), request).await?;
             counts.push(response.body["n"].clone());
         }
+        let hazard_policy = RetryPolicy::attempts(CHAOS_HAZARD_ATTEMPTS).initial(Duration::from_millis(100));
+        match input.hazard.as_deref() {
+            Some("panic-step") => {
+                ctx.step("hazard")
+                    .retry(hazard_policy)
+                    .run_with(|info| async move {
+                        if info.attempt == 1 {
+                            panic!("chaos: a step that panics on its first attempt");
+                        }
+                        Ok::<_, StepError>(info.attempt)
+                    })
+                    .await?;
+            }
+            Some("block") => {
+                ctx.step("hazard")
+                    .retry(hazard_policy)
+                    .run(|| async {
+                        // Blocks the worker's thread past the lease: renewals must go on.
+                        std::thread::sleep(Duration::from_millis(2500));
+                        Ok::<_, StepError>(0)
+                    })
+                    .await?;
+            }
+            Some("panic-body") => panic!("chaos: a workflow body that panics"),
+            _ => {}
+        }
         if let Some(ms) = input.sleep_ms {
             ctx.sleep("nap", Duration::from_millis(ms)).await?;
         }
@@ -82,6 +116,7 @@ pub fn chaos() -> Workflow {
                 sleep_ms: None,
                 wait_key: None,
                 child: false,
+                hazard: None,
             };
             Some(ctx.invoke("child", "chaos", &child_input).await?)
         } else {
