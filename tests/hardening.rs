@@ -147,6 +147,19 @@ async fn every_error_is_a_problem_and_tokens_are_read_as_rfc_9110_says() {
     assert_eq!(resumed.status(), 200);
     assert!(resumed.text().await.unwrap().contains("run_completed"), "a valid id resumes the stream");
 
+    // Input the worker could not read is refused: 1e2 is a float to serde, and a
+    // u32 cannot hold 2^32.
+    for steps in [json!(1e2), json!(4_294_967_296u64)] {
+        let response = http
+            .post(url("/v1/workflows/demo/runs"))
+            .bearer_auth("s3cret")
+            .json(&json!({"input": {"steps": steps}}))
+            .send()
+            .await
+            .unwrap();
+        problem(response, 422, "invalid-input").await;
+    }
+
     // Values over KEEL_MAX_VALUE_BYTES are refused whole.
     let big = json!({"blob": "b".repeat(5000)});
     let response = http.post(url("/v1/events/big")).bearer_auth("s3cret").json(&big).send().await.unwrap();

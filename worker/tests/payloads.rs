@@ -148,3 +148,48 @@ async fn oversized_values_fail_terminally_and_are_not_stored(b: Backend) {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), running).await;
 }
+
+/// Regression: `ctx.call` journaled a 3xx as a success though it follows no
+/// redirect. It is a terminal failure that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_fails_the_call_saying_redirects_are_not_followed() {
+    let b = small_memory().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/moved", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            h.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 302 Found\r\nlocation: http://example.com/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let call = Workflow::new("redirected", |ctx: Context, url: String| async move {
+        Ok(ctx.call("fetch", CallRequest::get(url).retry(3)).await?.status)
+    });
+    let worker = Worker::builder()
+        .store(b.store.clone())
+        .register(call)
+        .allow_private_targets(true)
+        .timer_tick(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    let id = start(&b.store, "redirected", json!(url)).await;
+    let run = wait_final(&b.store, &id, Duration::from_secs(20)).await;
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    assert!(run.error.unwrap().message.contains("redirects are not followed"));
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "not retried: a redirect will not change by itself");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), running).await;
+}
