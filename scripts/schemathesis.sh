@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v st >/dev/null 2>&1 || python3 -m pip install --quiet 'schemathesis>=4,<5'
+command -v st >/dev/null 2>&1 || python3 -m pip install --quiet 'schemathesis==4.32.5'
 cargo build --quiet --bin keel
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -149,7 +149,7 @@ pub struct ListQuery {
 
 /// List runs, newest first, filtered, cursor-paginated.
 #[utoipa::path(get, path = "/v1/runs", operation_id = "listRuns", tag = "runs", params(ListQuery),
-    responses((status = 200, body = RunPage), (status = 422, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
+    responses((status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 200, body = RunPage), (status = 422, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult<Reply<RunPage>> {
     let status = query.status.as_deref().map(str::parse::<RunStatus>).transpose().map_err(ApiError::InvalidRequest)?;
     let label = query
@@ -319,7 +319,7 @@ pub(crate) fn steps_of(journal: &[JournalRecord]) -> Vec<StepView> {
 /// Long-poll for the result: answers as soon as the run is final (200), or with
 /// its status when the wait ends (202).
 #[utoipa::path(get, path = "/v1/runs/{id}/result", operation_id = "getRunResult", tag = "runs", params(("id" = String, Path), WaitQuery),
-    responses((status = 200, body = RunResult), (status = 202, body = RunResult), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
+    responses((status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 200, body = RunResult), (status = 202, body = RunResult), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn result(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -399,7 +399,7 @@ fn action(id: RunId, outcome: &str) -> Reply<RunAction> {
 
 /// Cancel: at once if no worker holds the run, else at its next step boundary.
 #[utoipa::path(post, path = "/v1/runs/{id}/cancel", operation_id = "cancelRun", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
+    responses((status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
     let id = run_id(id)?;
     let outcome = match state.store().request_cancel(&id, Some("cancelled through the API")).await? {
@@ -411,7 +411,7 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 
 /// Hold a run between steps until resumed.
 #[utoipa::path(post, path = "/v1/runs/{id}/pause", operation_id = "pauseRun", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
+    responses((status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
     let id = run_id(id)?;
     let outcome = match state.store().pause(&id).await? {
@@ -423,7 +423,7 @@ pub async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Api
 
 /// Let a paused run go on.
 #[utoipa::path(post, path = "/v1/runs/{id}/resume", operation_id = "resumeRun", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
+    responses((status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
     let id = run_id(id)?;
     let outcome = match state.store().resume(&id).await? {
@@ -435,7 +435,7 @@ pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 
 /// Re-run a failed run from its failed step (recorded results are kept).
 #[utoipa::path(post, path = "/v1/runs/{id}/retry", operation_id = "retryRun", tag = "runs", params(("id" = String, Path)),
-    responses((status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
+    responses((status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 200, body = RunAction), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 409, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<RunAction>> {
     let id = run_id(id)?;
     state.store().retry(&id).await?;

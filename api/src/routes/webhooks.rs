@@ -57,7 +57,7 @@ async fn find(state: &AppState, id: &str) -> ApiResult<WebhookSubscription> {
 }
 
 #[utoipa::path(get, path = "/v1/webhooks/{id}", operation_id = "getWebhook", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, body = WebhookSubscription), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
+    responses((status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 200, body = WebhookSubscription), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<WebhookSubscription>> {
     Ok(Reply(shown(find(&state, &id).await?)))
 }
@@ -69,7 +69,7 @@ fn shown(mut subscription: WebhookSubscription) -> WebhookSubscription {
 }
 
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", operation_id = "deleteWebhook", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 204, description = "deleted"), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
+    responses((status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 204, description = "deleted"), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     if state.store().delete_webhook(&id).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -87,7 +87,7 @@ pub struct LogQuery {
 
 /// The newest delivery attempts to a subscription.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", operation_id = "listWebhookDeliveries", tag = "webhooks", params(("id" = String, Path), LogQuery),
-    responses((status = 200, body = DeliveryLog), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
+    responses((status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 200, body = DeliveryLog), (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn deliveries(
     State(state): State<AppState>,
     Path(id): Path<String>,
