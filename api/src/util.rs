@@ -27,6 +27,14 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, ApiError> {
     Ok(Duration::from_millis(ms))
 }
 
+/// The `Idempotency-Key` header, checked (a start's, an event's).
+pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().map_err(|_| ApiError::InvalidRequest("the Idempotency-Key is not text".into()))?;
+    keel_proto::validate_idempotency_key(key).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    Ok(Some(key.to_owned()))
+}
+
 /// Compiled input schemas, by their JSON text.
 #[derive(Default)]
 pub(crate) struct SchemaCache {

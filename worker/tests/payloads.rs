@@ -46,6 +46,16 @@ async fn redis_oversized_values_fail_terminally_and_are_not_stored() {
     oversized_values_fail_terminally_and_are_not_stored(small_redis().await).await;
 }
 
+/// A worker whose calls may reach this machine's local test servers.
+async fn calling_worker(b: &Backend, workflows: Vec<Workflow>) -> common::Running {
+    let mut builder =
+        Worker::builder().store(b.store.clone()).allow_private_targets(true).timer_tick(Duration::from_millis(20));
+    for workflow in workflows {
+        builder = builder.register(workflow);
+    }
+    common::run_worker(builder).await
+}
+
 /// A local server answering every request with `size` bytes of JSON string.
 async fn big_responder(size: usize) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -91,20 +101,7 @@ async fn oversized_values_fail_terminally_and_are_not_stored(b: Backend) {
         let response = ctx.call("fetch", CallRequest::get(url).retry(3)).await?;
         Ok(response.status)
     });
-    let worker = Worker::builder()
-        .store(b.store.clone())
-        .register(big_step)
-        .register(big_output)
-        .register(big_call)
-        .allow_private_targets(true)
-        .timer_tick(Duration::from_millis(20))
-        .build()
-        .await
-        .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run(async move {
-        let _ = stopped.await;
-    }));
+    let worker = calling_worker(&b, vec![big_step, big_output, big_call]).await;
 
     let step = start(&b.store, "big-step", json!(null)).await;
     let output = start(&b.store, "big-output", json!(null)).await;
@@ -145,8 +142,7 @@ async fn oversized_values_fail_terminally_and_are_not_stored(b: Backend) {
     let refused = b.store.deliver_event("big", &json!("v".repeat(2 * LIMIT))).await;
     assert!(matches!(refused, Err(keel_engine::Error::PayloadTooLarge { .. })), "{refused:?}");
 
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), running).await;
+    worker.stop().await;
 }
 
 /// Regression: `ctx.call` journaled a 3xx as a success though it follows no
@@ -173,23 +169,11 @@ async fn a_redirect_fails_the_call_saying_redirects_are_not_followed() {
     let call = Workflow::new("redirected", |ctx: Context, url: String| async move {
         Ok(ctx.call("fetch", CallRequest::get(url).retry(3)).await?.status)
     });
-    let worker = Worker::builder()
-        .store(b.store.clone())
-        .register(call)
-        .allow_private_targets(true)
-        .timer_tick(Duration::from_millis(20))
-        .build()
-        .await
-        .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run(async move {
-        let _ = stopped.await;
-    }));
+    let worker = calling_worker(&b, vec![call]).await;
     let id = start(&b.store, "redirected", json!(url)).await;
     let run = wait_final(&b.store, &id, Duration::from_secs(20)).await;
     assert_eq!(run.status, RunStatus::Failed, "{run:?}");
     assert!(run.error.unwrap().message.contains("redirects are not followed"));
     assert_eq!(hits.load(Ordering::SeqCst), 1, "not retried: a redirect will not change by itself");
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), running).await;
+    worker.stop().await;
 }

@@ -3,6 +3,7 @@
 // Test helpers outside #[test] functions unwrap too (clippy.toml allows it only inside them).
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -15,27 +16,6 @@ use keel_engine::CancelOutcome;
 use keel_engine::proto::{JournalEvent, RunStatus};
 use keel_worker::{Context, Error, Result, RetryPolicy, StepError, Workflow};
 use serde_json::{Value, json};
-
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::common::memory().await).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::common::redis().await).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_stores!(
     three_step_workflow_runs_each_step_once,

@@ -4,6 +4,7 @@
 // Test helpers outside #[test] functions unwrap too (clippy.toml allows it only inside them).
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,27 +16,6 @@ use keel_engine::Store;
 use keel_engine::proto::{JournalEvent, RunId, RunStatus};
 use keel_worker::{Context, RetryPolicy, StepError, Worker, Workflow};
 use serde_json::{Value, json};
-
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::common::memory().await).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::common::redis().await).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_stores!(
     a_panicking_step_attempt_is_a_failed_attempt_and_is_retried,

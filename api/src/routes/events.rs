@@ -28,14 +28,7 @@ pub async fn send(
     headers: axum::http::HeaderMap,
     Json(data): Json<Value>,
 ) -> ApiResult<Reply<EventDelivered>> {
-    let client_id = match headers.get("idempotency-key") {
-        Some(value) => {
-            let id = value.to_str().map_err(|_| ApiError::InvalidRequest("the Idempotency-Key is not text".into()))?;
-            keel_proto::validate_idempotency_key(id).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-            Some(id.to_owned())
-        }
-        None => None,
-    };
+    let client_id = crate::util::idempotency_key(&headers)?;
     keel_proto::validate_event_key(&key).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     if key.starts_with("keel.") {
         return Err(ApiError::InvalidRequest(format!(

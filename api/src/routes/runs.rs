@@ -70,14 +70,7 @@ pub async fn start(
             .await
             .map_err(|e| ApiError::TargetRefused(e.to_string()))?;
     }
-    let idempotency_key = match headers.get("idempotency-key") {
-        Some(value) => {
-            let key = value.to_str().map_err(|_| ApiError::InvalidRequest("the Idempotency-Key is not text".into()))?;
-            keel_proto::validate_idempotency_key(key).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-            Some(key.to_owned())
-        }
-        None => None,
-    };
+    let idempotency_key = crate::util::idempotency_key(&headers)?;
     let created = state
         .store()
         .create_run(CreateRun {

@@ -13,6 +13,29 @@ use keel_engine::{CreateRun, MemoryStore, RedisStore, Store, StoreConfig};
 use keel_worker::{Worker, Workflow};
 use tokio::sync::oneshot;
 
+/// Each case once on the in-memory store and once on a private Redis.
+#[allow(unused_macros)]
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::common::memory().await).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::common::redis().await).await;
+                }
+            )*
+        }
+    };
+}
+
 /// A store to run on, and what keeps it alive.
 pub struct Backend {
     pub store: Arc<dyn Store>,
@@ -47,6 +70,11 @@ pub async fn spawn_worker(store: &Arc<dyn Store>, workflows: Vec<Workflow>, leas
     for workflow in workflows {
         builder = builder.register(workflow);
     }
+    run_worker(builder).await
+}
+
+/// Build and run a configured worker in this process until stopped.
+pub async fn run_worker(builder: keel_worker::WorkerBuilder) -> Running {
     let worker = builder.build().await.expect("worker builds");
     let (stop, stopped) = oneshot::channel();
     let handle = tokio::spawn(async move {
