@@ -30,6 +30,8 @@ struct Registry {
     runs: HashMap<String, (watch::Sender<u64>, usize)>,
     /// Whether the subscriber task is running.
     running: bool,
+    /// The subscriber task (a runtime that shut down may have dropped it).
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The waiters of this store, by run id.
@@ -83,9 +85,11 @@ impl Notifier {
         let (sender, count) = registry.runs.entry(run_id.to_owned()).or_insert_with(|| (watch::Sender::new(0), 0));
         *count += 1;
         let rx = sender.subscribe();
-        if !registry.running {
+        let gone = registry.task.as_ref().is_none_or(tokio::task::JoinHandle::is_finished);
+        if !registry.running || gone {
             registry.running = true;
-            tokio::spawn(subscriber(self.client.clone(), self.channel.clone(), Arc::downgrade(&self.registry)));
+            let task = subscriber(self.client.clone(), self.channel.clone(), Arc::downgrade(&self.registry));
+            registry.task = Some(tokio::spawn(task));
         }
         Waiter { run_id: run_id.to_owned(), rx, registry: self.registry.clone() }
     }
