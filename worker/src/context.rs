@@ -99,6 +99,8 @@ pub(crate) struct RunCore {
     state: Mutex<RunState>,
     /// Journal writes go one at a time, in the order branches asked for them.
     writes: tokio::sync::Mutex<()>,
+    /// Attempts whose started mark the heartbeat thread may have to write.
+    pub board: Arc<AttemptBoard>,
 }
 
 pub(crate) struct RunState {
@@ -125,6 +127,7 @@ impl RunCore {
         journal: Vec<JournalRecord>,
         now_ms: u64,
         stop: Option<Stop>,
+        board: Arc<AttemptBoard>,
     ) -> Arc<Self> {
         let history = History::new(&journal);
         let run_start_ms = journal.first().map_or(now_ms, |r| r.at_ms);
@@ -146,6 +149,7 @@ impl RunCore {
                 stop,
             }),
             writes: tokio::sync::Mutex::new(()),
+            board,
         })
     }
 
@@ -946,8 +950,21 @@ impl Step {
                 let mark = StartedMark::new();
                 let entry =
                     JournalEvent::StepStarted { step_id: step_id.clone(), attempt, pos: Some(active.pos.clone()) };
-                let _marker = mark.write_after(core.clone(), STARTED_AFTER, entry);
-                let result = attempt_once(f, info, self.timeout).await;
+                // The heartbeat thread's watchdog writes the mark if this task
+                // cannot (a step blocking its thread); the attempt's own timer
+                // does it otherwise, without crossing threads.
+                let pending = core.board.add(&core, &mark, entry.clone());
+                let work = attempt_once(f, info, self.timeout);
+                tokio::pin!(work);
+                let result = tokio::select! {
+                    biased;
+                    result = &mut work => result,
+                    () = tokio::time::sleep(STARTED_AFTER) => {
+                        StartedMark::write(&mark.0, &core, core.store.as_ref(), entry).await;
+                        work.await
+                    }
+                };
+                core.board.remove(&pending);
                 match mark.settle().await {
                     MarkState::Running | MarkState::Done => {}
                     MarkState::Journaled => started = true,
@@ -1073,26 +1090,25 @@ impl StartedMark {
         Self(Arc::new(tokio::sync::watch::Sender::new(MarkState::Running)))
     }
 
-    /// Journal `entry` after `delay` unless the attempt has ended; from the
-    /// heartbeat thread. The task is aborted when the guard drops.
-    fn write_after(&self, core: Arc<RunCore>, delay: Duration, entry: JournalEvent) -> crate::heartbeat::AbortOnDrop {
-        let state = self.0.clone();
-        let heartbeats = core.settings.heartbeats.clone();
-        let store = heartbeats.store().clone();
-        heartbeats.spawn(async move {
-            tokio::time::sleep(delay).await;
-            let begin = state.send_if_modified(|s| {
-                let running = *s == MarkState::Running;
-                if running {
-                    *s = MarkState::Journaling;
-                }
-                running
-            });
-            if begin {
-                let written = core.append_via(store.as_ref(), vec![entry]).await.is_some();
-                state.send_replace(if written { MarkState::Journaled } else { MarkState::Failed });
+    /// Journal `entry` unless the attempt has ended or somebody else is at it
+    /// (the attempt's own timer and the heartbeat thread's watchdog race; one writes).
+    async fn write(
+        state: &tokio::sync::watch::Sender<MarkState>,
+        core: &RunCore,
+        store: &dyn Store,
+        entry: JournalEvent,
+    ) {
+        let begin = state.send_if_modified(|s| {
+            let running = *s == MarkState::Running;
+            if running {
+                *s = MarkState::Journaling;
             }
-        })
+            running
+        });
+        if begin {
+            let written = core.append_via(store, vec![entry]).await.is_some();
+            state.send_replace(if written { MarkState::Journaled } else { MarkState::Failed });
+        }
     }
 
     /// The attempt ended: close the mark, or wait for a write in progress.
@@ -1108,6 +1124,52 @@ impl StartedMark {
         match seen.wait_for(|s| *s != MarkState::Journaling).await {
             Ok(state) => *state,
             Err(_) => MarkState::Failed,
+        }
+    }
+}
+
+/// The attempts of one execution whose started mark is not written yet: the
+/// heartbeat thread's watchdog writes the marks of those running too long
+/// (their own task may be blocked by the step).
+#[derive(Default)]
+pub(crate) struct AttemptBoard(Mutex<Vec<Arc<Pending>>>);
+
+pub(crate) struct Pending {
+    core: std::sync::Weak<RunCore>,
+    mark: Arc<tokio::sync::watch::Sender<MarkState>>,
+    entry: JournalEvent,
+    since: Instant,
+}
+
+impl AttemptBoard {
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Pending>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, core: &Arc<RunCore>, mark: &StartedMark, entry: JournalEvent) -> Arc<Pending> {
+        let pending =
+            Arc::new(Pending { core: Arc::downgrade(core), mark: mark.0.clone(), entry, since: Instant::now() });
+        self.lock().push(pending.clone());
+        pending
+    }
+
+    fn remove(&self, pending: &Arc<Pending>) {
+        self.lock().retain(|p| !Arc::ptr_eq(p, pending));
+    }
+
+    /// From the heartbeat thread: journal the start of every attempt running
+    /// longer than `after` whose mark is not written yet.
+    pub(crate) async fn mark_overdue(&self, after: Duration, store: &dyn Store) {
+        let overdue: Vec<Arc<Pending>> = self
+            .lock()
+            .iter()
+            .filter(|p| p.since.elapsed() >= after && *p.mark.borrow() == MarkState::Running)
+            .cloned()
+            .collect();
+        for pending in overdue {
+            if let Some(core) = pending.core.upgrade() {
+                StartedMark::write(&pending.mark, &core, store, pending.entry.clone()).await;
+            }
         }
     }
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_engine::{Lease, Store};
+
+use crate::context::AttemptBoard;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -66,21 +68,18 @@ impl Heartbeats {
         Ok(Self { handle, store: own.unwrap_or_else(|| store.clone()), _alive: Arc::new(alive) })
     }
 
-    /// The store handle driven by the heartbeat thread.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     /// Run `fut` on the heartbeat thread; it is aborted when the guard drops.
     pub fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) -> AbortOnDrop {
         AbortOnDrop(self.handle.spawn(fut))
     }
 
     /// Keep `lease` alive every `ttl / 3` until the guard drops; `lost` is
-    /// cancelled when the store says another worker holds the run now.
-    pub fn keep(&self, lease: Lease, ttl: Duration) -> (AbortOnDrop, CancellationToken) {
+    /// cancelled when the store says another worker holds the run now. Also
+    /// write the started marks of `board`'s attempts that run too long (their
+    /// own task may be blocked by the step).
+    pub fn keep(&self, lease: Lease, ttl: Duration, board: Arc<AttemptBoard>) -> (AbortOnDrop, CancellationToken) {
         let lost = CancellationToken::new();
-        let guard = self.spawn(renew(self.store.clone(), lease, ttl, lost.clone()));
+        let guard = self.spawn(renew(self.store.clone(), lease, ttl, lost.clone(), board));
         (guard, lost)
     }
 }
@@ -95,12 +94,22 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Keep the lease alive; say so when it is lost.
-async fn renew(store: Arc<dyn Store>, lease: Lease, ttl: Duration, lost: CancellationToken) {
-    let mut tick = tokio::time::interval(ttl / 3);
+/// How often the watchdog looks for attempts whose started mark is overdue.
+const WATCHDOG: Duration = Duration::from_millis(100);
+
+/// Keep the lease alive; say so when it is lost. Write overdue started marks.
+async fn renew(store: Arc<dyn Store>, lease: Lease, ttl: Duration, lost: CancellationToken, board: Arc<AttemptBoard>) {
+    let every = (ttl / 3).max(WATCHDOG);
+    let mut tick = tokio::time::interval(WATCHDOG.min(every));
     tick.tick().await;
+    let mut renewed = tokio::time::Instant::now();
     loop {
         tick.tick().await;
+        board.mark_overdue(WATCHDOG, store.as_ref()).await;
+        if renewed.elapsed() < every {
+            continue;
+        }
+        renewed = tokio::time::Instant::now();
         match store.renew_lease(&lease, ttl).await {
             Ok(()) => {}
             Err(keel_engine::Error::LeaseLost { .. }) => {

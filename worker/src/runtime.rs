@@ -500,7 +500,8 @@ impl Worker {
         };
 
         // Renewals end when this guard drops: on every way out of here, panics included.
-        let (_renewals, lost) = self.settings.heartbeats.keep(lease.clone(), self.config.lease);
+        let board = Arc::new(crate::context::AttemptBoard::default());
+        let (_renewals, lost) = self.settings.heartbeats.keep(lease.clone(), self.config.lease, board.clone());
         let base = (task.now_ms, Instant::now());
         let now = move || base.0 + base.1.elapsed().as_millis() as u64;
         let mut journal = task.journal;
@@ -519,6 +520,7 @@ impl Worker {
                 journal.clone(),
                 now(),
                 stop.clone(),
+                board.clone(),
             );
             let ctx = Context::new(core.clone());
             let outcome = self.drive(core.clone(), (workflow.handler)(ctx, input.clone()), &lost, &handback).await;
@@ -617,8 +619,15 @@ impl Worker {
     ) -> Option<Finish> {
         let Some(handler) = workflow.on_failure.clone() else { return Some(Finish::Fail { error }) };
         let journal = core.state().journal.clone();
-        let fresh =
-            RunCore::new(self.store.clone(), core.lease.clone(), self.settings.clone(), journal, core.now_ms(), None);
+        let fresh = RunCore::new(
+            self.store.clone(),
+            core.lease.clone(),
+            self.settings.clone(),
+            journal,
+            core.now_ms(),
+            None,
+            core.board.clone(),
+        );
         let ctx = Context::new(fresh.clone());
         let (input, reported) = (input.clone(), error.clone());
         let handled = crate::context::in_branch("failure", async move {

@@ -961,7 +961,7 @@ impl Store for RedisStore {
         }
         let deadline = tokio::time::Instant::now() + block;
         // Registered before the first read: an entry appended after it wakes us.
-        let mut waiter = self.notifier.wait_on(run_id.as_str());
+        let mut waiter = self.notifier.wait_on(run_id.as_str(), notify::Wake::Entry);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if self.watch(run_id, left.min(RECHECK) + BLOCK_MARGIN).await? == "NONE" {
@@ -977,7 +977,8 @@ impl Store for RedisStore {
 
     async fn wait_finished(&self, run_id: &RunId, timeout: Duration) -> Result<Option<RunSummary>> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut waiter = self.notifier.wait_on(run_id.as_str());
+        // Woken by the end only, not by every step of the run.
+        let mut waiter = self.notifier.wait_on(run_id.as_str(), notify::Wake::End);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.watch(run_id, left.min(RECHECK) + BLOCK_MARGIN).await?.as_str() {

@@ -24,10 +24,25 @@ use tokio::sync::watch;
 /// How long the subscriber stays connected with nobody waiting.
 const IDLE: Duration = Duration::from_secs(30);
 
+/// What wakes a waiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wake {
+    /// A journal entry (journal streams).
+    Entry,
+    /// The run's end (long-polls for the result): not every step.
+    End,
+}
+
+/// Per run: counters bumped on each entry and on the end, and how many wait.
+struct Signals {
+    entry: watch::Sender<u64>,
+    end: watch::Sender<u64>,
+    waiting: usize,
+}
+
 #[derive(Default)]
 struct Registry {
-    /// Per run id: a counter bumped on each notification, and how many wait.
-    runs: HashMap<String, (watch::Sender<u64>, usize)>,
+    runs: HashMap<String, Signals>,
     /// Whether the subscriber task is running.
     running: bool,
     /// The subscriber task (a runtime that shut down may have dropped it).
@@ -60,9 +75,9 @@ impl Waiter {
 impl Drop for Waiter {
     fn drop(&mut self) {
         let mut registry = lock(&self.registry);
-        if let Some((_, count)) = registry.runs.get_mut(&self.run_id) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(signals) = registry.runs.get_mut(&self.run_id) {
+            signals.waiting -= 1;
+            if signals.waiting == 0 {
                 registry.runs.remove(&self.run_id);
             }
         }
@@ -80,11 +95,18 @@ impl Notifier {
 
     /// Register interest in `run_id` (before checking its state, so nothing
     /// published after the check is missed), starting the subscriber if needed.
-    pub fn wait_on(&self, run_id: &str) -> Waiter {
+    pub fn wait_on(&self, run_id: &str, wake: Wake) -> Waiter {
         let mut registry = lock(&self.registry);
-        let (sender, count) = registry.runs.entry(run_id.to_owned()).or_insert_with(|| (watch::Sender::new(0), 0));
-        *count += 1;
-        let rx = sender.subscribe();
+        let signals = registry.runs.entry(run_id.to_owned()).or_insert_with(|| Signals {
+            entry: watch::Sender::new(0),
+            end: watch::Sender::new(0),
+            waiting: 0,
+        });
+        signals.waiting += 1;
+        let rx = match wake {
+            Wake::Entry => signals.entry.subscribe(),
+            Wake::End => signals.end.subscribe(),
+        };
         let gone = registry.task.as_ref().is_none_or(tokio::task::JoinHandle::is_finished);
         if !registry.running || gone {
             registry.running = true;
@@ -97,6 +119,11 @@ impl Notifier {
 
 fn bump(sender: &watch::Sender<u64>) {
     sender.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+fn bump_all(signals: &Signals) {
+    bump(&signals.entry);
+    bump(&signals.end);
 }
 
 /// Hold the subscription while anybody waits; wake waiters on messages.
@@ -130,7 +157,7 @@ async fn subscriber(client: Client, channel: String, registry: Weak<Mutex<Regist
         // Anything published while we were not subscribed is lost: everybody re-checks.
         {
             let Some(registry) = registry.upgrade() else { return };
-            lock(&registry).runs.values().for_each(|(sender, _)| bump(sender));
+            lock(&registry).runs.values().for_each(bump_all);
         }
         let mut messages = pubsub.into_on_message();
         let mut idle_since: Option<tokio::time::Instant> = None;
@@ -139,11 +166,16 @@ async fn subscriber(client: Client, channel: String, registry: Weak<Mutex<Regist
             let Some(registry) = registry.upgrade() else { return };
             let mut registry = lock(&registry);
             match next {
+                // `j:<run id>`: an entry; `e:<run id>`: the end.
                 Ok(Some(message)) => {
-                    if let Ok(run_id) = std::str::from_utf8(message.get_payload_bytes())
-                        && let Some((sender, _)) = registry.runs.get(run_id)
+                    if let Ok(text) = std::str::from_utf8(message.get_payload_bytes())
+                        && let Some((what, run_id)) = text.split_once(':')
+                        && let Some(signals) = registry.runs.get(run_id)
                     {
-                        bump(sender);
+                        match what {
+                            "e" => bump_all(signals),
+                            _ => bump(&signals.entry),
+                        }
                     }
                 }
                 // The connection ended: reconnect.

@@ -93,16 +93,18 @@ end
 
 -- Somebody long-polls this run or streams its journal (its watch key lives
 -- while they do): tell the servers, whose one subscriber connection wakes the
--- waiters in process. Runs nobody watches pay one EXISTS per script.
+-- waiters in process: `j:<id>` when the journal grew (journal streams wake),
+-- `e:<id>` when the run ended (long-polls wake too). Runs nobody watches pay
+-- one EXISTS per script.
 local WATCHED = {}
-local function notify_watchers(id)
+local function notify_watchers(id, what)
   if WATCHED[id] == nil then WATCHED[id] = redis.call('EXISTS', k_watch(id)) == 1 end
-  if WATCHED[id] then redis.call('PUBLISH', K_NOTIFY, id) end
+  if WATCHED[id] then redis.call('PUBLISH', K_NOTIFY, what .. ':' .. id) end
 end
 
 local function journal_add(id, entry)
   local seq = redis.call('XADD', k_journal(id), '*', 'e', entry)
-  notify_watchers(id)
+  notify_watchers(id, 'j')
   local kind = string.match(entry, '^{"v":%d+,"type":"([a-z_]+)"') or ''
   count_stats(id, kind, entry)
   local hook = HOOKS[kind]
@@ -194,7 +196,7 @@ local function finalize(id, st, new, created, now, retention_ms)
   redis.call('HDEL', k_run(id), 'cr', 'pz', 'blk')
   redis.call('DEL', k_lease(id))
   redis.call('ZADD', K_RETENTION, now + retention_ms, id)
-  notify_watchers(id)
+  notify_watchers(id, 'e')
 end
 
 -- The fence: the caller's epoch must still be the run's and the run still running.
