@@ -27,6 +27,7 @@ use crate::history::{
     ChildDecision, History, SleepDecision, StepDecision, WaitDecision, decide_child, decide_sleep, decide_step,
     decide_wait,
 };
+use crate::marks::{AttemptBoard, MarkState, StartedMark};
 use crate::{Error, Result, RetryPolicy, StepError};
 
 /// A step attempt that runs longer than this is journaled as started before it
@@ -240,7 +241,7 @@ impl RunCore {
 
     /// [`append`](Self::append) through another handle on the store (the
     /// heartbeat thread's, which a blocked runtime cannot stall).
-    async fn append_via(&self, store: &dyn Store, events: Vec<JournalEvent>) -> Option<Vec<JournalRecord>> {
+    pub(crate) async fn append_via(&self, store: &dyn Store, events: Vec<JournalEvent>) -> Option<Vec<JournalRecord>> {
         let _turn = self.writes.lock().await;
         if matches!(self.state().stop, Some(Stop::Abandon(_) | Stop::Fail(_))) {
             return None;
@@ -1065,111 +1066,4 @@ where
         None => work.await,
     };
     result.map_err(panicked)
-}
-
-/// Where the "step started" entry of one attempt stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MarkState {
-    /// The attempt runs; nothing journaled yet.
-    Running,
-    /// The heartbeat thread is writing the entry.
-    Journaling,
-    Journaled,
-    /// Writing it failed: the execution is abandoned.
-    Failed,
-    /// The attempt ended before the entry was due: its result is its only entry.
-    Done,
-}
-
-/// Shared between an attempt and the task that journals its start; the watch
-/// channel works across the two runtimes.
-struct StartedMark(Arc<tokio::sync::watch::Sender<MarkState>>);
-
-impl StartedMark {
-    fn new() -> Self {
-        Self(Arc::new(tokio::sync::watch::Sender::new(MarkState::Running)))
-    }
-
-    /// Journal `entry` unless the attempt has ended or somebody else is at it
-    /// (the attempt's own timer and the heartbeat thread's watchdog race; one writes).
-    async fn write(
-        state: &tokio::sync::watch::Sender<MarkState>,
-        core: &RunCore,
-        store: &dyn Store,
-        entry: JournalEvent,
-    ) {
-        let begin = state.send_if_modified(|s| {
-            let running = *s == MarkState::Running;
-            if running {
-                *s = MarkState::Journaling;
-            }
-            running
-        });
-        if begin {
-            let written = core.append_via(store, vec![entry]).await.is_some();
-            state.send_replace(if written { MarkState::Journaled } else { MarkState::Failed });
-        }
-    }
-
-    /// The attempt ended: close the mark, or wait for a write in progress.
-    async fn settle(&self) -> MarkState {
-        self.0.send_if_modified(|s| {
-            let running = *s == MarkState::Running;
-            if running {
-                *s = MarkState::Done;
-            }
-            running
-        });
-        let mut seen = self.0.subscribe();
-        match seen.wait_for(|s| *s != MarkState::Journaling).await {
-            Ok(state) => *state,
-            Err(_) => MarkState::Failed,
-        }
-    }
-}
-
-/// The attempts of one execution whose started mark is not written yet: the
-/// heartbeat thread's watchdog writes the marks of those running too long
-/// (their own task may be blocked by the step).
-#[derive(Default)]
-pub(crate) struct AttemptBoard(Mutex<Vec<Arc<Pending>>>);
-
-pub(crate) struct Pending {
-    core: std::sync::Weak<RunCore>,
-    mark: Arc<tokio::sync::watch::Sender<MarkState>>,
-    entry: JournalEvent,
-    since: Instant,
-}
-
-impl AttemptBoard {
-    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Pending>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn add(&self, core: &Arc<RunCore>, mark: &StartedMark, entry: JournalEvent) -> Arc<Pending> {
-        let pending =
-            Arc::new(Pending { core: Arc::downgrade(core), mark: mark.0.clone(), entry, since: Instant::now() });
-        self.lock().push(pending.clone());
-        pending
-    }
-
-    fn remove(&self, pending: &Arc<Pending>) {
-        self.lock().retain(|p| !Arc::ptr_eq(p, pending));
-    }
-
-    /// From the heartbeat thread: journal the start of every attempt running
-    /// longer than `after` whose mark is not written yet.
-    pub(crate) async fn mark_overdue(&self, after: Duration, store: &dyn Store) {
-        let overdue: Vec<Arc<Pending>> = self
-            .lock()
-            .iter()
-            .filter(|p| p.since.elapsed() >= after && *p.mark.borrow() == MarkState::Running)
-            .cloned()
-            .collect();
-        for pending in overdue {
-            if let Some(core) = pending.core.upgrade() {
-                StartedMark::write(&pending.mark, &core, store, pending.entry.clone()).await;
-            }
-        }
-    }
 }

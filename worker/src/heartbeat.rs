@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use keel_engine::{Lease, Store};
 
-use crate::context::AttemptBoard;
+use crate::marks::AttemptBoard;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,7 @@ impl Heartbeats {
     /// Start the thread, and connect its own store handle from it.
     pub async fn start(store: &Arc<dyn Store>) -> Result<Self, keel_engine::Error> {
         let (alive, ended) = tokio::sync::oneshot::channel::<()>();
-        let (ready, handle) = std::sync::mpsc::channel();
+        let (ready, handle) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("keel-heartbeats".into())
             .spawn(move || {
@@ -55,8 +55,9 @@ impl Heartbeats {
                 });
             })
             .map_err(|e| keel_engine::Error::Invalid(format!("cannot start the heartbeat thread: {e}")))?;
+        // Awaited, not a blocking receive: this runs on the caller's runtime.
         let handle = handle
-            .recv()
+            .await
             .map_err(|_| keel_engine::Error::Invalid("the heartbeat thread died at start".into()))?
             .map_err(|e| keel_engine::Error::Invalid(format!("cannot start the heartbeat runtime: {e}")))?;
         let main = store.clone();
@@ -105,7 +106,7 @@ async fn renew(store: Arc<dyn Store>, lease: Lease, ttl: Duration, lost: Cancell
     let mut renewed = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        board.mark_overdue(WATCHDOG, store.as_ref()).await;
+        board.mark_overdue(WATCHDOG, &store);
         if renewed.elapsed() < every {
             continue;
         }

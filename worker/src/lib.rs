@@ -70,6 +70,7 @@ mod context;
 mod error;
 mod heartbeat;
 mod history;
+mod marks;
 mod retry;
 mod runtime;
 pub mod testing;

@@ -487,7 +487,11 @@ impl Worker {
     async fn execute_in_span(&self, task: ClaimedTask, handback: CancellationToken) {
         let lease = task.lease.clone();
         let Some(workflow) = self.workflows.get(&lease.workflow).and_then(|v| v.get(&task.run.version)).cloned() else {
-            self.set_aside(&lease, task.run.version).await;
+            // Claims carry this worker's versions, so the store parks such runs
+            // instead of handing them out; a store that did anyway gets it back.
+            tracing::error!(version = task.run.version, "handed a run of a version this worker lacks; handing it back");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = self.finish(&lease, Finish::Release).await;
             return;
         };
         let Some(input) = task.journal.iter().find_map(|r| match &r.entry.event {
@@ -500,7 +504,7 @@ impl Worker {
         };
 
         // Renewals end when this guard drops: on every way out of here, panics included.
-        let board = Arc::new(crate::context::AttemptBoard::default());
+        let board = Arc::new(crate::marks::AttemptBoard::default());
         let (_renewals, lost) = self.settings.heartbeats.keep(lease.clone(), self.config.lease, board.clone());
         let base = (task.now_ms, Instant::now());
         let now = move || base.0 + base.1.elapsed().as_millis() as u64;
@@ -563,31 +567,6 @@ impl Worker {
                 }
                 _ => break,
             }
-        }
-    }
-
-    /// A run pinned to a version this worker lacks: hand it back if a live
-    /// worker has that version (after a pause, so two workers do not toss it to
-    /// and fro), else park it with the reason, until one registers.
-    async fn set_aside(&self, lease: &Lease, version: u32) {
-        let others_have_it = match self.store.list_workers().await {
-            Ok(workers) => workers.iter().any(|w| {
-                w.worker_id != self.config.worker_id
-                    && w.workflows.get(&lease.workflow).is_some_and(|versions| versions.contains(&version))
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "listing live workers failed; handing the run back");
-                true
-            }
-        };
-        if others_have_it {
-            tracing::info!(version, "another live worker runs this version; handing the run back");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = self.finish(lease, Finish::Release).await;
-        } else {
-            let reason = format!("no live worker has {} v{version}", lease.workflow);
-            tracing::warn!(%reason, "parking the run until a worker with its version registers");
-            let _ = self.finish(lease, Finish::Park { reason }).await;
         }
     }
 

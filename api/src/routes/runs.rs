@@ -154,7 +154,7 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>)
     if query.limit.is_some_and(|l| l == 0 || l > 1000) {
         return Err(ApiError::InvalidRequest("limit must be 1 to 1000".into()));
     }
-    let page = state
+    let mut page = state
         .store()
         .list_runs(&RunQuery {
             workflow: query.workflow,
@@ -164,11 +164,13 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>)
             cursor: query.cursor,
         })
         .await?;
-    let mut page = page;
-    for run in &mut page.runs {
-        run.callback_url = run.callback_url.as_deref().map(keel_net::redact_url);
-    }
+    page.runs.iter_mut().for_each(shown);
     Ok(Reply(page))
+}
+
+/// A run as answered: credentials in its callback URL are never shown back.
+fn shown(run: &mut RunSummary) {
+    run.callback_url = run.callback_url.as_deref().map(keel_net::redact_url);
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -195,11 +197,10 @@ pub async fn detail(
         Some(other) => return Err(ApiError::BadQuery(format!("include={other:?}: the only option is `outputs`"))),
     };
     let id = run_id(id)?;
-    let run =
+    let mut run =
         state.store().get_run(&id).await?.ok_or_else(|| ApiError::RunNotFound(format!("run {id} does not exist")))?;
+    shown(&mut run);
     let journal = state.store().read_journal(&id, None, 100_000).await?;
-    let mut run = run;
-    run.callback_url = run.callback_url.as_deref().map(keel_net::redact_url);
     let mut steps = steps_of(&journal);
     if !outputs {
         steps.iter_mut().for_each(|step| step.output = None);

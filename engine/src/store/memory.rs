@@ -129,7 +129,7 @@ struct Run {
     journal: Vec<(Sid, String)>,
     /// Holder (`worker:epoch`) and expiry, ms.
     lease: Option<(String, u64)>,
-    /// Parked: why no worker runs it (see [`Finish::Park`]).
+    /// Parked by a claim: why no worker runs it (see [`Claim::versions`]).
     blocked: Option<String>,
 }
 
@@ -289,13 +289,20 @@ impl State {
 
     fn wake(&mut self, id: &RunId, now: u64) -> Result<()> {
         self.clear_wait(id)?;
+        self.runnable(id, now).map(|_| ())
+    }
+
+    /// `runnable` in prelude.lua: paused here if a pause was asked for, else
+    /// pending with a task. Whether a task was queued.
+    fn runnable(&mut self, id: &RunId, now: u64) -> Result<bool> {
         if self.run_mut(id)?.pause_requested {
             self.run_mut(id)?.status = RunStatus::Paused;
             self.append(id, vec![encode_event(&JournalEvent::RunPaused {})?], now)?;
-            return Ok(());
+            return Ok(false);
         }
         self.run_mut(id)?.status = RunStatus::Pending;
-        self.enqueue(id, now)
+        self.enqueue(id, now)?;
+        Ok(true)
     }
 
     fn finalize(&mut self, id: &RunId, status: RunStatus, now: u64, retention: Duration) -> Result<()> {
@@ -785,27 +792,13 @@ impl Store for MemoryStore {
                 let run = state.run_mut(id)?;
                 run.lease = None;
                 run.task = None;
-                if run.pause_requested {
-                    run.status = RunStatus::Paused;
-                    state.append(id, vec![encode_event(&JournalEvent::RunPaused {})?], now)?;
-                    return Ok(Finished::Done);
+                if state.runnable(id, now)? {
+                    drop(state);
+                    self.queued.notify_waiters();
                 }
-                run.status = RunStatus::Pending;
-                state.enqueue(id, now)?;
-                drop(state);
-                self.queued.notify_waiters();
                 return Ok(Finished::Done);
             }
-            Finish::Park { reason } if !cancel_requested => {
-                state.ack(&lease.workflow, task);
-                let run = state.run_mut(id)?;
-                run.lease = None;
-                run.task = None;
-                run.status = RunStatus::Pending;
-                run.blocked = Some(reason.clone());
-                return Ok(Finished::Done);
-            }
-            Finish::Suspend(_) | Finish::Park { .. } if cancel_requested => {
+            Finish::Suspend(_) if cancel_requested => {
                 state.append(id, vec![encode_event(&JournalEvent::RunCancelled { reason: None })?], now)?;
                 state.finalize(id, RunStatus::Cancelled, now, retention)?;
                 state.ack(&lease.workflow, task);
@@ -814,7 +807,7 @@ impl Store for MemoryStore {
                 self.queued.notify_waiters();
                 return Ok(Finished::Cancelled);
             }
-            Finish::Suspend(_) | Finish::Park { .. } => None,
+            Finish::Suspend(_) => None,
         };
         if let Some(status) = final_status {
             state.finalize(id, status, now, retention)?;
@@ -907,11 +900,7 @@ impl Store for MemoryStore {
     }
 
     async fn deliver(&self, key: &str, data: &Json, client_id: Option<&str>) -> Result<Delivered> {
-        crate::check_value_size("event's data", data, self.config.max_value_bytes)?;
-        keel_proto::validate_event_key(key)?;
-        if let Some(id) = client_id {
-            keel_proto::validate_idempotency_key(id)?;
-        }
+        super::validate_delivery(key, data, client_id, &self.config)?;
         let now = self.now_ms();
         let mut state = self.state();
         let seen_key = client_id.map(|id| (key.to_owned(), id.to_owned()));
@@ -1330,15 +1319,8 @@ impl Store for MemoryStore {
             .map(|(id, _)| id.clone())
             .collect();
         for id in &parked {
-            let run = state.run_mut(id)?;
-            run.blocked = None;
-            if run.pause_requested {
-                run.status = RunStatus::Paused;
-                state.append(id, vec![encode_event(&JournalEvent::RunPaused {})?], now)?;
-            } else {
-                run.status = RunStatus::Pending;
-                state.enqueue(id, now)?;
-            }
+            state.run_mut(id)?.blocked = None;
+            state.runnable(id, now)?;
         }
         drop(state);
         if !parked.is_empty() {

@@ -118,12 +118,6 @@ pub enum Finish {
     Suspend(Suspension),
     /// Hand the run back at once (graceful shutdown): another worker may claim it now.
     Release,
-    /// Set the run aside without a task: no live worker can run it (its version
-    /// is gone). It shows `blocked` with this reason and is queued again by
-    /// [`Store::unpark`] when a worker with its version registers.
-    Park {
-        reason: String,
-    },
 }
 
 /// What a suspended run waits for: a timer, events, or both; the first to come
@@ -374,8 +368,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Remove a worker's registration at once (its graceful shutdown).
     async fn unregister_worker(&self, worker_id: &str) -> Result<()>;
 
-    /// Queue again the parked runs of `workflow` pinned to one of `versions`
-    /// (a worker that runs them is live). Returns them.
+    /// Queue again the runs of `workflow` pinned to one of `versions` that a
+    /// claim parked (see [`Claim::versions`]): a worker that runs them is live.
+    /// Returns them.
     async fn unpark(&self, workflow: &str, versions: &[u32]) -> Result<Vec<RunId>>;
 
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
@@ -423,7 +418,7 @@ pub(crate) fn child_outcome_of(how: &Finish) -> Result<Option<String>> {
         Finish::Complete { output } => keel_proto::ChildOutcome::Completed { output: output.clone() },
         Finish::Fail { error } => keel_proto::ChildOutcome::Failed { error: error.clone() },
         Finish::Cancel { .. } => keel_proto::ChildOutcome::Cancelled,
-        Finish::Suspend(_) | Finish::Release | Finish::Park { .. } => return Ok(None),
+        Finish::Suspend(_) | Finish::Release => return Ok(None),
     };
     serde_json::to_string(&outcome).map(Some).map_err(|e| Error::Invalid(e.to_string()))
 }
@@ -484,6 +479,16 @@ pub(crate) fn validate_create(req: &CreateRun, config: &StoreConfig) -> Result<(
                 "label {name:?}: names are 1-64 bytes without '=' or control characters, values at most 256 bytes"
             )));
         }
+    }
+    Ok(())
+}
+
+/// An event to deliver: a valid key, data within the limit, a valid client id.
+pub(crate) fn validate_delivery(key: &str, data: &Value, client_id: Option<&str>, config: &StoreConfig) -> Result<()> {
+    crate::check_value_size("event's data", data, config.max_value_bytes)?;
+    keel_proto::validate_event_key(key)?;
+    if let Some(id) = client_id {
+        keel_proto::validate_idempotency_key(id)?;
     }
     Ok(())
 }
@@ -550,7 +555,12 @@ pub(crate) fn parse_cursor(cursor: &str) -> Result<(u64, RunId)> {
 }
 
 pub(crate) fn make_cursor(run: &RunSummary) -> String {
-    format!("{}:{}", run.created_at_ms, run.run_id)
+    cursor_at(run.created_at_ms, run.run_id.as_str())
+}
+
+/// A cursor at a place in a creation-time index (score, run id).
+pub(crate) fn cursor_at(created_ms: impl std::fmt::Display, run_id: &str) -> String {
+    format!("{created_ms}:{run_id}")
 }
 
 /// Labels a run may carry (each is an index entry).

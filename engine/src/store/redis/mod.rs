@@ -721,7 +721,6 @@ impl Store for RedisStore {
                 ("suspend", String::new(), String::new())
             }
             Finish::Release => ("release", String::new(), String::new()),
-            Finish::Park { reason } => ("park", String::new(), reason.clone()),
         };
         let cancelled = encode_event(&JournalEvent::RunCancelled { reason: None })?;
         let (wake, waits) = match &how {
@@ -771,11 +770,7 @@ impl Store for RedisStore {
     }
 
     async fn deliver(&self, key: &str, data: &Json, client_id: Option<&str>) -> Result<Delivered> {
-        crate::check_value_size("event's data", data, self.config.max_value_bytes)?;
-        keel_proto::validate_event_key(key)?;
-        if let Some(id) = client_id {
-            keel_proto::validate_idempotency_key(id)?;
-        }
+        super::validate_delivery(key, data, client_id, &self.config)?;
         let mut conn = self.conn.clone();
         let reply: (String, Vec<String>, i64) = self
             .scripts
@@ -887,7 +882,7 @@ impl Store for RedisStore {
             runs.last().map(make_cursor)
         } else if text(index_goes_on)? == "1" {
             // The scan budget ran out before the page filled: go on from where it stopped.
-            Some(format!("{}:{}", text(last_score)?, text(last_id)?))
+            Some(super::cursor_at(text(last_score)?, &text(last_id)?))
         } else {
             None
         };

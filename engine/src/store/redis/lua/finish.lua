@@ -38,24 +38,13 @@ if how == 'release' then
   return { 'DONE' }
 end
 
--- suspend or park (a cancel asked for meanwhile wins over either)
+-- suspend
 if cr == '1' then
   journal_add(id, ARGV[12])
   finalize(id, st, 'cancelled', created, now, retention)
   ack(wf, tid)
   notify_parent(id, '{"status":"cancelled"}', ARGV[17], ARGV[20])
   return { 'CANCELLED' }
-end
-
-if how == 'park' then
-  -- No live worker can run it: no task, a reason to show, and an entry in the
-  -- workflow's parked set (scored by version) for unpark.lua.
-  ack(wf, tid)
-  redis.call('DEL', k_lease(id))
-  redis.call('HSET', k_run(id), 'task', '', 'blk', ARGV[11])
-  set_status(id, st, 'pending', created)
-  redis.call('ZADD', k_parked(wf), redis.call('HGET', k_run(id), 'ver'), id)
-  return { 'DONE' }
 end
 
 -- Waits, flattened one line per key: steps ARGV[14], keys ARGV[15], sinces ARGV[16].

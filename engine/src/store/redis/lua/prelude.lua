@@ -176,6 +176,7 @@ end
 -- A run no worker holds becomes runnable (one task), or paused (no task) when a
 -- pause was asked for.
 local function runnable(id, wf, st, created, paused)
+  WORKFLOW_OF[id] = wf
   if paused then
     set_status(id, st, 'paused', created)
     journal_add(id, '{"v":1,"type":"run_paused"}')

@@ -1,5 +1,5 @@
 -- unpark: a worker running some versions of a workflow is live; queue again the
--- runs parked for want of one (finish.lua's 'park').
+-- runs a claim parked for want of one (`claim_one` in prelude.lua).
 -- ARGV: P, workflow, versions...
 local wf = ARGV[2]
 local out = {}
