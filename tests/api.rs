@@ -239,9 +239,9 @@ async fn signed_webhooks_arrive_retry_with_the_same_id_and_410_disables() {
     for _ in 0..300 {
         let (jobs, outbox): (u64, u64) = redis::pipe()
             .cmd("ZCARD")
-            .arg(format!("{ns}:webhook-jobs"))
+            .arg(keel_engine::keys::Keys::new(ns.as_str()).webhook_jobs())
             .cmd("XLEN")
-            .arg(format!("{ns}:outbox"))
+            .arg(keel_engine::keys::Keys::new(ns.as_str()).outbox())
             .query_async(&mut conn)
             .await
             .unwrap();

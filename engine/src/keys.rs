@@ -1,8 +1,14 @@
 //! The one place in Rust that spells a Redis key. (The Lua scripts build the same
-//! names in `store/redis/lua/prelude.lua`; a test holds the two together.)
+//! names in `store/redis/lua/prelude.lua` from the partition prefix they get in
+//! KEYS[1]; a test holds the two together.)
 //!
-//! All of one run's keys share the hash tag `{<run_id>}`, so they live in one
-//! Redis Cluster slot.
+//! The layout (version [`LAYOUT`]): every key a transition touches is a
+//! *partition* key, `{<namespace>:<p>}:...`, and all of a partition's keys share
+//! that hash tag, so one script only ever touches one Redis Cluster slot. Keys no
+//! script touches (webhook subscriptions, delivery logs, the worker registry, the
+//! layout record) are *global*, `{<namespace>}:...`, in a slot of their own.
+//! Today a deployment has one partition (`p` = 0); ARCHITECTURE.md "Scaling out"
+//! says what more partitions need.
 
 use keel_proto::{RunId, RunStatus};
 
@@ -12,40 +18,80 @@ pub const GROUP: &str = "keel";
 /// The consumer group the webhook dispatchers read the outbox through.
 pub const DISPATCH_GROUP: &str = "dispatch";
 
-/// Key names under one namespace prefix.
+/// The key layout's version, recorded in [`Keys::layout`].
+pub const LAYOUT: u32 = 2;
+
+/// Key names under one namespace.
 #[derive(Debug, Clone)]
 pub struct Keys {
+    namespace: String,
+    /// `{<namespace>:0}`: the prefix (and hash tag) of partition keys.
     prefix: String,
+    /// `{<namespace>}`: the prefix (and hash tag) of global keys.
+    global: String,
 }
 
 impl Keys {
-    pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+    /// Key names under `namespace`, which must not hold `{` or `}` (it is part
+    /// of every hash tag); [`crate::StoreConfig`] is checked before this.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        let namespace = namespace.into();
+        Self { prefix: format!("{{{namespace}:0}}"), global: format!("{{{namespace}}}"), namespace }
     }
 
+    /// The partition prefix: every script gets it as KEYS[1], and it routes the
+    /// script to its slot on Redis Cluster.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
+    /// The namespace these keys live under.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// `KEYS` patterns that match every key of this namespace (tests and tools).
+    pub fn patterns(&self) -> [String; 2] {
+        [format!("{{{}:*", self.namespace), format!("{}*", self.global)]
+    }
+
+    /// Hash (global): `version` and `partitions` of the layout this namespace
+    /// was written with; a store refuses to start on another.
+    pub fn layout(&self) -> String {
+        format!("{}:layout", self.global)
+    }
+
+    /// A key of the layout before partitions (version 1): its presence means
+    /// data this version cannot read.
+    pub fn layout_v1_marker(&self) -> String {
+        format!("{}:runs", self.namespace)
+    }
+
+    /// String (partition): present while any webhook subscription exists, so
+    /// scripts know whether to write the outbox without reading a global key.
+    pub fn hooks_flag(&self) -> String {
+        format!("{}:hooks", self.prefix)
+    }
+
     /// Hash: the run summary.
     pub fn run(&self, id: &RunId) -> String {
-        format!("{}:run:{{{id}}}", self.prefix)
+        format!("{}:run:{id}", self.prefix)
     }
 
     /// Stream: the run's journal.
     pub fn journal(&self, id: &RunId) -> String {
-        format!("{}:run:{{{id}}}:journal", self.prefix)
+        format!("{}:run:{id}:journal", self.prefix)
     }
 
     /// String with expiry: `worker_id:epoch` of the lease holder.
     pub fn lease(&self, id: &RunId) -> String {
-        format!("{}:run:{{{id}}}:lease", self.prefix)
+        format!("{}:run:{id}:lease", self.prefix)
     }
 
     /// String with a TTL: somebody long-polls this run's result or streams its
     /// journal; while it exists, the run's scripts publish on [`notify`](Self::notify).
     pub fn watch(&self, id: &RunId) -> String {
-        format!("{}:run:{{{id}}}:watch", self.prefix)
+        format!("{}:run:{id}:watch", self.prefix)
     }
 
     /// Pub/sub channel: the id of a watched run whose journal grew or that ended.
@@ -119,7 +165,7 @@ impl Keys {
 
     /// Hash: webhook subscription id -> subscription JSON.
     pub fn webhooks(&self) -> String {
-        format!("{}:webhooks", self.prefix)
+        format!("{}:webhooks", self.global)
     }
 
     /// Stream + consumer group `dispatch`: webhook events to fan out.
@@ -134,7 +180,7 @@ impl Keys {
 
     /// List (newest first, capped, with a TTL): a receiver's delivery log.
     pub fn webhook_log(&self, log: &str) -> String {
-        format!("{}:webhook-log:{log}", self.prefix)
+        format!("{}:webhook-log:{log}", self.global)
     }
 
     /// Hash: counters for /metrics (`<workflow>|<stat>`, `step_ms|<bucket>`).
@@ -144,11 +190,11 @@ impl Keys {
 
     /// Sorted set: worker id by registration expiry (wall clock ms).
     pub fn workers(&self) -> String {
-        format!("{}:workers", self.prefix)
+        format!("{}:workers", self.global)
     }
 
     /// String with a TTL: a live worker's registration (JSON).
     pub fn worker(&self, worker_id: &str) -> String {
-        format!("{}:worker:{worker_id}", self.prefix)
+        format!("{}:worker:{worker_id}", self.global)
     }
 }

@@ -202,7 +202,7 @@ async fn lua_key_names_match_keys_rs() {
         keys.retention(),
         keys.dead_letters(),
         keel_engine::child_event_key(&id),
-        keys.webhooks(),
+        keys.hooks_flag(),
         keys.outbox(),
         keys.webhook_jobs(),
         keys.stats(),
@@ -212,8 +212,13 @@ async fn lua_key_names_match_keys_rs() {
         keys.reconcile(),
     ];
     assert_eq!(from_lua, from_rust);
-    assert!(keys.run(&id).ends_with(":run:{r-1}"), "a run's keys share the hash tag {{run_id}}");
-    assert!(keys.journal(&id).contains("{r-1}") && keys.lease(&id).contains("{r-1}"));
+    // Every key a script touches is in the partition's slot: it starts with the
+    // partition's hash tag (the channel too, though channels have no slot).
+    let tag = keys.prefix();
+    assert!(tag.starts_with('{') && tag.ends_with('}'), "{tag}");
+    for key in from_rust.iter().filter(|k| !k.starts_with("keel.child:")) {
+        assert!(key.starts_with(tag), "{key} is outside the partition {tag}");
+    }
 }
 
 #[tokio::test]
@@ -427,4 +432,28 @@ async fn an_undecodable_task_does_not_strand_the_rest_of_its_batch() {
     let mut want = vec![ids[0].clone(), ids[2].clone()];
     want.sort();
     assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn a_namespace_written_with_another_key_layout_is_refused() {
+    let server = RedisServer::start();
+    let mut raw = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let url = server.url();
+    let connect = |namespace: &str| RedisStore::connect(&url, StoreConfig::with_namespace(namespace));
+
+    // The first layout's runs index (`<ns>:runs`, no hash tags).
+    let _: () = redis::cmd("ZADD").arg("old:runs").arg(1).arg("r-1").query_async(&mut raw).await.unwrap();
+    let refused = connect("old").await.expect_err("old layout refused");
+    assert!(refused.to_string().contains("first key layout"), "{refused}");
+
+    // Another partition count recorded at first start.
+    connect("fresh").await.expect("a new namespace records its layout");
+    let recorded: Vec<String> = redis::cmd("HGETALL").arg("{fresh}:layout").query_async(&mut raw).await.unwrap();
+    assert_eq!(recorded, ["version", "2", "partitions", "1"]);
+    let _: () = redis::cmd("HSET").arg("{fresh}:layout").arg("partitions").arg(16).query_async(&mut raw).await.unwrap();
+    let refused = connect("fresh").await.expect_err("another partition count refused");
+    assert!(refused.to_string().contains("16 partition(s)"), "{refused}");
+
+    let braces = connect("a{b}").await.expect_err("a brace in the namespace is refused");
+    assert!(braces.to_string().contains("hash tag"), "{braces}");
 }

@@ -171,7 +171,11 @@ pub async fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut()
 /// Every key of a namespace, sorted.
 pub async fn keys(redis: &RedisServer, namespace: &str) -> Vec<String> {
     let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let mut keys: Vec<String> = redis::cmd("KEYS").arg(format!("{namespace}:*")).query_async(&mut conn).await.unwrap();
+    let mut keys = Vec::new();
+    for pattern in keel_engine::keys::Keys::new(namespace).patterns() {
+        let some: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.unwrap();
+        keys.extend(some);
+    }
     keys.sort();
     keys
 }

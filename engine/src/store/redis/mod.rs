@@ -26,7 +26,7 @@ use super::{
     OutboxItem, PauseOutcome, ResumeOutcome, RunQuery, Stats, Store, SummaryPatch, decode_record, encode_event,
     fingerprint, make_cursor, page_limit, parse_cursor, validate_claim, validate_create, validate_suspension,
 };
-use crate::keys::{DISPATCH_GROUP, GROUP, Keys};
+use crate::keys::{DISPATCH_GROUP, GROUP, Keys, LAYOUT};
 use crate::{Error, Result, StoreConfig};
 
 mod notify;
@@ -70,9 +70,54 @@ impl fmt::Debug for RedisStore {
 impl RedisStore {
     /// Connect to `url` (`redis://`, `rediss://`). Warns when Redis may evict keys.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<Self> {
+        if config.namespace.contains(['{', '}']) {
+            return Err(Error::Invalid(format!(
+                "namespace {:?} holds a brace; it is part of every key's hash tag, use letters, digits, - _ : .",
+                config.namespace
+            )));
+        }
         let store = Self::with_client(Client::open(url)?, config).await?;
+        store.check_layout().await?;
         store.warn_on_eviction().await;
         Ok(store)
+    }
+
+    /// Record the key layout at first start; refuse a Redis whose namespace was
+    /// written with another (an older version's keys, another partition count).
+    async fn check_layout(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let layout = self.keys.layout();
+        let (version, partitions): (Option<u32>, Option<u32>) =
+            redis::cmd("HMGET").arg(&layout).arg("version").arg("partitions").query_async(&mut conn).await?;
+        match (version, partitions) {
+            (Some(LAYOUT), Some(1)) => Ok(()),
+            (None, _) => {
+                let old: bool = redis::cmd("EXISTS").arg(self.keys.layout_v1_marker()).query_async(&mut conn).await?;
+                if old {
+                    return Err(Error::Invalid(format!(
+                        "namespace {:?} holds runs in Keel's first key layout, which this version does not read; \
+                         finish or drop them with the previous version (or use another KEEL_NAMESPACE)",
+                        self.keys.namespace()
+                    )));
+                }
+                let _: () = redis::cmd("HSET")
+                    .arg(&layout)
+                    .arg("version")
+                    .arg(LAYOUT)
+                    .arg("partitions")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(())
+            }
+            (version, partitions) => Err(Error::Invalid(format!(
+                "namespace {:?} was written with key layout {} and {} partition(s); this version uses layout \
+                 {LAYOUT} with 1 partition",
+                self.keys.namespace(),
+                version.map_or("?".into(), |v| v.to_string()),
+                partitions.map_or("?".into(), |p| p.to_string()),
+            ))),
+        }
     }
 
     async fn with_client(client: Client, config: StoreConfig) -> Result<Self> {
@@ -164,7 +209,7 @@ impl RedisStore {
             .scripts
             .watch
             .prepare_invoke()
-            .arg(self.keys.prefix())
+            .key(self.keys.prefix())
             .arg(run_id.as_str())
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -367,7 +412,7 @@ impl RedisStore {
     /// The fast path: read and claim new tasks in one script, without blocking.
     async fn claim_batch(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
         let mut invocation = self.scripts.claim_batch.prepare_invoke();
-        invocation.arg(self.keys.prefix());
+        invocation.key(self.keys.prefix());
         for setting in self.claim_settings(req)? {
             invocation.arg(setting);
         }
@@ -400,7 +445,7 @@ impl RedisStore {
         for delivery in deliveries {
             let mut invocation = self.scripts.claim.prepare_invoke();
             invocation
-                .arg(self.keys.prefix())
+                .key(self.keys.prefix())
                 .arg(&delivery.workflow)
                 .arg(&delivery.task_id)
                 .arg(delivery.run_id.as_str());
@@ -432,13 +477,13 @@ impl RedisStore {
     /// Run a periodic-duty script that takes only a batch limit.
     async fn limited_script<T: redis::FromRedisValue>(&self, script: &redis::Script, limit: usize) -> Result<T> {
         let mut conn = self.conn.clone();
-        Ok(script.prepare_invoke().arg(self.keys.prefix()).arg(limit.max(1)).invoke_async(&mut conn).await?)
+        Ok(script.prepare_invoke().key(self.keys.prefix()).arg(limit.max(1)).invoke_async(&mut conn).await?)
     }
 
     /// Run a script that takes only the run id.
     async fn run_script(&self, script: &redis::Script, run_id: &RunId) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
-        Ok(script.prepare_invoke().arg(self.keys.prefix()).arg(run_id.as_str()).invoke_async(&mut conn).await?)
+        Ok(script.prepare_invoke().key(self.keys.prefix()).arg(run_id.as_str()).invoke_async(&mut conn).await?)
     }
 
     fn state_error(&self, run_id: &RunId, reply: &[String]) -> Error {
@@ -480,7 +525,7 @@ impl RedisStore {
             .scripts
             .key_names
             .prepare_invoke()
-            .arg(self.keys.prefix())
+            .key(self.keys.prefix())
             .arg(run_id.as_str())
             .arg(workflow)
             .arg(event_key)
@@ -612,7 +657,7 @@ impl Store for RedisStore {
             .scripts
             .create
             .prepare_invoke()
-            .arg(self.keys.prefix())
+            .key(self.keys.prefix())
             .arg(run_id.as_str())
             .arg(&req.workflow)
             .arg(req.version)
@@ -662,7 +707,7 @@ impl Store for RedisStore {
             .scripts
             .renew
             .prepare_invoke()
-            .arg(self.keys.prefix())
+            .key(self.keys.prefix())
             .arg(lease.run_id.as_str())
             .arg(&lease.worker_id)
             .arg(lease.epoch)
@@ -679,7 +724,7 @@ impl Store for RedisStore {
         let patch = SummaryPatch::of(events);
         let mut invocation = self.scripts.append.prepare_invoke();
         invocation
-            .arg(self.keys.prefix())
+            .key(self.keys.prefix())
             .arg(lease.run_id.as_str())
             .arg(&lease.worker_id)
             .arg(lease.epoch)
@@ -730,7 +775,7 @@ impl Store for RedisStore {
         let column = |f: fn(&(&str, &str, u64)) -> String| waits.iter().map(f).collect::<Vec<_>>().join("\n");
         let mut invocation = self.scripts.finish.prepare_invoke();
         invocation
-            .arg(self.keys.prefix())
+            .key(self.keys.prefix())
             .arg(lease.run_id.as_str())
             .arg(&lease.worker_id)
             .arg(lease.epoch)
@@ -776,7 +821,7 @@ impl Store for RedisStore {
             .scripts
             .deliver
             .prepare_invoke()
-            .arg(self.keys.prefix())
+            .key(self.keys.prefix())
             .arg(key)
             .arg(to_json(data)?)
             .arg(self.config.event_lookback.as_millis().max(1) as u64)
@@ -801,7 +846,7 @@ impl Store for RedisStore {
             .scripts
             .cancel
             .prepare_invoke()
-            .arg(self.keys.prefix())
+            .key(self.keys.prefix())
             .arg(run_id.as_str())
             .arg(requested)
             .arg(cancelled)
@@ -857,7 +902,7 @@ impl Store for RedisStore {
             .scripts
             .list
             .prepare_invoke()
-            .arg(self.keys.prefix())
+            .key(self.keys.prefix())
             .arg(query.workflow.as_deref().unwrap_or(""))
             .arg(query.status.map(RunStatus::as_str).unwrap_or(""))
             .arg(limit)
@@ -988,6 +1033,11 @@ impl Store for RedisStore {
 
     async fn put_webhook(&self, subscription: &WebhookSubscription) -> Result<()> {
         let mut conn = self.conn.clone();
+        // The partition's flag first, so no event of a stored subscription can
+        // miss the outbox. It is never removed (a later delete could race a
+        // concurrent put across slots): with no subscription left, fan-out
+        // finds no receiver, at the cost of an outbox entry per event.
+        let _: () = redis::cmd("SET").arg(self.keys.hooks_flag()).arg(1).query_async(&mut conn).await?;
         let _: () = redis::cmd("HSET")
             .arg(self.keys.webhooks())
             .arg(&subscription.id)
@@ -1087,7 +1137,7 @@ impl Store for RedisStore {
 
     async fn fan_out(&self, item_id: &str, jobs: &[DeliveryJob]) -> Result<()> {
         let mut invocation = self.scripts.fanout.prepare_invoke();
-        invocation.arg(self.keys.prefix()).arg(item_id).arg(jobs.len());
+        invocation.key(self.keys.prefix()).arg(item_id).arg(jobs.len());
         for job in jobs {
             invocation.arg(to_json(job)?);
         }
@@ -1102,7 +1152,7 @@ impl Store for RedisStore {
             .scripts
             .jobs_due
             .prepare_invoke()
-            .arg(self.keys.prefix())
+            .key(self.keys.prefix())
             .arg(max.max(1))
             .arg(visibility.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -1116,7 +1166,7 @@ impl Store for RedisStore {
             .scripts
             .job_update
             .prepare_invoke()
-            .arg(self.keys.prefix())
+            .key(self.keys.prefix())
             .arg(to_json(job)?)
             .arg(next.map(|(n, _)| to_json(n)).transpose()?.unwrap_or_default())
             .arg(next.map_or(0, |(_, d)| d.as_millis() as u64))
@@ -1243,7 +1293,7 @@ impl Store for RedisStore {
         keel_proto::validate_workflow_name(workflow)?;
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.unpark.prepare_invoke();
-        invocation.arg(self.keys.prefix()).arg(workflow);
+        invocation.key(self.keys.prefix()).arg(workflow);
         for version in versions {
             invocation.arg(version);
         }

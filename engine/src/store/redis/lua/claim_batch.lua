@@ -1,18 +1,18 @@
 -- claim_batch: take up to `max` new tasks from the workflows' queues and claim
 -- them, all in one round trip (the non-blocking fast path of a claim; a claim
 -- that finds nothing then blocks outside a script).
--- ARGV: P, worker id, lease ms, max deliveries, dead-letter reason, run_failed
+-- KEYS[1]: partition prefix. ARGV: worker id, lease ms, max deliveries, dead-letter reason, run_failed
 --       entry json, error json, retention ms, child outcome json, lookback ms,
 --       lookback max entries, the claimer's versions ('wf=1,2' lines, '' for any),
 --       max, n workflows, workflows...
-local c = { worker = ARGV[2], lease_ms = ARGV[3], max_deliveries = ARGV[4], reason = ARGV[5], failed_entry = ARGV[6],
-  error = ARGV[7], retention = ARGV[8], child_outcome = ARGV[9], lookback = ARGV[10], lookback_max = ARGV[11],
-  versions = parse_versions(ARGV[12]) }
-local left = tonumber(ARGV[13])
+local c = { worker = ARGV[1], lease_ms = ARGV[2], max_deliveries = ARGV[3], reason = ARGV[4], failed_entry = ARGV[5],
+  error = ARGV[6], retention = ARGV[7], child_outcome = ARGV[8], lookback = ARGV[9], lookback_max = ARGV[10],
+  versions = parse_versions(ARGV[11]) }
+local left = tonumber(ARGV[12])
 local out = {}
-for i = 1, tonumber(ARGV[14]) do
+for i = 1, tonumber(ARGV[13]) do
   if left <= 0 then break end
-  local wf = ARGV[14 + i]
+  local wf = ARGV[13 + i]
   local read = redis.pcall('XREADGROUP', 'GROUP', GROUP, c.worker, 'COUNT', left, 'STREAMS', k_queue(wf), '>')
   -- A missing group (Redis restarted empty) is the caller's to recreate.
   if type(read) == 'table' and read.err then return { 'NOGROUP', read.err } end

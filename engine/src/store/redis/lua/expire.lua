@@ -1,7 +1,7 @@
 -- expire_finished: delete finished runs past their retention with every key and
 -- index entry they had.
--- ARGV: P, limit
-local due = redis.call('ZRANGEBYSCORE', K_RETENTION, '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[2]))
+-- KEYS[1]: partition prefix. ARGV: limit
+local due = redis.call('ZRANGEBYSCORE', K_RETENTION, '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(due) do
   local h = redis.call('HMGET', k_run(id), 'wf', 'st', 'idem', 'lab')
   if h[1] then

@@ -1,27 +1,27 @@
 -- finish: the last entries of a lease, then complete / fail / cancel / suspend /
 -- release the run, and ack its task, together. Fenced.
--- ARGV: P, run id, worker id, epoch, completed delta, current step or '',
+-- KEYS[1]: partition prefix. ARGV: run id, worker id, epoch, completed delta, current step or '',
 --       total steps or '', how, retention ms, final entry json or '',
 --       payload (output / error json) or '', cancelled entry json,
 --       wake at ms or '', wait steps, wait keys, wait sinces (one line per
 --       waited key, '\n'-joined, aligned), lookback ms, n, parent note (child outcome json) or '',
 --       lookback max entries, entries...
-local id = ARGV[2]
-local h = fenced(id, ARGV[3], ARGV[4])
+local id = ARGV[1]
+local h = fenced(id, ARGV[2], ARGV[3])
 if not h then return { 'LOST' } end
 local st, wf, created, cr, tid = h[2], h[3], h[4], h[5], h[6]
-local how = ARGV[8]
-local retention = tonumber(ARGV[9])
+local how = ARGV[7]
+local retention = tonumber(ARGV[8])
 local now = now_ms()
-append_events(id, 21, tonumber(ARGV[18]))
-apply_patch(id, ARGV[5], ARGV[6], ARGV[7], now)
+append_events(id, 20, tonumber(ARGV[17]))
+apply_patch(id, ARGV[4], ARGV[5], ARGV[6], now)
 
 local function final(status, field)
-  journal_add(id, ARGV[10])
-  if field then redis.call('HSET', k_run(id), field, ARGV[11]) end
+  journal_add(id, ARGV[9])
+  if field then redis.call('HSET', k_run(id), field, ARGV[10]) end
   finalize(id, st, status, created, now, retention)
   ack(wf, tid)
-  notify_parent(id, ARGV[19], ARGV[17], ARGV[20])
+  notify_parent(id, ARGV[18], ARGV[16], ARGV[19])
   return { 'DONE' }
 end
 
@@ -40,22 +40,22 @@ end
 
 -- suspend
 if cr == '1' then
-  journal_add(id, ARGV[12])
+  journal_add(id, ARGV[11])
   finalize(id, st, 'cancelled', created, now, retention)
   ack(wf, tid)
-  notify_parent(id, '{"status":"cancelled"}', ARGV[17], ARGV[20])
+  notify_parent(id, '{"status":"cancelled"}', ARGV[16], ARGV[19])
   return { 'CANCELLED' }
 end
 
--- Waits, flattened one line per key: steps ARGV[14], keys ARGV[15], sinces ARGV[16].
-local steps, keys, sinces = split_lines(ARGV[14]), split_lines(ARGV[15]), split_lines(ARGV[16])
+-- Waits, flattened one line per key: steps ARGV[13], keys ARGV[14], sinces ARGV[15].
+local steps, keys, sinces = split_lines(ARGV[13]), split_lines(ARGV[14]), split_lines(ARGV[15])
 if #keys > 0 then
   -- The lookback: an event delivered shortly before a wait began still counts,
   -- but never one this run already consumed on that key. (Stream ids of
   -- different keys' streams are not comparable, so the floor is per key.)
   local best, best_i, best_data
   for i, key in ipairs(keys) do
-    local from = n2s(math.max(0, tonumber(sinces[i]) - tonumber(ARGV[17])))
+    local from = n2s(math.max(0, tonumber(sinces[i]) - tonumber(ARGV[16])))
     local start = from
     local floor = redis.call('HGET', k_run(id), 'evf:' .. key)
     if floor and id_gt(floor, from .. '-0') then start = '(' .. floor end
@@ -72,11 +72,11 @@ if #keys > 0 then
     return { 'EVENT', seq, entry }
   end
   for _, key in ipairs(keys) do redis.call('SADD', k_waiters(key), id) end
-  redis.call('HSET', k_run(id), 'wk', ARGV[15], 'ws', ARGV[14])
+  redis.call('HSET', k_run(id), 'wk', ARGV[14], 'ws', ARGV[13])
 end
-if ARGV[13] ~= '' then
-  redis.call('HSET', k_run(id), 'wake', ARGV[13])
-  redis.call('ZADD', K_TIMERS, ARGV[13], id)
+if ARGV[12] ~= '' then
+  redis.call('HSET', k_run(id), 'wake', ARGV[12])
+  redis.call('ZADD', K_TIMERS, ARGV[12], id)
 end
 ack(wf, tid)
 redis.call('HSET', k_run(id), 'task', '')

@@ -4,13 +4,13 @@
 -- here; such a scan stops after a budget of entries and answers where it stopped,
 -- so the caller pages on with a cursor instead of getting a silently short list.
 -- Read-only.
--- ARGV: P, workflow filter or '', status filter or '', limit, cursor score or '',
+-- KEYS[1]: partition prefix. ARGV: workflow filter or '', status filter or '', limit, cursor score or '',
 --       cursor run id or '', label name or '', label value
 -- Returns: { runs ({ id, hash } each), last scanned id or '', its score or '', '1' if the index goes on }
-local wf, st, limit = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local label = ARGV[7] ~= ''
+local wf, st, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local label = ARGV[6] ~= ''
 local index
-if label then index = k_runs_label(ARGV[7], ARGV[8])
+if label then index = k_runs_label(ARGV[6], ARGV[7])
 elseif wf ~= '' and st ~= '' then index = k_runs_wf_status(wf, st)
 elseif st ~= '' then index = k_runs_status(st)
 elseif wf ~= '' then index = k_runs_wf(wf)
@@ -20,9 +20,9 @@ local check_wf, check_st = label and wf ~= '', label and st ~= ''
 -- Where to resume: just after the cursor's run if it is still in the index, else
 -- just below its score (a run that left the index meanwhile).
 local pos, below = 0, nil
-if ARGV[6] ~= '' then
-  local rank = redis.call('ZREVRANK', index, ARGV[6])
-  if rank then pos = rank + 1 else below = '(' .. ARGV[5] end
+if ARGV[5] ~= '' then
+  local rank = redis.call('ZREVRANK', index, ARGV[5])
+  if rank then pos = rank + 1 else below = '(' .. ARGV[4] end
 end
 
 local out = {}

@@ -1,8 +1,8 @@
 -- pause: hold a run between steps. A run nobody holds and that waits for its
 -- turn (pending) is paused at once, its task withdrawn; a held one stops at its
 -- next step boundary; a suspended one becomes paused when it wakes.
--- ARGV: P, run id
-local id = ARGV[2]
+-- KEYS[1]: partition prefix. ARGV: run id
+local id = ARGV[1]
 local h = redis.call('HMGET', k_run(id), 'st', 'wf', 'ca', 'task')
 if not h[1] then return { 'NOT_FOUND' } end
 if FINAL[h[1]] then return { 'FINAL', h[1] } end

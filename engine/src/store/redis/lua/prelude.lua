@@ -1,16 +1,15 @@
--- Shared by every script (prepended at load time). ARGV[1] is always the key
--- namespace. Key names here must match keys.rs (checked by a test).
---
--- Scripts compute the keys of the run they act on from ARGV rather than taking
--- them in KEYS: fine on a single Redis; Redis Cluster will need the queue,
--- timer and index keys partitioned under hash tags (see ARCHITECTURE.md).
-local P = ARGV[1]
+-- Shared by every script (prepended at load time). KEYS[1] is always the
+-- partition prefix (`{<namespace>:<p>}`, from keys.rs): every key a script
+-- touches starts with it, so it lives in the partition's one Cluster slot, and
+-- KEYS[1] routes the script there. Key names here must match keys.rs (checked
+-- by a test).
+local P = KEYS[1]
 local GROUP = 'keel'
 
-local function k_run(id) return P .. ':run:{' .. id .. '}' end
-local function k_journal(id) return P .. ':run:{' .. id .. '}:journal' end
-local function k_lease(id) return P .. ':run:{' .. id .. '}:lease' end
-local function k_watch(id) return P .. ':run:{' .. id .. '}:watch' end
+local function k_run(id) return P .. ':run:' .. id end
+local function k_journal(id) return P .. ':run:' .. id .. ':journal' end
+local function k_lease(id) return P .. ':run:' .. id .. ':lease' end
+local function k_watch(id) return P .. ':run:' .. id .. ':watch' end
 local K_NOTIFY = P .. ':notify'
 local K_RECONCILE = P .. ':reconcile'
 local function k_queue(wf) return P .. ':queue:' .. wf end
@@ -26,7 +25,7 @@ local K_RUNS = P .. ':runs'
 local K_TIMERS = P .. ':timers'
 local K_RETENTION = P .. ':retention'
 local K_DEAD = P .. ':dead'
-local K_HOOKS = P .. ':webhooks'
+local K_HOOKS = P .. ':hooks'
 local K_OUTBOX = P .. ':outbox'
 local K_HOOK_JOBS = P .. ':webhook-jobs'
 local K_STATS = P .. ':stats'
@@ -48,7 +47,7 @@ local HOOKS = {
   run_completed = 'run.completed', run_failed = 'run.failed', run_cancelled = 'run.cancelled',
 }
 
--- Whether any webhook subscription exists, read once per script.
+-- Whether any webhook subscription exists (the partition's flag), read once per script.
 local HOOKS_EXIST = nil
 local function hooks_exist()
   if HOOKS_EXIST == nil then HOOKS_EXIST = redis.call('EXISTS', K_HOOKS) == 1 end

@@ -3,8 +3,8 @@
 -- waiting run its waiter entries. Checks up to `limit` runs per status per call,
 -- going on from where the previous call stopped (`keel:reconcile` holds the
 -- offset per status), so every run is checked over time, not only the oldest.
--- ARGV: P, limit
-local limit = tonumber(ARGV[2])
+-- KEYS[1]: partition prefix. ARGV: limit
+local limit = tonumber(ARGV[1])
 local fixed = {}
 local function has_task(wf, tid)
   return tid and tid ~= '' and #redis.call('XRANGE', k_queue(wf), tid, tid) > 0

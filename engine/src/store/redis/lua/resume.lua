@@ -1,6 +1,6 @@
 -- resume: let a paused run go on (or withdraw a pause not yet taken).
--- ARGV: P, run id
-local id = ARGV[2]
+-- KEYS[1]: partition prefix. ARGV: run id
+local id = ARGV[1]
 local h = redis.call('HMGET', k_run(id), 'st', 'wf', 'ca')
 if not h[1] then return { 'NOT_FOUND' } end
 if FINAL[h[1]] then return { 'FINAL', h[1] } end

@@ -1,7 +1,7 @@
 -- retry: a failed run runs again from its failed step (replay keeps every
 -- recorded result; steps that failed for good get another attempt).
--- ARGV: P, run id
-local id = ARGV[2]
+-- KEYS[1]: partition prefix. ARGV: run id
+local id = ARGV[1]
 local h = redis.call('HMGET', k_run(id), 'st', 'wf', 'ca')
 if not h[1] then return { 'NOT_FOUND' } end
 if h[1] ~= 'failed' then return { 'NOT_FAILED', h[1] } end

@@ -1,7 +1,7 @@
 -- fire_due_timers: every due timer becomes exactly one task. The ZREM and the
 -- enqueue happen in one script, so two schedulers can never both fire one timer.
--- ARGV: P, limit
-local due = redis.call('ZRANGEBYSCORE', K_TIMERS, '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[2]))
+-- KEYS[1]: partition prefix. ARGV: limit
+local due = redis.call('ZRANGEBYSCORE', K_TIMERS, '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
 local woken = {}
 for _, id in ipairs(due) do
   redis.call('ZREM', K_TIMERS, id)

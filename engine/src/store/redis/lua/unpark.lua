@@ -1,9 +1,9 @@
 -- unpark: a worker running some versions of a workflow is live; queue again the
 -- runs a claim parked for want of one (`claim_one` in prelude.lua).
--- ARGV: P, workflow, versions...
-local wf = ARGV[2]
+-- KEYS[1]: partition prefix. ARGV: workflow, versions...
+local wf = ARGV[1]
 local out = {}
-for i = 3, #ARGV do
+for i = 2, #ARGV do
   local v = ARGV[i]
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', k_parked(wf), v, v)) do
     redis.call('ZREM', k_parked(wf), id)
