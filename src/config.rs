@@ -19,9 +19,22 @@ pub struct Settings {
     /// Where the API listens [default: 127.0.0.1:7400].
     #[arg(long, env = "KEEL_ADDR", global = true)]
     pub addr: Option<String>,
-    /// The Redis to use (redis:// or rediss://); REDIS_URL works too.
+    /// The Redis to use (redis:// or rediss://); seed nodes of a cluster separated
+    /// by commas; REDIS_URL works too.
     #[arg(long, env = "KEEL_REDIS_URL", global = true)]
     pub redis_url: Option<String>,
+    /// Redis Cluster mode (1/0, true/false) [default: asked of the first node; several URLs mean a cluster].
+    #[arg(long, env = "KEEL_REDIS_CLUSTER", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub redis_cluster: Option<bool>,
+    /// PEM file of the CA that signed the Redis server's certificate (rediss://) [default: the system's roots].
+    #[arg(long, env = "KEEL_REDIS_CA_FILE", global = true)]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM file of a client certificate for Redis over TLS (with --redis-key-file).
+    #[arg(long, env = "KEEL_REDIS_CERT_FILE", global = true)]
+    pub redis_cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's key.
+    #[arg(long, env = "KEEL_REDIS_KEY_FILE", global = true)]
+    pub redis_key_file: Option<PathBuf>,
     /// Key prefix, so several deployments can share one Redis [default: keel].
     #[arg(long, env = "KEEL_NAMESPACE", global = true)]
     pub namespace: Option<String>,
@@ -84,6 +97,10 @@ pub struct Settings {
 struct File {
     addr: Option<String>,
     redis_url: Option<String>,
+    redis_cluster: Option<bool>,
+    redis_ca_file: Option<PathBuf>,
+    redis_cert_file: Option<PathBuf>,
+    redis_key_file: Option<PathBuf>,
     namespace: Option<String>,
     api_tokens: Option<String>,
     read_tokens: Option<String>,
@@ -118,6 +135,10 @@ impl Settings {
             fill!(
                 addr,
                 redis_url,
+                redis_cluster,
+                redis_ca_file,
+                redis_cert_file,
+                redis_key_file,
                 namespace,
                 api_tokens,
                 read_tokens,
@@ -145,6 +166,16 @@ impl Settings {
 
     pub fn addr(&self) -> &str {
         self.addr.as_deref().unwrap_or("127.0.0.1:7400")
+    }
+
+    /// The Redis (or cluster) at `urls`, with these settings' cluster mode and TLS files.
+    pub fn redis_target(&self, urls: &str) -> anyhow::Result<keel_engine::RedisTarget> {
+        let mut target = keel_engine::RedisTarget::parse(urls)?;
+        target.cluster = self.redis_cluster;
+        target.ca_file.clone_from(&self.redis_ca_file);
+        target.cert_file.clone_from(&self.redis_cert_file);
+        target.key_file.clone_from(&self.redis_key_file);
+        Ok(target)
     }
 
     pub fn namespace(&self) -> &str {

@@ -25,7 +25,7 @@ pub use error::{Error, Result, check_value_size, json_size};
 pub use keel_proto as proto;
 pub use keel_proto::WorkerInfo;
 pub use store::memory::MemoryStore;
-pub use store::redis::RedisStore;
+pub use store::redis::{RedisStore, RedisTarget};
 pub use store::{
     Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, EventWait, Finish,
     Finished, Lease, OutboxItem, PauseOutcome, ResumeOutcome, RunQuery, STEP_MS_BUCKETS, Stats, Store, Suspension,

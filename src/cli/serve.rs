@@ -17,18 +17,18 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Settings, init_logging};
 
 async fn redis_store(settings: &Settings, url: &str) -> anyhow::Result<Arc<dyn Store>> {
-    let store = RedisStore::connect(url, settings.store_config()?)
+    let store = RedisStore::connect_to(&settings.redis_target(url)?, settings.store_config()?)
         .await
         .with_context(|| format!("connecting to Redis at {} (is it running?)", redacted(url)))?;
+    if store.is_cluster() {
+        tracing::info!("Redis Cluster mode: commands and scripts are routed by slot");
+    }
     Ok(Arc::new(store))
 }
 
-/// A Redis URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
-        _ => url.to_owned(),
-    }
+/// A Redis URL (or several) without passwords, for messages.
+fn redacted(urls: &str) -> String {
+    urls.split(',').map(keel_engine::store::redis::redact).collect::<Vec<_>>().join(",")
 }
 
 fn signer(settings: &Settings, persist_in: Option<&Path>) -> anyhow::Result<Signer> {

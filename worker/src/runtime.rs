@@ -95,6 +95,8 @@ pub enum WorkerError {
 pub struct WorkerBuilder {
     store: Option<Arc<dyn Store>>,
     redis_url: Option<String>,
+    /// Cluster mode and TLS files for `redis_url` (its `urls` stay empty).
+    redis_extras: keel_engine::RedisTarget,
     namespace: Option<String>,
     workflows: Vec<Workflow>,
     concurrency: Option<usize>,
@@ -121,9 +123,23 @@ impl WorkerBuilder {
         self
     }
 
-    /// Connect to Redis at `url` when building.
+    /// Connect to Redis at `url` when building (seed nodes of a cluster
+    /// separated by commas).
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Cluster mode (`None`: asked of the first node) and TLS files (CA, client
+    /// certificate and key) for [`redis_url`](Self::redis_url).
+    pub fn redis_options(
+        mut self,
+        cluster: Option<bool>,
+        ca_file: Option<std::path::PathBuf>,
+        cert_file: Option<std::path::PathBuf>,
+        key_file: Option<std::path::PathBuf>,
+    ) -> Self {
+        self.redis_extras = keel_engine::RedisTarget { urls: Vec::new(), cluster, ca_file, cert_file, key_file };
         self
     }
 
@@ -139,7 +155,8 @@ impl WorkerBuilder {
     }
 
     /// Read the settings `keel worker` reads from the environment: `KEEL_REDIS_URL`
-    /// (or `REDIS_URL`), `KEEL_NAMESPACE`, `KEEL_LEASE` (`30s`), `KEEL_CONCURRENCY`,
+    /// (or `REDIS_URL`), `KEEL_REDIS_CLUSTER`, `KEEL_REDIS_CA_FILE`,
+    /// `KEEL_REDIS_CERT_FILE`, `KEEL_REDIS_KEY_FILE`, `KEEL_NAMESPACE`, `KEEL_LEASE` (`30s`), `KEEL_CONCURRENCY`,
     /// `KEEL_SIGNING_KEY`, `KEEL_ALLOW_PRIVATE_TARGETS` (`1/0`, `true/false`,
     /// `yes/no`), `KEEL_MAX_VALUE_BYTES`. Unset ones keep their defaults; a value
     /// that does not parse is an error naming the variable.
@@ -159,6 +176,19 @@ impl WorkerBuilder {
         let bad = |name: &str, reason: String| WorkerError::Setting(format!("{name}: {reason}"));
         if let Some(url) = var("KEEL_REDIS_URL").or_else(|| var("REDIS_URL")) {
             self.redis_url = Some(url);
+        }
+        if let Some(cluster) = var("KEEL_REDIS_CLUSTER") {
+            self.redis_extras.cluster =
+                Some(keel_engine::parse_bool(&cluster).map_err(|e| bad("KEEL_REDIS_CLUSTER", e))?);
+        }
+        for (name, file) in [
+            ("KEEL_REDIS_CA_FILE", &mut self.redis_extras.ca_file),
+            ("KEEL_REDIS_CERT_FILE", &mut self.redis_extras.cert_file),
+            ("KEEL_REDIS_KEY_FILE", &mut self.redis_extras.key_file),
+        ] {
+            if let Some(path) = var(name) {
+                *file = Some(path.into());
+            }
         }
         if let Some(namespace) = var("KEEL_NAMESPACE") {
             self.namespace = Some(namespace);
@@ -251,7 +281,9 @@ impl WorkerBuilder {
                 if let Some(max) = self.max_value_bytes {
                     config.max_value_bytes = max;
                 }
-                Arc::new(keel_engine::RedisStore::connect(&url, config).await?)
+                let target =
+                    keel_engine::RedisTarget { urls: keel_engine::RedisTarget::parse(&url)?.urls, ..self.redis_extras };
+                Arc::new(keel_engine::RedisStore::connect_to(&target, config).await?)
             }
             (None, None) => return Err(WorkerError::NoStore),
         };
@@ -756,6 +788,8 @@ mod tests {
             ("KEEL_CONCURRENCY", "7"),
             ("KEEL_ALLOW_PRIVATE_TARGETS", "yes"),
             ("KEEL_MAX_VALUE_BYTES", "2048"),
+            ("KEEL_REDIS_CLUSTER", "yes"),
+            ("KEEL_REDIS_CA_FILE", "/etc/keel/ca.pem"),
         ]
         .into();
         let builder = Worker::builder().read_vars(|name| vars.get(name).map(|v| v.to_string())).unwrap();
@@ -765,6 +799,8 @@ mod tests {
         assert_eq!(builder.concurrency, Some(7));
         assert!(builder.calls.allow_private_targets);
         assert_eq!(builder.max_value_bytes, Some(2048));
+        assert_eq!(builder.redis_extras.cluster, Some(true));
+        assert_eq!(builder.redis_extras.ca_file, Some("/etc/keel/ca.pem".into()));
         for (name, value) in [("KEEL_LEASE", "soon"), ("KEEL_CONCURRENCY", "many"), ("KEEL_SIGNING_KEY", "not base64!")]
         {
             let err = Worker::builder().read_vars(|n| (n == name).then(|| value.to_owned())).unwrap_err();

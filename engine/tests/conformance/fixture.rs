@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_engine::testing::RedisServer;
+use keel_engine::testing::{RedisCluster, RedisServer};
 use keel_engine::{MemoryStore, RedisStore, Store, StoreConfig};
 
 pub struct Fixture {
@@ -14,7 +14,18 @@ pub struct Fixture {
 
 enum Backend {
     Memory(Arc<MemoryStore>),
-    Redis { store: Arc<RedisStore>, server: RedisServer, raw: redis::aio::MultiplexedConnection },
+    Redis {
+        store: Arc<RedisStore>,
+        server: RedisServer,
+        raw: redis::aio::MultiplexedConnection,
+    },
+    /// A three-master cluster; `raw` routes by key, `nodes` reach each master.
+    Cluster {
+        store: Arc<RedisStore>,
+        _cluster: RedisCluster,
+        raw: redis::cluster_async::ClusterConnection,
+        nodes: Vec<redis::aio::MultiplexedConnection>,
+    },
 }
 
 /// Settings a case may shorten so that expiry happens within the test.
@@ -59,37 +70,76 @@ impl Fixture {
         Self { store: store.clone(), backend: Backend::Redis { store, server, raw } }
     }
 
+    /// A store on a private three-master Redis Cluster.
+    pub async fn cluster(opts: Opts) -> Self {
+        let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0)).await.expect("cluster");
+        let namespace = RedisServer::unique_namespace("conf");
+        let store = Arc::new(RedisStore::connect(&cluster.url(), opts.config(namespace)).await.expect("connect"));
+        assert!(store.is_cluster(), "the store found the cluster");
+        let urls: Vec<String> = cluster.nodes.iter().map(RedisServer::url).collect();
+        let raw = redis::cluster::ClusterClient::new(urls.clone())
+            .expect("urls")
+            .get_async_connection()
+            .await
+            .expect("cluster connection");
+        let mut nodes = Vec::new();
+        for url in urls {
+            nodes.push(redis::Client::open(url).expect("url").get_multiplexed_async_connection().await.expect("node"));
+        }
+        Self { store: store.clone(), backend: Backend::Cluster { store, _cluster: cluster, raw, nodes } }
+    }
+
     /// Re-create the fixture's store with other options (same backend kind).
     pub async fn with(self, opts: Opts) -> Self {
         match self.backend {
             Backend::Memory(_) => Self::memory(opts),
             Backend::Redis { .. } => Self::redis(opts).await,
+            Backend::Cluster { .. } => Self::cluster(opts).await,
         }
     }
 
     pub fn is_redis(&self) -> bool {
-        matches!(self.backend, Backend::Redis { .. })
+        !matches!(self.backend, Backend::Memory(_))
     }
 
-    /// Every Redis key that mentions `needle` (None for the memory store).
+    /// Every Redis key that mentions `needle`, on every node (None for the memory store).
     pub async fn redis_keys_mentioning(&self, needle: &str) -> Option<Vec<String>> {
-        let Backend::Redis { raw, .. } = &self.backend else { return None };
-        let mut raw = raw.clone();
-        let keys: Vec<String> =
-            redis::cmd("KEYS").arg(format!("*{needle}*")).query_async(&mut raw).await.expect("KEYS");
+        let nodes = match &self.backend {
+            Backend::Memory(_) => return None,
+            Backend::Redis { raw, .. } => vec![raw.clone()],
+            Backend::Cluster { nodes, .. } => nodes.clone(),
+        };
+        let mut keys = Vec::new();
+        for mut node in nodes {
+            let some: Vec<String> =
+                redis::cmd("KEYS").arg(format!("*{needle}*")).query_async(&mut node).await.expect("KEYS");
+            keys.extend(some);
+        }
         Some(keys)
+    }
+
+    /// A command routed by its key (single Redis or cluster); None for memory.
+    async fn raw_query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
+        Some(match &self.backend {
+            Backend::Memory(_) => return None,
+            Backend::Redis { raw, .. } => cmd.query_async(&mut raw.clone()).await.expect("raw command"),
+            Backend::Cluster { raw, .. } => cmd.query_async(&mut raw.clone()).await.expect("raw command"),
+        })
+    }
+
+    fn redis_store(&self) -> Option<&RedisStore> {
+        match &self.backend {
+            Backend::Memory(_) => None,
+            Backend::Redis { store, .. } | Backend::Cluster { store, .. } => Some(store),
+        }
     }
 
     /// How many tasks of a workflow are delivered and not acked (None for memory).
     pub async fn redis_pending(&self, workflow: &str) -> Option<usize> {
-        let Backend::Redis { raw, store, .. } = &self.backend else { return None };
-        let mut raw = raw.clone();
-        let summary: redis::Value = redis::cmd("XPENDING")
-            .arg(store.keys().queue(workflow))
-            .arg(keel_engine::keys::GROUP)
-            .query_async(&mut raw)
-            .await
-            .expect("XPENDING");
+        let store = self.redis_store()?;
+        let summary: redis::Value = self
+            .raw_query(redis::cmd("XPENDING").arg(store.keys().queue(workflow)).arg(keel_engine::keys::GROUP))
+            .await?;
         match summary {
             redis::Value::Array(items) => match items.first() {
                 Some(redis::Value::Int(n)) => Some(*n as usize),
@@ -103,10 +153,8 @@ impl Fixture {
     pub async fn lose_queued_tasks(&self, workflow: &str) {
         match &self.backend {
             Backend::Memory(store) => store.lose_queued_tasks(),
-            Backend::Redis { raw, store, .. } => {
-                let mut raw = raw.clone();
-                let _: () =
-                    redis::cmd("DEL").arg(store.keys().queue(workflow)).query_async(&mut raw).await.expect("DEL");
+            Backend::Redis { store, .. } | Backend::Cluster { store, .. } => {
+                let _: Option<()> = self.raw_query(redis::cmd("DEL").arg(store.keys().queue(workflow))).await;
             }
         }
     }
@@ -119,6 +167,11 @@ impl Fixture {
                 let mut raw = raw.clone();
                 let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.expect("FLUSHALL");
             }
+            Backend::Cluster { nodes, .. } => {
+                for node in nodes {
+                    let _: () = redis::cmd("FLUSHALL").query_async(&mut node.clone()).await.expect("FLUSHALL");
+                }
+            }
         }
     }
 
@@ -127,7 +180,7 @@ impl Fixture {
     pub fn redis_server(&self) -> Option<&RedisServer> {
         match &self.backend {
             Backend::Redis { server, .. } => Some(server),
-            Backend::Memory(_) => None,
+            Backend::Memory(_) | Backend::Cluster { .. } => None,
         }
     }
 }

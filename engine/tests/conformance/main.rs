@@ -1,5 +1,6 @@
 //! The store conformance suite: every case is written once (in `cases.rs`) and
-//! run against both stores, each Redis case on its own private redis-server.
+//! run against three stores: memory, a single Redis and a three-master Redis
+//! Cluster, each Redis case on its own private servers.
 
 // Test helpers outside #[test] functions unwrap too (clippy.toml allows it only inside them).
 #![allow(clippy::unwrap_used)]
@@ -22,6 +23,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     crate::cases::$case(crate::fixture::Fixture::redis(Default::default()).await).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    crate::cases::$case(crate::fixture::Fixture::cluster(Default::default()).await).await;
                 }
             )*
         }

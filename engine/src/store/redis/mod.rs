@@ -17,8 +17,7 @@ use keel_proto::{
     ChildOutcome, DeliveryJob, ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus,
     RunSummary, WebhookDelivery, WebhookEventType, WebhookSubscription, WorkerInfo,
 };
-use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Value};
+use redis::Value;
 use serde_json::Value as Json;
 
 use super::{
@@ -29,15 +28,17 @@ use super::{
 use crate::keys::{DISPATCH_GROUP, GROUP, Keys, LAYOUT};
 use crate::{Error, Result, StoreConfig};
 
+mod conn;
 mod notify;
 mod scripts;
+
+use conn::{Conn, Endpoint};
+pub use conn::{RedisTarget, redact};
 mod values;
 
 use scripts::Scripts;
 use values::{array, int, opt_text, pairs, text};
 
-/// How long an ordinary command or script may take before the call fails.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocking reads get this much beyond their BLOCK time before the watchdog
 /// drops their connection (a read that hangs after a peer reset must not hang us).
 const BLOCK_MARGIN: Duration = Duration::from_secs(3);
@@ -48,9 +49,9 @@ const RECHECK: Duration = Duration::from_secs(10);
 
 /// The Redis-backed [`Store`].
 pub struct RedisStore {
-    client: Client,
-    conn: ConnectionManager,
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    endpoint: Endpoint,
+    conn: Conn,
+    blocking: Mutex<Vec<Conn>>,
     keys: Keys,
     config: StoreConfig,
     scripts: Scripts,
@@ -68,15 +69,21 @@ impl fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connect to `url` (`redis://`, `rediss://`). Warns when Redis may evict keys.
+    /// Connect to `url` (`redis://`, `rediss://`; seed URLs of a cluster
+    /// separated by commas). Warns when Redis may evict keys.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<Self> {
+        Self::connect_to(&RedisTarget::parse(url)?, config).await
+    }
+
+    /// Connect to one Redis or a cluster, over TCP or TLS.
+    pub async fn connect_to(target: &RedisTarget, config: StoreConfig) -> Result<Self> {
         if config.namespace.contains(['{', '}']) {
             return Err(Error::Invalid(format!(
                 "namespace {:?} holds a brace; it is part of every key's hash tag, use letters, digits, - _ : .",
                 config.namespace
             )));
         }
-        let store = Self::with_client(Client::open(url)?, config).await?;
+        let store = Self::with_endpoint(Endpoint::open(target).await?, config).await?;
         store.check_layout().await?;
         store.warn_on_eviction().await;
         Ok(store)
@@ -120,16 +127,12 @@ impl RedisStore {
         }
     }
 
-    async fn with_client(client: Client, config: StoreConfig) -> Result<Self> {
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(6);
-        let conn = client.get_connection_manager_with_config(manager_config).await?;
+    async fn with_endpoint(endpoint: Endpoint, config: StoreConfig) -> Result<Self> {
+        let conn = endpoint.shared().await?;
         let keys = Keys::new(config.namespace.clone());
         Ok(Self {
-            notifier: notify::Notifier::new(client.clone(), keys.notify()),
-            client,
+            notifier: notify::Notifier::new(endpoint.subscribers(), keys.notify()),
+            endpoint,
             conn,
             blocking: Mutex::new(Vec::new()),
             keys,
@@ -176,7 +179,12 @@ impl RedisStore {
         Error::LeaseLost { run_id: lease.run_id.clone(), epoch: lease.epoch }
     }
 
-    async fn blocking_conn(&self, response_timeout: Duration) -> Result<MultiplexedConnection> {
+    /// Whether this store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.endpoint.is_cluster()
+    }
+
+    async fn blocking_conn(&self, response_timeout: Duration) -> Result<Conn> {
         let pooled = self.blocking.lock().map_err(|_| Error::Invalid("connection pool poisoned".into()))?.pop();
         match pooled {
             // A pooled connection keeps the timeout it was made with: set this call's.
@@ -184,16 +192,11 @@ impl RedisStore {
                 conn.set_response_timeout(response_timeout);
                 Ok(conn)
             }
-            None => {
-                let config = AsyncConnectionConfig::new()
-                    .set_response_timeout(Some(response_timeout))
-                    .set_connection_timeout(Some(Duration::from_secs(5)));
-                Ok(self.client.get_multiplexed_async_connection_with_config(&config).await?)
-            }
+            None => self.endpoint.dedicated(response_timeout).await,
         }
     }
 
-    fn return_blocking_conn(&self, conn: MultiplexedConnection) {
+    fn return_blocking_conn(&self, conn: Conn) {
         if let Ok(mut pool) = self.blocking.lock()
             && pool.len() < BLOCKING_POOL
         {
@@ -633,7 +636,7 @@ impl Store for RedisStore {
     }
 
     async fn independent(&self) -> Result<Option<std::sync::Arc<dyn Store>>> {
-        Ok(Some(std::sync::Arc::new(Self::with_client(self.client.clone(), self.config.clone()).await?)))
+        Ok(Some(std::sync::Arc::new(Self::with_endpoint(self.endpoint.clone(), self.config.clone()).await?)))
     }
 
     async fn create_run(&self, req: CreateRun) -> Result<Created> {
