@@ -1,4 +1,5 @@
-//! End to end: the real `keel` binary over HTTP, against a private redis-server.
+//! End to end: the real `keel` binary over HTTP, against a private redis-server
+//! and (the tests in `on_both!`) a private three-master Redis Cluster too.
 
 #![allow(clippy::unwrap_used)]
 
@@ -6,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Keel, Receiver, eventually, keys, schema, wait_for_workflows};
+use common::{Keel, Receiver, eventually, keys, query, schema, wait_for_workflows};
 use futures::StreamExt;
-use keel_engine::testing::RedisServer;
+use keel_engine::testing::{RedisServer, TestRedis};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -21,13 +22,11 @@ async fn start(http: &reqwest::Client, keel: &Keel, workflow: &str, body: Value)
     http.post(format!("{}/v1/workflows/{workflow}/runs", keel.url)).json(&body).send().await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_started_over_http_is_followed_to_completion_by_polling_and_by_sse() {
-    let redis = RedisServer::start();
+async fn a_run_started_over_http_is_followed_to_completion_by_polling_and_by_sse(redis: &dyn TestRedis) {
     let ns = RedisServer::unique_namespace("e2e");
     // Separate processes: the API server and a worker.
-    let server = Keel::spawn("server", &redis, &ns, &[]);
-    let _worker = Keel::spawn("worker", &redis, &ns, &[]);
+    let server = Keel::spawn("server", redis, &ns, &[]);
+    let _worker = Keel::spawn("worker", redis, &ns, &[]);
     let http = http();
     wait_for_workflows(&http, &server, None).await;
 
@@ -164,11 +163,9 @@ async fn a_run_started_over_http_is_followed_to_completion_by_polling_and_by_sse
     assert!(metrics.contains("keel_step_duration_seconds_bucket"), "{metrics}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signed_webhooks_arrive_retry_with_the_same_id_and_410_disables() {
-    let redis = RedisServer::start();
+async fn signed_webhooks_arrive_retry_with_the_same_id_and_410_disables(redis: &dyn TestRedis) {
     let ns = RedisServer::unique_namespace("hooks");
-    let keel = Keel::spawn("dev", &redis, &ns, &[]);
+    let keel = Keel::spawn("dev", redis, &ns, &[]);
     let http = http();
     wait_for_workflows(&http, &keel, None).await;
     let key: Value =
@@ -234,17 +231,11 @@ async fn signed_webhooks_arrive_retry_with_the_same_id_and_410_disables() {
     assert!(disabled["disabled"].as_str().unwrap().contains("410"), "{disabled}");
     // Once the outbox and the job set are empty, no delivery can come any more:
     // then count what each receiver got.
-    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys = keel_engine::keys::Keys::new(ns.as_str());
     let mut settled = false;
     for _ in 0..300 {
-        let (jobs, outbox): (u64, u64) = redis::pipe()
-            .cmd("ZCARD")
-            .arg(keel_engine::keys::Keys::new(ns.as_str()).webhook_jobs())
-            .cmd("XLEN")
-            .arg(keel_engine::keys::Keys::new(ns.as_str()).outbox())
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let jobs: u64 = query(redis, redis::cmd("ZCARD").arg(keys.webhook_jobs())).await;
+        let outbox: u64 = query(redis, redis::cmd("XLEN").arg(keys.outbox())).await;
         if jobs == 0 && outbox == 0 {
             settled = true;
             break;
@@ -256,11 +247,9 @@ async fn signed_webhooks_arrive_retry_with_the_same_id_and_410_disables() {
     assert_eq!(gone.received().len(), 1, "a disabled subscription gets nothing more");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_bad_input_gets_its_problem_and_writes_nothing() {
-    let redis = RedisServer::start();
+async fn every_bad_input_gets_its_problem_and_writes_nothing(redis: &dyn TestRedis) {
     let ns = RedisServer::unique_namespace("bad");
-    let keel = Keel::spawn("dev", &redis, &ns, &[("KEEL_MAX_BODY_BYTES", "2048")]);
+    let keel = Keel::spawn("dev", redis, &ns, &[("KEEL_MAX_BODY_BYTES", "2048")]);
     let http = http();
     wait_for_workflows(&http, &keel, None).await;
     let done: Value = http
@@ -275,7 +264,7 @@ async fn every_bad_input_gets_its_problem_and_writes_nothing() {
         .unwrap();
     let done_id = done["run_id"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = keys(&redis, &ns).await;
+    let before = keys(redis, &ns).await;
 
     let url = |path: &str| format!("{}{path}", keel.url);
     let big = format!("{{\"input\": \"{}\"}}", "x".repeat(4096));
@@ -401,7 +390,7 @@ async fn every_bad_input_gets_its_problem_and_writes_nothing() {
     .unwrap();
     assert!(raw.starts_with("HTTP/1.1 413"), "a chunked body over the limit: {raw}");
     assert!(raw.contains("urn:keel:problem:body-too-large"), "{raw}");
-    assert_eq!(keys(&redis, &ns).await, before, "Redis holds exactly the same keys");
+    assert_eq!(keys(redis, &ns).await, before, "Redis holds exactly the same keys");
     let listed: Value = http.get(url("/v1/runs")).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["runs"].as_array().unwrap().len(), 1, "no run was started by a bad request");
 }
@@ -448,11 +437,9 @@ async fn tokens_guard_the_api_and_never_reach_the_log() {
     assert!(!log.contains("s3cr3t"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_concurrent_starts_with_one_idempotency_key_make_one_run() {
-    let redis = RedisServer::start();
+async fn fifty_concurrent_starts_with_one_idempotency_key_make_one_run(redis: &dyn TestRedis) {
     let ns = RedisServer::unique_namespace("idem");
-    let keel = Keel::spawn("dev", &redis, &ns, &[]);
+    let keel = Keel::spawn("dev", redis, &ns, &[]);
     let http = http();
     wait_for_workflows(&http, &keel, None).await;
     let mut tasks = Vec::new();
@@ -483,11 +470,9 @@ async fn fifty_concurrent_starts_with_one_idempotency_key_make_one_run() {
     assert_eq!(listed["runs"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keel_run_wait_exits_zero_on_success_and_non_zero_on_failure() {
-    let redis = RedisServer::start();
+async fn keel_run_wait_exits_zero_on_success_and_non_zero_on_failure(redis: &dyn TestRedis) {
     let ns = RedisServer::unique_namespace("cli");
-    let keel = Keel::spawn("dev", &redis, &ns, &[]);
+    let keel = Keel::spawn("dev", redis, &ns, &[]);
     wait_for_workflows(&http(), &keel, None).await;
     let run = |input: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
@@ -660,11 +645,9 @@ async fn the_served_openapi_document_is_the_committed_one() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operators_pause_resume_and_retry_runs() {
-    let redis = RedisServer::start();
+async fn operators_pause_resume_and_retry_runs(redis: &dyn TestRedis) {
     let ns = RedisServer::unique_namespace("ops");
-    let keel = Keel::spawn("dev", &redis, &ns, &[]);
+    let keel = Keel::spawn("dev", redis, &ns, &[]);
     let http = http();
     wait_for_workflows(&http, &keel, None).await;
     let url = |path: String| format!("{}{path}", keel.url);
@@ -714,4 +697,39 @@ async fn operators_pause_resume_and_retry_runs() {
     assert_eq!(step2["attempts"], 2, "the failed step ran again; step-1 kept its result");
     let step1 = detail["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "step-1").unwrap();
     assert_eq!(step1["attempts"], 1);
+}
+
+on_both!(
+    a_run_started_over_http_is_followed_to_completion_by_polling_and_by_sse,
+    signed_webhooks_arrive_retry_with_the_same_id_and_410_disables,
+    every_bad_input_gets_its_problem_and_writes_nothing,
+    fifty_concurrent_starts_with_one_idempotency_key_make_one_run,
+    keel_run_wait_exits_zero_on_success_and_non_zero_on_failure,
+    operators_pause_resume_and_retry_runs,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keel_runs_on_a_tls_redis_with_a_custom_ca_and_a_client_certificate() {
+    let certs = keel_engine::testing::TestCertificates::generate();
+    let redis = certs.server("yes");
+    let (ca, cert, key) = (certs.ca(), certs.client_cert(), certs.client_key());
+    let files = [
+        ("KEEL_REDIS_CA_FILE", ca.to_str().unwrap()),
+        ("KEEL_REDIS_CERT_FILE", cert.to_str().unwrap()),
+        ("KEEL_REDIS_KEY_FILE", key.to_str().unwrap()),
+    ];
+    let ns = RedisServer::unique_namespace("tls");
+    let keel = Keel::spawn("dev", &redis, &ns, &files);
+    let http = http();
+    wait_for_workflows(&http, &keel, None).await;
+    let done: Value = start(&http, &keel, "demo", json!({"input": {"steps": 2}})).await.json().await.unwrap();
+    let run_id = done["run_id"].as_str().unwrap().to_owned();
+    let result: Value =
+        http.get(format!("{}/v1/runs/{run_id}/result?wait=20s", keel.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(result["status"], "completed", "{result}");
+    assert!(keel.log_text().contains("rediss://"), "the log names the TLS Redis");
+
+    // Without the CA the server refuses to start, saying why.
+    let untrusted = Keel::spawn_exiting("server", &redis, &RedisServer::unique_namespace("tls"), &files[1..]);
+    assert!(untrusted.to_lowercase().contains("certificate"), "{untrusted}");
 }

@@ -10,6 +10,39 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A private Redis of either kind, as end-to-end tests see it.
+pub trait TestRedis: Send + Sync {
+    /// What `KEEL_REDIS_URL` takes (seed URLs, comma-separated, for a cluster).
+    fn url(&self) -> String;
+    /// Every node's URL, to look at keys node by node.
+    fn node_urls(&self) -> Vec<String>;
+    fn is_cluster(&self) -> bool;
+}
+
+impl TestRedis for RedisServer {
+    fn url(&self) -> String {
+        RedisServer::url(self)
+    }
+    fn node_urls(&self) -> Vec<String> {
+        vec![RedisServer::url(self)]
+    }
+    fn is_cluster(&self) -> bool {
+        false
+    }
+}
+
+impl TestRedis for RedisCluster {
+    fn url(&self) -> String {
+        RedisCluster::url(self)
+    }
+    fn node_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+    fn is_cluster(&self) -> bool {
+        true
+    }
+}
+
 /// A `redis-server` child process on 127.0.0.1 and a free port.
 #[derive(Debug)]
 pub struct RedisServer {

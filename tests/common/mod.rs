@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use keel_engine::testing::RedisServer;
+use keel_engine::testing::{RedisCluster, RedisServer, TestRedis};
 use serde_json::Value;
 
 pub fn free_port() -> u16 {
@@ -28,7 +28,7 @@ pub struct Keel {
 
 impl Keel {
     /// `keel <command>` with `env`, waiting (bounded) until /healthz answers when it serves.
-    pub fn spawn(command: &str, redis: &RedisServer, namespace: &str, env: &[(&str, &str)]) -> Self {
+    pub fn spawn(command: &str, redis: &dyn TestRedis, namespace: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("keel-e2e-{}-{port}.log", std::process::id()));
         let out = std::fs::File::create(&log).expect("log file");
@@ -53,6 +53,35 @@ impl Keel {
             keel.wait_healthy();
         }
         keel
+    }
+
+    /// `keel <command>` that is expected to exit at once (a refused setting):
+    /// waits (bounded) for it and returns its output.
+    pub fn spawn_exiting(command: &str, redis: &dyn TestRedis, namespace: &str, env: &[(&str, &str)]) -> String {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg(command)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KEEL_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("KEEL_REDIS_URL", redis.url())
+            .env("KEEL_NAMESPACE", namespace)
+            .envs(env.iter().copied())
+            .current_dir(std::env::temp_dir())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn keel");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("keel {command} did not exit within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "keel {command} was expected to fail");
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     }
 
     fn wait_healthy(&self) {
@@ -168,16 +197,57 @@ pub async fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut()
     }
 }
 
-/// Every key of a namespace, sorted.
-pub async fn keys(redis: &RedisServer, namespace: &str) -> Vec<String> {
-    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+/// Every key of a namespace, on every node, sorted.
+pub async fn keys(redis: &dyn TestRedis, namespace: &str) -> Vec<String> {
     let mut keys = Vec::new();
-    for pattern in keel_engine::keys::Keys::new(namespace).patterns() {
-        let some: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.unwrap();
-        keys.extend(some);
+    for url in redis.node_urls() {
+        let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        for pattern in keel_engine::keys::Keys::new(namespace).patterns() {
+            let some: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.unwrap();
+            keys.extend(some);
+        }
     }
     keys.sort();
     keys
+}
+
+/// A command on the node that holds its key (one Redis or a cluster).
+pub async fn query<T: redis::FromRedisValue>(redis: &dyn TestRedis, cmd: &redis::Cmd) -> T {
+    if redis.is_cluster() {
+        let client = redis::cluster::ClusterClient::new(redis.node_urls()).unwrap();
+        cmd.query_async(&mut client.get_async_connection().await.unwrap()).await.unwrap()
+    } else {
+        let client = redis::Client::open(redis.url()).unwrap();
+        cmd.query_async(&mut client.get_multiplexed_async_connection().await.unwrap()).await.unwrap()
+    }
+}
+
+/// The Redis an end-to-end test runs on: a single server, or a 3-master cluster.
+pub fn redis_of(kind: &str) -> Box<dyn TestRedis> {
+    match kind {
+        "cluster" => Box::new(RedisCluster::start(3, 0)),
+        _ => Box::new(RedisServer::start()),
+    }
+}
+
+/// `#[tokio::test]`s that run one end-to-end test body on a single Redis and on
+/// a cluster: `on_both!(body_fn)` makes `body_fn::single` and `body_fn::cluster`.
+#[macro_export]
+macro_rules! on_both {
+    ($($body:ident),* $(,)?) => {
+        $(
+            mod $body {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn single() {
+                    super::$body(&*crate::common::redis_of("single")).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() {
+                    super::$body(&*crate::common::redis_of("cluster")).await;
+                }
+            }
+        )*
+    };
 }
 
 pub fn schema(name: &str) -> jsonschema::Validator {
