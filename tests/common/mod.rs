@@ -239,11 +239,11 @@ macro_rules! on_both {
             mod $body {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn single() {
-                    super::$body(&*crate::common::redis_of("single")).await;
+                    super::$body(&*$crate::common::redis_of("single")).await;
                 }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn cluster() {
-                    super::$body(&*crate::common::redis_of("cluster")).await;
+                    super::$body(&*$crate::common::redis_of("cluster")).await;
                 }
             }
         )*
