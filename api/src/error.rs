@@ -160,10 +160,8 @@ impl From<keel_engine::Error> for ApiError {
             E::Invalid(e) => Self::InvalidRequest(e),
             e @ E::PayloadTooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
             E::BadCursor(c) => Self::InvalidRequest(format!("cursor {c:?} is not one this API issued")),
-            E::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                Self::Unavailable(e.to_string())
-            }
             E::Timeout(d) => Self::Unavailable(format!("redis did not answer within {d:?}")),
+            e if e.is_transient() => Self::Unavailable(e.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -68,7 +68,54 @@ pub fn check_value_size(what: &str, value: &serde_json::Value, limit: usize) -> 
 }
 
 impl Error {
+    /// Whether the same call may succeed later: Redis was unreachable, slow,
+    /// failing over, loading, or lost a queue's group. Refusals (bad input, a
+    /// lost lease, a conflict, a final run) and corrupt data are not transient.
+    /// The worker abandons an execution on a transient error (replay decides
+    /// later); the API answers 503.
+    pub fn is_transient(&self) -> bool {
+        use redis::{ErrorKind, ServerErrorKind as S};
+        match self {
+            Self::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || matches!(
+                        e.kind(),
+                        ErrorKind::Server(
+                            S::TryAgain
+                                | S::ClusterDown
+                                | S::BusyLoading
+                                | S::MasterDown
+                                | S::ReadOnly
+                                | S::Moved
+                                | S::Ask
+                        )
+                    )
+            }
+            Self::Timeout(_) | Self::NoGroup => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn corrupt(what: impl Into<String>, detail: impl ToString) -> Self {
         Self::Corrupt { what: what.into(), detail: detail.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_errors_are_the_ones_worth_trying_again() {
+        let io = redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        assert!(Error::Redis(io).is_transient());
+        assert!(Error::Timeout(std::time::Duration::from_secs(1)).is_transient());
+        let refused = Error::RunNotFound(RunId::new("r").unwrap());
+        assert!(!refused.is_transient());
+        assert!(!Error::Invalid("no".into()).is_transient());
+        assert!(!Error::LeaseLost { run_id: RunId::new("r").unwrap(), epoch: 1 }.is_transient());
     }
 }

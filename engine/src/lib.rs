@@ -28,6 +28,6 @@ pub use store::memory::MemoryStore;
 pub use store::redis::{RedisStore, RedisTarget};
 pub use store::{
     Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, EventWait, Finish,
-    Finished, Lease, OutboxItem, PauseOutcome, ResumeOutcome, RunQuery, STEP_MS_BUCKETS, Stats, Store, Suspension,
-    child_event_key,
+    Finished, HookStore, Lease, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome, RunQuery, RunStore,
+    STEP_MS_BUCKETS, Stats, Store, Suspension, child_event_key,
 };

@@ -5,15 +5,14 @@
 // Test helpers outside #[test] functions unwrap too (clippy.toml allows it only inside them).
 #![allow(clippy::unwrap_used)]
 
+use keel_engine::{RegistryStore, RunStore};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use keel_engine::proto::{JournalEvent, RunId, RunStatus};
 use keel_engine::testing::RedisServer;
-use keel_engine::{
-    Claim, CreateRun, EventWait, Finish, Finished, RedisStore, RunQuery, Store, StoreConfig, Suspension,
-};
+use keel_engine::{Claim, CreateRun, EventWait, Finish, Finished, RedisStore, RunQuery, StoreConfig, Suspension};
 use serde_json::{Value, json};
 
 fn validator(name: &str) -> jsonschema::Validator {

@@ -1,11 +1,12 @@
 //! `rediss://`: a TLS-only redis-server with a certificate made here, a custom CA
 //! and a client certificate; what fails without them fails saying so.
 
+use keel_engine::RunStore;
 use std::time::Duration;
 
 use keel_engine::proto::RunStatus;
 use keel_engine::testing::TestCertificates;
-use keel_engine::{Claim, CreateRun, Finish, RedisStore, RedisTarget, Store, StoreConfig};
+use keel_engine::{Claim, CreateRun, Finish, RedisStore, RedisTarget, StoreConfig};
 use serde_json::json;
 
 fn target(url: &str, certs: &TestCertificates, client: bool) -> RedisTarget {

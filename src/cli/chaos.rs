@@ -11,6 +11,7 @@
 //! Redis, CLIENT PAUSE longer than the lease. Everything talks to 127.0.0.1,
 //! is bounded in count and time, and stops by itself.
 
+use keel_engine::{RegistryStore, RunStore};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -23,7 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use clap::Args;
 use keel_engine::proto::{JournalEvent, RunId, RunStatus};
-use keel_engine::{RedisStore, RunQuery, Store, StoreConfig};
+use keel_engine::{RedisStore, RunQuery, StoreConfig};
 use serde_json::{Value, json};
 
 use super::bench::{Proc, free_port};

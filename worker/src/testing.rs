@@ -30,12 +30,13 @@
 //! # });
 //! ```
 
+use keel_engine::RunStore;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_engine::proto::{JournalRecord, RunId, RunSummary};
-use keel_engine::{CreateRun, Delivered, ManualClock, MemoryStore, Store, StoreConfig};
+use keel_engine::{CreateRun, Delivered, ManualClock, MemoryStore, StoreConfig};
 use serde::Serialize;
 
 use crate::{StepError, Worker, Workflow};

@@ -238,9 +238,10 @@ pub struct DeadLetter {
     pub at_ms: u64,
 }
 
-/// The engine's storage. See the module documentation.
+/// The engine's storage: every concern below, on one backend. See the module
+/// documentation.
 #[async_trait]
-pub trait Store: Send + Sync + fmt::Debug + 'static {
+pub trait Store: RunStore + HookStore + RegistryStore + fmt::Debug + 'static {
     fn config(&self) -> &StoreConfig;
 
     /// Another handle on the same data whose connections are driven by the
@@ -250,7 +251,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn independent(&self) -> Result<Option<std::sync::Arc<dyn Store>>> {
         Ok(None)
     }
+}
 
+/// Runs and their transitions: create, claim under a lease, journal, suspend,
+/// wake, finish, and the operators' controls; and reading them back.
+#[async_trait]
+pub trait RunStore: Send + Sync {
     /// Create a run with its `run_started` entry and its first task (or its start
     /// timer), atomically. Idempotent by key and by client run id.
     async fn create_run(&self, req: CreateRun) -> Result<Created>;
@@ -298,8 +304,6 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage>;
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
-
     /// Delete finished runs whose retention has passed, with every key and index
     /// entry they had. Returns how many were deleted.
     async fn expire_finished(&self, limit: usize) -> Result<usize>;
@@ -326,6 +330,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// if it does not exist.
     async fn wait_finished(&self, run_id: &RunId, timeout: Duration) -> Result<Option<RunSummary>>;
 
+    /// Queue again the runs of `workflow` pinned to one of `versions` that a
+    /// claim parked (see [`Claim::versions`]): a worker that runs them is live.
+    /// Returns them.
+    async fn unpark(&self, workflow: &str, versions: &[u32]) -> Result<Vec<RunId>>;
+}
+
+/// Webhooks: subscriptions, the outbox every event goes through, delivery jobs
+/// and receivers' delivery logs.
+#[async_trait]
+pub trait HookStore: Send + Sync {
     /// Add or replace a webhook subscription.
     async fn put_webhook(&self, subscription: &WebhookSubscription) -> Result<()>;
 
@@ -358,6 +372,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn log_delivery(&self, log: &str, delivery: &WebhookDelivery) -> Result<()>;
 
     async fn deliveries(&self, log: &str, limit: usize) -> Result<Vec<WebhookDelivery>>;
+}
+
+/// Live workers, and what /metrics and operators read across runs.
+#[async_trait]
+pub trait RegistryStore: Send + Sync {
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
 
     /// Counters, queue depths and run counts for /metrics, for these workflows.
     async fn stats(&self, workflows: &[String]) -> Result<Stats>;
@@ -367,11 +387,6 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Remove a worker's registration at once (its graceful shutdown).
     async fn unregister_worker(&self, worker_id: &str) -> Result<()>;
-
-    /// Queue again the runs of `workflow` pinned to one of `versions` that a
-    /// claim parked (see [`Claim::versions`]): a worker that runs them is live.
-    /// Returns them.
-    async fn unpark(&self, workflow: &str, versions: &[u32]) -> Result<Vec<RunId>>;
 
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
 }

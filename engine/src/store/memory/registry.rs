@@ -1,0 +1,52 @@
+//! The memory store's worker registry, dead letters and the counters /metrics reads.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+#[async_trait]
+impl RegistryStore for MemoryStore {
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        Ok(self.state().dead.iter().rev().take(limit.max(1)).cloned().collect())
+    }
+
+    async fn stats(&self, workflows: &[String]) -> Result<Stats> {
+        let state = self.state();
+        let mut stats = state.stats.clone();
+        stats.dead_letters = state.dead.len() as u64;
+        for status in RunStatus::ALL {
+            stats.runs_by_status.insert(status, state.runs.values().filter(|r| r.status == status).count() as u64);
+        }
+        for workflow in workflows {
+            let (queued, in_flight) = state
+                .queues
+                .get(workflow)
+                .map(|q| ((q.entries.len() - q.pending.len()) as u64, q.pending.len() as u64))
+                .unwrap_or((0, 0));
+            stats.queued.insert(workflow.clone(), queued);
+            stats.in_flight.insert(workflow.clone(), in_flight);
+        }
+        Ok(stats)
+    }
+
+    async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<()> {
+        let now = self.now_ms();
+        let mut info = info.clone();
+        info.heartbeat_at_ms = now;
+        self.state().workers.insert(info.worker_id.clone(), (info, now + ttl.as_millis() as u64));
+        Ok(())
+    }
+
+    async fn unregister_worker(&self, worker_id: &str) -> Result<()> {
+        self.state().workers.remove(worker_id);
+        Ok(())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
+        let now = self.now_ms();
+        let mut state = self.state();
+        state.workers.retain(|_, (_, expires)| *expires > now);
+        let mut workers: Vec<WorkerInfo> = state.workers.values().map(|(info, _)| info.clone()).collect();
+        workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        Ok(workers)
+    }
+}

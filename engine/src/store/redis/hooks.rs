@@ -1,0 +1,185 @@
+//! The Redis store's webhooks: subscriptions, the outbox, delivery jobs and logs.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+#[async_trait]
+impl HookStore for RedisStore {
+    async fn put_webhook(&self, subscription: &WebhookSubscription) -> Result<()> {
+        let mut conn = self.conn.clone();
+        // The partition's flag first, so no event of a stored subscription can
+        // miss the outbox. It is never removed (a later delete could race a
+        // concurrent put across slots): with no subscription left, fan-out
+        // finds no receiver, at the cost of an outbox entry per event.
+        let _: () = redis::cmd("SET").arg(self.keys.hooks_flag()).arg(1).query_async(&mut conn).await?;
+        let _: () = redis::cmd("HSET")
+            .arg(self.keys.webhooks())
+            .arg(&subscription.id)
+            .arg(to_json(subscription)?)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<WebhookSubscription>> {
+        let mut conn = self.conn.clone();
+        let all: Vec<String> = redis::cmd("HVALS").arg(self.keys.webhooks()).query_async(&mut conn).await?;
+        let mut subs: Vec<WebhookSubscription> =
+            all.iter().map(|text| from_json("webhook subscription", text)).collect::<Result<_>>()?;
+        subs.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(subs)
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let (removed,): (i64,) = redis::pipe()
+            .atomic()
+            .cmd("HDEL")
+            .arg(self.keys.webhooks())
+            .arg(id)
+            .cmd("DEL")
+            .arg(self.keys.webhook_log(id))
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(removed == 1)
+    }
+
+    async fn claim_outbox(
+        &self,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+        stale: Duration,
+    ) -> Result<Vec<OutboxItem>> {
+        let outbox = self.keys.outbox();
+        self.ensure_group(&outbox, DISPATCH_GROUP).await?;
+        let mut conn = self.conn.clone();
+        // Events a dispatcher took and never finished (it died) come back.
+        let stale: redis::RedisResult<Value> = redis::cmd("XAUTOCLAIM")
+            .arg(&outbox)
+            .arg(DISPATCH_GROUP)
+            .arg(consumer)
+            .arg(stale.as_millis().max(1) as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(max.max(1))
+            .query_async(&mut conn)
+            .await;
+        let stale = match stale {
+            Ok(stale) => stale,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // Redis restarted empty: recreate the group on the next round.
+                self.forget_groups();
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut entries: Vec<Value> =
+            array(&stale)?.get(1).map(|v| array(v).map(<[Value]>::to_vec)).transpose()?.unwrap_or_default();
+        if entries.is_empty() {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP").arg(DISPATCH_GROUP).arg(consumer).arg("COUNT").arg(max.max(1));
+            if !block.is_zero() {
+                cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+            }
+            cmd.arg("STREAMS").arg(&outbox).arg(">");
+            let reply = self.blocking_query(cmd, block).await?;
+            for stream in array(&reply)? {
+                entries.extend(array(array(stream)?.get(1).unwrap_or(&Value::Nil))?.iter().cloned());
+            }
+        }
+        entries
+            .iter()
+            .filter(|e| !matches!(e, Value::Nil))
+            .map(|entry| {
+                let entry = array(entry)?;
+                let id = text(&entry[0])?;
+                let f = pairs(entry.get(1).unwrap_or(&Value::Nil))?;
+                let get =
+                    |name: &str| f.get(name).cloned().ok_or_else(|| Error::corrupt(format!("outbox entry {id}"), name));
+                let kind = get("type")?;
+                Ok(OutboxItem {
+                    run_id: RunId::new(get("run_id")?)?,
+                    sequence: get("seq")?,
+                    event_type: WebhookEventType::parse(&kind).ok_or_else(|| Error::corrupt("outbox entry", kind))?,
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    async fn fan_out(&self, item_id: &str, jobs: &[DeliveryJob]) -> Result<()> {
+        let mut invocation = self.scripts.fanout.prepare_invoke();
+        invocation.key(self.keys.prefix()).arg(item_id).arg(jobs.len());
+        for job in jobs {
+            invocation.arg(to_json(job)?);
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn due_jobs(&self, max: usize, visibility: Duration) -> Result<Vec<DeliveryJob>> {
+        let mut conn = self.conn.clone();
+        let due: Vec<String> = self
+            .scripts
+            .jobs_due
+            .prepare_invoke()
+            .key(self.keys.prefix())
+            .arg(max.max(1))
+            .arg(visibility.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        due.iter().map(|text| from_json("delivery job", text)).collect()
+    }
+
+    async fn update_job(&self, job: &DeliveryJob, next: Option<(&DeliveryJob, Duration)>) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .job_update
+            .prepare_invoke()
+            .key(self.keys.prefix())
+            .arg(to_json(job)?)
+            .arg(next.map(|(n, _)| to_json(n)).transpose()?.unwrap_or_default())
+            .arg(next.map_or(0, |(_, d)| d.as_millis() as u64))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn log_delivery(&self, log: &str, delivery: &WebhookDelivery) -> Result<()> {
+        let key = self.keys.webhook_log(log);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("LPUSH")
+            .arg(&key)
+            .arg(to_json(delivery)?)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&key)
+            .arg(0)
+            .arg(crate::store::DELIVERY_LOG_LEN - 1)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(self.config.retention.as_millis() as u64)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn deliveries(&self, log: &str, limit: usize) -> Result<Vec<WebhookDelivery>> {
+        let mut conn = self.conn.clone();
+        let all: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.keys.webhook_log(log))
+            .arg(0)
+            .arg(limit.clamp(1, crate::store::DELIVERY_LOG_LEN) as i64 - 1)
+            .query_async(&mut conn)
+            .await?;
+        all.iter().map(|text| from_json("webhook delivery", text)).collect()
+    }
+}

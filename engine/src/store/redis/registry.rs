@@ -1,0 +1,141 @@
+//! The Redis store's worker registry, dead letters and the counters /metrics reads.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+#[async_trait]
+impl RegistryStore for RedisStore {
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        let mut conn = self.conn.clone();
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(self.keys.dead_letters())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut conn)
+            .await?;
+        array(&reply)?
+            .iter()
+            .map(|entry| {
+                let entry = array(entry)?;
+                let id = text(&entry[0])?;
+                let f = pairs(&entry[1])?;
+                let get = |name: &str| f.get(name).cloned().unwrap_or_default();
+                Ok(DeadLetter {
+                    run_id: RunId::new(get("run_id"))?,
+                    workflow: get("workflow"),
+                    task_id: get("task_id"),
+                    deliveries: get("deliveries").parse().unwrap_or(0),
+                    reason: get("reason"),
+                    at_ms: crate::store::seq_millis(&id)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn stats(&self, workflows: &[String]) -> Result<Stats> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL").arg(self.keys.stats()).cmd("XLEN").arg(self.keys.dead_letters());
+        for status in RunStatus::ALL {
+            pipe.cmd("ZCARD").arg(self.keys.runs_by_status(status));
+        }
+        for workflow in workflows {
+            pipe.cmd("XLEN").arg(self.keys.queue(workflow));
+            pipe.cmd("XPENDING").arg(self.keys.queue(workflow)).arg(GROUP);
+        }
+        // XPENDING needs the group: make sure it exists (cached after the first time).
+        self.ensure_groups(workflows).await?;
+        let mut conn = self.conn.clone();
+        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let mut stats = Stats::default();
+        for (field, value) in pairs(&replies[0])? {
+            let n: u64 = value.parse().unwrap_or(0);
+            match field.split_once('|') {
+                Some(("step_ms", "sum")) => stats.step_ms_sum = n,
+                Some(("step_ms", bound)) => {
+                    stats.step_ms_buckets.insert(bound.parse().ok(), n);
+                }
+                Some((workflow, stat)) => {
+                    stats.counters.insert((workflow.to_owned(), stat.to_owned()), n);
+                }
+                None => {}
+            }
+        }
+        stats.dead_letters = int(&replies[1])? as u64;
+        for (i, status) in RunStatus::ALL.into_iter().enumerate() {
+            stats.runs_by_status.insert(status, int(&replies[2 + i])? as u64);
+        }
+        let base = 2 + RunStatus::ALL.len();
+        for (i, workflow) in workflows.iter().enumerate() {
+            let length = int(&replies[base + 2 * i])? as u64;
+            let pending = array(&replies[base + 2 * i + 1])?.first().map(int).transpose()?.unwrap_or(0) as u64;
+            stats.in_flight.insert(workflow.clone(), pending);
+            stats.queued.insert(workflow.clone(), length.saturating_sub(pending));
+        }
+        Ok(stats)
+    }
+
+    async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<()> {
+        let mut info = info.clone();
+        info.heartbeat_at_ms = now_wall_ms();
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(self.keys.worker(&info.worker_id))
+            .arg(to_json(&info)?)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.keys.workers())
+            .arg(info.heartbeat_at_ms + ttl.as_millis() as u64)
+            .arg(&info.worker_id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn unregister_worker(&self, worker_id: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(self.keys.worker(worker_id))
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.keys.workers())
+            .arg(worker_id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
+        let mut conn = self.conn.clone();
+        let (ids,): (Vec<String>,) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.keys.workers())
+            .arg("-inf")
+            .arg(now_wall_ms())
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(self.keys.workers())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.worker(id)).collect();
+        let found: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
+        let mut workers: Vec<WorkerInfo> =
+            found.into_iter().flatten().map(|text| from_json("worker registration", &text)).collect::<Result<_>>()?;
+        workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        Ok(workers)
+    }
+}
