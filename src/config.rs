@@ -35,6 +35,10 @@ pub struct Settings {
     /// PEM file of the client certificate's key.
     #[arg(long, env = "KEEL_REDIS_KEY_FILE", global = true)]
     pub redis_key_file: Option<PathBuf>,
+    /// Partitions of a new namespace (1 on a single Redis; e.g. 16 or more on a
+    /// cluster); later processes adopt the recorded count [default: 1].
+    #[arg(long, env = "KEEL_PARTITIONS", global = true)]
+    pub partitions: Option<u16>,
     /// Key prefix, so several deployments can share one Redis [default: keel].
     #[arg(long, env = "KEEL_NAMESPACE", global = true)]
     pub namespace: Option<String>,
@@ -101,6 +105,7 @@ struct File {
     redis_ca_file: Option<PathBuf>,
     redis_cert_file: Option<PathBuf>,
     redis_key_file: Option<PathBuf>,
+    partitions: Option<u16>,
     namespace: Option<String>,
     api_tokens: Option<String>,
     read_tokens: Option<String>,
@@ -139,6 +144,7 @@ impl Settings {
                 redis_ca_file,
                 redis_cert_file,
                 redis_key_file,
+                partitions,
                 namespace,
                 api_tokens,
                 read_tokens,
@@ -190,6 +196,7 @@ impl Settings {
         if let Some(max) = self.max_value_bytes {
             config.max_value_bytes = max.max(1);
         }
+        config.partitions = self.partitions;
         Ok(config)
     }
 

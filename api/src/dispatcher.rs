@@ -97,7 +97,7 @@ async fn fan_out(
 ) -> keel_engine::Result<()> {
     let Some(run) = store.get_run(&item.run_id).await? else {
         // Expired before its events went out: nothing to send.
-        return store.fan_out(&item.id, &[]).await;
+        return store.fan_out(&item, &[]).await;
     };
     let job = |target| DeliveryJob {
         webhook_id: webhook_id(&item.run_id, &item.sequence),
@@ -118,7 +118,7 @@ async fn fan_out(
     if let Some(url) = run.callback_url {
         jobs.push(job(DeliveryTarget::Callback(url)));
     }
-    store.fan_out(&item.id, &jobs).await
+    store.fan_out(&item, &jobs).await
 }
 
 fn now_ms() -> u64 {

@@ -18,6 +18,10 @@ pub struct StoreConfig {
     /// The largest value stored (an input, a step's output, an event's data, a
     /// run's output), in bytes of JSON.
     pub max_value_bytes: usize,
+    /// Redis: how many partitions a new namespace gets (`None`: 1, or what the
+    /// namespace recorded at its first start). A namespace keeps the count it
+    /// was created with; asking for another is refused.
+    pub partitions: Option<u16>,
 }
 
 /// 1 MiB.
@@ -33,6 +37,7 @@ impl Default for StoreConfig {
             event_lookback_max: 1000,
             max_deliveries: 10,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            partitions: None,
         }
     }
 }

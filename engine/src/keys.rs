@@ -7,8 +7,11 @@
 //! that hash tag, so one script only ever touches one Redis Cluster slot. Keys no
 //! script touches (webhook subscriptions, delivery logs, the worker registry, the
 //! layout record) are *global*, `{<namespace>}:...`, in a slot of their own.
-//! Today a deployment has one partition (`p` = 0); ARCHITECTURE.md "Scaling out"
-//! says what more partitions need.
+//! A deployment has P partitions (recorded at first start): a run lives in
+//! partition [`partition_of`] its id. With one partition the tag is
+//! `{<namespace>:0}`; with more, each partition's tag carries a salt chosen so
+//! that the P tags' slots are evenly spaced over the 16,384 Cluster slots, so
+//! any even split of the slots over masters splits the partitions evenly too.
 
 use keel_proto::{RunId, RunStatus};
 
@@ -21,22 +24,78 @@ pub const DISPATCH_GROUP: &str = "dispatch";
 /// The key layout's version, recorded in [`Keys::layout`].
 pub const LAYOUT: u32 = 2;
 
-/// Key names under one namespace.
+/// The most partitions a namespace may have.
+pub const MAX_PARTITIONS: u16 = 1024;
+
+/// The partition (of `partitions`) a run id lives in: FNV-1a of the id.
+pub fn partition_of(run_id: &str, partitions: u16) -> u16 {
+    if partitions <= 1 {
+        return 0;
+    }
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in run_id.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash % u32::from(partitions)) as u16
+}
+
+/// The Redis Cluster slot of a key (CRC16/XMODEM of its hash tag, mod 16,384).
+pub fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = key
+        .find('{')
+        .and_then(|open| key[open + 1..].find('}').map(|len| &bytes[open + 1..open + 1 + len]))
+        .filter(|tag| !tag.is_empty());
+    let mut crc: u16 = 0;
+    for &byte in tagged.unwrap_or(bytes) {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc % 16384
+}
+
+/// Key names of one partition (and the global ones) under one namespace.
 #[derive(Debug, Clone)]
 pub struct Keys {
     namespace: String,
-    /// `{<namespace>:0}`: the prefix (and hash tag) of partition keys.
+    partition: u16,
+    /// `{<namespace>:<p>[~salt]}`: the prefix (and hash tag) of partition keys.
     prefix: String,
     /// `{<namespace>}`: the prefix (and hash tag) of global keys.
     global: String,
 }
 
 impl Keys {
-    /// Key names under `namespace`, which must not hold `{` or `}` (it is part
-    /// of every hash tag); [`crate::StoreConfig`] is checked before this.
+    /// Key names of a namespace with one partition. The namespace must not hold
+    /// `{` or `}` (it is part of every hash tag); the store checks that.
     pub fn new(namespace: impl Into<String>) -> Self {
+        Self::partition(namespace, 0, 1)
+    }
+
+    /// Key names of partition `p` of `partitions`.
+    pub fn partition(namespace: impl Into<String>, p: u16, partitions: u16) -> Self {
         let namespace = namespace.into();
-        Self { prefix: format!("{{{namespace}:0}}"), global: format!("{{{namespace}}}"), namespace }
+        let prefix = if partitions <= 1 {
+            format!("{{{namespace}:0}}")
+        } else {
+            // The first salt whose slot falls in this partition's share of the
+            // slot space (about `partitions` tries).
+            let (from, to) =
+                (u32::from(p) * 16384 / u32::from(partitions), (u32::from(p) + 1) * 16384 / u32::from(partitions));
+            (0u32..)
+                .map(|salt| format!("{{{namespace}:{p}~{salt}}}"))
+                .find(|tag| (from..to).contains(&u32::from(slot(tag))))
+                .unwrap_or_else(|| format!("{{{namespace}:{p}}}"))
+        };
+        Self { prefix, global: format!("{{{namespace}}}"), namespace, partition: p }
+    }
+
+    /// Which partition these keys are of.
+    pub fn index(&self) -> u16 {
+        self.partition
     }
 
     /// The partition prefix: every script gets it as KEYS[1], and it routes the
@@ -65,6 +124,12 @@ impl Keys {
     /// data this version cannot read.
     pub fn layout_v1_marker(&self) -> String {
         format!("{}:runs", self.namespace)
+    }
+
+    /// Stream (partition): notes for runs in other partitions (a child's outcome
+    /// for its parent), forwarded by the timer duty and deleted once delivered.
+    pub fn relay(&self) -> String {
+        format!("{}:relay", self.prefix)
     }
 
     /// String (partition): present while any webhook subscription exists, so
@@ -196,5 +261,36 @@ impl Keys {
     /// String with a TTL: a live worker's registration (JSON).
     pub fn worker(&self, worker_id: &str) -> String {
         format!("{}:worker:{worker_id}", self.global)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis_cluster() {
+        // Known answers (CLUSTER KEYSLOT): the spec's example, and tags.
+        assert_eq!(slot("123456789"), 0x31c3, "CRC16/XMODEM check value");
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_eq!(slot("{}x"), slot("{}x"), "an empty tag hashes the whole key");
+    }
+
+    #[test]
+    fn partitions_spread_evenly_over_the_slots_and_runs_over_partitions() {
+        let parts: Vec<Keys> = (0..16).map(|p| Keys::partition("keel", p, 16)).collect();
+        for (p, keys) in parts.iter().enumerate() {
+            let s = u32::from(slot(keys.prefix()));
+            assert!((p as u32 * 1024..(p as u32 + 1) * 1024).contains(&s), "{} in slot {s}", keys.prefix());
+            assert!(keys.run(&RunId::new("r").unwrap()).starts_with(keys.prefix()));
+        }
+        assert_eq!(Keys::new("keel").prefix(), "{keel:0}", "one partition keeps the plain tag");
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            counts[usize::from(partition_of(&uuid::Uuid::now_v7().to_string(), 16))] += 1;
+            let _ = i;
+        }
+        assert!(counts.iter().all(|&n| (700..1300).contains(&n)), "{counts:?}");
     }
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use keel_engine::keys::Keys;
 use keel_engine::proto::{JournalEvent, RunId, RunStatus};
 use keel_engine::testing::RedisServer;
 use keel_engine::{Claim, CreateRun, EventWait, Finish, Finished, RedisStore, RunQuery, StoreConfig, Suspension};
@@ -209,6 +210,7 @@ async fn lua_key_names_match_keys_rs() {
         keys.notify(),
         keys.parked("agent"),
         keys.reconcile(),
+        keys.relay(),
     ];
     assert_eq!(from_lua, from_rust);
     // Every key a script touches is in the partition's slot: it starts with the
@@ -445,14 +447,50 @@ async fn a_namespace_written_with_another_key_layout_is_refused() {
     let refused = connect("old").await.expect_err("old layout refused");
     assert!(refused.to_string().contains("first key layout"), "{refused}");
 
-    // Another partition count recorded at first start.
-    connect("fresh").await.expect("a new namespace records its layout");
-    let recorded: Vec<String> = redis::cmd("HGETALL").arg("{fresh}:layout").query_async(&mut raw).await.unwrap();
-    assert_eq!(recorded, ["version", "2", "partitions", "1"]);
-    let _: () = redis::cmd("HSET").arg("{fresh}:layout").arg("partitions").arg(16).query_async(&mut raw).await.unwrap();
-    let refused = connect("fresh").await.expect_err("another partition count refused");
-    assert!(refused.to_string().contains("16 partition(s)"), "{refused}");
+    // The partition count is recorded at first start; later processes adopt
+    // it, and one configured with another count is refused.
+    let with = |namespace: &str, partitions: Option<u16>| {
+        let config = StoreConfig { partitions, ..StoreConfig::with_namespace(namespace) };
+        RedisStore::connect(&url, config)
+    };
+    assert_eq!(with("fresh", Some(16)).await.expect("records 16").partitions(), 16);
+    let recorded: BTreeMap<String, String> =
+        redis::cmd("HGETALL").arg("{fresh}:layout").query_async(&mut raw).await.unwrap();
+    assert_eq!(recorded, BTreeMap::from([("version".into(), "2".into()), ("partitions".into(), "16".into())]));
+    assert_eq!(connect("fresh").await.expect("adopts the recorded count").partitions(), 16);
+    let refused = with("fresh", Some(4)).await.expect_err("another partition count refused");
+    assert!(refused.to_string().contains("16 partition(s), not 4"), "{refused}");
+    assert!(with("zero", Some(0)).await.is_err(), "0 partitions is refused");
 
     let braces = connect("a{b}").await.expect_err("a brace in the namespace is refused");
     assert!(braces.to_string().contains("hash tag"), "{braces}");
+}
+
+#[tokio::test]
+async fn partition_tags_land_evenly_on_a_clusters_masters() {
+    let cluster = tokio::task::spawn_blocking(|| keel_engine::testing::RedisCluster::start(3, 0)).await.unwrap();
+    let mut node =
+        redis::Client::open(cluster.nodes[0].url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let parts: Vec<Keys> = (0..16).map(|p| Keys::partition("keel", p, 16)).collect();
+    let mut per_master = [0u32; 3];
+    for (p, keys) in parts.iter().enumerate() {
+        // Redis computes the slot itself: the tag's salt put it in this partition's share.
+        let slot: u32 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(keys.run(&RunId::new("x").unwrap()))
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        assert!((p as u32 * 1024..(p as u32 + 1) * 1024).contains(&slot), "{} in slot {slot}", keys.prefix());
+        assert_eq!(slot, u32::from(keel_engine::keys::slot(keys.prefix())));
+        // redis-cli splits the slots evenly: 0-5460, 5461-10922, 10923-16383.
+        per_master[if slot <= 5460 {
+            0
+        } else if slot <= 10922 {
+            1
+        } else {
+            2
+        }] += 1;
+    }
+    assert!(per_master.iter().all(|&n| (4..=7).contains(&n)), "{per_master:?}");
 }

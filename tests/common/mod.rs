@@ -43,6 +43,9 @@ impl Keel {
             .env("KEEL_WEBHOOK_RETRY_BASE", "200ms")
             .env("KEEL_LEASE", "5s")
             .env("KEEL_LOG", "debug,hyper=info,h2=info,reqwest=info")
+            // On a cluster, the namespace gets several partitions (every process
+            // says so: the first to start records the count).
+            .envs(redis.is_cluster().then_some(("KEEL_PARTITIONS", "8")))
             .envs(env.iter().copied())
             .current_dir(std::env::temp_dir())
             .stdout(out.try_clone().expect("log"))

@@ -360,7 +360,7 @@ pub trait HookStore: Send + Sync {
     ) -> Result<Vec<OutboxItem>>;
 
     /// Turn an outbox event into delivery jobs and remove it from the outbox, atomically.
-    async fn fan_out(&self, item_id: &str, jobs: &[DeliveryJob]) -> Result<()>;
+    async fn fan_out(&self, item: &OutboxItem, jobs: &[DeliveryJob]) -> Result<()>;
 
     /// Take due delivery jobs; each comes due again after `visibility` unless updated.
     async fn due_jobs(&self, max: usize, visibility: Duration) -> Result<Vec<DeliveryJob>>;

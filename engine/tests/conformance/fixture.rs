@@ -7,6 +7,9 @@ use std::time::Duration;
 use keel_engine::testing::{RedisCluster, RedisServer};
 use keel_engine::{MemoryStore, RedisStore, Store, StoreConfig};
 
+/// Partitions of the cluster fixture's namespace.
+pub const CLUSTER_PARTITIONS: u16 = 8;
+
 pub struct Fixture {
     pub store: Arc<dyn Store>,
     backend: Backend,
@@ -71,10 +74,14 @@ impl Fixture {
     }
 
     /// A store on a private three-master Redis Cluster.
+    /// The namespace gets 8 partitions: every cross-partition path (events into
+    /// every partition, children's outcomes through the relay, merged lists,
+    /// claim sweeps) runs in every case.
     pub async fn cluster(opts: Opts) -> Self {
         let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0)).await.expect("cluster");
         let namespace = RedisServer::unique_namespace("conf");
-        let store = Arc::new(RedisStore::connect(&cluster.url(), opts.config(namespace)).await.expect("connect"));
+        let config = StoreConfig { partitions: Some(CLUSTER_PARTITIONS), ..opts.config(namespace) };
+        let store = Arc::new(RedisStore::connect(&cluster.url(), config).await.expect("connect"));
         assert!(store.is_cluster(), "the store found the cluster");
         let urls: Vec<String> = cluster.nodes.iter().map(RedisServer::url).collect();
         let raw = redis::cluster::ClusterClient::new(urls.clone())
@@ -96,6 +103,12 @@ impl Fixture {
             Backend::Redis { .. } => Self::redis(opts).await,
             Backend::Cluster { .. } => Self::cluster(opts).await,
         }
+    }
+
+    /// Whether tasks are claimed in the order their runs were created: true of
+    /// one partition; with several, order holds within each partition only.
+    pub fn claims_in_creation_order(&self) -> bool {
+        !matches!(self.backend, Backend::Cluster { .. })
     }
 
     pub fn is_redis(&self) -> bool {
@@ -137,16 +150,17 @@ impl Fixture {
     /// How many tasks of a workflow are delivered and not acked (None for memory).
     pub async fn redis_pending(&self, workflow: &str) -> Option<usize> {
         let store = self.redis_store()?;
-        let summary: redis::Value = self
-            .raw_query(redis::cmd("XPENDING").arg(store.keys().queue(workflow)).arg(keel_engine::keys::GROUP))
-            .await?;
-        match summary {
-            redis::Value::Array(items) => match items.first() {
-                Some(redis::Value::Int(n)) => Some(*n as usize),
-                _ => Some(0),
-            },
-            _ => Some(0),
+        let mut pending = 0;
+        for keys in store.partition_keys() {
+            let summary: redis::Value =
+                self.raw_query(redis::cmd("XPENDING").arg(keys.queue(workflow)).arg(keel_engine::keys::GROUP)).await?;
+            if let redis::Value::Array(items) = summary
+                && let Some(redis::Value::Int(n)) = items.first()
+            {
+                pending += *n as usize;
+            }
         }
+        Some(pending)
     }
 
     /// The queue and its tasks vanish, as after Redis lost its last writes.
@@ -154,7 +168,9 @@ impl Fixture {
         match &self.backend {
             Backend::Memory(store) => store.lose_queued_tasks(),
             Backend::Redis { store, .. } | Backend::Cluster { store, .. } => {
-                let _: Option<()> = self.raw_query(redis::cmd("DEL").arg(store.keys().queue(workflow))).await;
+                for keys in store.partition_keys() {
+                    let _: Option<()> = self.raw_query(redis::cmd("DEL").arg(keys.queue(workflow))).await;
+                }
             }
         }
     }

@@ -60,7 +60,8 @@ impl HookStore for MemoryStore {
         }
     }
 
-    async fn fan_out(&self, item_id: &str, jobs: &[DeliveryJob]) -> Result<()> {
+    async fn fan_out(&self, item: &OutboxItem, jobs: &[DeliveryJob]) -> Result<()> {
+        let item_id = item.id.as_str();
         let sid = parse_sid(item_id)?;
         let now = self.now_ms();
         let mut state = self.state();

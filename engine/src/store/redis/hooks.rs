@@ -11,9 +11,11 @@ impl HookStore for RedisStore {
         // miss the outbox. It is never removed (a later delete could race a
         // concurrent put across slots): with no subscription left, fan-out
         // finds no receiver, at the cost of an outbox entry per event.
-        let _: () = redis::cmd("SET").arg(self.keys.hooks_flag()).arg(1).query_async(&mut conn).await?;
+        for keys in &self.parts {
+            let _: () = redis::cmd("SET").arg(keys.hooks_flag()).arg(1).query_async(&mut conn).await?;
+        }
         let _: () = redis::cmd("HSET")
-            .arg(self.keys.webhooks())
+            .arg(self.keys().webhooks())
             .arg(&subscription.id)
             .arg(to_json(subscription)?)
             .query_async(&mut conn)
@@ -23,7 +25,7 @@ impl HookStore for RedisStore {
 
     async fn list_webhooks(&self) -> Result<Vec<WebhookSubscription>> {
         let mut conn = self.conn.clone();
-        let all: Vec<String> = redis::cmd("HVALS").arg(self.keys.webhooks()).query_async(&mut conn).await?;
+        let all: Vec<String> = redis::cmd("HVALS").arg(self.keys().webhooks()).query_async(&mut conn).await?;
         let mut subs: Vec<WebhookSubscription> =
             all.iter().map(|text| from_json("webhook subscription", text)).collect::<Result<_>>()?;
         subs.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
@@ -35,16 +37,20 @@ impl HookStore for RedisStore {
         let (removed,): (i64,) = redis::pipe()
             .atomic()
             .cmd("HDEL")
-            .arg(self.keys.webhooks())
+            .arg(self.keys().webhooks())
             .arg(id)
             .cmd("DEL")
-            .arg(self.keys.webhook_log(id))
+            .arg(self.keys().webhook_log(id))
             .ignore()
             .query_async(&mut conn)
             .await?;
         Ok(removed == 1)
     }
 
+    /// Every partition's outbox in turn, without blocking, up to `max`; if all
+    /// are empty, a blocking read on one of them (on a single partition, for the
+    /// whole `block`; with more, for at most `SWEEP_BLOCK`: the dispatcher calls
+    /// again at once, sweeping them all).
     async fn claim_outbox(
         &self,
         consumer: &str,
@@ -52,7 +58,117 @@ impl HookStore for RedisStore {
         block: Duration,
         stale: Duration,
     ) -> Result<Vec<OutboxItem>> {
-        let outbox = self.keys.outbox();
+        let max = max.max(1);
+        let order: Vec<&Keys> = self.sweep_order().collect();
+        let mut items = Vec::new();
+        for keys in &order {
+            items.extend(self.claim_outbox_in(keys, consumer, max - items.len(), Duration::ZERO, stale).await?);
+            if items.len() >= max {
+                return Ok(items);
+            }
+        }
+        if items.is_empty() && !block.is_zero() {
+            items = self.claim_outbox_in(order[0], consumer, max, self.sweep_block(block), stale).await?;
+        }
+        Ok(items)
+    }
+
+    async fn fan_out(&self, item: &OutboxItem, jobs: &[DeliveryJob]) -> Result<()> {
+        let item_id = item.id.as_str();
+        let mut invocation = self.scripts.fanout.prepare_invoke();
+        invocation.key(self.keys_of(&item.run_id).prefix()).arg(item_id).arg(jobs.len());
+        for job in jobs {
+            invocation.arg(to_json(job)?);
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn due_jobs(&self, max: usize, visibility: Duration) -> Result<Vec<DeliveryJob>> {
+        let mut conn = self.conn.clone();
+        let mut jobs = Vec::new();
+        for keys in self.sweep_order() {
+            if jobs.len() >= max.max(1) {
+                break;
+            }
+            let due: Vec<String> = self
+                .scripts
+                .jobs_due
+                .prepare_invoke()
+                .key(keys.prefix())
+                .arg(max.max(1) - jobs.len())
+                .arg(visibility.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?;
+            for text in &due {
+                jobs.push(from_json("delivery job", text)?);
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn update_job(&self, job: &DeliveryJob, next: Option<(&DeliveryJob, Duration)>) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .job_update
+            .prepare_invoke()
+            .key(self.keys_of(&job.run_id).prefix())
+            .arg(to_json(job)?)
+            .arg(next.map(|(n, _)| to_json(n)).transpose()?.unwrap_or_default())
+            .arg(next.map_or(0, |(_, d)| d.as_millis() as u64))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn log_delivery(&self, log: &str, delivery: &WebhookDelivery) -> Result<()> {
+        let key = self.keys().webhook_log(log);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("LPUSH")
+            .arg(&key)
+            .arg(to_json(delivery)?)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&key)
+            .arg(0)
+            .arg(crate::store::DELIVERY_LOG_LEN - 1)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(self.config.retention.as_millis() as u64)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn deliveries(&self, log: &str, limit: usize) -> Result<Vec<WebhookDelivery>> {
+        let mut conn = self.conn.clone();
+        let all: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.keys().webhook_log(log))
+            .arg(0)
+            .arg(limit.clamp(1, crate::store::DELIVERY_LOG_LEN) as i64 - 1)
+            .query_async(&mut conn)
+            .await?;
+        all.iter().map(|text| from_json("webhook delivery", text)).collect()
+    }
+}
+
+impl RedisStore {
+    /// One partition's outbox: stale entries first, else new ones.
+    async fn claim_outbox_in(
+        &self,
+        keys: &Keys,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+        stale: Duration,
+    ) -> Result<Vec<OutboxItem>> {
+        let outbox = keys.outbox();
         self.ensure_group(&outbox, DISPATCH_GROUP).await?;
         let mut conn = self.conn.clone();
         // Events a dispatcher took and never finished (it died) come back.
@@ -107,79 +223,5 @@ impl HookStore for RedisStore {
                 })
             })
             .collect()
-    }
-
-    async fn fan_out(&self, item_id: &str, jobs: &[DeliveryJob]) -> Result<()> {
-        let mut invocation = self.scripts.fanout.prepare_invoke();
-        invocation.key(self.keys.prefix()).arg(item_id).arg(jobs.len());
-        for job in jobs {
-            invocation.arg(to_json(job)?);
-        }
-        let mut conn = self.conn.clone();
-        let _: i64 = invocation.invoke_async(&mut conn).await?;
-        Ok(())
-    }
-
-    async fn due_jobs(&self, max: usize, visibility: Duration) -> Result<Vec<DeliveryJob>> {
-        let mut conn = self.conn.clone();
-        let due: Vec<String> = self
-            .scripts
-            .jobs_due
-            .prepare_invoke()
-            .key(self.keys.prefix())
-            .arg(max.max(1))
-            .arg(visibility.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
-        due.iter().map(|text| from_json("delivery job", text)).collect()
-    }
-
-    async fn update_job(&self, job: &DeliveryJob, next: Option<(&DeliveryJob, Duration)>) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let _: i64 = self
-            .scripts
-            .job_update
-            .prepare_invoke()
-            .key(self.keys.prefix())
-            .arg(to_json(job)?)
-            .arg(next.map(|(n, _)| to_json(n)).transpose()?.unwrap_or_default())
-            .arg(next.map_or(0, |(_, d)| d.as_millis() as u64))
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(())
-    }
-
-    async fn log_delivery(&self, log: &str, delivery: &WebhookDelivery) -> Result<()> {
-        let key = self.keys.webhook_log(log);
-        let mut conn = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .cmd("LPUSH")
-            .arg(&key)
-            .arg(to_json(delivery)?)
-            .ignore()
-            .cmd("LTRIM")
-            .arg(&key)
-            .arg(0)
-            .arg(crate::store::DELIVERY_LOG_LEN - 1)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(self.config.retention.as_millis() as u64)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
-    }
-
-    async fn deliveries(&self, log: &str, limit: usize) -> Result<Vec<WebhookDelivery>> {
-        let mut conn = self.conn.clone();
-        let all: Vec<String> = redis::cmd("LRANGE")
-            .arg(self.keys.webhook_log(log))
-            .arg(0)
-            .arg(limit.clamp(1, crate::store::DELIVERY_LOG_LEN) as i64 - 1)
-            .query_async(&mut conn)
-            .await?;
-        all.iter().map(|text| from_json("webhook delivery", text)).collect()
     }
 }

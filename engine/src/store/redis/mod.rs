@@ -32,6 +32,7 @@ use crate::{Error, Result, StoreConfig};
 mod conn;
 mod hooks;
 mod notify;
+mod partitions;
 mod registry;
 mod runs;
 mod scripts;
@@ -48,6 +49,10 @@ use values::{array, int, opt_text, pairs, text};
 const BLOCK_MARGIN: Duration = Duration::from_secs(3);
 /// Idle blocking connections kept for reuse; more are closed after use.
 const BLOCKING_POOL: usize = 4;
+/// With several partitions, an idle claim or outbox read blocks on one
+/// partition for at most this long before sweeping all of them again: the
+/// longest a new task in a partition nobody blocks on waits while workers idle.
+const SWEEP_BLOCK: Duration = Duration::from_millis(250);
 /// A waiter re-checks its run this often even without a notification.
 const RECHECK: Duration = Duration::from_secs(10);
 
@@ -56,7 +61,12 @@ pub struct RedisStore {
     endpoint: Endpoint,
     conn: Conn,
     blocking: Mutex<Vec<Conn>>,
-    keys: Keys,
+    /// Every partition's key names (index = partition); the global keys too.
+    parts: Vec<Keys>,
+    /// Partition prefix -> index (a relay entry names its target by prefix).
+    part_index: HashMap<String, u16>,
+    /// Where the next claim or outbox read starts its sweep over partitions.
+    sweep: std::sync::atomic::AtomicUsize,
     config: StoreConfig,
     scripts: Scripts,
     /// Queues whose consumer group this process created or found.
@@ -87,67 +97,63 @@ impl RedisStore {
                 config.namespace
             )));
         }
-        let store = Self::with_endpoint(Endpoint::open(target).await?, config).await?;
-        store.check_layout().await?;
+        let endpoint = Endpoint::open(target).await?;
+        let partitions = check_layout(&mut endpoint.shared().await?, &config).await?;
+        let store = Self::with_endpoint(endpoint, config, partitions).await?;
         store.warn_on_eviction().await;
         Ok(store)
     }
 
-    /// Record the key layout at first start; refuse a Redis whose namespace was
-    /// written with another (an older version's keys, another partition count).
-    async fn check_layout(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let layout = self.keys.layout();
-        let (version, partitions): (Option<u32>, Option<u32>) =
-            redis::cmd("HMGET").arg(&layout).arg("version").arg("partitions").query_async(&mut conn).await?;
-        match (version, partitions) {
-            (Some(LAYOUT), Some(1)) => Ok(()),
-            (None, _) => {
-                let old: bool = redis::cmd("EXISTS").arg(self.keys.layout_v1_marker()).query_async(&mut conn).await?;
-                if old {
-                    return Err(Error::Invalid(format!(
-                        "namespace {:?} holds runs in Keel's first key layout, which this version does not read; \
-                         finish or drop them with the previous version (or use another KEEL_NAMESPACE)",
-                        self.keys.namespace()
-                    )));
-                }
-                let _: () = redis::cmd("HSET")
-                    .arg(&layout)
-                    .arg("version")
-                    .arg(LAYOUT)
-                    .arg("partitions")
-                    .arg(1)
-                    .query_async(&mut conn)
-                    .await?;
-                Ok(())
-            }
-            (version, partitions) => Err(Error::Invalid(format!(
-                "namespace {:?} was written with key layout {} and {} partition(s); this version uses layout \
-                 {LAYOUT} with 1 partition",
-                self.keys.namespace(),
-                version.map_or("?".into(), |v| v.to_string()),
-                partitions.map_or("?".into(), |p| p.to_string()),
-            ))),
-        }
-    }
-
-    async fn with_endpoint(endpoint: Endpoint, config: StoreConfig) -> Result<Self> {
+    async fn with_endpoint(endpoint: Endpoint, config: StoreConfig, partitions: u16) -> Result<Self> {
         let conn = endpoint.shared().await?;
-        let keys = Keys::new(config.namespace.clone());
+        let parts: Vec<Keys> =
+            (0..partitions).map(|p| Keys::partition(config.namespace.clone(), p, partitions)).collect();
+        let channels = parts.iter().map(Keys::notify).collect();
         Ok(Self {
-            notifier: notify::Notifier::new(endpoint.subscribers(), keys.notify()),
+            notifier: notify::Notifier::new(endpoint.subscribers(), channels),
             endpoint,
             conn,
             blocking: Mutex::new(Vec::new()),
-            keys,
+            part_index: parts.iter().map(|k| (k.prefix().to_owned(), k.index())).collect(),
+            sweep: std::sync::atomic::AtomicUsize::new(0),
+            parts,
             config,
             scripts: Scripts::new(),
             groups: Mutex::new(HashSet::new()),
         })
     }
 
+    /// The key names of partition 0 (and the global ones).
     pub fn keys(&self) -> &Keys {
-        &self.keys
+        &self.parts[0]
+    }
+
+    /// Every partition's key names.
+    pub fn partition_keys(&self) -> &[Keys] {
+        &self.parts
+    }
+
+    /// How many partitions this namespace has.
+    pub fn partitions(&self) -> u16 {
+        self.parts.len() as u16
+    }
+
+    /// The key names of the partition a run lives in.
+    pub fn keys_of(&self, run_id: &RunId) -> &Keys {
+        &self.parts[usize::from(crate::keys::partition_of(run_id.as_str(), self.partitions()))]
+    }
+
+    /// How long a read may block on one partition.
+    fn sweep_block(&self, block: Duration) -> Duration {
+        if self.parts.len() == 1 { block } else { block.min(SWEEP_BLOCK) }
+    }
+
+    /// Every partition, starting at a place that moves on with each call, so
+    /// that sweeps over partitions do not always favour the first.
+    fn sweep_order(&self) -> impl Iterator<Item = &Keys> {
+        let start = self.sweep.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.parts.len();
+        (0..n).map(move |i| &self.parts[(start + i) % n])
     }
 
     async fn warn_on_eviction(&self) {
@@ -216,7 +222,7 @@ impl RedisStore {
             .scripts
             .watch
             .prepare_invoke()
-            .key(self.keys.prefix())
+            .key(self.keys_of(run_id).prefix())
             .arg(run_id.as_str())
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -229,9 +235,9 @@ impl RedisStore {
     async fn ensure_groups(&self, workflows: &[String]) -> Result<()> {
         let missing: Vec<String> = {
             let known = self.groups.lock().map_err(|_| Error::Invalid("group cache poisoned".into()))?;
-            workflows
+            self.parts
                 .iter()
-                .map(|wf| self.keys.queue(wf))
+                .flat_map(|keys| workflows.iter().map(|wf| keys.queue(wf)))
                 .filter(|q| !known.contains(&format!("{q}\u{0}{GROUP}")))
                 .collect()
         };
@@ -299,9 +305,9 @@ impl RedisStore {
         }
     }
 
-    /// XREADGROUP on every queue of the claim: new entries only.
-    async fn read_new(&self, req: &Claim) -> Result<Vec<Delivery>> {
-        let queues: Vec<String> = req.workflows.iter().map(|wf| self.keys.queue(wf)).collect();
+    /// XREADGROUP on every queue of the claim in one partition: new entries only.
+    async fn read_new(&self, keys: &Keys, req: &Claim) -> Result<Vec<Delivery>> {
+        let queues: Vec<String> = req.workflows.iter().map(|wf| keys.queue(wf)).collect();
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP").arg(GROUP).arg(&req.worker_id).arg("COUNT").arg(req.max.max(1));
         if !req.block.is_zero() {
@@ -322,22 +328,24 @@ impl RedisStore {
             let workflow = req
                 .workflows
                 .iter()
-                .find(|wf| self.keys.queue(wf) == queue)
+                .find(|wf| keys.queue(wf) == queue)
                 .ok_or_else(|| Error::corrupt("XREADGROUP reply", format!("unasked queue {queue}")))?;
             for entry in array(stream.get(1).unwrap_or(&Value::Nil))? {
-                out.push(Delivery::parse(workflow, entry)?);
+                out.push(Delivery::parse(keys.index(), workflow, entry)?);
             }
         }
         Ok(out)
     }
 
-    /// XAUTOCLAIM on every queue: entries idle longer than the lease.
+    /// XAUTOCLAIM on every queue of every partition: entries idle longer than the lease.
     async fn read_expired(&self, req: &Claim) -> Result<Vec<Delivery>> {
         let mut out = Vec::new();
         let mut conn = self.conn.clone();
         let min_idle = req.lease.as_millis() as u64;
-        for workflow in &req.workflows {
-            let queue = self.keys.queue(workflow);
+        let queues: Vec<(&Keys, &String)> =
+            self.parts.iter().flat_map(|keys| req.workflows.iter().map(move |wf| (keys, wf))).collect();
+        for (keys, workflow) in queues {
+            let queue = keys.queue(workflow);
             let mut cursor = "0-0".to_owned();
             // Each call scans at most COUNT*10 pending entries; a few calls cover a
             // large backlog, and the next reclaim goes on from the start again.
@@ -356,7 +364,7 @@ impl RedisStore {
                 cursor = text(reply.first().unwrap_or(&Value::Nil))?;
                 for entry in array(reply.get(1).unwrap_or(&Value::Nil))? {
                     if !matches!(entry, Value::Nil) {
-                        out.push(Delivery::parse(workflow, entry)?);
+                        out.push(Delivery::parse(keys.index(), workflow, entry)?);
                     }
                 }
                 if let Some(deleted) = reply.get(2)
@@ -416,10 +424,11 @@ impl RedisStore {
         })
     }
 
-    /// The fast path: read and claim new tasks in one script, without blocking.
-    async fn claim_batch(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
+    /// The fast path: read and claim new tasks of one partition in one script,
+    /// without blocking.
+    async fn claim_batch(&self, keys: &Keys, req: &Claim) -> Result<Vec<ClaimedTask>> {
         let mut invocation = self.scripts.claim_batch.prepare_invoke();
-        invocation.key(self.keys.prefix());
+        invocation.key(keys.prefix());
         for setting in self.claim_settings(req)? {
             invocation.arg(setting);
         }
@@ -452,7 +461,7 @@ impl RedisStore {
         for delivery in deliveries {
             let mut invocation = self.scripts.claim.prepare_invoke();
             invocation
-                .key(self.keys.prefix())
+                .key(self.parts[usize::from(delivery.partition)].prefix())
                 .arg(&delivery.workflow)
                 .arg(&delivery.task_id)
                 .arg(delivery.run_id.as_str());
@@ -481,16 +490,26 @@ impl RedisStore {
         Ok(claimed)
     }
 
-    /// Run a periodic-duty script that takes only a batch limit.
-    async fn limited_script<T: redis::FromRedisValue>(&self, script: &redis::Script, limit: usize) -> Result<T> {
+    /// Run a periodic-duty script that takes only a batch limit, in every
+    /// partition; one answer per partition.
+    async fn limited_script<T: redis::FromRedisValue>(&self, script: &redis::Script, limit: usize) -> Result<Vec<T>> {
         let mut conn = self.conn.clone();
-        Ok(script.prepare_invoke().key(self.keys.prefix()).arg(limit.max(1)).invoke_async(&mut conn).await?)
+        let mut out = Vec::with_capacity(self.parts.len());
+        for keys in &self.parts {
+            out.push(script.prepare_invoke().key(keys.prefix()).arg(limit.max(1)).invoke_async(&mut conn).await?);
+        }
+        Ok(out)
     }
 
-    /// Run a script that takes only the run id.
+    /// Run a script that takes only the run id, in the run's partition.
     async fn run_script(&self, script: &redis::Script, run_id: &RunId) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
-        Ok(script.prepare_invoke().key(self.keys.prefix()).arg(run_id.as_str()).invoke_async(&mut conn).await?)
+        Ok(script
+            .prepare_invoke()
+            .key(self.keys_of(run_id).prefix())
+            .arg(run_id.as_str())
+            .invoke_async(&mut conn)
+            .await?)
     }
 
     fn state_error(&self, run_id: &RunId, reply: &[String]) -> Error {
@@ -532,7 +551,7 @@ impl RedisStore {
             .scripts
             .key_names
             .prepare_invoke()
-            .key(self.keys.prefix())
+            .key(self.keys_of(run_id).prefix())
             .arg(run_id.as_str())
             .arg(workflow)
             .arg(event_key)
@@ -546,19 +565,62 @@ impl RedisStore {
 
 /// One queue entry handed to this worker.
 struct Delivery {
+    partition: u16,
     workflow: String,
     task_id: String,
     run_id: RunId,
 }
 
 impl Delivery {
-    fn parse(workflow: &str, entry: &Value) -> Result<Self> {
+    fn parse(partition: u16, workflow: &str, entry: &Value) -> Result<Self> {
         let entry = array(entry)?;
         let task_id = text(entry.first().unwrap_or(&Value::Nil))?;
         let fields = pairs(entry.get(1).unwrap_or(&Value::Nil))?;
         let run_id =
             fields.get("run_id").ok_or_else(|| Error::corrupt(format!("task {task_id}"), "no run_id field"))?;
-        Ok(Self { workflow: workflow.to_owned(), task_id, run_id: RunId::new(run_id.clone())? })
+        Ok(Self { partition, workflow: workflow.to_owned(), task_id, run_id: RunId::new(run_id.clone())? })
+    }
+}
+
+/// Record the key layout at first start, and the partition count; refuse a
+/// namespace written with another layout, or another count than configured.
+/// Returns the partition count.
+async fn check_layout(conn: &mut Conn, config: &StoreConfig) -> Result<u16> {
+    let keys = Keys::new(config.namespace.clone());
+    let layout = keys.layout();
+    if let Some(p) = config.partitions
+        && !(1..=crate::keys::MAX_PARTITIONS).contains(&p)
+    {
+        return Err(Error::Invalid(format!("partitions must be 1 to {}, not {p}", crate::keys::MAX_PARTITIONS)));
+    }
+    let (version, partitions): (Option<u32>, Option<u16>) =
+        redis::cmd("HMGET").arg(&layout).arg("version").arg("partitions").query_async(conn).await?;
+    let namespace = keys.namespace();
+    match (version, partitions) {
+        (Some(LAYOUT), Some(recorded)) if config.partitions.is_none_or(|p| p == recorded) => Ok(recorded),
+        (Some(LAYOUT), Some(recorded)) => Err(Error::Invalid(format!(
+            "namespace {namespace:?} was created with {recorded} partition(s), not {}; the count cannot change \
+             without a migration (leave KEEL_PARTITIONS unset to use the recorded count)",
+            config.partitions.unwrap_or(1)
+        ))),
+        (None, _) => {
+            let old: bool = redis::cmd("EXISTS").arg(keys.layout_v1_marker()).query_async(conn).await?;
+            if old {
+                return Err(Error::Invalid(format!(
+                    "namespace {namespace:?} holds runs in Keel's first key layout, which this version does not \
+                     read; finish or drop them with the previous version (or use another KEEL_NAMESPACE)"
+                )));
+            }
+            let wanted = config.partitions.unwrap_or(1);
+            // HSETNX: of two processes starting at once, the first one's count stands.
+            let _: () = redis::cmd("HSETNX").arg(&layout).arg("partitions").arg(wanted).query_async(conn).await?;
+            let _: () = redis::cmd("HSETNX").arg(&layout).arg("version").arg(LAYOUT).query_async(conn).await?;
+            Box::pin(check_layout(conn, config)).await
+        }
+        (version, _) => Err(Error::Invalid(format!(
+            "namespace {namespace:?} was written with key layout {}; this version uses layout {LAYOUT}",
+            version.map_or("?".into(), |v| v.to_string()),
+        ))),
     }
 }
 
@@ -640,6 +702,8 @@ impl Store for RedisStore {
     }
 
     async fn independent(&self) -> Result<Option<std::sync::Arc<dyn Store>>> {
-        Ok(Some(std::sync::Arc::new(Self::with_endpoint(self.endpoint.clone(), self.config.clone()).await?)))
+        Ok(Some(std::sync::Arc::new(
+            Self::with_endpoint(self.endpoint.clone(), self.config.clone(), self.partitions()).await?,
+        )))
     }
 }

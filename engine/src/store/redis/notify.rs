@@ -54,7 +54,8 @@ pub(super) struct Notifier {
     /// Nodes to subscribe through, tried in turn (any node of a cluster hears
     /// every PUBLISH).
     clients: Vec<Client>,
-    channel: String,
+    /// The notify channel of every partition.
+    channels: Vec<String>,
     registry: Arc<Mutex<Registry>>,
 }
 
@@ -91,8 +92,8 @@ fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
 }
 
 impl Notifier {
-    pub fn new(clients: Vec<Client>, channel: String) -> Self {
-        Self { clients, channel, registry: Arc::default() }
+    pub fn new(clients: Vec<Client>, channels: Vec<String>) -> Self {
+        Self { clients, channels, registry: Arc::default() }
     }
 
     /// Register interest in `run_id` (before checking its state, so nothing
@@ -112,7 +113,7 @@ impl Notifier {
         let gone = registry.task.as_ref().is_none_or(tokio::task::JoinHandle::is_finished);
         if !registry.running || gone {
             registry.running = true;
-            let task = subscriber(self.clients.clone(), self.channel.clone(), Arc::downgrade(&self.registry));
+            let task = subscriber(self.clients.clone(), self.channels.clone(), Arc::downgrade(&self.registry));
             registry.task = Some(tokio::spawn(task));
         }
         Waiter { run_id: run_id.to_owned(), rx, registry: self.registry.clone() }
@@ -129,14 +130,14 @@ fn bump_all(signals: &Signals) {
 }
 
 /// Hold the subscription while anybody waits; wake waiters on messages.
-async fn subscriber(clients: Vec<Client>, channel: String, registry: Weak<Mutex<Registry>>) {
+async fn subscriber(clients: Vec<Client>, channels: Vec<String>, registry: Weak<Mutex<Registry>>) {
     let mut failures = 0u32;
     for attempt in 0usize.. {
         // After a failure, the next node.
         let client = &clients[attempt % clients.len().max(1)];
         let connected = async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            pubsub.subscribe(&channels).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         let pubsub = match tokio::time::timeout(Duration::from_secs(5), connected).await {

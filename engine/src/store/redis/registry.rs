@@ -7,15 +7,20 @@ use super::*;
 impl RegistryStore for RedisStore {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
         let mut conn = self.conn.clone();
-        let reply: Value = redis::cmd("XREVRANGE")
-            .arg(self.keys.dead_letters())
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit.max(1))
-            .query_async(&mut conn)
-            .await?;
-        array(&reply)?
+        let mut all = Vec::new();
+        for keys in &self.parts {
+            let reply: Value = redis::cmd("XREVRANGE")
+                .arg(keys.dead_letters())
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .query_async(&mut conn)
+                .await?;
+            all.extend(array(&reply)?.iter().cloned());
+        }
+        // Newest first across partitions.
+        let mut letters: Vec<DeadLetter> = all
             .iter()
             .map(|entry| {
                 let entry = array(entry)?;
@@ -31,47 +36,30 @@ impl RegistryStore for RedisStore {
                     at_ms: crate::store::seq_millis(&id)?,
                 })
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        letters.sort_by_key(|letter| std::cmp::Reverse(letter.at_ms));
+        letters.truncate(limit.max(1));
+        Ok(letters)
     }
 
+    /// The sum over partitions: one pipeline each (its keys share a slot).
     async fn stats(&self, workflows: &[String]) -> Result<Stats> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGETALL").arg(self.keys.stats()).cmd("XLEN").arg(self.keys.dead_letters());
-        for status in RunStatus::ALL {
-            pipe.cmd("ZCARD").arg(self.keys.runs_by_status(status));
-        }
-        for workflow in workflows {
-            pipe.cmd("XLEN").arg(self.keys.queue(workflow));
-            pipe.cmd("XPENDING").arg(self.keys.queue(workflow)).arg(GROUP);
-        }
         // XPENDING needs the group: make sure it exists (cached after the first time).
         self.ensure_groups(workflows).await?;
         let mut conn = self.conn.clone();
-        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
         let mut stats = Stats::default();
-        for (field, value) in pairs(&replies[0])? {
-            let n: u64 = value.parse().unwrap_or(0);
-            match field.split_once('|') {
-                Some(("step_ms", "sum")) => stats.step_ms_sum = n,
-                Some(("step_ms", bound)) => {
-                    stats.step_ms_buckets.insert(bound.parse().ok(), n);
-                }
-                Some((workflow, stat)) => {
-                    stats.counters.insert((workflow.to_owned(), stat.to_owned()), n);
-                }
-                None => {}
+        for keys in &self.parts {
+            let mut pipe = redis::pipe();
+            pipe.cmd("HGETALL").arg(keys.stats()).cmd("XLEN").arg(keys.dead_letters());
+            for status in RunStatus::ALL {
+                pipe.cmd("ZCARD").arg(keys.runs_by_status(status));
             }
-        }
-        stats.dead_letters = int(&replies[1])? as u64;
-        for (i, status) in RunStatus::ALL.into_iter().enumerate() {
-            stats.runs_by_status.insert(status, int(&replies[2 + i])? as u64);
-        }
-        let base = 2 + RunStatus::ALL.len();
-        for (i, workflow) in workflows.iter().enumerate() {
-            let length = int(&replies[base + 2 * i])? as u64;
-            let pending = array(&replies[base + 2 * i + 1])?.first().map(int).transpose()?.unwrap_or(0) as u64;
-            stats.in_flight.insert(workflow.clone(), pending);
-            stats.queued.insert(workflow.clone(), length.saturating_sub(pending));
+            for workflow in workflows {
+                pipe.cmd("XLEN").arg(keys.queue(workflow));
+                pipe.cmd("XPENDING").arg(keys.queue(workflow)).arg(GROUP);
+            }
+            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+            add_partition_stats(&mut stats, workflows, &replies)?;
         }
         Ok(stats)
     }
@@ -83,13 +71,13 @@ impl RegistryStore for RedisStore {
         redis::pipe()
             .atomic()
             .cmd("SET")
-            .arg(self.keys.worker(&info.worker_id))
+            .arg(self.keys().worker(&info.worker_id))
             .arg(to_json(&info)?)
             .arg("PX")
             .arg(ttl.as_millis().max(1) as u64)
             .ignore()
             .cmd("ZADD")
-            .arg(self.keys.workers())
+            .arg(self.keys().workers())
             .arg(info.heartbeat_at_ms + ttl.as_millis() as u64)
             .arg(&info.worker_id)
             .ignore()
@@ -103,10 +91,10 @@ impl RegistryStore for RedisStore {
         redis::pipe()
             .atomic()
             .cmd("DEL")
-            .arg(self.keys.worker(worker_id))
+            .arg(self.keys().worker(worker_id))
             .ignore()
             .cmd("ZREM")
-            .arg(self.keys.workers())
+            .arg(self.keys().workers())
             .arg(worker_id)
             .ignore()
             .query_async::<()>(&mut conn)
@@ -118,12 +106,12 @@ impl RegistryStore for RedisStore {
         let mut conn = self.conn.clone();
         let (ids,): (Vec<String>,) = redis::pipe()
             .cmd("ZREMRANGEBYSCORE")
-            .arg(self.keys.workers())
+            .arg(self.keys().workers())
             .arg("-inf")
             .arg(now_wall_ms())
             .ignore()
             .cmd("ZRANGE")
-            .arg(self.keys.workers())
+            .arg(self.keys().workers())
             .arg(0)
             .arg(-1)
             .query_async(&mut conn)
@@ -131,11 +119,36 @@ impl RegistryStore for RedisStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.keys.worker(id)).collect();
+        let keys: Vec<String> = ids.iter().map(|id| self.keys().worker(id)).collect();
         let found: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
         let mut workers: Vec<WorkerInfo> =
             found.into_iter().flatten().map(|text| from_json("worker registration", &text)).collect::<Result<_>>()?;
         workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         Ok(workers)
     }
+}
+
+/// Add one partition's pipeline replies (see `stats`) to the totals.
+fn add_partition_stats(stats: &mut Stats, workflows: &[String], replies: &[Value]) -> Result<()> {
+    for (field, value) in pairs(&replies[0])? {
+        let n: u64 = value.parse().unwrap_or(0);
+        match field.split_once('|') {
+            Some(("step_ms", "sum")) => stats.step_ms_sum += n,
+            Some(("step_ms", bound)) => *stats.step_ms_buckets.entry(bound.parse().ok()).or_default() += n,
+            Some((workflow, stat)) => *stats.counters.entry((workflow.to_owned(), stat.to_owned())).or_default() += n,
+            None => {}
+        }
+    }
+    stats.dead_letters += int(&replies[1])? as u64;
+    for (i, status) in RunStatus::ALL.into_iter().enumerate() {
+        *stats.runs_by_status.entry(status).or_default() += int(&replies[2 + i])? as u64;
+    }
+    let base = 2 + RunStatus::ALL.len();
+    for (i, workflow) in workflows.iter().enumerate() {
+        let length = int(&replies[base + 2 * i])? as u64;
+        let pending = array(&replies[base + 2 * i + 1])?.first().map(int).transpose()?.unwrap_or(0) as u64;
+        *stats.in_flight.entry(workflow.clone()).or_default() += pending;
+        *stats.queued.entry(workflow.clone()).or_default() += length.saturating_sub(pending);
+    }
+    Ok(())
 }

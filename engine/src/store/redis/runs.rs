@@ -10,8 +10,9 @@ impl RunStore for RedisStore {
         let client_chose = req.run_id.is_some();
         let run_id = match req.run_id.clone() {
             Some(id) => id,
-            None => RunId::new(uuid::Uuid::now_v7().to_string())?,
+            None => self.new_run_id(req.idempotency_key.as_deref())?,
         };
+        let keys = self.keys_of(&run_id);
         let started = encode_event(&JournalEvent::RunStarted {
             workflow: req.workflow.clone(),
             version: req.version,
@@ -21,12 +22,13 @@ impl RunStore for RedisStore {
         })?;
         let labels = if req.labels.is_empty() { String::new() } else { to_json(&req.labels)? };
         let parent = req.parent.as_ref().map(to_json).transpose()?.unwrap_or_default();
+        let parent_partition = req.parent.as_ref().map(|p| self.keys_of(&p.run_id).prefix()).unwrap_or("");
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self
             .scripts
             .create
             .prepare_invoke()
-            .key(self.keys.prefix())
+            .key(keys.prefix())
             .arg(run_id.as_str())
             .arg(&req.workflow)
             .arg(req.version)
@@ -39,6 +41,7 @@ impl RunStore for RedisStore {
             .arg(started)
             .arg(if client_chose { "1" } else { "0" })
             .arg(req.callback_url.as_deref().unwrap_or(""))
+            .arg(parent_partition)
             .invoke_async(&mut conn)
             .await?;
         let id = || RunId::new(reply.get(1).cloned().unwrap_or_default());
@@ -53,15 +56,43 @@ impl RunStore for RedisStore {
         }
     }
 
+    /// Each partition in turn (one script each: under load the queues are never
+    /// empty); when all are empty, a blocking read on one partition (see
+    /// [`SWEEP_BLOCK`]).
     async fn claim(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
         validate_claim(req)?;
-        // Under load the queues are never empty: one script reads and claims.
-        let fast = self.with_groups(&req.workflows, || self.claim_batch(req)).await?;
-        if !fast.is_empty() || req.block.is_zero() {
-            return Ok(fast);
+        let mut claimed = Vec::new();
+        let order: Vec<&Keys> = self.sweep_order().collect();
+        for keys in &order {
+            let left = Claim { max: req.max.max(1) - claimed.len(), ..req.clone() };
+            claimed.extend(self.with_groups(&req.workflows, || self.claim_batch(keys, &left)).await?);
+            if claimed.len() >= req.max.max(1) {
+                break;
+            }
         }
-        let deliveries = self.with_groups(&req.workflows, || self.read_new(req)).await?;
-        self.claim_deliveries(req, deliveries).await
+        if !claimed.is_empty() || req.block.is_zero() {
+            return Ok(claimed);
+        }
+        // Block on one partition at a time, sweeping all of them between
+        // (each sweep's first partition is the next one), until the deadline.
+        let deadline = tokio::time::Instant::now() + req.block;
+        let mut order = order;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let blocking = Claim { block: self.sweep_block(left).max(Duration::from_millis(1)), ..req.clone() };
+            let deliveries = self.with_groups(&req.workflows, || self.read_new(order[0], &blocking)).await?;
+            let claimed = self.claim_deliveries(req, deliveries).await?;
+            if !claimed.is_empty() || left <= blocking.block {
+                return Ok(claimed);
+            }
+            order = self.sweep_order().collect();
+            for keys in &order {
+                let claimed = self.with_groups(&req.workflows, || self.claim_batch(keys, req)).await?;
+                if !claimed.is_empty() {
+                    return Ok(claimed);
+                }
+            }
+        }
     }
 
     async fn reclaim_expired(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
@@ -76,7 +107,7 @@ impl RunStore for RedisStore {
             .scripts
             .renew
             .prepare_invoke()
-            .key(self.keys.prefix())
+            .key(self.keys_of(&lease.run_id).prefix())
             .arg(lease.run_id.as_str())
             .arg(&lease.worker_id)
             .arg(lease.epoch)
@@ -93,7 +124,7 @@ impl RunStore for RedisStore {
         let patch = SummaryPatch::of(events);
         let mut invocation = self.scripts.append.prepare_invoke();
         invocation
-            .key(self.keys.prefix())
+            .key(self.keys_of(&lease.run_id).prefix())
             .arg(lease.run_id.as_str())
             .arg(&lease.worker_id)
             .arg(lease.epoch)
@@ -144,7 +175,7 @@ impl RunStore for RedisStore {
         let column = |f: fn(&(&str, &str, u64)) -> String| waits.iter().map(f).collect::<Vec<_>>().join("\n");
         let mut invocation = self.scripts.finish.prepare_invoke();
         invocation
-            .key(self.keys.prefix())
+            .key(self.keys_of(&lease.run_id).prefix())
             .arg(lease.run_id.as_str())
             .arg(&lease.worker_id)
             .arg(lease.epoch)
@@ -170,6 +201,15 @@ impl RunStore for RedisStore {
         let mut conn = self.conn.clone();
         let reply: Value = invocation.invoke_async(&mut conn).await?;
         let reply = array(&reply)?;
+        let ended = matches!(how, Finish::Complete { .. } | Finish::Fail { .. } | Finish::Cancel { .. })
+            || text(&reply[0])? == "CANCELLED";
+        if ended && self.parts.len() > 1 && text(&reply[0])? != "LOST" {
+            // A child's outcome for a parent in another partition goes at once;
+            // the timer duty forwards whatever this misses (a crash right here).
+            if let Err(e) = self.forward_relay_of(self.keys_of(&lease.run_id), 100).await {
+                tracing::warn!(error = %e, "forwarding a child's outcome failed; the timer duty will");
+            }
+        }
         match text(&reply[0])?.as_str() {
             "DONE" => Ok(Finished::Done),
             "CANCELLED" => Ok(Finished::Cancelled),
@@ -178,32 +218,37 @@ impl RunStore for RedisStore {
         }
     }
 
+    /// Every partition's due timers; with several partitions, also forwards
+    /// the relay (children's outcomes for parents in other partitions).
     async fn fire_due_timers(&self, limit: usize) -> Result<Vec<RunId>> {
-        let woken: Vec<String> = self.limited_script(&self.scripts.timers, limit).await?;
-        woken.into_iter().map(|id| Ok(RunId::new(id)?)).collect()
+        let woken: Vec<Vec<String>> = self.limited_script(&self.scripts.timers, limit).await?;
+        let mut woken: Vec<RunId> = woken.into_iter().flatten().map(RunId::new).collect::<Result<_, _>>()?;
+        if self.parts.len() > 1 {
+            woken.extend(self.forward_relay(limit).await?);
+        }
+        Ok(woken)
     }
 
+    /// Into every partition (each keeps the event for its own late waiters),
+    /// the event key's home partition first: its event id is the answer. A
+    /// client's id makes each partition's delivery idempotent, so a repeat
+    /// after a partial failure completes the rest and delivers nothing twice.
     async fn deliver(&self, key: &str, data: &Json, client_id: Option<&str>) -> Result<Delivered> {
         crate::store::validate_delivery(key, data, client_id, &self.config)?;
-        let mut conn = self.conn.clone();
-        let reply: (String, Vec<String>, i64) = self
-            .scripts
-            .deliver
-            .prepare_invoke()
-            .key(self.keys.prefix())
-            .arg(key)
-            .arg(to_json(data)?)
-            .arg(self.config.event_lookback.as_millis().max(1) as u64)
-            .arg(self.config.event_lookback_max.max(1))
-            .arg(client_id.map(|id| self.keys.event_id(key, id)).unwrap_or_default())
-            .arg(self.config.idempotency_ttl.as_millis().max(1) as u64)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(Delivered {
-            event_id: reply.0,
-            woken: reply.1.into_iter().map(RunId::new).collect::<Result<_, _>>()?,
-            duplicate: reply.2 == 1,
-        })
+        let data = to_json(data)?;
+        let home = usize::from(crate::keys::partition_of(key, self.partitions()));
+        let n = self.parts.len();
+        let mut answer: Option<Delivered> = None;
+        for keys in (0..n).map(|i| &self.parts[(home + i) % n]) {
+            let event_id = client_id.map(|id| keys.event_id(key, id));
+            let id = answer.as_ref().map(|a| a.event_id.as_str());
+            let delivered = self.deliver_in(keys, key, &data, event_id.as_deref(), id).await?;
+            match &mut answer {
+                None => answer = Some(delivered),
+                Some(answer) => answer.woken.extend(delivered.woken),
+            }
+        }
+        answer.ok_or_else(|| Error::corrupt("deliver", "no partition"))
     }
 
     async fn request_cancel(&self, run_id: &RunId, reason: Option<&str>) -> Result<CancelOutcome> {
@@ -215,7 +260,7 @@ impl RunStore for RedisStore {
             .scripts
             .cancel
             .prepare_invoke()
-            .key(self.keys.prefix())
+            .key(self.keys_of(run_id).prefix())
             .arg(run_id.as_str())
             .arg(requested)
             .arg(cancelled)
@@ -224,6 +269,12 @@ impl RunStore for RedisStore {
             .arg(self.config.event_lookback_max.max(1))
             .invoke_async(&mut conn)
             .await?;
+        if reply.first().map(String::as_str) == Some("CANCELLED") && self.parts.len() > 1 {
+            // A child's outcome for a parent in another partition goes at once.
+            if let Err(e) = self.forward_relay_of(self.keys_of(run_id), 100).await {
+                tracing::warn!(error = %e, "forwarding a child's outcome failed; the timer duty will");
+            }
+        }
         match reply.first().map(String::as_str) {
             Some("CANCELLED") => Ok(CancelOutcome::Cancelled),
             Some("REQUESTED") => Ok(CancelOutcome::Requested),
@@ -239,7 +290,7 @@ impl RunStore for RedisStore {
     async fn get_run(&self, run_id: &RunId) -> Result<Option<RunSummary>> {
         let mut conn = self.conn.clone();
         let hash: HashMap<String, String> =
-            redis::cmd("HGETALL").arg(self.keys.run(run_id)).query_async(&mut conn).await?;
+            redis::cmd("HGETALL").arg(self.keys_of(run_id).run(run_id)).query_async(&mut conn).await?;
         if hash.is_empty() { Ok(None) } else { summary_from_hash(run_id, hash).map(Some) }
     }
 
@@ -250,7 +301,7 @@ impl RunStore for RedisStore {
         };
         let mut conn = self.conn.clone();
         let reply: Value = redis::cmd("XRANGE")
-            .arg(self.keys.journal(run_id))
+            .arg(self.keys_of(run_id).journal(run_id))
             .arg(start)
             .arg("+")
             .arg("COUNT")
@@ -266,50 +317,20 @@ impl RunStore for RedisStore {
         }
         let limit = page_limit(query.limit);
         let cursor = query.cursor.as_deref().map(parse_cursor).transpose()?;
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .scripts
-            .list
-            .prepare_invoke()
-            .key(self.keys.prefix())
-            .arg(query.workflow.as_deref().unwrap_or(""))
-            .arg(query.status.map(RunStatus::as_str).unwrap_or(""))
-            .arg(limit)
-            .arg(cursor.as_ref().map(|c| c.0.to_string()).unwrap_or_default())
-            .arg(cursor.as_ref().map(|c| c.1.as_str()).unwrap_or(""))
-            .arg(query.label.as_ref().map(|l| l.0.as_str()).unwrap_or(""))
-            .arg(query.label.as_ref().map(|l| l.1.as_str()).unwrap_or(""))
-            .invoke_async(&mut conn)
-            .await?;
-        let reply = array(&reply)?;
-        let [found, last_id, last_score, index_goes_on] = reply else {
-            return Err(Error::corrupt("list reply", format!("{} parts", reply.len())));
-        };
-        let mut runs = Vec::new();
-        for item in array(found)? {
-            let item = array(item)?;
-            let id = RunId::new(text(&item[0])?)?;
-            runs.push(summary_from_hash(&id, pairs(&item[1])?)?);
+        let mut pages = Vec::with_capacity(self.parts.len());
+        for keys in &self.parts {
+            pages.push(self.list_in(keys, query, limit, cursor.as_ref()).await?);
         }
-        let next_cursor = if runs.len() > limit {
-            runs.truncate(limit);
-            runs.last().map(make_cursor)
-        } else if text(index_goes_on)? == "1" {
-            // The scan budget ran out before the page filled: go on from where it stopped.
-            Some(crate::store::cursor_at(text(last_score)?, &text(last_id)?))
-        } else {
-            None
-        };
-        Ok(RunPage { runs, next_cursor })
+        Ok(partitions::merge_pages(pages, limit))
     }
 
     async fn expire_finished(&self, limit: usize) -> Result<usize> {
-        self.limited_script(&self.scripts.expire, limit).await
+        Ok(self.limited_script::<usize>(&self.scripts.expire, limit).await?.into_iter().sum())
     }
 
     async fn reconcile(&self, limit: usize) -> Result<Vec<RunId>> {
-        let fixed: Vec<String> = self.limited_script(&self.scripts.reconcile, limit).await?;
-        fixed.into_iter().map(|id| Ok(RunId::new(id)?)).collect()
+        let fixed: Vec<Vec<String>> = self.limited_script(&self.scripts.reconcile, limit).await?;
+        fixed.into_iter().flatten().map(|id| Ok(RunId::new(id)?)).collect()
     }
 
     async fn pause(&self, run_id: &RunId) -> Result<PauseOutcome> {
@@ -374,12 +395,18 @@ impl RunStore for RedisStore {
     async fn unpark(&self, workflow: &str, versions: &[u32]) -> Result<Vec<RunId>> {
         keel_proto::validate_workflow_name(workflow)?;
         let mut conn = self.conn.clone();
-        let mut invocation = self.scripts.unpark.prepare_invoke();
-        invocation.key(self.keys.prefix()).arg(workflow);
-        for version in versions {
-            invocation.arg(version);
+        let mut out = Vec::new();
+        for keys in &self.parts {
+            let mut invocation = self.scripts.unpark.prepare_invoke();
+            invocation.key(keys.prefix()).arg(workflow);
+            for version in versions {
+                invocation.arg(version);
+            }
+            let ids: Vec<String> = invocation.invoke_async(&mut conn).await?;
+            for id in ids {
+                out.push(RunId::new(id)?);
+            }
         }
-        let ids: Vec<String> = invocation.invoke_async(&mut conn).await?;
-        ids.into_iter().map(|id| RunId::new(id).map_err(Error::from)).collect()
+        Ok(out)
     }
 }

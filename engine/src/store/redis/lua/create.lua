@@ -2,7 +2,8 @@
 -- and its first task (or start timer), all or nothing.
 -- KEYS[1]: partition prefix. ARGV: run_id, workflow, version, fingerprint text, idempotency key or '',
 --       idempotency ttl ms, delay ms, labels json or '', parent json or '',
---       run_started entry json, client chose the id ('1'/'0'), callback url or ''
+--       run_started entry json, client chose the id ('1'/'0'), callback url or '',
+--       parent's partition prefix or ''
 local id, wf, idem = ARGV[1], ARGV[2], ARGV[5]
 local fp = redis.sha1hex(ARGV[4])
 
@@ -31,6 +32,8 @@ if ARGV[8] ~= '' then fields[#fields + 1] = 'lab'; fields[#fields + 1] = ARGV[8]
 if ARGV[9] ~= '' then fields[#fields + 1] = 'par'; fields[#fields + 1] = ARGV[9] end
 if idem ~= '' then fields[#fields + 1] = 'idem'; fields[#fields + 1] = idem end
 if ARGV[12] ~= '' then fields[#fields + 1] = 'cb'; fields[#fields + 1] = ARGV[12] end
+-- The parent's partition, when it has one: its outcome goes there (notify_parent).
+if ARGV[13] ~= '' then fields[#fields + 1] = 'pp'; fields[#fields + 1] = ARGV[13] end
 redis.call('HSET', k_run(id), unpack(fields))
 journal_add(id, ARGV[10])
 redis.call('ZADD', K_RUNS, now, id)

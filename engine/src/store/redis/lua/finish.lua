@@ -53,7 +53,7 @@ if #keys > 0 then
   -- The lookback: an event delivered shortly before a wait began still counts,
   -- but never one this run already consumed on that key. (Stream ids of
   -- different keys' streams are not comparable, so the floor is per key.)
-  local best, best_i, best_data
+  local best, best_i, best_data, best_gid
   for i, key in ipairs(keys) do
     local from = n2s(math.max(0, tonumber(sinces[i]) - tonumber(ARGV[16])))
     local start = from
@@ -61,11 +61,12 @@ if #keys > 0 then
     if floor and id_gt(floor, from .. '-0') then start = '(' .. floor end
     local found = redis.call('XRANGE', k_events(key), start, '+', 'COUNT', 1)
     if #found > 0 and (not best or id_gt(best, found[1][1])) then
-      best, best_i, best_data = found[1][1], i, found[1][2][2]
+      local f = found[1][2]
+      best, best_i, best_data, best_gid = found[1][1], i, f[2], f[3] == 'g' and f[4] or found[1][1]
     end
   end
   if best then
-    local entry = event_received_json(steps[best_i], keys[best_i], best, best_data)
+    local entry = event_received_json(steps[best_i], keys[best_i], best_gid, best_data)
     local seq = journal_add(id, entry)
     redis.call('HINCRBY', k_run(id), 'cs', 1)
     redis.call('HSET', k_run(id), 'evf:' .. keys[best_i], best, 'cur', steps[best_i])

@@ -17,12 +17,13 @@ elseif wf ~= '' then index = k_runs_wf(wf)
 else index = K_RUNS end
 local check_wf, check_st = label and wf ~= '', label and st ~= ''
 
--- Where to resume: just after the cursor's run if it is still in the index, else
--- just below its score (a run that left the index meanwhile).
-local pos, below = 0, nil
+-- Where to resume: just after the cursor's run if it is still in the index,
+-- else just after its place in the order (score, then id, both descending): a
+-- run that left the index meanwhile, or the cursor of another partition.
+local pos, below, after_score, after_id = 0, nil, nil, nil
 if ARGV[5] ~= '' then
   local rank = redis.call('ZREVRANK', index, ARGV[5])
-  if rank then pos = rank + 1 else below = '(' .. ARGV[4] end
+  if rank then pos = rank + 1 else below, after_score, after_id = ARGV[4], tonumber(ARGV[4]), ARGV[5] end
 end
 
 local out = {}
@@ -43,8 +44,9 @@ while #out <= limit do
     local id = page[i]
     last_id, last_score = id, page[i + 1]
     scanned = scanned + 1
-    local keep = true
-    if check_wf or check_st then
+    -- Same score as the cursor: only ids after it (descending) come next.
+    local keep = not (after_score and tonumber(page[i + 1]) == after_score and id >= after_id)
+    if keep and (check_wf or check_st) then
       local h = redis.call('HMGET', k_run(id), 'wf', 'st')
       keep = (not check_wf or h[1] == wf) and (not check_st or h[2] == st)
     end

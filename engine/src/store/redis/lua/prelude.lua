@@ -29,6 +29,7 @@ local K_HOOKS = P .. ':hooks'
 local K_OUTBOX = P .. ':outbox'
 local K_HOOK_JOBS = P .. ':webhook-jobs'
 local K_STATS = P .. ':stats'
+local K_RELAY = P .. ':relay'
 
 -- Integers as decimal text (tostring would switch to exponent form past 14 digits).
 local function n2s(x) return string.format('%.0f', x) end
@@ -248,9 +249,19 @@ local function event_received_json(step, key, eid, data)
 end
 
 -- Keep an event for the lookback window and wake every run waiting on its key,
--- each exactly once (its waiter entries go in the same step).
-local function deliver(key, data, lookback_ms, max_len)
-  local eid = redis.call('XADD', k_events(key), 'MAXLEN', '~', max_len, '*', 'd', data)
+-- each exactly once (its waiter entries go in the same step). An event goes
+-- into every partition: the first gives it its id (its stream id there), the
+-- others keep that id beside their own stream id (field `g`), so journals say
+-- the same id everywhere; `evf` floors stay local stream ids.
+local function deliver(key, data, lookback_ms, max_len, gid)
+  local sid
+  if gid and gid ~= '' then
+    sid = redis.call('XADD', k_events(key), 'MAXLEN', '~', max_len, '*', 'd', data, 'g', gid)
+  else
+    sid = redis.call('XADD', k_events(key), 'MAXLEN', '~', max_len, '*', 'd', data)
+    gid = sid
+  end
+  local eid = gid
   redis.call('PEXPIRE', k_events(key), lookback_ms)
   local now = n2s(now_ms())
   local woken = {}
@@ -263,7 +274,7 @@ local function deliver(key, data, lookback_ms, max_len)
     if h[1] == 'waiting' and step then
       journal_add(id, event_received_json(step, key, eid, data))
       redis.call('HINCRBY', k_run(id), 'cs', 1)
-      redis.call('HSET', k_run(id), 'evf:' .. key, eid, 'cur', step, 'ua', now)
+      redis.call('HSET', k_run(id), 'evf:' .. key, sid, 'cur', step, 'ua', now)
       wake(id, h[2], h[1], h[3], h[4])
       woken[#woken + 1] = id
     else
@@ -273,9 +284,16 @@ local function deliver(key, data, lookback_ms, max_len)
   return eid, woken
 end
 
--- A finished child run tells its parent (if it has one) how it ended.
+-- A finished child run tells its parent (if it has one) how it ended: here when
+-- the parent is in this partition, else through this partition's relay stream,
+-- which the timer duty forwards to the parent's partition (partitions.rs).
 local function notify_parent(id, outcome, lookback_ms, max_len)
-  if outcome ~= '' and redis.call('HEXISTS', k_run(id), 'par') == 1 then
+  if outcome == '' then return end
+  local h = redis.call('HMGET', k_run(id), 'par', 'pp')
+  if not h[1] then return end
+  if h[2] and h[2] ~= P then
+    redis.call('XADD', K_RELAY, '*', 'to', h[2], 'k', child_key(id), 'd', outcome)
+  else
     deliver(child_key(id), outcome, lookback_ms, max_len)
   end
 end

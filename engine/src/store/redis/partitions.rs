@@ -1,0 +1,183 @@
+//! What crosses partitions. Each partition's keys share one Cluster slot, so a
+//! script never spans two; what concerns several partitions is done partition
+//! by partition, each step atomic, idempotent and safe to repeat after a crash:
+//!
+//! - **A run's partition** follows from its id ([`partition_of`]). A run
+//!   started with an idempotency key gets an id drawn until it falls in the
+//!   key's partition, so the key and the run are checked and written by one
+//!   script. (A client-chosen run id decides its partition; an idempotency key
+//!   sent with it is checked there.)
+//! - **Events** go into every partition (`deliver` in runs.rs): each keeps its
+//!   own lookback for its own waiters. With a client's event id every step is
+//!   idempotent, so a retry after a partial failure completes the rest.
+//! - **A child's outcome for a parent in another partition** is written, in the
+//!   child's finishing script, to the child partition's relay stream; the timer
+//!   duty forwards it ([`RedisStore::forward_relay`]) as an event delivered
+//!   with the relay entry's id as the event id (a repeat is not delivered
+//!   again), then deletes the entry. A crash between the two repeats the
+//!   delivery, which the id makes harmless.
+//! - **Lists** merge the partitions' pages ([`merge_pages`]) under the same
+//!   cursor (creation time, run id).
+//! - **Claims and the outbox** sweep the partitions (see `SWEEP_BLOCK`).
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+use crate::keys::partition_of;
+
+/// One partition's page of a list: its runs (at most limit + 1, newest first)
+/// and, when its scan budget ran out, the place it stopped (creation ms, id).
+pub(super) struct PartitionPage {
+    pub runs: Vec<RunSummary>,
+    pub stopped_at: Option<(u64, String)>,
+}
+
+/// Merge the partitions' pages into one: newest first by (creation ms, run id);
+/// never past a place where some partition stopped scanning (its runs below
+/// that point are not known yet), and a cursor while there may be more.
+pub(super) fn merge_pages(pages: Vec<PartitionPage>, limit: usize) -> RunPage {
+    let order = |run: &RunSummary| (run.created_at_ms, run.run_id.as_str().to_owned());
+    // The highest place any partition stopped at: nothing below it is complete.
+    let stop = pages.iter().filter_map(|p| p.stopped_at.clone()).max();
+    let mut runs: Vec<RunSummary> = pages
+        .into_iter()
+        .flat_map(|p| p.runs)
+        .filter(|run| stop.as_ref().is_none_or(|stop| order(run) > *stop))
+        .collect();
+    runs.sort_by_key(|run| std::cmp::Reverse(order(run)));
+    let next_cursor = if runs.len() > limit {
+        runs.truncate(limit);
+        runs.last().map(make_cursor)
+    } else {
+        stop.map(|(ms, id)| crate::store::cursor_at(ms, &id))
+    };
+    RunPage { runs, next_cursor }
+}
+
+impl RedisStore {
+    /// A new run id in the partition of `idempotency_key` (any partition without one).
+    pub(super) fn new_run_id(&self, idempotency_key: Option<&str>) -> Result<RunId> {
+        let partitions = self.partitions();
+        let wanted = idempotency_key.map(|key| partition_of(key, partitions));
+        loop {
+            let id = uuid::Uuid::now_v7().to_string();
+            if wanted.is_none_or(|p| partition_of(&id, partitions) == p) {
+                return Ok(RunId::new(id)?);
+            }
+        }
+    }
+
+    /// One partition's part of a delivery.
+    pub(super) async fn deliver_in(
+        &self,
+        keys: &Keys,
+        key: &str,
+        data: &str,
+        event_id_key: Option<&str>,
+        event_id: Option<&str>,
+    ) -> Result<Delivered> {
+        let mut conn = self.conn.clone();
+        let reply: (String, Vec<String>, i64) = self
+            .scripts
+            .deliver
+            .prepare_invoke()
+            .key(keys.prefix())
+            .arg(key)
+            .arg(data)
+            .arg(self.config.event_lookback.as_millis().max(1) as u64)
+            .arg(self.config.event_lookback_max.max(1))
+            .arg(event_id_key.unwrap_or_default())
+            .arg(self.config.idempotency_ttl.as_millis().max(1) as u64)
+            .arg(event_id.unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(Delivered {
+            event_id: reply.0,
+            woken: reply.1.into_iter().map(RunId::new).collect::<Result<_, _>>()?,
+            duplicate: reply.2 == 1,
+        })
+    }
+
+    /// Deliver every partition's relay entries to their target partitions (at
+    /// most `limit` per partition), then delete them. Returns the runs woken.
+    pub(super) async fn forward_relay(&self, limit: usize) -> Result<Vec<RunId>> {
+        let mut woken = Vec::new();
+        for keys in &self.parts {
+            woken.extend(self.forward_relay_of(keys, limit).await?);
+        }
+        Ok(woken)
+    }
+
+    /// [`forward_relay`](Self::forward_relay) for one partition's relay.
+    pub(super) async fn forward_relay_of(&self, keys: &Keys, limit: usize) -> Result<Vec<RunId>> {
+        let mut conn = self.conn.clone();
+        let mut woken = Vec::new();
+        {
+            let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+                .arg(keys.relay())
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .query_async(&mut conn)
+                .await?;
+            for (id, fields) in entries {
+                let field = |name: &str| {
+                    fields.get(name).ok_or_else(|| Error::corrupt(format!("relay entry {id}"), format!("no {name}")))
+                };
+                let target = self
+                    .part_index
+                    .get(field("to")?)
+                    .map(|&p| &self.parts[usize::from(p)])
+                    .ok_or_else(|| Error::corrupt(format!("relay entry {id}"), "unknown partition"))?;
+                let key = field("k")?;
+                let once = target.event_id(key, &format!("relay:{}:{id}", keys.index()));
+                woken.extend(self.deliver_in(target, key, field("d")?, Some(&once), None).await?.woken);
+                let _: i64 = redis::cmd("XDEL").arg(keys.relay()).arg(&id).query_async(&mut conn).await?;
+            }
+        }
+        Ok(woken)
+    }
+
+    /// One partition's page of a list (see list.lua).
+    pub(super) async fn list_in(
+        &self,
+        keys: &Keys,
+        query: &RunQuery,
+        limit: usize,
+        cursor: Option<&(u64, RunId)>,
+    ) -> Result<PartitionPage> {
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .scripts
+            .list
+            .prepare_invoke()
+            .key(keys.prefix())
+            .arg(query.workflow.as_deref().unwrap_or(""))
+            .arg(query.status.map(RunStatus::as_str).unwrap_or(""))
+            .arg(limit)
+            .arg(cursor.map(|c| c.0.to_string()).unwrap_or_default())
+            .arg(cursor.map(|c| c.1.as_str()).unwrap_or(""))
+            .arg(query.label.as_ref().map(|l| l.0.as_str()).unwrap_or(""))
+            .arg(query.label.as_ref().map(|l| l.1.as_str()).unwrap_or(""))
+            .invoke_async(&mut conn)
+            .await?;
+        let reply = array(&reply)?;
+        let [found, last_id, last_score, index_goes_on] = reply else {
+            return Err(Error::corrupt("list reply", format!("{} parts", reply.len())));
+        };
+        let mut runs = Vec::new();
+        for item in array(found)? {
+            let item = array(item)?;
+            let id = RunId::new(text(&item[0])?)?;
+            runs.push(summary_from_hash(&id, pairs(&item[1])?)?);
+        }
+        // The scan budget ran out before the page filled: it stopped there.
+        let stopped_at = if runs.len() <= limit && text(index_goes_on)? == "1" {
+            let score = text(last_score)?;
+            Some((score.parse().map_err(|e| Error::corrupt("list reply", e))?, text(last_id)?))
+        } else {
+            None
+        };
+        Ok(PartitionPage { runs, stopped_at })
+    }
+}
