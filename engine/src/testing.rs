@@ -239,9 +239,15 @@ impl RedisCluster {
     /// once every node reports `cluster_state:ok`. Panics (tests must not skip)
     /// when `redis-server` or `redis-cli` is missing or the cluster does not form.
     pub fn start(masters: usize, replicas: usize) -> Self {
-        let node_args = ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--appendonly", "no"];
-        let nodes: Vec<RedisServer> =
-            (0..masters * (1 + replicas)).map(|_| RedisServer::start_with(&node_args)).collect();
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
+            .map(|_| {
+                // The bus port on a free port of its own: the default (port +
+                // 10,000) is out of range for ports above 55,535, or taken.
+                let bus = free_port().expect("a free port").to_string();
+                let args = ["--cluster-enabled", "yes", "--cluster-port", &bus, "--cluster-node-timeout", "1000"];
+                RedisServer::start_with(&args)
+            })
+            .collect();
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
         let out = Command::new("redis-cli")
             .arg("--cluster")

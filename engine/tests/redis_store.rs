@@ -494,3 +494,14 @@ async fn partition_tags_land_evenly_on_a_clusters_masters() {
     }
     assert!(per_master.iter().all(|&n| (4..=7).contains(&n)), "{per_master:?}");
 }
+
+#[tokio::test]
+async fn a_redis_that_refuses_scripting_fails_the_start_saying_why() {
+    let server = RedisServer::start();
+    let mut raw = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    // As a managed service might: the default user may not run scripts.
+    let _: () = redis::cmd("ACL").arg("SETUSER").arg("default").arg("-@scripting").query_async(&mut raw).await.unwrap();
+    let refused = RedisStore::connect(&server.url(), StoreConfig::with_namespace("acl")).await.expect_err("refused");
+    let message = refused.to_string();
+    assert!(message.contains("scripting") && message.contains("README"), "{message}");
+}

@@ -34,9 +34,14 @@ pub struct BenchArgs {
     /// Bench a running Keel at this URL instead of starting one.
     #[arg(long)]
     url: Option<String>,
-    /// The running Keel's Redis, for command and memory counts (with --url).
+    /// The Redis to run on (a cluster: its seed nodes, comma-separated): the
+    /// bench starts Keel against it instead of a private redis-server, in a
+    /// namespace of its own. With --url: the running Keel's Redis, for counts.
     #[arg(long)]
     redis_url: Option<String>,
+    /// Partitions of the bench's namespace (see KEEL_PARTITIONS; e.g. 16 on a cluster).
+    #[arg(long)]
+    partitions: Option<u16>,
     /// Measure the engine's overhead per step instead: one run of 100 sequential 1 ms steps.
     #[arg(long)]
     overhead: bool,
@@ -73,14 +78,49 @@ fn cpu_ms(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) * 10.0
 }
 
+/// The Redis nodes whose counters the bench reads: the one server, or every
+/// master of a cluster.
 struct Redis {
-    conn: redis::aio::MultiplexedConnection,
+    nodes: Vec<(String, redis::aio::MultiplexedConnection)>,
 }
 
 impl Redis {
-    async fn info(&mut self) -> anyhow::Result<BTreeMap<String, String>> {
-        let text: String = redis::cmd("INFO").arg("everything").query_async(&mut self.conn).await?;
-        Ok(text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_owned(), v.trim().to_owned())).collect())
+    async fn connect(urls: &str) -> anyhow::Result<Self> {
+        let first = urls.split(',').next().unwrap_or_default().trim().to_owned();
+        let mut conn = redis::Client::open(first.as_str())?.get_multiplexed_async_connection().await?;
+        let cluster: String = redis::cmd("INFO").arg("cluster").query_async(&mut conn).await?;
+        if !cluster.contains("cluster_enabled:1") {
+            return Ok(Self { nodes: vec![(first, conn)] });
+        }
+        // `<id> <ip:port@cport> <flags> ...`: the masters.
+        let table: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn).await?;
+        let scheme = if first.starts_with("rediss://") { "rediss" } else { "redis" };
+        let mut nodes = Vec::new();
+        for line in table.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 2 && fields[2].contains("master") && !fields[2].contains("fail") {
+                let address = fields[1].split('@').next().unwrap_or_default();
+                let url = format!("{scheme}://{address}");
+                nodes.push((address.to_owned(), redis::Client::open(url)?.get_multiplexed_async_connection().await?));
+            }
+        }
+        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self { nodes })
+    }
+
+    /// Each node's INFO, in node order.
+    async fn info(&mut self) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+        let mut out = Vec::with_capacity(self.nodes.len());
+        for (_, conn) in &mut self.nodes {
+            let text: String = redis::cmd("INFO").arg("everything").query_async(conn).await?;
+            out.push(
+                text.lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+                    .collect(),
+            );
+        }
+        Ok(out)
     }
 }
 
@@ -100,20 +140,74 @@ struct Started {
     url: String,
     redis_url: String,
     keel: Vec<Proc>,
-    /// Kept to be killed on drop.
-    _redis: Proc,
+    /// The private redis-server, if the bench started one (killed on drop).
+    _redis: Option<Proc>,
     _dir: std::path::PathBuf,
 }
 
-/// A private redis-server, `keel server` and W `keel worker` processes.
-async fn start_keel(workers: usize, concurrency: usize, fsync: &str) -> anyhow::Result<Started> {
+/// `keel server` and W `keel worker` processes on `redis_url`, or on a private
+/// redis-server when there is none.
+async fn start_keel(args: &BenchArgs) -> anyhow::Result<Started> {
     let dir = std::env::temp_dir().join(format!("keel-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let (redis, redis_url) = match &args.redis_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let (redis, url) = private_redis(&dir, &args.fsync)?;
+            (Some(redis), url)
+        }
+    };
+    let exe = std::env::current_exe()?;
+    let port = free_port()?;
+    // A namespace of its own on a shared Redis; the default on the private one.
+    let namespace = if args.redis_url.is_some() { format!("bench-{}", std::process::id()) } else { "keel".into() };
+    let spawn = |command: &str| -> anyhow::Result<Proc> {
+        let mut cmd = Command::new(&exe);
+        cmd.arg(command)
+            // The measured Keel is the bench's own: nothing of the caller's
+            // configuration (tokens, namespace, keel.toml) leaks into it.
+            .env_remove("KEEL_API_TOKENS")
+            .env_remove("KEEL_READ_TOKENS")
+            .env("KEEL_NAMESPACE", &namespace)
+            .env("KEEL_CONFIG", "/dev/null")
+            .env("KEEL_ADDR", format!("127.0.0.1:{port}"))
+            .env("KEEL_REDIS_URL", &redis_url)
+            .env("KEEL_LOG", "warn")
+            .env("KEEL_CONCURRENCY", args.concurrency.max(32).to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(partitions) = args.partitions {
+            cmd.env("KEEL_PARTITIONS", partitions.to_string());
+        }
+        Ok(Proc(cmd.spawn()?))
+    };
+    // The server first: it records the namespace's partition count.
+    let mut keel = vec![spawn("server")?];
+    wait_for_listen(port).await?;
+    for _ in 0..args.workers {
+        keel.push(spawn("worker")?);
+    }
+    Ok(Started { url: format!("http://127.0.0.1:{port}"), redis_url, keel, _redis: redis, _dir: dir })
+}
+
+async fn wait_for_listen(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("keel server did not listen on 127.0.0.1:{port} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// A private redis-server in `dir`, with the persistence asked for.
+fn private_redis(dir: &std::path::Path, fsync: &str) -> anyhow::Result<(Proc, String)> {
     let redis_port = free_port()?;
     let redis = Command::new("redis-server")
         .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
         .args(["--appendfsync", fsync, "--maxmemory-policy", "noeviction", "--stream-node-max-bytes", "512", "--dir"])
-        .arg(&dir)
+        .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -127,32 +221,7 @@ async fn start_keel(workers: usize, concurrency: usize, fsync: &str) -> anyhow::
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let exe = std::env::current_exe()?;
-    let port = free_port()?;
-    let spawn = |command: &str| -> anyhow::Result<Proc> {
-        Ok(Proc(
-            Command::new(&exe)
-                .arg(command)
-                // The measured Keel is the bench's own: nothing of the caller's
-                // configuration (tokens, namespace, keel.toml) leaks into it.
-                .env_remove("KEEL_API_TOKENS")
-                .env_remove("KEEL_READ_TOKENS")
-                .env_remove("KEEL_NAMESPACE")
-                .env("KEEL_CONFIG", "/dev/null")
-                .env("KEEL_ADDR", format!("127.0.0.1:{port}"))
-                .env("KEEL_REDIS_URL", &redis_url)
-                .env("KEEL_LOG", "warn")
-                .env("KEEL_CONCURRENCY", concurrency.max(32).to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        ))
-    };
-    let mut keel = vec![spawn("server")?];
-    for _ in 0..workers {
-        keel.push(spawn("worker")?);
-    }
-    Ok(Started { url: format!("http://127.0.0.1:{port}"), redis_url, keel, _redis: redis, _dir: dir })
+    Ok((redis, redis_url))
 }
 
 async fn wait_for_bench(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
@@ -195,14 +264,14 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
     let started = match &args.url {
         Some(_) => None,
-        None => Some(start_keel(args.workers, args.concurrency, &args.fsync).await?),
+        None => Some(start_keel(&args).await?),
     };
     let url = args.url.clone().or_else(|| started.as_ref().map(|s| s.url.clone())).unwrap_or_default();
     let redis_url = args.redis_url.clone().or_else(|| started.as_ref().map(|s| s.redis_url.clone()));
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency.max(1)).build()?;
     wait_for_bench(&http, &url).await?;
     let mut redis = match &redis_url {
-        Some(u) => Some(Redis { conn: redis::Client::open(u.as_str())?.get_multiplexed_async_connection().await? }),
+        Some(u) => Some(Redis::connect(u).await?),
         None => None,
     };
 
@@ -271,19 +340,25 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
         None => None,
     };
     let total_steps = (args.runs as f64) * f64::from(args.steps);
-    let (cmds_per_step, bytes_per_run, cpu_redis) = match (&before, &after) {
+    let (cmds_per_step, bytes_per_run, cpu_redis, shares) = match (&before, &after) {
         (Some(b), Some(a)) => {
             let used =
                 |i: &BTreeMap<String, String>| i.get("used_memory").and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            let per_node: Vec<f64> =
+                a.iter().zip(b).map(|(a, b)| commands(a).saturating_sub(commands(b)) as f64).collect();
+            let total: f64 = per_node.iter().sum();
             (
-                Some((commands(a) - commands(b)) as f64 / total_steps),
-                Some((used(a) - used(b)) / args.runs as f64),
-                Some(redis_cpu_ms(a) - redis_cpu_ms(b)),
+                Some(total / total_steps),
+                Some(a.iter().zip(b).map(|(a, b)| used(a) - used(b)).sum::<f64>() / args.runs as f64),
+                Some(a.iter().zip(b).map(|(a, b)| redis_cpu_ms(a) - redis_cpu_ms(b)).sum::<f64>()),
+                per_node.iter().map(|n| 100.0 * n / total.max(1.0)).collect::<Vec<f64>>(),
             )
         }
-        _ => (None, None, None),
+        _ => (None, None, None, Vec::new()),
     };
-    let cpu_per_run = if started.is_some() { cpu_redis.map(|r| (r + cpu_keel) / args.runs as f64) } else { None };
+    // Redis CPU counts only when the bench owns the whole Redis.
+    let owns_redis = started.as_ref().is_some_and(|s| s._redis.is_some());
+    let cpu_per_run = if owns_redis { cpu_redis.map(|r| (r + cpu_keel) / args.runs as f64) } else { None };
     let fmt = |v: Option<f64>, digits: usize| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"));
     let report = json!({
         "runs": args.runs, "steps": args.steps, "concurrency": args.concurrency,
@@ -292,6 +367,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
         "p50_ms": percentile(&latencies, 0.5), "p99_ms": percentile(&latencies, 0.99),
         "cpu_ms_per_run": cpu_per_run, "redis_cmds_per_step": cmds_per_step, "bytes_per_run": bytes_per_run,
         "failed": failures.len(),
+        "command_share_per_master_pct": shares,
     });
     if args.json {
         println!("{report}");
@@ -310,6 +386,10 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
             fmt(cmds_per_step, 1),
             fmt(bytes_per_run, 0),
         );
+        if shares.len() > 1 {
+            let shares: Vec<String> = shares.iter().map(|s| format!("{s:.1}")).collect();
+            println!("keel-bench-cluster masters={} command_share_pct={}", shares.len(), shares.join("/"));
+        }
     }
     if !failures.is_empty() {
         eprintln!("{} of {} runs did not complete; first: {}", failures.len(), args.runs, failures[0]);

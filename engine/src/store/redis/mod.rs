@@ -100,8 +100,27 @@ impl RedisStore {
         let endpoint = Endpoint::open(target).await?;
         let partitions = check_layout(&mut endpoint.shared().await?, &config).await?;
         let store = Self::with_endpoint(endpoint, config, partitions).await?;
+        store.load_scripts().await?;
         store.warn_on_eviction().await;
         Ok(store)
+    }
+
+    /// Load every script now (on every master of a cluster): a Redis that
+    /// refuses scripting fails the start, saying so, instead of the first run.
+    async fn load_scripts(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        for script in self.scripts.all() {
+            if let Err(e) = script.load_async(&mut conn).await {
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                    return Err(e.into());
+                }
+                return Err(Error::Invalid(format!(
+                    "Redis refused to load a Lua script ({e}); Keel needs scripting (SCRIPT LOAD, EVALSHA), \
+                     streams with consumer groups and pub/sub: see README, \"Redis Cluster, TLS and managed Redis\""
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn with_endpoint(endpoint: Endpoint, config: StoreConfig, partitions: u16) -> Result<Self> {

@@ -35,6 +35,35 @@ pub(super) struct Scripts {
 }
 
 impl Scripts {
+    /// Every script, for loading them all at start.
+    pub fn all(&self) -> Vec<&Script> {
+        let mut all = vec![
+            &self.create,
+            &self.claim,
+            &self.renew,
+            &self.append,
+            &self.finish,
+            &self.timers,
+            &self.deliver,
+            &self.cancel,
+            &self.expire,
+            &self.list,
+            &self.reconcile,
+            &self.pause,
+            &self.resume,
+            &self.retry,
+            &self.fanout,
+            &self.jobs_due,
+            &self.job_update,
+            &self.claim_batch,
+            &self.watch,
+            &self.unpark,
+        ];
+        #[cfg(feature = "testing")]
+        all.push(&self.key_names);
+        all
+    }
+
     pub fn new() -> Self {
         Self {
             create: script!("create.lua"),
