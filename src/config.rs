@@ -39,6 +39,10 @@ pub struct Settings {
     /// cluster); later processes adopt the recorded count [default: 1].
     #[arg(long, env = "KEEL_PARTITIONS", global = true)]
     pub partitions: Option<u16>,
+    /// Replicas that must acknowledge each write (WAIT) before it counts; 1 on a
+    /// cluster with replicas keeps acknowledged results through a failover [default: 0].
+    #[arg(long, env = "KEEL_REDIS_WAIT_REPLICAS", global = true)]
+    pub redis_wait_replicas: Option<u32>,
     /// Key prefix, so several deployments can share one Redis [default: keel].
     #[arg(long, env = "KEEL_NAMESPACE", global = true)]
     pub namespace: Option<String>,
@@ -106,6 +110,7 @@ struct File {
     redis_cert_file: Option<PathBuf>,
     redis_key_file: Option<PathBuf>,
     partitions: Option<u16>,
+    redis_wait_replicas: Option<u32>,
     namespace: Option<String>,
     api_tokens: Option<String>,
     read_tokens: Option<String>,
@@ -145,6 +150,7 @@ impl Settings {
                 redis_cert_file,
                 redis_key_file,
                 partitions,
+                redis_wait_replicas,
                 namespace,
                 api_tokens,
                 read_tokens,
@@ -197,6 +203,7 @@ impl Settings {
             config.max_value_bytes = max.max(1);
         }
         config.partitions = self.partitions;
+        config.wait_replicas = self.redis_wait_replicas.unwrap_or(0);
         Ok(config)
     }
 

@@ -10,8 +10,20 @@
 
 #[test]
 fn a_short_chaos_run_loses_nothing() {
+    chaos(&["--runs", "40", "--faults", "6"], "redis=single");
+}
+
+/// On a private cluster (3 masters, a replica each, 16 partitions, writes
+/// acknowledged by a replica): the first fault is a master's failover.
+#[test]
+fn a_short_chaos_run_with_a_master_failover_loses_nothing() {
+    chaos(&["--runs", "40", "--faults", "4", "--redis-cluster"], "redis=cluster");
+}
+
+fn chaos(extra: &[&str], kind: &str) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["chaos", "--runs", "40", "--faults", "6", "--rate", "8", "--fsync", "always", "--settle-s", "150"])
+        .args(["chaos", "--rate", "8", "--fsync", "always", "--settle-s", "150"])
+        .args(extra)
         .output()
         .expect("run keel chaos");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -32,6 +44,8 @@ fn a_short_chaos_run_loses_nothing() {
     ] {
         assert!(line.contains(&format!(" {healthy} ")), "{healthy} expected in: {line}");
     }
-    assert!(line.contains("faults=6 "), "{line}");
+    assert!(line.contains(kind), "{line}");
+    let faults = extra[extra.iter().position(|a| *a == "--faults").unwrap() + 1];
+    assert!(line.contains(&format!("faults={faults} ")), "{line}");
     assert!(output.status.success(), "{line}\n{stderr}");
 }

@@ -22,6 +22,11 @@ pub struct StoreConfig {
     /// namespace recorded at its first start). A namespace keeps the count it
     /// was created with; asking for another is refused.
     pub partitions: Option<u16>,
+    /// Redis: replicas that must acknowledge each write before it counts
+    /// (`WAIT` after every script; 0: none, the single-Redis default). With
+    /// Redis Cluster failover, 1 keeps an acknowledged result through the loss
+    /// of its master.
+    pub wait_replicas: u32,
 }
 
 /// 1 MiB.
@@ -38,6 +43,7 @@ impl Default for StoreConfig {
             max_deliveries: 10,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             partitions: None,
+            wait_replicas: 0,
         }
     }
 }

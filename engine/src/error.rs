@@ -34,6 +34,10 @@ pub enum Error {
     NoGroup,
     #[error("redis did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// The write was made on the master but fewer replicas than asked for
+    /// acknowledged it in time: not acknowledged as durable.
+    #[error("the write reached {acked} of the {wanted} replicas asked for (KEEL_REDIS_WAIT_REPLICAS) in time")]
+    NotReplicated { wanted: u32, acked: u32 },
     /// A value over [`StoreConfig::max_value_bytes`](crate::StoreConfig). Nothing was written.
     #[error("the {what} is {size} bytes of JSON, over the limit of {limit} bytes (KEEL_MAX_VALUE_BYTES)")]
     PayloadTooLarge { what: String, size: usize, limit: usize },
@@ -94,7 +98,7 @@ impl Error {
                         )
                     )
             }
-            Self::Timeout(_) | Self::NoGroup => true,
+            Self::Timeout(_) | Self::NoGroup | Self::NotReplicated { .. } => true,
             _ => false,
         }
     }

@@ -505,3 +505,37 @@ async fn a_redis_that_refuses_scripting_fails_the_start_saying_why() {
     let message = refused.to_string();
     assert!(message.contains("scripting") && message.contains("README"), "{message}");
 }
+
+#[tokio::test]
+async fn with_wait_replicas_a_write_counts_only_once_a_replica_has_it() {
+    let master = RedisServer::start();
+    let config = StoreConfig { wait_replicas: 1, ..StoreConfig::with_namespace("durable") };
+    let store = RedisStore::connect(&master.url(), config).await.expect("connect");
+    let start = || CreateRun { workflow: "wire".into(), input: json!(1), ..Default::default() };
+
+    // No replica: the write is made but not acknowledged as durable.
+    let refused = store.create_run(start()).await.expect_err("no replica acknowledged");
+    assert!(matches!(refused, keel_engine::Error::NotReplicated { wanted: 1, acked: 0 }), "{refused:?}");
+    assert!(refused.is_transient(), "a client may try again");
+
+    // With a replica: acknowledged, and the replica has it.
+    let port = master.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let mut raw = redis::Client::open(replica.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let created = loop {
+        match store.create_run(start()).await {
+            Ok(created) => break created,
+            Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let on_replica: bool = redis::cmd("EXISTS")
+        .arg(store.keys_of(&created.run_id).run(&created.run_id))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(on_replica, "the replica had the run when its start was acknowledged");
+}

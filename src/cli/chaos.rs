@@ -10,6 +10,12 @@
 //! SIGSTOP of a worker past its lease then SIGCONT, SIGKILL and restart of
 //! Redis, CLIENT PAUSE longer than the lease. Everything talks to 127.0.0.1,
 //! is bounded in count and time, and stops by itself.
+//!
+//! With `--redis-cluster`, Redis is a private cluster of three masters with one
+//! replica each (AOF on every node), Keel's namespace has 16 partitions and
+//! waits for a replica's acknowledgement of every write; the Redis fault kills
+//! a master, waits for its replica to take over, and restarts the old master
+//! (it rejoins as a replica).
 
 use keel_engine::{RegistryStore, RunStore};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -55,7 +61,15 @@ pub struct ChaosArgs {
     /// After the faults, how long runs may take to settle.
     #[arg(long, default_value_t = 180)]
     settle_s: u64,
+    /// Run on a private Redis Cluster (3 masters, 1 replica each); the Redis
+    /// fault is then a master's failover.
+    #[arg(long)]
+    redis_cluster: bool,
 }
+
+/// Masters and replicas per master of the `--redis-cluster` mode.
+const CLUSTER_MASTERS: usize = 3;
+const CLUSTER_PARTITIONS: &str = "16";
 
 /// A small deterministic random source (xorshift64*).
 struct Rng(u64);
@@ -118,41 +132,109 @@ async fn hook(State(seen): State<Shared>, headers: HeaderMap, body: axum::body::
     StatusCode::OK
 }
 
+/// One redis-server: its port, cluster bus port (cluster mode), data directory.
+struct RedisNode {
+    port: u16,
+    bus_port: Option<u16>,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
 /// The processes under test.
 struct Cluster {
     exe: PathBuf,
-    dir: PathBuf,
     fsync: String,
-    redis_port: u16,
-    redis: Option<Proc>,
+    redis: Vec<RedisNode>,
     servers: Vec<(u16, Option<Proc>)>,
     workers: Vec<Option<Proc>>,
 }
 
 impl Cluster {
     fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.redis_port)
+        self.redis.iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
     }
 
-    fn start_redis(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+    fn is_cluster(&self) -> bool {
+        self.redis.len() > 1
+    }
+
+    fn start_redis(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.redis[i];
+        std::fs::create_dir_all(&node.dir)?;
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &node.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
             .args(["--appendfsync", &self.fsync, "--maxmemory-policy", "noeviction", "--stream-node-max-bytes", "512"])
             .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting redis-server")?;
-        self.redis = Some(Proc(child));
+            .arg(&node.dir);
+        if let Some(bus) = node.bus_port {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()]).args([
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]);
+        }
+        node.proc =
+            Some(Proc(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting redis-server")?));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.redis_port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", node.port)).is_err() {
             if Instant::now() > deadline {
                 bail!("redis-server did not come back within 20 s");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// A node's `redis-cli` answer.
+    fn cli(&self, i: usize, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.redis[i].port.to_string()])
+            .args(args)
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Join the nodes into a cluster (masters with a replica each) and wait
+    /// until it serves every slot.
+    fn create_cluster(&self) -> anyhow::Result<()> {
+        let addresses: Vec<String> = self.redis.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .context("redis-cli --cluster create (is redis-tools installed?)")?;
+        if !out.status.success() {
+            bail!("redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        self.wait_cluster_ok(Duration::from_secs(30))
+    }
+
+    /// Every running node says `cluster_state:ok` and there are as many masters as at the start.
+    fn wait_cluster_ok(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let up: Vec<usize> = (0..self.redis.len()).filter(|&i| self.redis[i].proc.is_some()).collect();
+            let ok = up.iter().all(|&i| self.cli(i, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            if ok && self.masters().len() == CLUSTER_MASTERS {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the Redis cluster did not recover within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The running nodes that are masters now.
+    fn masters(&self) -> Vec<usize> {
+        (0..self.redis.len())
+            .filter(|&i| self.redis[i].proc.is_some() && self.cli(i, &["ROLE"]).starts_with("master"))
+            .collect()
     }
 
     fn spawn(&self, command: &str, port: u16) -> anyhow::Result<Proc> {
@@ -175,6 +257,8 @@ impl Cluster {
                 .env("KEEL_WEBHOOK_RETRY_BASE", "200ms")
                 .env("KEEL_RECONCILE_EVERY", "3s")
                 .env("KEEL_WEBHOOK_VISIBILITY", "5s")
+                .envs(self.is_cluster().then_some(("KEEL_PARTITIONS", CLUSTER_PARTITIONS)))
+                .envs(self.is_cluster().then_some(("KEEL_REDIS_WAIT_REPLICAS", "1")))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()?,
@@ -244,16 +328,25 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     // The cluster.
     let dir = std::env::temp_dir().join(format!("keel-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let nodes = if args.redis_cluster { CLUSTER_MASTERS * 2 } else { 1 };
+    let mut redis = Vec::with_capacity(nodes);
+    for i in 0..nodes {
+        let bus_port = if args.redis_cluster { Some(free_port()?) } else { None };
+        redis.push(RedisNode { port: free_port()?, bus_port, dir: dir.join(format!("redis-{i}")), proc: None });
+    }
     let mut cluster = Cluster {
         exe: std::env::current_exe()?,
-        dir: dir.clone(),
         fsync: args.fsync.clone(),
-        redis_port: free_port()?,
-        redis: None,
+        redis,
         servers: vec![(free_port()?, None), (free_port()?, None)],
         workers: (0..args.workers.max(1)).map(|_| None).collect(),
     };
-    cluster.start_redis()?;
+    for i in 0..nodes {
+        cluster.start_redis(i)?;
+    }
+    if cluster.is_cluster() {
+        cluster.create_cluster()?;
+    }
     for i in 0..cluster.servers.len() {
         cluster.start_server(i)?;
     }
@@ -377,9 +470,11 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     let expected = Duration::from_secs_f64(args.runs as f64 / args.rate.max(0.1)).max(Duration::from_secs(5));
     let spacing = expected / (args.faults as u32 + 1);
     let mut faults = Faults::default();
-    for _ in 0..args.faults {
+    for n in 0..args.faults {
         tokio::time::sleep(spacing.mul_f64(0.5 + rng.below(100) as f64 / 100.0)).await;
-        match rng.below(100) {
+        // On a cluster the first fault is always a master's failover.
+        let choice = if cluster.is_cluster() && n == 0 { 70 } else { rng.below(100) };
+        match choice {
             0..=34 => {
                 let i = rng.below(cluster.workers.len() as u64) as usize;
                 cluster.workers[i] = None; // SIGKILL
@@ -403,14 +498,30 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
                 tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
                 cluster.start_server(i)?;
             }
+            70..=84 if cluster.is_cluster() => {
+                // A master dies; its replica takes over; the old master comes
+                // back as a replica (of the new master).
+                let masters = cluster.masters();
+                let i = masters[rng.below(masters.len() as u64) as usize];
+                cluster.redis[i].proc = None; // SIGKILL
+                faults.redis_restarts += 1;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while cluster.masters().len() < CLUSTER_MASTERS && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                cluster.start_redis(i)?;
+                cluster.wait_cluster_ok(Duration::from_secs(30))?;
+            }
             70..=84 => {
-                cluster.redis = None; // SIGKILL
+                cluster.redis[0].proc = None; // SIGKILL
                 faults.redis_restarts += 1;
                 tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
-                cluster.start_redis()?;
+                cluster.start_redis(0)?;
             }
             _ => {
-                if let Ok(client) = redis::Client::open(cluster.redis_url())
+                let masters = cluster.masters();
+                let node = masters[rng.below(masters.len().max(1) as u64) as usize % masters.len().max(1)];
+                if let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}", cluster.redis[node].port))
                     && let Ok(mut conn) = client.get_multiplexed_async_connection().await
                 {
                     let _: redis::RedisResult<()> =
@@ -531,7 +642,8 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     let total_faults =
         faults.workers_killed + faults.servers_killed + faults.redis_restarts + faults.stops + faults.pauses;
     println!(
-        "keel-chaos runs={} faults={total_faults} (workers_killed={} servers_killed={} redis_restarts={} stops={} pauses={}) fsync={} completed={completed}/{} panicked={panicked} blocked={blocked}/{} lost={lost} duplicated_results={duplicated} stuck={} over_attempts={over_attempts} webhooks_missing={webhooks_missing} effects_missing={effects_missing} failed={failed} unacknowledged={unacknowledged} seed={seed}",
+        "keel-chaos redis={} runs={} faults={total_faults} (workers_killed={} servers_killed={} redis_restarts={} stops={} pauses={}) fsync={} completed={completed}/{} panicked={panicked} blocked={blocked}/{} lost={lost} duplicated_results={duplicated} stuck={} over_attempts={over_attempts} webhooks_missing={webhooks_missing} effects_missing={effects_missing} failed={failed} unacknowledged={unacknowledged} seed={seed}",
+        if cluster.is_cluster() { "cluster" } else { "single" },
         args.runs,
         faults.workers_killed,
         faults.servers_killed,

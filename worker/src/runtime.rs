@@ -109,6 +109,7 @@ pub struct WorkerBuilder {
     calls: crate::CallSettings,
     max_value_bytes: Option<usize>,
     partitions: Option<u16>,
+    wait_replicas: Option<u32>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -157,7 +158,7 @@ impl WorkerBuilder {
 
     /// Read the settings `keel worker` reads from the environment: `KEEL_REDIS_URL`
     /// (or `REDIS_URL`), `KEEL_REDIS_CLUSTER`, `KEEL_REDIS_CA_FILE`,
-    /// `KEEL_REDIS_CERT_FILE`, `KEEL_REDIS_KEY_FILE`, `KEEL_PARTITIONS`, `KEEL_NAMESPACE`, `KEEL_LEASE` (`30s`), `KEEL_CONCURRENCY`,
+    /// `KEEL_REDIS_CERT_FILE`, `KEEL_REDIS_KEY_FILE`, `KEEL_PARTITIONS`, `KEEL_REDIS_WAIT_REPLICAS`, `KEEL_NAMESPACE`, `KEEL_LEASE` (`30s`), `KEEL_CONCURRENCY`,
     /// `KEEL_SIGNING_KEY`, `KEEL_ALLOW_PRIVATE_TARGETS` (`1/0`, `true/false`,
     /// `yes/no`), `KEEL_MAX_VALUE_BYTES`. Unset ones keep their defaults; a value
     /// that does not parse is an error naming the variable.
@@ -194,6 +195,10 @@ impl WorkerBuilder {
         if let Some(n) = var("KEEL_PARTITIONS") {
             self.partitions =
                 Some(n.trim().parse().map_err(|_| bad("KEEL_PARTITIONS", format!("{n:?} is not a number")))?);
+        }
+        if let Some(n) = var("KEEL_REDIS_WAIT_REPLICAS") {
+            self.wait_replicas =
+                Some(n.trim().parse().map_err(|_| bad("KEEL_REDIS_WAIT_REPLICAS", format!("{n:?} is not a number")))?);
         }
         if let Some(namespace) = var("KEEL_NAMESPACE") {
             self.namespace = Some(namespace);
@@ -287,6 +292,7 @@ impl WorkerBuilder {
                     config.max_value_bytes = max;
                 }
                 config.partitions = self.partitions;
+                config.wait_replicas = self.wait_replicas.unwrap_or(0);
                 let target =
                     keel_engine::RedisTarget { urls: keel_engine::RedisTarget::parse(&url)?.urls, ..self.redis_extras };
                 Arc::new(keel_engine::RedisStore::connect_to(&target, config).await?)

@@ -80,13 +80,11 @@ impl HookStore for RedisStore {
         for job in jobs {
             invocation.arg(to_json(job)?);
         }
-        let mut conn = self.conn.clone();
-        let _: i64 = invocation.invoke_async(&mut conn).await?;
+        let _: i64 = invocation.invoke_on(self).await?;
         Ok(())
     }
 
     async fn due_jobs(&self, max: usize, visibility: Duration) -> Result<Vec<DeliveryJob>> {
-        let mut conn = self.conn.clone();
         let mut jobs = Vec::new();
         for keys in self.sweep_order() {
             if jobs.len() >= max.max(1) {
@@ -99,7 +97,7 @@ impl HookStore for RedisStore {
                 .key(keys.prefix())
                 .arg(max.max(1) - jobs.len())
                 .arg(visibility.as_millis() as u64)
-                .invoke_async(&mut conn)
+                .invoke_on(self)
                 .await?;
             for text in &due {
                 jobs.push(from_json("delivery job", text)?);
@@ -109,7 +107,6 @@ impl HookStore for RedisStore {
     }
 
     async fn update_job(&self, job: &DeliveryJob, next: Option<(&DeliveryJob, Duration)>) -> Result<()> {
-        let mut conn = self.conn.clone();
         let _: i64 = self
             .scripts
             .job_update
@@ -118,7 +115,7 @@ impl HookStore for RedisStore {
             .arg(to_json(job)?)
             .arg(next.map(|(n, _)| to_json(n)).transpose()?.unwrap_or_default())
             .arg(next.map_or(0, |(_, d)| d.as_millis() as u64))
-            .invoke_async(&mut conn)
+            .invoke_on(self)
             .await?;
         Ok(())
     }

@@ -53,6 +53,11 @@ const BLOCKING_POOL: usize = 4;
 /// partition for at most this long before sweeping all of them again: the
 /// longest a new task in a partition nobody blocks on waits while workers idle.
 const SWEEP_BLOCK: Duration = Duration::from_millis(250);
+/// How long `connect` keeps trying a Redis that answers but is not ready
+/// (loading its data, a cluster electing a master).
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a write waits for its replicas (`StoreConfig::wait_replicas`).
+const REPLICA_WAIT: Duration = Duration::from_secs(2);
 /// A waiter re-checks its run this often even without a notification.
 const RECHECK: Duration = Duration::from_secs(10);
 
@@ -97,6 +102,23 @@ impl RedisStore {
                 config.namespace
             )));
         }
+        // A Redis that is starting (loading its data, failing over) answers
+        // soon: transient errors are retried for a while before giving up.
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match Self::connect_once(target, config.clone()).await {
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!(error = %e, "Redis is not ready; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn connect_once(target: &RedisTarget, config: StoreConfig) -> Result<Self> {
         let endpoint = Endpoint::open(target).await?;
         let partitions = check_layout(&mut endpoint.shared().await?, &config).await?;
         let store = Self::with_endpoint(endpoint, config, partitions).await?;
@@ -111,8 +133,9 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         for script in self.scripts.all() {
             if let Err(e) = script.load_async(&mut conn).await {
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                    return Err(e.into());
+                let e = Error::from(e);
+                if e.is_transient() {
+                    return Err(e);
                 }
                 return Err(Error::Invalid(format!(
                     "Redis refused to load a Lua script ({e}); Keel needs scripting (SCRIPT LOAD, EVALSHA), \
@@ -236,6 +259,7 @@ impl RedisStore {
     /// Mark the run watched for `ttl` (its scripts notify while it is): `NONE`
     /// (no such run), `FINAL` or `WAIT`.
     async fn watch(&self, run_id: &RunId, ttl: Duration) -> Result<String> {
+        // Not a result of the run's: no replica need acknowledge it.
         let mut conn = self.conn.clone();
         Ok(self
             .scripts
@@ -455,8 +479,7 @@ impl RedisStore {
         for workflow in &req.workflows {
             invocation.arg(workflow);
         }
-        let mut conn = self.conn.clone();
-        let reply: Value = invocation.invoke_async(&mut conn).await?;
+        let reply: Value = invocation.invoke_on(self).await?;
         let reply = array(&reply)?;
         if text(&reply[0])? == "NOGROUP" {
             return Err(Error::NoGroup);
@@ -476,7 +499,6 @@ impl RedisStore {
     async fn claim_deliveries(&self, req: &Claim, deliveries: Vec<Delivery>) -> Result<Vec<ClaimedTask>> {
         let mut claimed = Vec::with_capacity(deliveries.len());
         let settings = self.claim_settings(req)?;
-        let mut conn = self.conn.clone();
         for delivery in deliveries {
             let mut invocation = self.scripts.claim.prepare_invoke();
             invocation
@@ -487,7 +509,7 @@ impl RedisStore {
             for setting in &settings {
                 invocation.arg(setting);
             }
-            let reply: Value = invocation.invoke_async(&mut conn).await?;
+            let reply: Value = invocation.invoke_on(self).await?;
             let reply = array(&reply)?;
             match text(&reply[0])?.as_str() {
                 "CLAIMED" => match Self::claimed_from(reply, &req.worker_id) {
@@ -511,24 +533,21 @@ impl RedisStore {
 
     /// Run a periodic-duty script that takes only a batch limit, in every
     /// partition; one answer per partition.
-    async fn limited_script<T: redis::FromRedisValue>(&self, script: &redis::Script, limit: usize) -> Result<Vec<T>> {
-        let mut conn = self.conn.clone();
+    async fn limited_script<T: redis::FromRedisValue + Send>(
+        &self,
+        script: &redis::Script,
+        limit: usize,
+    ) -> Result<Vec<T>> {
         let mut out = Vec::with_capacity(self.parts.len());
         for keys in &self.parts {
-            out.push(script.prepare_invoke().key(keys.prefix()).arg(limit.max(1)).invoke_async(&mut conn).await?);
+            out.push(script.prepare_invoke().key(keys.prefix()).arg(limit.max(1)).invoke_on(self).await?);
         }
         Ok(out)
     }
 
     /// Run a script that takes only the run id, in the run's partition.
     async fn run_script(&self, script: &redis::Script, run_id: &RunId) -> Result<Vec<String>> {
-        let mut conn = self.conn.clone();
-        Ok(script
-            .prepare_invoke()
-            .key(self.keys_of(run_id).prefix())
-            .arg(run_id.as_str())
-            .invoke_async(&mut conn)
-            .await?)
+        script.prepare_invoke().key(self.keys_of(run_id).prefix()).arg(run_id.as_str()).invoke_on(self).await
     }
 
     fn state_error(&self, run_id: &RunId, reply: &[String]) -> Error {
@@ -565,7 +584,6 @@ impl RedisStore {
         event_key: &str,
         idem: &str,
     ) -> Result<Vec<String>> {
-        let mut conn = self.conn.clone();
         let names: Vec<String> = self
             .scripts
             .key_names
@@ -576,9 +594,52 @@ impl RedisStore {
             .arg(event_key)
             .arg(idem)
             .arg(RunStatus::Waiting.as_str())
-            .invoke_async(&mut conn)
+            .invoke_on(self)
             .await?;
         Ok(names)
+    }
+}
+
+/// How a script is called: plainly, or, when the store waits for replicas
+/// (`StoreConfig::wait_replicas`), followed by `WAIT` on the same node in one
+/// pipeline, so a result is acknowledged only once a replica has it (a master
+/// that dies right after cannot take it with it).
+pub(super) trait Invoke {
+    fn invoke_on<'a, T: redis::FromRedisValue + Send + 'a>(
+        &'a self,
+        store: &'a RedisStore,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>>;
+}
+
+impl Invoke for redis::ScriptInvocation<'_> {
+    fn invoke_on<'a, T: redis::FromRedisValue + Send + 'a>(
+        &'a self,
+        store: &'a RedisStore,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut conn = store.conn.clone();
+            let wanted = store.config.wait_replicas;
+            if wanted == 0 {
+                return Ok(self.invoke_async(&mut conn).await?);
+            }
+            let mut reloaded = false;
+            loop {
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(self).cmd("WAIT").arg(wanted).arg(REPLICA_WAIT.as_millis() as u64);
+                match pipe.query_async::<(Value, u32)>(&mut conn).await {
+                    Ok((_, acked)) if acked < wanted => return Err(Error::NotReplicated { wanted, acked }),
+                    Ok((reply, _)) => {
+                        return T::from_redis_value(reply).map_err(|e| Error::corrupt("script reply", e));
+                    }
+                    // A promoted replica does not have the scripts loaded.
+                    Err(e) if !reloaded && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        self.load_async(&mut conn).await?;
+                        reloaded = true;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        })
     }
 }
 

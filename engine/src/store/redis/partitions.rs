@@ -75,7 +75,6 @@ impl RedisStore {
         event_id_key: Option<&str>,
         event_id: Option<&str>,
     ) -> Result<Delivered> {
-        let mut conn = self.conn.clone();
         let reply: (String, Vec<String>, i64) = self
             .scripts
             .deliver
@@ -88,7 +87,7 @@ impl RedisStore {
             .arg(event_id_key.unwrap_or_default())
             .arg(self.config.idempotency_ttl.as_millis().max(1) as u64)
             .arg(event_id.unwrap_or_default())
-            .invoke_async(&mut conn)
+            .invoke_on(self)
             .await?;
         Ok(Delivered {
             event_id: reply.0,
@@ -146,7 +145,6 @@ impl RedisStore {
         limit: usize,
         cursor: Option<&(u64, RunId)>,
     ) -> Result<PartitionPage> {
-        let mut conn = self.conn.clone();
         let reply: Value = self
             .scripts
             .list
@@ -159,7 +157,7 @@ impl RedisStore {
             .arg(cursor.map(|c| c.1.as_str()).unwrap_or(""))
             .arg(query.label.as_ref().map(|l| l.0.as_str()).unwrap_or(""))
             .arg(query.label.as_ref().map(|l| l.1.as_str()).unwrap_or(""))
-            .invoke_async(&mut conn)
+            .invoke_on(self)
             .await?;
         let reply = array(&reply)?;
         let [found, last_id, last_score, index_goes_on] = reply else {

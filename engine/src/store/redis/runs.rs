@@ -23,7 +23,6 @@ impl RunStore for RedisStore {
         let labels = if req.labels.is_empty() { String::new() } else { to_json(&req.labels)? };
         let parent = req.parent.as_ref().map(to_json).transpose()?.unwrap_or_default();
         let parent_partition = req.parent.as_ref().map(|p| self.keys_of(&p.run_id).prefix()).unwrap_or("");
-        let mut conn = self.conn.clone();
         let reply: Vec<String> = self
             .scripts
             .create
@@ -42,7 +41,7 @@ impl RunStore for RedisStore {
             .arg(if client_chose { "1" } else { "0" })
             .arg(req.callback_url.as_deref().unwrap_or(""))
             .arg(parent_partition)
-            .invoke_async(&mut conn)
+            .invoke_on(self)
             .await?;
         let id = || RunId::new(reply.get(1).cloned().unwrap_or_default());
         match reply.first().map(String::as_str) {
@@ -102,7 +101,6 @@ impl RunStore for RedisStore {
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<()> {
-        let mut conn = self.conn.clone();
         let reply: Vec<String> = self
             .scripts
             .renew
@@ -114,7 +112,7 @@ impl RunStore for RedisStore {
             .arg(ttl.as_millis().max(1) as u64)
             .arg(&lease.workflow)
             .arg(&lease.task_id)
-            .invoke_async(&mut conn)
+            .invoke_on(self)
             .await?;
         if reply.first().map(String::as_str) == Some("OK") { Ok(()) } else { Err(Self::lost(lease)) }
     }
@@ -135,8 +133,7 @@ impl RunStore for RedisStore {
         for event in events {
             invocation.arg(encode_event(event)?);
         }
-        let mut conn = self.conn.clone();
-        let reply: Value = invocation.invoke_async(&mut conn).await?;
+        let reply: Value = invocation.invoke_on(self).await?;
         let reply = array(&reply)?;
         if text(&reply[0])? != "OK" {
             return Err(Self::lost(lease));
@@ -198,8 +195,7 @@ impl RunStore for RedisStore {
         for event in events {
             invocation.arg(encode_event(event)?);
         }
-        let mut conn = self.conn.clone();
-        let reply: Value = invocation.invoke_async(&mut conn).await?;
+        let reply: Value = invocation.invoke_on(self).await?;
         let reply = array(&reply)?;
         let ended = matches!(how, Finish::Complete { .. } | Finish::Fail { .. } | Finish::Cancel { .. })
             || text(&reply[0])? == "CANCELLED";
@@ -255,7 +251,6 @@ impl RunStore for RedisStore {
         let reason = reason.map(str::to_owned);
         let requested = encode_event(&JournalEvent::CancelRequested { reason: reason.clone() })?;
         let cancelled = encode_event(&JournalEvent::RunCancelled { reason })?;
-        let mut conn = self.conn.clone();
         let reply: Vec<String> = self
             .scripts
             .cancel
@@ -267,7 +262,7 @@ impl RunStore for RedisStore {
             .arg(self.config.retention.as_millis() as u64)
             .arg(self.config.event_lookback.as_millis().max(1) as u64)
             .arg(self.config.event_lookback_max.max(1))
-            .invoke_async(&mut conn)
+            .invoke_on(self)
             .await?;
         if reply.first().map(String::as_str) == Some("CANCELLED") && self.parts.len() > 1 {
             // A child's outcome for a parent in another partition goes at once.
@@ -394,7 +389,6 @@ impl RunStore for RedisStore {
 
     async fn unpark(&self, workflow: &str, versions: &[u32]) -> Result<Vec<RunId>> {
         keel_proto::validate_workflow_name(workflow)?;
-        let mut conn = self.conn.clone();
         let mut out = Vec::new();
         for keys in &self.parts {
             let mut invocation = self.scripts.unpark.prepare_invoke();
@@ -402,7 +396,7 @@ impl RunStore for RedisStore {
             for version in versions {
                 invocation.arg(version);
             }
-            let ids: Vec<String> = invocation.invoke_async(&mut conn).await?;
+            let ids: Vec<String> = invocation.invoke_on(self).await?;
             for id in ids {
                 out.push(RunId::new(id)?);
             }

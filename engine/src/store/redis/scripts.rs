@@ -37,7 +37,7 @@ pub(super) struct Scripts {
 impl Scripts {
     /// Every script, for loading them all at start.
     pub fn all(&self) -> Vec<&Script> {
-        let mut all = vec![
+        let all = vec![
             &self.create,
             &self.claim,
             &self.renew,
@@ -60,7 +60,11 @@ impl Scripts {
             &self.unpark,
         ];
         #[cfg(feature = "testing")]
-        all.push(&self.key_names);
+        let all = {
+            let mut all = all;
+            all.push(&self.key_names);
+            all
+        };
         all
     }
 
