@@ -207,6 +207,28 @@ pub struct Stats {
 /// The upper bounds (ms) of the step duration histogram.
 pub const STEP_MS_BUCKETS: [u64; 13] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000];
 
+/// Journal entry types that are webhook events, and which. (The one place:
+/// the Lua scripts get this table generated from it, see redis/scripts.rs.)
+pub const JOURNAL_HOOKS: [(&str, keel_proto::WebhookEventType); 6] = [
+    ("run_started", keel_proto::WebhookEventType::RunStarted),
+    ("step_completed", keel_proto::WebhookEventType::StepCompleted),
+    ("step_failed", keel_proto::WebhookEventType::StepFailed),
+    ("run_completed", keel_proto::WebhookEventType::RunCompleted),
+    ("run_failed", keel_proto::WebhookEventType::RunFailed),
+    ("run_cancelled", keel_proto::WebhookEventType::RunCancelled),
+];
+
+/// Journal entry types counted for /metrics, and the counter each bumps
+/// (`<workflow>|<stat>` in the stats hash). Generated into Lua like the above.
+pub const JOURNAL_STATS: [(&str, &str); 6] = [
+    ("run_started", "started"),
+    ("run_completed", "completed"),
+    ("run_failed", "failed"),
+    ("run_cancelled", "cancelled"),
+    ("step_completed", "steps_completed"),
+    ("step_failed", "steps_failed"),
+];
+
 /// A webhook event waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxItem {

@@ -40,18 +40,15 @@ fn sid_text(id: Sid) -> String {
     format!("{}-{}", id.0, id.1)
 }
 
-/// The webhook event of a serialized journal entry, as prelude.lua's `HOOKS`.
+/// The webhook event of a serialized journal entry (`JOURNAL_HOOKS`).
 fn webhook_type(entry: &str) -> Option<WebhookEventType> {
-    let kind = entry.strip_prefix("{\"v\":")?.split_once(",\"type\":\"")?.1.split('"').next()?;
-    match kind {
-        "run_started" => Some(WebhookEventType::RunStarted),
-        "step_completed" => Some(WebhookEventType::StepCompleted),
-        "step_failed" => Some(WebhookEventType::StepFailed),
-        "run_completed" => Some(WebhookEventType::RunCompleted),
-        "run_failed" => Some(WebhookEventType::RunFailed),
-        "run_cancelled" => Some(WebhookEventType::RunCancelled),
-        _ => None,
-    }
+    let kind = entry_kind(entry)?;
+    super::JOURNAL_HOOKS.iter().find(|(k, _)| *k == kind).map(|(_, hook)| *hook)
+}
+
+/// The `type` of a serialized journal entry (keel-proto writes `{"v":N,"type":"..."`).
+fn entry_kind(entry: &str) -> Option<&str> {
+    entry.strip_prefix("{\"v\":")?.split_once(",\"type\":\"")?.1.split('"').next()
 }
 
 fn parse_sid(s: &str) -> Result<Sid> {
@@ -255,14 +252,9 @@ impl State {
     /// `count_stats` in prelude.lua.
     fn count_stats(&mut self, workflow: &str, entry: &str) {
         let Ok(parsed) = serde_json::from_str::<keel_proto::JournalEntry>(entry) else { return };
-        let stat = match &parsed.event {
-            JournalEvent::RunStarted { .. } => "started",
-            JournalEvent::RunCompleted { .. } => "completed",
-            JournalEvent::RunFailed { .. } => "failed",
-            JournalEvent::RunCancelled { .. } => "cancelled",
-            JournalEvent::StepCompleted { .. } => "steps_completed",
-            JournalEvent::StepFailed { .. } => "steps_failed",
-            _ => return,
+        let Some(&(_, stat)) = entry_kind(entry).and_then(|kind| super::JOURNAL_STATS.iter().find(|(k, _)| *k == kind))
+        else {
+            return;
         };
         *self.stats.counters.entry((workflow.to_owned(), stat.to_owned())).or_default() += 1;
         if let JournalEvent::StepCompleted { duration_ms: Some(ms), .. } = parsed.event {

@@ -4,8 +4,28 @@ use redis::Script;
 
 macro_rules! script {
     ($file:literal) => {
-        Script::new(concat!(include_str!("lua/prelude.lua"), "\n", include_str!(concat!("lua/", $file))))
+        Script::new(&format!(
+            "{}{}\n{}",
+            shared_constants(),
+            include_str!("lua/prelude.lua"),
+            include_str!(concat!("lua/", $file))
+        ))
     };
+}
+
+/// The tables Lua and Rust share, written as Lua from the Rust constants (the
+/// one place they are spelled).
+pub(super) fn shared_constants() -> String {
+    use crate::store::{JOURNAL_HOOKS, JOURNAL_STATS, STEP_MS_BUCKETS};
+    let hooks: Vec<String> = JOURNAL_HOOKS.iter().map(|(kind, hook)| format!("{kind} = '{}'", hook.as_str())).collect();
+    let stats: Vec<String> = JOURNAL_STATS.iter().map(|(kind, stat)| format!("{kind} = '{stat}'")).collect();
+    let buckets: Vec<String> = STEP_MS_BUCKETS.iter().map(u64::to_string).collect();
+    format!(
+        "-- Generated from store/mod.rs.\nlocal HOOKS = {{ {} }}\nlocal STATS = {{ {} }}\nlocal STEP_MS_BUCKETS = {{ {} }}\n",
+        hooks.join(", "),
+        stats.join(", "),
+        buckets.join(", ")
+    )
 }
 
 /// One compiled [`Script`] per atomic operation; each knows its SHA.

@@ -42,11 +42,9 @@ end
 
 local FINAL = { completed = true, failed = true, cancelled = true }
 
--- Journal entry types that are webhook events.
-local HOOKS = {
-  run_started = 'run.started', step_completed = 'step.completed', step_failed = 'step.failed',
-  run_completed = 'run.completed', run_failed = 'run.failed', run_cancelled = 'run.cancelled',
-}
+-- HOOKS (journal type -> webhook event), STATS (journal type -> counter) and
+-- STEP_MS_BUCKETS come before this prelude, generated from the Rust tables
+-- (JOURNAL_HOOKS, JOURNAL_STATS, STEP_MS_BUCKETS in store/mod.rs).
 
 -- Whether any webhook subscription exists (the partition's flag), read once per script.
 local HOOKS_EXIST = nil
@@ -60,11 +58,6 @@ end
 -- outbox, in the same atomic step. (Entries are serialized `{"v":N,"type":...`.)
 -- Counters for /metrics, per workflow (`<workflow>|<stat>`), and a histogram of
 -- step durations (`step_ms|<upper bound>`, `step_ms|sum`).
-local STATS = {
-  run_started = 'started', run_completed = 'completed', run_failed = 'failed', run_cancelled = 'cancelled',
-  step_completed = 'steps_completed', step_failed = 'steps_failed',
-}
-local STEP_MS_BUCKETS = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000 }
 
 -- The workflow of each run touched by this script, read once.
 local WORKFLOW_OF = {}
