@@ -1,5 +1,6 @@
 //! The Lua scripts, each with the shared prelude prepended.
 
+use keel_proto::{JournalEntry, JournalEvent};
 use redis::Script;
 
 macro_rules! script {
@@ -13,19 +14,63 @@ macro_rules! script {
     };
 }
 
-/// The tables Lua and Rust share, written as Lua from the Rust constants (the
-/// one place they are spelled).
+/// What Lua and Rust share, written as Lua from the Rust side (the one place
+/// each is spelled): the tables of store/mod.rs, and the journal entries
+/// scripts write themselves, serialized by keel-proto (a constant entry, or a
+/// template whose pieces go around the values only the script knows).
 pub(super) fn shared_constants() -> String {
     use crate::store::{JOURNAL_HOOKS, JOURNAL_STATS, STEP_MS_BUCKETS};
     let hooks: Vec<String> = JOURNAL_HOOKS.iter().map(|(kind, hook)| format!("{kind} = '{}'", hook.as_str())).collect();
     let stats: Vec<String> = JOURNAL_STATS.iter().map(|(kind, stat)| format!("{kind} = '{stat}'")).collect();
     let buckets: Vec<String> = STEP_MS_BUCKETS.iter().map(u64::to_string).collect();
+    let pieces: Vec<String> = event_received_pieces().iter().map(|p| lua_string(p)).collect();
     format!(
-        "-- Generated from store/mod.rs.\nlocal HOOKS = {{ {} }}\nlocal STATS = {{ {} }}\nlocal STEP_MS_BUCKETS = {{ {} }}\n",
+        "-- Generated from Rust (scripts.rs).\nlocal HOOKS = {{ {} }}\nlocal STATS = {{ {} }}\n\
+         local STEP_MS_BUCKETS = {{ {} }}\nlocal RUN_PAUSED = {}\nlocal RUN_RESUMED = {}\nlocal RUN_RETRIED = {}\n\
+         local EVENT_RECEIVED = {{ {} }}\n",
         hooks.join(", "),
         stats.join(", "),
-        buckets.join(", ")
+        buckets.join(", "),
+        lua_string(&entry(&JournalEvent::RunPaused {})),
+        lua_string(&entry(&JournalEvent::RunResumed {})),
+        lua_string(&entry(&JournalEvent::RunRetried {})),
+        pieces.join(", "),
     )
+}
+
+fn entry(event: &JournalEvent) -> String {
+    serde_json::to_string(&JournalEntry::new(event.clone())).unwrap_or_default()
+}
+
+/// `event_received` as keel-proto writes it, cut around its four values
+/// (step id, event key, event id: JSON strings; data: JSON): five pieces.
+pub(super) fn event_received_pieces() -> Vec<String> {
+    let marks = ["\u{1}step", "\u{1}key", "\u{1}id", "\u{1}data"];
+    let template = entry(&JournalEvent::EventReceived {
+        step_id: marks[0].into(),
+        event_key: marks[1].into(),
+        event_id: marks[2].into(),
+        data: serde_json::Value::String(marks[3].into()),
+    });
+    let mut pieces = Vec::new();
+    let mut rest = template.as_str();
+    for mark in marks {
+        let quoted = serde_json::to_string(mark).unwrap_or_default();
+        let (before, after) = rest.split_once(quoted.as_str()).unwrap_or((rest, ""));
+        pieces.push(before.to_owned());
+        rest = after;
+    }
+    pieces.push(rest.to_owned());
+    pieces
+}
+
+/// A Lua string literal of `text` (long brackets need no escaping).
+fn lua_string(text: &str) -> String {
+    let mut level = String::new();
+    while text.contains(&format!("]{level}]")) {
+        level.push('=');
+    }
+    format!("[{level}[{text}]{level}]")
 }
 
 /// One compiled [`Script`] per atomic operation; each knows its SHA.
@@ -113,5 +158,36 @@ impl Scripts {
             watch: script!("watch.lua"),
             unpark: script!("unpark.lua"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_received_template_puts_the_values_where_keel_proto_does() {
+        let pieces = event_received_pieces();
+        assert_eq!(pieces.len(), 5, "{pieces:?}");
+        let (step, key, id, data) = ("wait-1@0.2", "order:\"7\"", "1700000000000-0", r#"{"paid":true}"#);
+        let filled = format!(
+            "{}{}{}{}{}{}{}{}{}",
+            pieces[0],
+            serde_json::to_string(step).unwrap(),
+            pieces[1],
+            serde_json::to_string(key).unwrap(),
+            pieces[2],
+            serde_json::to_string(id).unwrap(),
+            pieces[3],
+            data,
+            pieces[4]
+        );
+        let expected = entry(&JournalEvent::EventReceived {
+            step_id: step.into(),
+            event_key: key.into(),
+            event_id: id.into(),
+            data: serde_json::json!({"paid": true}),
+        });
+        assert_eq!(filled, expected);
     }
 }

@@ -12,7 +12,7 @@ if h[1] == 'pending' or (h[1] == 'running' and redis.call('EXISTS', k_lease(id))
   redis.call('HSET', k_run(id), 'task', '', 'ua', n2s(now_ms()))
   redis.call('DEL', k_lease(id))
   set_status(id, h[1], 'paused', h[3])
-  journal_add(id, '{"v":1,"type":"run_paused"}')
+  journal_add(id, RUN_PAUSED)
   return { 'PAUSED' }
 end
 redis.call('HSET', k_run(id), 'pz', '1')

@@ -172,7 +172,7 @@ local function runnable(id, wf, st, created, paused)
   WORKFLOW_OF[id] = wf
   if paused then
     set_status(id, st, 'paused', created)
-    journal_add(id, '{"v":1,"type":"run_paused"}')
+    journal_add(id, RUN_PAUSED)
   else
     set_status(id, st, 'pending', created)
     enqueue(id, wf)
@@ -236,9 +236,11 @@ end
 -- The event key on which a child run's outcome reaches its parent.
 local function child_key(id) return 'keel.child:' .. id end
 
+-- An event_received entry: keel-proto's template (EVENT_RECEIVED, generated)
+-- filled with the values only this script knows.
 local function event_received_json(step, key, eid, data)
-  return '{"v":1,"type":"event_received","step_id":' .. cjson.encode(step) .. ',"event_key":' ..
-    cjson.encode(key) .. ',"event_id":"' .. eid .. '","data":' .. data .. '}'
+  local p = EVENT_RECEIVED
+  return p[1] .. cjson.encode(step) .. p[2] .. cjson.encode(key) .. p[3] .. cjson.encode(eid) .. p[4] .. data .. p[5]
 end
 
 -- Keep an event for the lookback window and wake every run waiting on its key,

@@ -6,8 +6,17 @@
 -- KEYS[1]: partition prefix. ARGV: limit
 local limit = tonumber(ARGV[1])
 local fixed = {}
-local function has_task(wf, tid)
-  return tid and tid ~= '' and #redis.call('XRANGE', k_queue(wf), tid, tid) > 0
+-- The run's task is still queued: an entry with its id *for this run* (a queue
+-- Redis lost and that was written anew may reuse ids, within the same ms).
+local function has_task(id, wf, tid)
+  if not tid or tid == '' then return false end
+  local found = redis.call('XRANGE', k_queue(wf), tid, tid)
+  if #found == 0 then return false end
+  local fields = found[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'run_id' then return fields[i + 1] == id end
+  end
+  return false
 end
 local function next_batch(st)
   local offset = tonumber(redis.call('HGET', K_RECONCILE, st) or '0')
@@ -26,7 +35,7 @@ for _, st in ipairs({ 'pending', 'running' }) do
   for _, id in ipairs(next_batch(st)) do
     local h = redis.call('HMGET', k_run(id), 'wf', 'task', 'ca', 'blk')
     -- A parked run ('blk') has no task on purpose: unpark.lua queues it.
-    if h[1] and not h[4] and not has_task(h[1], h[2]) and redis.call('EXISTS', k_lease(id)) == 0 then
+    if h[1] and not h[4] and not has_task(id, h[1], h[2]) and redis.call('EXISTS', k_lease(id)) == 0 then
       set_status(id, st, 'pending', h[3])
       enqueue(id, h[1])
       fixed[#fixed + 1] = id

@@ -7,7 +7,7 @@ if FINAL[h[1]] then return { 'FINAL', h[1] } end
 redis.call('HDEL', k_run(id), 'pz')
 if h[1] ~= 'paused' then return { 'NOT_PAUSED' } end
 redis.call('HSET', k_run(id), 'ua', n2s(now_ms()))
-journal_add(id, '{"v":1,"type":"run_resumed"}')
+journal_add(id, RUN_RESUMED)
 set_status(id, 'paused', 'pending', h[3])
 enqueue(id, h[2])
 return { 'RESUMED' }

@@ -8,7 +8,7 @@ if h[1] ~= 'failed' then return { 'NOT_FAILED', h[1] } end
 redis.call('HDEL', k_run(id), 'err', 'fa')
 redis.call('HSET', k_run(id), 'ua', n2s(now_ms()))
 redis.call('ZREM', K_RETENTION, id)
-journal_add(id, '{"v":1,"type":"run_retried"}')
+journal_add(id, RUN_RETRIED)
 set_status(id, 'failed', 'pending', h[3])
 enqueue(id, h[2])
 return { 'RETRIED' }
