@@ -250,7 +250,10 @@ async fn signed_webhooks_arrive_retry_with_the_same_id_and_410_disables(redis: &
 async fn every_bad_input_gets_its_problem_and_writes_nothing(redis: &dyn TestRedis) {
     let ns = RedisServer::unique_namespace("bad");
     let keel = Keel::spawn("dev", redis, &ns, &[("KEEL_MAX_BODY_BYTES", "2048")]);
-    let http = http();
+    // A fresh connection per request: after a body refused before it was read
+    // whole, the server closes the connection, and a pooled client can race
+    // that close (hyper's IncompleteMessage, seen once under load).
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(0).build().unwrap();
     wait_for_workflows(&http, &keel, None).await;
     let done: Value = http
         .post(format!("{}/v1/workflows/demo/runs?wait=20s", keel.url))
