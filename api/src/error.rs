@@ -138,6 +138,12 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
             }
+            // Refused before the body was read whole: the rest of it is still on
+            // the wire, so the connection ends here. Saying so keeps a client's
+            // pool from sending its next request on it (and losing it to the close).
+            Self::BodyTooLarge(_) => {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         response
