@@ -26,6 +26,8 @@ fn keel_bench_runs_and_reports_one_line() {
         "cpu_ms_per_run=",
         "redis_cmds_per_step=",
         "bytes_per_run=",
+        "redis_cpu_ms_per_run=",
+        "keel_cpu_ms_per_run=",
     ] {
         assert!(line.contains(field), "{field} missing from: {line}");
     }

@@ -359,6 +359,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
     // Redis CPU counts only when the bench owns the whole Redis.
     let owns_redis = started.as_ref().is_some_and(|s| s._redis.is_some());
     let cpu_per_run = if owns_redis { cpu_redis.map(|r| (r + cpu_keel) / args.runs as f64) } else { None };
+    // The two halves, to tell Redis's work from Keel's.
+    let redis_cpu_per_run = if owns_redis { cpu_redis.map(|r| r / args.runs as f64) } else { None };
+    let keel_cpu_per_run = started.is_some().then(|| cpu_keel / args.runs as f64);
     let fmt = |v: Option<f64>, digits: usize| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"));
     let report = json!({
         "runs": args.runs, "steps": args.steps, "concurrency": args.concurrency,
@@ -366,6 +369,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
         "wall_s": wall, "runs_per_s": args.runs as f64 / wall, "steps_per_s": total_steps / wall,
         "p50_ms": percentile(&latencies, 0.5), "p99_ms": percentile(&latencies, 0.99),
         "cpu_ms_per_run": cpu_per_run, "redis_cmds_per_step": cmds_per_step, "bytes_per_run": bytes_per_run,
+        "redis_cpu_ms_per_run": redis_cpu_per_run, "keel_cpu_ms_per_run": keel_cpu_per_run,
         "failed": failures.len(),
         "command_share_per_master_pct": shares,
     });
@@ -373,7 +377,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
         println!("{report}");
     } else {
         println!(
-            "keel-bench runs={} steps={} concurrency={} workers={} wall_s={wall:.2} runs_per_s={:.0} steps_per_s={:.0} p50_ms={:.2} p99_ms={:.2} cpu_ms_per_run={} redis_cmds_per_step={} bytes_per_run={}",
+            "keel-bench runs={} steps={} concurrency={} workers={} wall_s={wall:.2} runs_per_s={:.0} steps_per_s={:.0} p50_ms={:.2} p99_ms={:.2} cpu_ms_per_run={} redis_cmds_per_step={} bytes_per_run={} redis_cpu_ms_per_run={} keel_cpu_ms_per_run={}",
             args.runs,
             args.steps,
             args.concurrency,
@@ -385,6 +389,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
             fmt(cpu_per_run, 3),
             fmt(cmds_per_step, 1),
             fmt(bytes_per_run, 0),
+            fmt(redis_cpu_per_run, 3),
+            fmt(keel_cpu_per_run, 3),
         );
         if shares.len() > 1 {
             let shares: Vec<String> = shares.iter().map(|s| format!("{s:.1}")).collect();
