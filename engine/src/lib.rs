@@ -5,7 +5,8 @@
 //! the lease epoch), suspending it on timers and events, finishing it, and
 //! expiring it. Two stores implement the same trait: [`RedisStore`] (the real
 //! one) and [`MemoryStore`] (for `keel dev` without Redis and for unit tests). One
-//! conformance suite (`tests/conformance`) runs against both.
+//! conformance suite (`tests/conformance`) runs against both (Redis as a single
+//! server and as a cluster).
 //!
 //! This crate knows nothing of HTTP or of how a workflow's code runs.
 

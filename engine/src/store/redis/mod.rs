@@ -379,7 +379,12 @@ impl RedisStore {
     }
 
     /// A blocking read (BLOCK `block`) on a dedicated connection, under a watchdog.
+    /// A read that does not block (the sweeps over partitions make many) goes
+    /// on the shared connection instead.
     async fn blocking_query(&self, cmd: redis::Cmd, block: Duration) -> Result<Value> {
+        if block.is_zero() {
+            return Ok(cmd.query_async(&mut self.conn.clone()).await?);
+        }
         let watchdog = block + BLOCK_MARGIN;
         let mut conn = self.blocking_conn(watchdog).await?;
         match tokio::time::timeout(watchdog, cmd.query_async::<Value>(&mut conn)).await {

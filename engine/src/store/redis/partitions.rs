@@ -137,7 +137,8 @@ impl RedisStore {
         Ok(woken)
     }
 
-    /// One partition's page of a list (see list.lua).
+    /// One partition's page of a list (see list.lua). Read-only: no replica
+    /// need acknowledge it.
     pub(super) async fn list_in(
         &self,
         keys: &Keys,
@@ -157,7 +158,7 @@ impl RedisStore {
             .arg(cursor.map(|c| c.1.as_str()).unwrap_or(""))
             .arg(query.label.as_ref().map(|l| l.0.as_str()).unwrap_or(""))
             .arg(query.label.as_ref().map(|l| l.1.as_str()).unwrap_or(""))
-            .invoke_on(self)
+            .invoke_async(&mut self.conn.clone())
             .await?;
         let reply = array(&reply)?;
         let [found, last_id, last_score, index_goes_on] = reply else {

@@ -46,9 +46,8 @@ impl RegistryStore for RedisStore {
     async fn stats(&self, workflows: &[String]) -> Result<Stats> {
         // XPENDING needs the group: make sure it exists (cached after the first time).
         self.ensure_groups(workflows).await?;
-        let mut conn = self.conn.clone();
-        let mut stats = Stats::default();
-        for keys in &self.parts {
+        // One pipeline per partition, all at once.
+        let replies = futures::future::try_join_all(self.parts.iter().map(|keys| {
             let mut pipe = redis::pipe();
             pipe.cmd("HGETALL").arg(keys.stats()).cmd("XLEN").arg(keys.dead_letters());
             for status in RunStatus::ALL {
@@ -58,8 +57,13 @@ impl RegistryStore for RedisStore {
                 pipe.cmd("XLEN").arg(keys.queue(workflow));
                 pipe.cmd("XPENDING").arg(keys.queue(workflow)).arg(GROUP);
             }
-            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
-            add_partition_stats(&mut stats, workflows, &replies)?;
+            let mut conn = self.conn.clone();
+            async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+        }))
+        .await?;
+        let mut stats = Stats::default();
+        for replies in &replies {
+            add_partition_stats(&mut stats, workflows, replies)?;
         }
         Ok(stats)
     }

@@ -233,18 +233,18 @@ impl RunStore for RedisStore {
         crate::store::validate_delivery(key, data, client_id, &self.config)?;
         let data = to_json(data)?;
         let home = usize::from(crate::keys::partition_of(key, self.partitions()));
-        let n = self.parts.len();
-        let mut answer: Option<Delivered> = None;
-        for keys in (0..n).map(|i| &self.parts[(home + i) % n]) {
-            let event_id = client_id.map(|id| keys.event_id(key, id));
-            let id = answer.as_ref().map(|a| a.event_id.as_str());
-            let delivered = self.deliver_in(keys, key, &data, event_id.as_deref(), id).await?;
-            match &mut answer {
-                None => answer = Some(delivered),
-                Some(answer) => answer.woken.extend(delivered.woken),
-            }
+        let once = |keys: &Keys| client_id.map(|id| keys.event_id(key, id));
+        let home_keys = &self.parts[home];
+        let mut answer = self.deliver_in(home_keys, key, &data, once(home_keys).as_deref(), None).await?;
+        // The other partitions at once (one round trip's wait, not P).
+        let others = self.parts.iter().filter(|keys| keys.index() != home_keys.index()).map(|keys| {
+            let (data, id, answer_id) = (&data, once(keys), answer.event_id.clone());
+            async move { self.deliver_in(keys, key, data, id.as_deref(), Some(&answer_id)).await }
+        });
+        for delivered in futures::future::try_join_all(others).await? {
+            answer.woken.extend(delivered.woken);
         }
-        answer.ok_or_else(|| Error::corrupt("deliver", "no partition"))
+        Ok(answer)
     }
 
     async fn request_cancel(&self, run_id: &RunId, reason: Option<&str>) -> Result<CancelOutcome> {
@@ -312,10 +312,10 @@ impl RunStore for RedisStore {
         }
         let limit = page_limit(query.limit);
         let cursor = query.cursor.as_deref().map(parse_cursor).transpose()?;
-        let mut pages = Vec::with_capacity(self.parts.len());
-        for keys in &self.parts {
-            pages.push(self.list_in(keys, query, limit, cursor.as_ref()).await?);
-        }
+        let pages = futures::future::try_join_all(
+            self.parts.iter().map(|keys| self.list_in(keys, query, limit, cursor.as_ref())),
+        )
+        .await?;
         Ok(partitions::merge_pages(pages, limit))
     }
 
