@@ -231,12 +231,18 @@ async fn signed_webhooks_arrive_retry_with_the_same_id_and_410_disables(redis: &
     assert!(disabled["disabled"].as_str().unwrap().contains("410"), "{disabled}");
     // Once the outbox and the job set are empty, no delivery can come any more:
     // then count what each receiver got.
-    let keys = keel_engine::keys::Keys::new(ns.as_str());
+    // (Every partition's outbox and jobs.)
+    let partitions = common::partitions(redis);
+    let parts: Vec<_> =
+        (0..partitions).map(|p| keel_engine::keys::Keys::partition(ns.as_str(), p, partitions)).collect();
     let mut settled = false;
     for _ in 0..300 {
-        let jobs: u64 = query(redis, redis::cmd("ZCARD").arg(keys.webhook_jobs())).await;
-        let outbox: u64 = query(redis, redis::cmd("XLEN").arg(keys.outbox())).await;
-        if jobs == 0 && outbox == 0 {
+        let mut pending = 0u64;
+        for keys in &parts {
+            pending += query::<u64>(redis, redis::cmd("ZCARD").arg(keys.webhook_jobs())).await;
+            pending += query::<u64>(redis, redis::cmd("XLEN").arg(keys.outbox())).await;
+        }
+        if pending == 0 {
             settled = true;
             break;
         }

@@ -9,7 +9,7 @@
 //! on every attempt. Only a 2xx succeeds; 410 disables the subscription; 429
 //! honours Retry-After; no redirect is followed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backoff::backoff::Backoff;
@@ -77,8 +77,31 @@ async fn round(state: &AppState, config: &DispatchConfig) -> keel_engine::Result
         fan_out(store.as_ref(), &subscriptions, item).await?;
     }
     let by_id: HashMap<&str, &WebhookSubscription> = subscriptions.iter().map(|s| (s.id.as_str(), s)).collect();
-    futures::stream::iter(jobs)
-        .for_each_concurrent(config.concurrency, |job| deliver(state, config, &by_id, job))
+    // One receiver's jobs one after another (oldest first), receivers at once:
+    // after a 410 the receiver's other jobs of this round are dropped, not sent.
+    let mut by_target: BTreeMap<String, Vec<DeliveryJob>> = BTreeMap::new();
+    for job in jobs {
+        let target = match &job.target {
+            DeliveryTarget::Subscription(id) => format!("s:{id}"),
+            DeliveryTarget::Callback(url) => format!("c:{url}"),
+        };
+        by_target.entry(target).or_default().push(job);
+    }
+    futures::stream::iter(by_target.into_values())
+        .for_each_concurrent(config.concurrency, |mut group| {
+            let by_id = &by_id;
+            async move {
+                group.sort_by(|a, b| (a.first_due_ms, &a.sequence).cmp(&(b.first_due_ms, &b.sequence)));
+                let mut gone = false;
+                for job in group {
+                    if gone {
+                        finish(store.as_ref(), &job, None).await;
+                    } else {
+                        gone = deliver(state, config, by_id, job).await;
+                    }
+                }
+            }
+        })
         .await;
     Ok(())
 }
@@ -146,27 +169,35 @@ enum Attempt {
     Refused(String),
 }
 
+/// One attempt of a job, logged and finished or rescheduled. True when the
+/// receiver is gone (a 410 disabled its subscription).
 async fn deliver(
     state: &AppState,
     config: &DispatchConfig,
     subs: &HashMap<&str, &WebhookSubscription>,
     job: DeliveryJob,
-) {
+) -> bool {
     let store = state.store();
     let (url, log) = match &job.target {
         DeliveryTarget::Subscription(id) => match subs.get(id.as_str()) {
             Some(sub) if sub.disabled.is_none() => (sub.url.clone(), id.clone()),
             // Deleted or disabled since: nothing more to do.
-            _ => return finish(store.as_ref(), &job, None).await,
+            _ => {
+                finish(store.as_ref(), &job, None).await;
+                return false;
+            }
         },
         DeliveryTarget::Callback(url) => (url.clone(), format!("run:{}", job.run_id)),
     };
     let record = match record_of(store.as_ref(), &job).await {
         Ok(Some(record)) => record,
-        Ok(None) => return finish(store.as_ref(), &job, None).await,
+        Ok(None) => {
+            finish(store.as_ref(), &job, None).await;
+            return false;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "reading a webhook's event failed; it comes due again");
-            return;
+            return false;
         }
     };
     let workflow = store.get_run(&job.run_id).await.ok().flatten().map(|r| r.workflow).unwrap_or_default();
@@ -224,6 +255,7 @@ async fn deliver(
     }
     let next_job = DeliveryJob { attempts, ..job.clone() };
     finish(store.as_ref(), &job, next.map(|d| (next_job, d))).await;
+    outcome == "disabled"
 }
 
 async fn finish(store: &dyn Store, job: &DeliveryJob, next: Option<(DeliveryJob, Duration)>) {

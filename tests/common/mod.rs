@@ -45,7 +45,7 @@ impl Keel {
             .env("KEEL_LOG", "debug,hyper=info,h2=info,reqwest=info")
             // On a cluster, the namespace gets several partitions (every process
             // says so: the first to start records the count).
-            .envs(redis.is_cluster().then_some(("KEEL_PARTITIONS", "8")))
+            .env("KEEL_PARTITIONS", partitions(redis).to_string())
             .envs(env.iter().copied())
             .current_dir(std::env::temp_dir())
             .stdout(out.try_clone().expect("log"))
@@ -198,6 +198,11 @@ pub async fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut()
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The partitions an end-to-end test's namespace gets: several on a cluster.
+pub fn partitions(redis: &dyn TestRedis) -> u16 {
+    if redis.is_cluster() { 8 } else { 1 }
 }
 
 /// Every key of a namespace, on every node, sorted.
