@@ -27,6 +27,9 @@ pub struct StoreConfig {
     /// Redis Cluster failover, 1 keeps an acknowledged result through the loss
     /// of its master.
     pub wait_replicas: u32,
+    /// Redis: every script checks that each key it touches is one it was
+    /// given in KEYS, and fails if not (what the tests run; a little slower).
+    pub check_keys: bool,
 }
 
 /// 1 MiB.
@@ -44,6 +47,7 @@ impl Default for StoreConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             partitions: None,
             wait_replicas: 0,
+            check_keys: false,
         }
     }
 }

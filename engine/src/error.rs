@@ -38,6 +38,10 @@ pub enum Error {
     /// acknowledged it in time: not acknowledged as durable.
     #[error("the write reached {acked} of the {wanted} replicas asked for (KEEL_REDIS_WAIT_REPLICAS) in time")]
     NotReplicated { wanted: u32, acked: u32 },
+    /// An operation kept finding what it had read changed when its script
+    /// ran (many writers on the same runs); trying again later may succeed.
+    #[error("too much contention: {0}")]
+    Contended(String),
     /// A value over [`StoreConfig::max_value_bytes`](crate::StoreConfig). Nothing was written.
     #[error("the {what} is {size} bytes of JSON, over the limit of {limit} bytes (KEEL_MAX_VALUE_BYTES)")]
     PayloadTooLarge { what: String, size: usize, limit: usize },
@@ -98,7 +102,7 @@ impl Error {
                         )
                     )
             }
-            Self::Timeout(_) | Self::NoGroup | Self::NotReplicated { .. } => true,
+            Self::Timeout(_) | Self::NoGroup | Self::NotReplicated { .. } | Self::Contended(_) => true,
             _ => false,
         }
     }

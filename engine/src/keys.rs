@@ -1,6 +1,5 @@
-//! The one place in Rust that spells a Redis key. (The Lua scripts build the same
-//! names in `store/redis/lua/prelude.lua` from the partition prefix they get in
-//! KEYS[1]; a test holds the two together.)
+//! The one place that spells a Redis key. (The Lua scripts get every key they
+//! touch in KEYS, declared by `store/redis/ops`; they build none.)
 //!
 //! The layout (version [`LAYOUT`]): every key a transition touches is a
 //! *partition* key, `{<namespace>:<p>}:...`, and all of a partition's keys share
@@ -180,6 +179,16 @@ impl Keys {
 
     pub fn runs_by_status(&self, status: RunStatus) -> String {
         format!("{}:runs:status:{status}", self.prefix)
+    }
+
+    /// Sorted set: a workflow's runs in one status, by creation time.
+    pub fn runs_by_workflow_status(&self, workflow: &str, status: RunStatus) -> String {
+        format!("{}:runs:wf:{workflow}:status:{status}", self.prefix)
+    }
+
+    /// Sorted set: runs carrying the label `name=value`, by creation time.
+    pub fn runs_by_label(&self, name: &str, value: &str) -> String {
+        format!("{}:runs:label:{name}={value}", self.prefix)
     }
 
     /// Sorted set: runs of a workflow parked for want of a worker with their

@@ -181,48 +181,6 @@ async fn stored_messages_match_the_committed_wire_schemas() {
 }
 
 #[tokio::test]
-async fn lua_key_names_match_keys_rs() {
-    let server = RedisServer::start();
-    let (store, _) = connect(&server).await;
-    let id = RunId::new("r-1").unwrap();
-    let keys = store.keys();
-    let from_lua = store.lua_key_names(&id, "agent", "order:1", "idem-1").await.unwrap();
-    let from_rust = vec![
-        keys.run(&id),
-        keys.journal(&id),
-        keys.lease(&id),
-        keys.queue("agent"),
-        keys.runs_by_workflow("agent"),
-        keys.runs_by_status(RunStatus::Waiting),
-        keys.waiters("order:1"),
-        keys.events("order:1"),
-        keys.idempotency("idem-1"),
-        keys.runs(),
-        keys.timers(),
-        keys.retention(),
-        keys.dead_letters(),
-        keel_engine::child_event_key(&id),
-        keys.hooks_flag(),
-        keys.outbox(),
-        keys.webhook_jobs(),
-        keys.stats(),
-        keys.watch(&id),
-        keys.notify(),
-        keys.parked("agent"),
-        keys.reconcile(),
-        keys.relay(),
-    ];
-    assert_eq!(from_lua, from_rust);
-    // Every key a script touches is in the partition's slot: it starts with the
-    // partition's hash tag (the channel too, though channels have no slot).
-    let tag = keys.prefix();
-    assert!(tag.starts_with('{') && tag.ends_with('}'), "{tag}");
-    for key in from_rust.iter().filter(|k| !k.starts_with("keel.child:")) {
-        assert!(key.starts_with(tag), "{key} is outside the partition {tag}");
-    }
-}
-
-#[tokio::test]
 async fn scripts_are_reloaded_after_a_script_flush() {
     let server = RedisServer::start();
     let (store, mut raw) = connect(&server).await;
@@ -538,4 +496,29 @@ async fn with_wait_replicas_a_write_counts_only_once_a_replica_has_it() {
         .await
         .unwrap();
     assert!(on_replica, "the replica had the run when its start was acknowledged");
+}
+
+/// The key check the conformance suite runs every script under: a key a script
+/// touches without having it in KEYS fails the script (the prelude's check);
+/// on a cluster, a key of another slot fails it too (Redis's own check for
+/// `#!lua` scripts). Without the check, the same undeclared read goes through.
+#[tokio::test]
+async fn scripts_touching_an_undeclared_key_fail_under_the_key_check() {
+    let cluster = tokio::task::spawn_blocking(|| keel_engine::testing::RedisCluster::start(3, 0)).await.unwrap();
+    let namespace = RedisServer::unique_namespace("check");
+    let checked = StoreConfig { check_keys: true, ..StoreConfig::with_namespace(namespace.clone()) };
+    let store = RedisStore::connect(&cluster.url(), checked).await.unwrap();
+    let keys = store.keys().clone();
+    let same_slot = keys.run(&RunId::new("probe").unwrap());
+    assert_eq!(store.probe_key(&same_slot, true).await.unwrap(), None, "a declared key is read");
+    let refused = store.probe_key(&same_slot, false).await.expect_err("an undeclared key fails the script");
+    assert!(refused.to_string().contains("undeclared key"), "{refused}");
+    // A key of another partition (another slot), even declared: Redis refuses it.
+    let other = Keys::partition(namespace.clone(), 5, 8).run(&RunId::new("probe").unwrap());
+    assert_ne!(keel_engine::keys::slot(&other), keel_engine::keys::slot(&same_slot));
+    let refused = store.probe_key(&other, true).await.expect_err("another slot's key fails the script");
+    assert!(refused.to_string().to_lowercase().contains("slot"), "{refused}");
+
+    let unchecked = RedisStore::connect(&cluster.url(), StoreConfig::with_namespace(namespace)).await.unwrap();
+    assert_eq!(unchecked.probe_key(&same_slot, false).await.unwrap(), None, "no check: the read goes through");
 }

@@ -172,6 +172,31 @@ impl JournalEvent {
         }
     }
 
+    /// The entry's `type`, as serde writes it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RunStarted { .. } => "run_started",
+            Self::StepStarted { .. } => "step_started",
+            Self::StepCompleted { .. } => "step_completed",
+            Self::StepFailed { .. } => "step_failed",
+            Self::TimerScheduled { .. } => "timer_scheduled",
+            Self::TimerFired { .. } => "timer_fired",
+            Self::WaitStarted { .. } => "wait_started",
+            Self::EventReceived { .. } => "event_received",
+            Self::WaitTimedOut { .. } => "wait_timed_out",
+            Self::ChildStarted { .. } => "child_started",
+            Self::ChildCompleted { .. } => "child_completed",
+            Self::ProgressDeclared { .. } => "progress_declared",
+            Self::CancelRequested { .. } => "cancel_requested",
+            Self::RunPaused {} => "run_paused",
+            Self::RunResumed {} => "run_resumed",
+            Self::RunRetried {} => "run_retried",
+            Self::RunCompleted { .. } => "run_completed",
+            Self::RunFailed { .. } => "run_failed",
+            Self::RunCancelled { .. } => "run_cancelled",
+        }
+    }
+
     /// Whether this event ends the run.
     pub fn is_final(&self) -> bool {
         matches!(self, Self::RunCompleted { .. } | Self::RunFailed { .. } | Self::RunCancelled { .. })
@@ -218,6 +243,70 @@ mod tests {
         );
         let back: JournalEntry = serde_json::from_value(text).unwrap();
         assert_eq!(back, entry);
+    }
+
+    #[test]
+    fn kind_is_the_type_serde_writes() {
+        let error = ErrorInfo::new("boom", "it broke");
+        let id = RunId::new("child-1").unwrap();
+        let events = vec![
+            JournalEvent::RunStarted {
+                workflow: "w".into(),
+                version: 1,
+                input: json!(1),
+                parent: None,
+                labels: BTreeMap::new(),
+            },
+            JournalEvent::StepStarted { step_id: "s".into(), attempt: 1, pos: None },
+            JournalEvent::StepCompleted {
+                step_id: "s".into(),
+                attempt: 1,
+                output: json!(1),
+                pos: None,
+                duration_ms: Some(3),
+            },
+            JournalEvent::StepFailed {
+                step_id: "s".into(),
+                attempt: 1,
+                error: error.clone(),
+                retry_at_ms: None,
+                pos: None,
+            },
+            JournalEvent::TimerScheduled { step_id: "s".into(), fire_at_ms: 1, pos: None },
+            JournalEvent::TimerFired { step_id: "s".into() },
+            JournalEvent::WaitStarted {
+                step_id: "s".into(),
+                event_keys: vec!["k".into()],
+                timeout_at_ms: None,
+                pos: None,
+            },
+            JournalEvent::EventReceived {
+                step_id: "s".into(),
+                event_key: "k".into(),
+                event_id: "1-0".into(),
+                data: json!(null),
+            },
+            JournalEvent::WaitTimedOut { step_id: "s".into() },
+            JournalEvent::ChildStarted {
+                step_id: "s".into(),
+                child_run_id: id.clone(),
+                workflow: "w".into(),
+                pos: None,
+            },
+            JournalEvent::ChildCompleted { step_id: "s".into(), child_run_id: id, outcome: ChildOutcome::Cancelled },
+            JournalEvent::ProgressDeclared { total_steps: 3 },
+            JournalEvent::CancelRequested { reason: None },
+            JournalEvent::RunPaused {},
+            JournalEvent::RunResumed {},
+            JournalEvent::RunRetried {},
+            JournalEvent::RunCompleted { output: json!(1) },
+            JournalEvent::RunFailed { error },
+            JournalEvent::RunCancelled { reason: None },
+        ];
+        for event in events {
+            let text = serde_json::to_value(JournalEntry::new(event.clone())).unwrap();
+            assert_eq!(text["type"], event.kind(), "{event:?}");
+        }
     }
 
     #[test]

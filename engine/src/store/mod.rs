@@ -443,10 +443,13 @@ impl SummaryPatch {
     }
 }
 
+/// What every child's outcome key starts with.
+pub const CHILD_EVENT_KEY_PREFIX: &str = "keel.child:";
+
 /// The event key on which a child run's outcome reaches its parent. The `keel.`
 /// prefix is reserved: the API refuses events sent to it.
 pub fn child_event_key(child: &RunId) -> String {
-    format!("keel.child:{child}")
+    format!("{CHILD_EVENT_KEY_PREFIX}{child}")
 }
 
 /// What a parent hears when its child finishes this way (None: not final).

@@ -42,6 +42,8 @@ pub struct Opts {
 impl Opts {
     fn config(&self, namespace: String) -> StoreConfig {
         let mut config = StoreConfig::with_namespace(namespace);
+        // Every script checks that it touches only the keys it declared.
+        config.check_keys = true;
         if let Some(r) = self.retention {
             config.retention = r;
         }

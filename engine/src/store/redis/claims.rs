@@ -81,109 +81,26 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// The settings every claim script takes: what to write if a task is dead-lettered.
-    pub(super) fn claim_settings(&self, req: &Claim) -> Result<[String; 11]> {
-        let reason = crate::store::dead_letter_reason(self.config.max_deliveries);
-        let error = ErrorInfo::new("dead_lettered", reason.clone());
-        Ok([
-            req.worker_id.clone(),
-            (req.lease.as_millis() as u64).to_string(),
-            self.config.max_deliveries.to_string(),
-            reason,
-            encode_event(&JournalEvent::RunFailed { error: error.clone() })?,
-            to_json(&error)?,
-            (self.config.retention.as_millis() as u64).to_string(),
-            to_json(&ChildOutcome::Failed { error })?,
-            (self.config.event_lookback.as_millis().max(1) as u64).to_string(),
-            self.config.event_lookback_max.max(1).to_string(),
-            req.versions
-                .iter()
-                .map(|(wf, versions)| {
-                    format!("{wf}={}", versions.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
-                })
-                .collect::<Vec<_>>()
-                .join("\n"),
-        ])
-    }
-
-    /// A `CLAIMED` reply: `[CLAIMED, epoch, deliveries, now, hash, journal, run id, task id, workflow]`.
-    pub(super) fn claimed_from(reply: &[Value], worker_id: &str) -> Result<ClaimedTask> {
-        let run_id = RunId::new(text(&reply[6])?)?;
-        Ok(ClaimedTask {
-            run: summary_from_hash(&run_id, pairs(&reply[4])?)?,
-            journal: journal_from_stream(&reply[5])?,
-            deliveries: int(&reply[2])? as u32,
-            now_ms: text(&reply[3])?.parse().map_err(|e| Error::corrupt("claim time", e))?,
-            lease: Lease {
-                run_id,
-                workflow: text(&reply[8])?,
-                worker_id: worker_id.to_owned(),
-                epoch: int(&reply[1])? as u64,
-                task_id: text(&reply[7])?,
-            },
-        })
-    }
-
-    /// The fast path: read and claim new tasks of one partition in one script,
-    /// without blocking.
+    /// The fast path: new tasks of one partition, read without blocking and
+    /// claimed.
     pub(super) async fn claim_batch(&self, keys: &Keys, req: &Claim) -> Result<Vec<ClaimedTask>> {
-        let mut invocation = self.scripts.claim_batch.prepare_invoke();
-        invocation.key(keys.prefix());
-        for setting in self.claim_settings(req)? {
-            invocation.arg(setting);
-        }
-        invocation.arg(req.max.max(1)).arg(req.workflows.len());
-        for workflow in &req.workflows {
-            invocation.arg(workflow);
-        }
-        let reply: Value = invocation.invoke_on(self).await?;
-        let reply = array(&reply)?;
-        if text(&reply[0])? == "NOGROUP" {
-            return Err(Error::NoGroup);
-        }
-        // One undecodable task must not strand the others this script leased:
-        // it is logged and left to lapse (its run is replayed later), the rest run.
-        let mut claimed = Vec::new();
-        for item in array(reply.get(1).unwrap_or(&Value::Nil))? {
-            match array(item).and_then(|item| Self::claimed_from(item, &req.worker_id)) {
-                Ok(task) => claimed.push(task),
-                Err(e) => tracing::error!(error = %e, "a claimed task does not decode; its lease will lapse"),
-            }
-        }
-        Ok(claimed)
+        let deliveries = self.read_new(keys, &Claim { block: Duration::ZERO, ..req.clone() }).await?;
+        self.claim_deliveries(req, deliveries).await
     }
 
+    /// Claim deliveries, one script per partition they are in.
     pub(super) async fn claim_deliveries(&self, req: &Claim, deliveries: Vec<Delivery>) -> Result<Vec<ClaimedTask>> {
-        let mut claimed = Vec::with_capacity(deliveries.len());
-        let settings = self.claim_settings(req)?;
-        for delivery in deliveries {
-            let mut invocation = self.scripts.claim.prepare_invoke();
-            invocation
-                .key(self.parts[usize::from(delivery.partition)].prefix())
-                .arg(&delivery.workflow)
-                .arg(&delivery.task_id)
-                .arg(delivery.run_id.as_str());
-            for setting in &settings {
-                invocation.arg(setting);
-            }
-            let reply: Value = invocation.invoke_on(self).await?;
-            let reply = array(&reply)?;
-            match text(&reply[0])?.as_str() {
-                "CLAIMED" => match Self::claimed_from(reply, &req.worker_id) {
-                    Ok(task) => claimed.push(task),
-                    Err(e) => {
-                        tracing::error!(run_id = %delivery.run_id, error = %e, "a claimed task does not decode; its lease will lapse")
-                    }
-                },
-                "DEAD" => tracing::warn!(run_id = %delivery.run_id, "task dead-lettered: {}", settings[3]),
-                "PARKED" => {
-                    tracing::warn!(run_id = %delivery.run_id, version = ?reply.get(1), "run parked: no version of it here")
-                }
-                other => tracing::debug!(
-                    run_id = %delivery.run_id, outcome = other, detail = ?reply.get(1),
-                    "delivery not claimed"
-                ),
-            }
+        let mut by_partition: BTreeMap<u16, Vec<ops::claim::Delivery>> = BTreeMap::new();
+        for d in deliveries {
+            by_partition.entry(d.partition).or_default().push(ops::claim::Delivery {
+                workflow: d.workflow,
+                task_id: d.task_id,
+                run_id: d.run_id,
+            });
+        }
+        let mut claimed = Vec::new();
+        for (p, deliveries) in by_partition {
+            claimed.extend(ops::claim::call(self, &self.parts[usize::from(p)], req, &deliveries).await?);
         }
         Ok(claimed)
     }

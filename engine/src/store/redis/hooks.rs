@@ -74,14 +74,7 @@ impl HookStore for RedisStore {
     }
 
     async fn fan_out(&self, item: &OutboxItem, jobs: &[DeliveryJob]) -> Result<()> {
-        let item_id = item.id.as_str();
-        let mut invocation = self.scripts.fanout.prepare_invoke();
-        invocation.key(self.keys_of(&item.run_id).prefix()).arg(item_id).arg(jobs.len());
-        for job in jobs {
-            invocation.arg(to_json(job)?);
-        }
-        let _: i64 = invocation.invoke_on(self).await?;
-        Ok(())
+        ops::fanout::call(self, self.keys_of(&item.run_id), &item.id, jobs).await
     }
 
     async fn due_jobs(&self, max: usize, visibility: Duration) -> Result<Vec<DeliveryJob>> {
@@ -90,34 +83,13 @@ impl HookStore for RedisStore {
             if jobs.len() >= max.max(1) {
                 break;
             }
-            let due: Vec<String> = self
-                .scripts
-                .jobs_due
-                .prepare_invoke()
-                .key(keys.prefix())
-                .arg(max.max(1) - jobs.len())
-                .arg(visibility.as_millis() as u64)
-                .invoke_on(self)
-                .await?;
-            for text in &due {
-                jobs.push(from_json("delivery job", text)?);
-            }
+            jobs.extend(ops::jobs_due::call(self, keys, max.max(1) - jobs.len(), visibility).await?);
         }
         Ok(jobs)
     }
 
     async fn update_job(&self, job: &DeliveryJob, next: Option<(&DeliveryJob, Duration)>) -> Result<()> {
-        let _: i64 = self
-            .scripts
-            .job_update
-            .prepare_invoke()
-            .key(self.keys_of(&job.run_id).prefix())
-            .arg(to_json(job)?)
-            .arg(next.map(|(n, _)| to_json(n)).transpose()?.unwrap_or_default())
-            .arg(next.map_or(0, |(_, d)| d.as_millis() as u64))
-            .invoke_on(self)
-            .await?;
-        Ok(())
+        ops::job_update::call(self, job, next).await
     }
 
     async fn log_delivery(&self, log: &str, delivery: &WebhookDelivery) -> Result<()> {

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use keel_proto::{
-    ChildOutcome, DeliveryJob, ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus,
-    RunSummary, WebhookDelivery, WebhookEventType, WebhookSubscription, WorkerInfo,
+    DeliveryJob, ErrorInfo, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus, RunSummary,
+    WebhookDelivery, WebhookEventType, WebhookSubscription, WorkerInfo,
 };
 use redis::Value;
 use serde_json::Value as Json;
@@ -23,8 +23,7 @@ use serde_json::Value as Json;
 use super::{
     Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished,
     HookStore, Lease, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome, RunQuery, RunStore, Stats, Store,
-    SummaryPatch, decode_record, encode_event, fingerprint, make_cursor, page_limit, parse_cursor, validate_claim,
-    validate_create, validate_suspension,
+    decode_record, make_cursor, page_limit, parse_cursor, validate_claim, validate_create,
 };
 use crate::keys::{DISPATCH_GROUP, GROUP, Keys, LAYOUT};
 use crate::{Error, Result, StoreConfig};
@@ -32,7 +31,9 @@ use crate::{Error, Result, StoreConfig};
 mod claims;
 mod conn;
 mod hooks;
+mod list;
 mod notify;
+mod ops;
 mod partitions;
 mod registry;
 mod runs;
@@ -43,7 +44,7 @@ pub use conn::{RedisTarget, redact};
 mod values;
 
 use scripts::Scripts;
-use values::{array, int, opt_text, pairs, text};
+use values::{array, int, pairs, text};
 
 /// Blocking reads get this much beyond their BLOCK time before the watchdog
 /// drops their connection (a read that hangs after a peer reset must not hang us).
@@ -152,6 +153,7 @@ impl RedisStore {
         let parts: Vec<Keys> =
             (0..partitions).map(|p| Keys::partition(config.namespace.clone(), p, partitions)).collect();
         let channels = parts.iter().map(Keys::notify).collect();
+        let scripts = Scripts::new(config.check_keys);
         Ok(Self {
             notifier: notify::Notifier::new(endpoint.subscribers(), channels),
             endpoint,
@@ -161,7 +163,7 @@ impl RedisStore {
             sweep: std::sync::atomic::AtomicUsize::new(0),
             parts,
             config,
-            scripts: Scripts::new(),
+            scripts,
             groups: Mutex::new(HashSet::new()),
         })
     }
@@ -257,20 +259,9 @@ impl RedisStore {
         }
     }
 
-    /// Mark the run watched for `ttl` (its scripts notify while it is): `NONE`
-    /// (no such run), `FINAL` or `WAIT`.
-    async fn watch(&self, run_id: &RunId, ttl: Duration) -> Result<String> {
-        // Not a result of the run's: no replica need acknowledge it.
-        let mut conn = self.conn.clone();
-        Ok(self
-            .scripts
-            .watch
-            .prepare_invoke()
-            .key(self.keys_of(run_id).prefix())
-            .arg(run_id.as_str())
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?)
+    /// Mark the run watched for `ttl` (its scripts notify while it is).
+    async fn watch(&self, run_id: &RunId, ttl: Duration) -> Result<ops::watch::Watched> {
+        ops::watch::call(self, run_id, ttl).await
     }
 
     /// Create the consumer group of each queue (at id 0, with MKSTREAM) unless this
@@ -349,35 +340,6 @@ impl RedisStore {
         }
     }
 
-    /// Run a periodic-duty script that takes only a batch limit, in every
-    /// partition; one answer per partition.
-    async fn limited_script<T: redis::FromRedisValue + Send>(
-        &self,
-        script: &redis::Script,
-        limit: usize,
-    ) -> Result<Vec<T>> {
-        let mut out = Vec::with_capacity(self.parts.len());
-        for keys in &self.parts {
-            out.push(script.prepare_invoke().key(keys.prefix()).arg(limit.max(1)).invoke_on(self).await?);
-        }
-        Ok(out)
-    }
-
-    /// Run a script that takes only the run id, in the run's partition.
-    async fn run_script(&self, script: &redis::Script, run_id: &RunId) -> Result<Vec<String>> {
-        script.prepare_invoke().key(self.keys_of(run_id).prefix()).arg(run_id.as_str()).invoke_on(self).await
-    }
-
-    fn state_error(&self, run_id: &RunId, reply: &[String]) -> Error {
-        let status = || reply.get(1).and_then(|s| s.parse().ok()).unwrap_or(RunStatus::Completed);
-        match reply.first().map(String::as_str) {
-            Some("NOT_FOUND") => Error::RunNotFound(run_id.clone()),
-            Some("FINAL") => Error::RunFinal { run_id: run_id.clone(), status: status() },
-            Some("NOT_FAILED") => Error::NotFailed { run_id: run_id.clone(), status: status() },
-            _ => Error::corrupt("script reply", format!("{reply:?}")),
-        }
-    }
-
     /// A blocking read (BLOCK `block`) on a dedicated connection, under a watchdog.
     /// A read that does not block (the sweeps over partitions make many) goes
     /// on the shared connection instead.
@@ -397,29 +359,29 @@ impl RedisStore {
             Err(_) => Err(Error::Timeout(watchdog)),
         }
     }
+}
 
-    /// The key names the Lua prelude builds, for the test that holds them equal to [`Keys`].
+impl RedisStore {
+    /// Run a probe script in partition 0 that reads `key`, declaring it in
+    /// KEYS or not: the test that the key check (`StoreConfig::check_keys`)
+    /// refuses an undeclared key.
     #[cfg(feature = "testing")]
-    pub async fn lua_key_names(
-        &self,
-        run_id: &RunId,
-        workflow: &str,
-        event_key: &str,
-        idem: &str,
-    ) -> Result<Vec<String>> {
-        let names: Vec<String> = self
-            .scripts
-            .key_names
-            .prepare_invoke()
-            .key(self.keys_of(run_id).prefix())
-            .arg(run_id.as_str())
-            .arg(workflow)
-            .arg(event_key)
-            .arg(idem)
-            .arg(RunStatus::Waiting.as_str())
-            .invoke_on(self)
-            .await?;
-        Ok(names)
+    pub async fn probe_key(&self, key: &str, declare: bool) -> Result<Option<String>> {
+        #[derive(serde::Serialize)]
+        struct Args<'a> {
+            key: &'a str,
+        }
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            v: Option<Json>,
+        }
+        let mut declared = ops::Declared::new(&self.parts[0]);
+        if declare {
+            declared.one("probe", key.to_owned());
+        }
+        let probe = scripts::probe(self.config.check_keys);
+        let reply: Reply = ops::run_script(self, &probe, &declared, Args { key }, false).await?;
+        Ok(reply.v.and_then(|v| v.as_str().map(str::to_owned)))
     }
 }
 

@@ -66,36 +66,6 @@ impl RedisStore {
         }
     }
 
-    /// One partition's part of a delivery.
-    pub(super) async fn deliver_in(
-        &self,
-        keys: &Keys,
-        key: &str,
-        data: &str,
-        event_id_key: Option<&str>,
-        event_id: Option<&str>,
-    ) -> Result<Delivered> {
-        let reply: (String, Vec<String>, i64) = self
-            .scripts
-            .deliver
-            .prepare_invoke()
-            .key(keys.prefix())
-            .arg(key)
-            .arg(data)
-            .arg(self.config.event_lookback.as_millis().max(1) as u64)
-            .arg(self.config.event_lookback_max.max(1))
-            .arg(event_id_key.unwrap_or_default())
-            .arg(self.config.idempotency_ttl.as_millis().max(1) as u64)
-            .arg(event_id.unwrap_or_default())
-            .invoke_on(self)
-            .await?;
-        Ok(Delivered {
-            event_id: reply.0,
-            woken: reply.1.into_iter().map(RunId::new).collect::<Result<_, _>>()?,
-            duplicate: reply.2 == 1,
-        })
-    }
-
     /// Deliver every partition's relay entries to their target partitions (at
     /// most `limit` per partition), then delete them. Returns the runs woken.
     pub(super) async fn forward_relay(&self, limit: usize) -> Result<Vec<RunId>> {
@@ -104,6 +74,14 @@ impl RedisStore {
             woken.extend(self.forward_relay_of(keys, limit).await?);
         }
         Ok(woken)
+    }
+
+    /// Forward what a script just put in `keys`' relay, now; on failure the
+    /// timer duty does it later (the entry stays until delivered).
+    pub(super) async fn forward_relay_now(&self, keys: &Keys) {
+        if let Err(e) = self.forward_relay_of(keys, 100).await {
+            tracing::warn!(error = %e, "forwarding a child's outcome failed; the timer duty will");
+        }
     }
 
     /// [`forward_relay`](Self::forward_relay) for one partition's relay.
@@ -129,54 +107,11 @@ impl RedisStore {
                     .map(|&p| &self.parts[usize::from(p)])
                     .ok_or_else(|| Error::corrupt(format!("relay entry {id}"), "unknown partition"))?;
                 let key = field("k")?;
-                let once = target.event_id(key, &format!("relay:{}:{id}", keys.index()));
-                woken.extend(self.deliver_in(target, key, field("d")?, Some(&once), None).await?.woken);
+                let once = format!("relay:{}:{id}", keys.index());
+                woken.extend(ops::deliver::call(self, target, key, field("d")?, Some(&once), None).await?.woken);
                 let _: i64 = redis::cmd("XDEL").arg(keys.relay()).arg(&id).query_async(&mut conn).await?;
             }
         }
         Ok(woken)
-    }
-
-    /// One partition's page of a list (see list.lua). Read-only: no replica
-    /// need acknowledge it.
-    pub(super) async fn list_in(
-        &self,
-        keys: &Keys,
-        query: &RunQuery,
-        limit: usize,
-        cursor: Option<&(u64, RunId)>,
-    ) -> Result<PartitionPage> {
-        let reply: Value = self
-            .scripts
-            .list
-            .prepare_invoke()
-            .key(keys.prefix())
-            .arg(query.workflow.as_deref().unwrap_or(""))
-            .arg(query.status.map(RunStatus::as_str).unwrap_or(""))
-            .arg(limit)
-            .arg(cursor.map(|c| c.0.to_string()).unwrap_or_default())
-            .arg(cursor.map(|c| c.1.as_str()).unwrap_or(""))
-            .arg(query.label.as_ref().map(|l| l.0.as_str()).unwrap_or(""))
-            .arg(query.label.as_ref().map(|l| l.1.as_str()).unwrap_or(""))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        let reply = array(&reply)?;
-        let [found, last_id, last_score, index_goes_on] = reply else {
-            return Err(Error::corrupt("list reply", format!("{} parts", reply.len())));
-        };
-        let mut runs = Vec::new();
-        for item in array(found)? {
-            let item = array(item)?;
-            let id = RunId::new(text(&item[0])?)?;
-            runs.push(summary_from_hash(&id, pairs(&item[1])?)?);
-        }
-        // The scan budget ran out before the page filled: it stopped there.
-        let stopped_at = if runs.len() <= limit && text(index_goes_on)? == "1" {
-            let score = text(last_score)?;
-            Some((score.parse().map_err(|e| Error::corrupt("list reply", e))?, text(last_id)?))
-        } else {
-            None
-        };
-        Ok(PartitionPage { runs, stopped_at })
     }
 }

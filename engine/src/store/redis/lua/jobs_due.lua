@@ -1,9 +1,9 @@
 -- jobs_due: take due delivery jobs for `visibility` ms: a dispatcher that dies
 -- with them leaves them to come due again (at least once).
--- KEYS[1]: partition prefix. ARGV: max, visibility ms
+-- A: max, visibility_ms
 local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', K_HOOK_JOBS, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local due = call('ZRANGEBYSCORE', K('jobs'), '-inf', now, 'LIMIT', 0, A.max)
 for _, job in ipairs(due) do
-  redis.call('ZADD', K_HOOK_JOBS, now + tonumber(ARGV[2]), job)
+  call('ZADD', K('jobs'), now + A.visibility_ms, job)
 end
-return due
+return reply({ jobs = due })

@@ -1,8 +1,7 @@
 -- renew_lease: extend the lease from now (server time) and keep the queue entry
 -- ours with a fresh idle time, so XAUTOCLAIM leaves it alone. Fenced.
--- KEYS[1]: partition prefix. ARGV: run id, worker id, epoch, ttl ms, workflow, task id
-local id, worker, epoch = ARGV[1], ARGV[2], ARGV[3]
-if not fenced(id, worker, epoch) then return { 'LOST' } end
-redis.call('SET', k_lease(id), worker .. ':' .. epoch, 'PX', ARGV[4])
-redis.pcall('XCLAIM', k_queue(ARGV[5]), GROUP, worker, 0, ARGV[6], 'JUSTID')
-return { 'OK' }
+-- A: id, worker, epoch, ttl_ms, wf, tid
+if not fenced(A.id, A.worker, A.epoch) then return reply({ r = 'LOST' }) end
+call('SET', k_lease(A.id), A.worker .. ':' .. A.epoch, 'PX', A.ttl_ms)
+pcall_('XCLAIM', k_queue(A.wf), GROUP, A.worker, 0, A.tid, 'JUSTID')
+return reply({ r = 'OK' })

@@ -1,15 +1,23 @@
 -- fire_due_timers: every due timer becomes exactly one task. The ZREM and the
 -- enqueue happen in one script, so two schedulers can never both fire one timer.
--- KEYS[1]: partition prefix. ARGV: limit
-local due = redis.call('ZRANGEBYSCORE', K_TIMERS, '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+-- A: runs ({ id, wf?, wk? } each: due timers' runs as the caller read them;
+--    one that changed since is left for the next pass)
+local now = now_ms()
 local woken = {}
-for _, id in ipairs(due) do
-  redis.call('ZREM', K_TIMERS, id)
-  local h = redis.call('HMGET', k_run(id), 'st', 'wf', 'ca', 'wk')
-  -- Any other status means the timer is stale (the run woke another way).
-  if h[1] == 'sleeping' or h[1] == 'waiting' then
-    wake(id, h[2], h[1], h[3], h[4])
-    woken[#woken + 1] = id
+for _, r in ipairs(A.runs) do
+  local due = call('ZSCORE', K('timers'), r.id)
+  if due and tonumber(due) <= now then
+    local h = call('HMGET', k_run(r.id), 'st', 'wf', 'ca', 'wk')
+    if h[1] == 'sleeping' or h[1] == 'waiting' then
+      if same(h[2], r.wf) and same(h[4], r.wk) then
+        call('ZREM', K('timers'), r.id)
+        wake(r.id, h[2], h[1], h[3], h[4])
+        woken[#woken + 1] = r.id
+      end
+    else
+      -- Any other status means the timer is stale (the run woke another way).
+      call('ZREM', K('timers'), r.id)
+    end
   end
 end
-return woken
+return reply({ woken = woken })

@@ -1,0 +1,171 @@
+//! claim.lua: queue entries delivered to this worker become leases.
+
+use std::collections::BTreeMap;
+
+use keel_proto::{ChildOutcome, ErrorInfo};
+
+use super::*;
+use crate::store::{Claim, ClaimedTask, Lease};
+
+/// One queue entry handed to this worker.
+pub(in crate::store::redis) struct Delivery {
+    pub workflow: String,
+    pub task_id: String,
+    pub run_id: RunId,
+}
+
+#[derive(Serialize)]
+struct Task<'a> {
+    wf: &'a str,
+    tid: &'a str,
+    id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Args<'a> {
+    tasks: Vec<Task<'a>>,
+    worker: &'a str,
+    lease_ms: u64,
+    max_deliveries: u32,
+    reason: String,
+    failed: Entry,
+    error: String,
+    retention_ms: u64,
+    child_outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    versions: Option<&'a BTreeMap<String, Vec<u32>>>,
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    #[serde(deserialize_with = "list")]
+    tasks: Vec<Outcome>,
+    #[serde(default)]
+    relayed: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "r", rename_all = "SCREAMING_SNAKE_CASE")]
+enum Outcome {
+    Claimed {
+        epoch: u64,
+        deliveries: u32,
+        now: String,
+        #[serde(deserialize_with = "list")]
+        hash: Vec<String>,
+        #[serde(deserialize_with = "list")]
+        journal: Vec<(String, Vec<String>)>,
+        id: String,
+        tid: String,
+        wf: String,
+    },
+    Skip {
+        why: String,
+    },
+    Busy {
+        why: String,
+    },
+    Parked {
+        version: String,
+    },
+    Dead,
+}
+
+/// Claim `deliveries` (all of partition `keys`) in one script.
+pub(in crate::store::redis) async fn call(
+    store: &RedisStore,
+    keys: &Keys,
+    req: &Claim,
+    deliveries: &[Delivery],
+) -> Result<Vec<ClaimedTask>> {
+    if deliveries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let config = &store.config;
+    let reason = crate::store::dead_letter_reason(config.max_deliveries);
+    let error = ErrorInfo::new("dead_lettered", reason.clone());
+    let mut d = Declared::new(keys);
+    d.journal_writes().one("dead", keys.dead_letters()).one("retention", keys.retention()).one("relay", keys.relay());
+    for delivery in deliveries {
+        d.run(&delivery.run_id)
+            .workflow(&delivery.workflow, &[RunStatus::Pending, RunStatus::Running, RunStatus::Failed])
+            .named("parked", &delivery.workflow, keys.parked(&delivery.workflow));
+    }
+    let args = Args {
+        tasks: deliveries.iter().map(|t| Task { wf: &t.workflow, tid: &t.task_id, id: t.run_id.as_str() }).collect(),
+        worker: &req.worker_id,
+        lease_ms: req.lease.as_millis() as u64,
+        max_deliveries: config.max_deliveries,
+        reason: reason.clone(),
+        failed: Entry::of(&JournalEvent::RunFailed { error: error.clone() })?,
+        error: super::super::to_json(&error)?,
+        retention_ms: config.retention.as_millis() as u64,
+        child_outcome: super::super::to_json(&ChildOutcome::Failed { error })?,
+        versions: (!req.versions.is_empty()).then_some(&req.versions),
+    };
+    let reply: Reply = run_script(store, &store.scripts.claim, &d, args, true).await?;
+    let mut claimed = Vec::new();
+    for (outcome, delivery) in reply.tasks.into_iter().zip(deliveries) {
+        let run_id = &delivery.run_id;
+        match outcome {
+            Outcome::Claimed { epoch, deliveries, now, hash, journal, id, tid, wf } => {
+                // One undecodable task must not strand the others this script
+                // leased: it is logged and left to lapse (replayed later).
+                match claimed_task(&req.worker_id, epoch, deliveries, &now, hash, journal, id, tid, wf) {
+                    Ok(task) => claimed.push(task),
+                    Err(e) => {
+                        tracing::error!(run_id = %run_id, error = %e, "a claimed task does not decode; its lease will lapse")
+                    }
+                }
+            }
+            Outcome::Dead => {
+                tracing::warn!(run_id = %run_id, "task dead-lettered: {reason}");
+            }
+            Outcome::Parked { version } => {
+                tracing::warn!(run_id = %run_id, version, "run parked: no version of it here")
+            }
+            Outcome::Skip { why } | Outcome::Busy { why } => {
+                tracing::debug!(run_id = %run_id, why, "delivery not claimed")
+            }
+        }
+    }
+    if reply.relayed {
+        store.forward_relay_now(keys).await;
+    }
+    Ok(claimed)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn claimed_task(
+    worker_id: &str,
+    epoch: u64,
+    deliveries: u32,
+    now: &str,
+    hash: Vec<String>,
+    journal: Vec<(String, Vec<String>)>,
+    id: String,
+    tid: String,
+    wf: String,
+) -> Result<ClaimedTask> {
+    let run_id = RunId::new(id)?;
+    let hash: HashMap<String, String> =
+        hash.chunks(2).filter_map(|p| Some((p[0].clone(), p.get(1)?.clone()))).collect();
+    let journal = journal
+        .iter()
+        .map(|(seq, fields)| {
+            let body = fields
+                .chunks(2)
+                .find(|p| p[0] == "e")
+                .and_then(|p| p.get(1))
+                .ok_or_else(|| Error::corrupt(format!("journal entry {seq}"), "no e field"))?;
+            crate::store::decode_record(seq, body)
+        })
+        .collect::<Result<_>>()?;
+    Ok(ClaimedTask {
+        run: super::super::summary_from_hash(&run_id, hash)?,
+        journal,
+        deliveries,
+        now_ms: now.parse().map_err(|e| Error::corrupt("claim time", e))?,
+        lease: Lease { run_id, workflow: wf, worker_id: worker_id.to_owned(), epoch, task_id: tid },
+    })
+}

@@ -1,0 +1,92 @@
+//! deliver.lua: one partition's part of delivering an event.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::store::Delivered;
+
+#[derive(Serialize)]
+struct Seen<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wf: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wk: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Args<'a> {
+    key: &'a str,
+    data: &'a str,
+    lookback_ms: u64,
+    max_len: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gid: Option<&'a str>,
+    once: bool,
+    once_ttl_ms: u64,
+    runs: BTreeMap<&'a str, Seen<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "r", rename_all = "SCREAMING_SNAKE_CASE")]
+enum Reply {
+    Ok {
+        id: String,
+        #[serde(deserialize_with = "list")]
+        woken: Vec<String>,
+        duplicate: bool,
+    },
+    Retry,
+}
+
+/// Deliver `data` on `key` in partition `keys`: with `client_id`, once per
+/// that id; with `event_id`, under the id another partition gave the event.
+pub(in crate::store::redis) async fn call(
+    store: &RedisStore,
+    keys: &Keys,
+    key: &str,
+    data: &str,
+    client_id: Option<&str>,
+    event_id: Option<&str>,
+) -> Result<Delivered> {
+    let config = &store.config;
+    retrying("deliver an event", || async move {
+        // The waiters now, and what their keys need: the script checks them.
+        let members: Vec<String> =
+            redis::cmd("SMEMBERS").arg(keys.waiters(key)).query_async(&mut store.conn.clone()).await?;
+        let ids = run_ids(members)?;
+        let facts = read_fields(store, keys, &ids, &["wf", "wk"]).await?;
+        let mut d = Declared::new(keys);
+        d.named("waiters", key, keys.waiters(key)).named("events", key, keys.events(key));
+        if let Some(client_id) = client_id {
+            d.one("event_id", keys.event_id(key, client_id));
+        }
+        d.one("timers", keys.timers()).journal_writes();
+        for (id, f) in ids.iter().zip(&facts) {
+            d.named("run", id.as_str(), keys.run(id));
+            if let Some(wf) = &f[0] {
+                d.run(id)
+                    .workflow(wf, &[RunStatus::Waiting, RunStatus::Pending, RunStatus::Paused])
+                    .waiters_of(f[1].as_deref());
+            }
+        }
+        let args = Args {
+            key,
+            data,
+            lookback_ms: config.event_lookback.as_millis().max(1) as u64,
+            max_len: config.event_lookback_max.max(1),
+            gid: event_id,
+            once: client_id.is_some(),
+            once_ttl_ms: config.idempotency_ttl.as_millis().max(1) as u64,
+            runs: ids
+                .iter()
+                .zip(&facts)
+                .map(|(id, f)| (id.as_str(), Seen { wf: f[0].as_deref(), wk: f[1].as_deref() }))
+                .collect(),
+        };
+        Ok(match run_script(store, &store.scripts.deliver, &d, args, true).await? {
+            Reply::Ok { id, woken, duplicate } => Some(Delivered { event_id: id, woken: run_ids(woken)?, duplicate }),
+            Reply::Retry => None,
+        })
+    })
+    .await
+}

@@ -1,0 +1,242 @@
+//! The typed boundary to the Lua scripts: one module per operation, each with
+//! its argument object (serialized to the script's one argument, `ARGV[1]`),
+//! its reply (the JSON the script returns), and the keys it declares.
+//!
+//! Keys are declared through [`Declared`], which takes every name from
+//! [`Keys`] (keys.rs) and tells the script where in `KEYS` each one is, by
+//! kind and name (`run` of a run id, `queue` of a workflow, `timers`): Lua
+//! looks keys up there and never builds one. Where a script acts on runs it
+//! finds in Redis (waiters of an event, due timers, parked runs), the caller
+//! first reads them, declares their keys, and the script checks that what it
+//! finds is what the caller saw, else answers `RETRY` (or leaves a changed run
+//! for the next pass).
+
+use std::collections::HashMap;
+
+use keel_proto::{JournalEvent, RunId, RunStatus};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value as Json};
+
+use super::{Invoke, RedisStore};
+use crate::keys::Keys;
+use crate::{Error, Result};
+
+pub(super) mod append;
+pub(super) mod cancel;
+pub(super) mod claim;
+pub(super) mod create;
+pub(super) mod deliver;
+pub(super) mod due;
+pub(super) mod expire;
+pub(super) mod fanout;
+pub(super) mod finish;
+pub(super) mod job_update;
+pub(super) mod jobs_due;
+pub(super) mod pause;
+pub(super) mod reconcile;
+pub(super) mod renew;
+pub(super) mod resume;
+pub(super) mod retry;
+pub(super) mod timers;
+pub(super) mod unpark;
+pub(super) mod watch;
+
+/// How often an operation whose script answers `RETRY` (what it read changed
+/// before the script ran) reads and tries again before giving up.
+const RETRIES: usize = 20;
+
+/// The keys one script call may touch: `KEYS` (the partition prefix first, so
+/// it routes the call), and the map the script finds them by.
+pub(super) struct Declared<'k> {
+    keys: &'k Keys,
+    list: Vec<String>,
+    at: HashMap<String, usize>,
+    map: Map<String, Json>,
+}
+
+impl<'k> Declared<'k> {
+    pub fn new(keys: &'k Keys) -> Self {
+        Self { keys, list: vec![keys.prefix().to_owned()], at: HashMap::new(), map: Map::new() }
+    }
+
+    fn index(&mut self, key: String) -> usize {
+        if let Some(&i) = self.at.get(&key) {
+            return i;
+        }
+        self.list.push(key.clone());
+        let i = self.list.len();
+        self.at.insert(key, i);
+        i
+    }
+
+    /// A key of which the script uses one (`timers`, `outbox`).
+    pub fn one(&mut self, kind: &str, key: String) -> &mut Self {
+        let i = self.index(key);
+        self.map.insert(kind.to_owned(), i.into());
+        self
+    }
+
+    /// A key of which the script uses one per name (`run` per run id).
+    pub fn named(&mut self, kind: &str, name: &str, key: String) -> &mut Self {
+        let i = self.index(key);
+        if let Json::Object(names) = self.map.entry(kind).or_insert_with(|| Json::Object(Map::new())) {
+            names.insert(name.to_owned(), i.into());
+        }
+        self
+    }
+
+    /// A run's own keys: summary, journal, lease, watch mark.
+    pub fn run(&mut self, id: &RunId) -> &mut Self {
+        let k = self.keys;
+        self.named("run", id.as_str(), k.run(id))
+            .named("journal", id.as_str(), k.journal(id))
+            .named("lease", id.as_str(), k.lease(id))
+            .named("watch", id.as_str(), k.watch(id))
+    }
+
+    /// What writing a journal entry may touch besides the run: the outbox,
+    /// the webhook flag, the counters.
+    pub fn journal_writes(&mut self) -> &mut Self {
+        let k = self.keys;
+        self.one("outbox", k.outbox()).one("hooks", k.hooks_flag()).one("stats", k.stats())
+    }
+
+    /// A workflow's queue and the status indexes (all runs' and the
+    /// workflow's) of `statuses`, for a run moving between them.
+    pub fn workflow(&mut self, wf: &str, statuses: &[RunStatus]) -> &mut Self {
+        let k = self.keys;
+        self.named("queue", wf, k.queue(wf));
+        for &st in statuses {
+            self.named("status", st.as_str(), k.runs_by_status(st));
+            self.named("wf_status", &format!("{wf}\n{st}"), k.runs_by_workflow_status(wf, st));
+        }
+        self
+    }
+
+    /// The waiter sets of a run's wait keys (`wk`: one per line).
+    pub fn waiters_of(&mut self, wait_keys: Option<&str>) -> &mut Self {
+        let k = self.keys;
+        for key in wait_keys.unwrap_or("").lines().filter(|l| !l.is_empty()) {
+            self.named("waiters", key, k.waiters(key));
+        }
+        self
+    }
+}
+
+/// Every status a run can have.
+pub(super) const ALL_STATUSES: [RunStatus; 8] = [
+    RunStatus::Pending,
+    RunStatus::Running,
+    RunStatus::Sleeping,
+    RunStatus::Waiting,
+    RunStatus::Paused,
+    RunStatus::Completed,
+    RunStatus::Failed,
+    RunStatus::Cancelled,
+];
+
+/// A journal entry as a script takes it: the text keel-proto wrote, its
+/// type, and a step's duration (for the histogram).
+#[derive(Serialize)]
+pub(super) struct Entry {
+    e: String,
+    t: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ms: Option<u64>,
+}
+
+impl Entry {
+    pub fn of(event: &JournalEvent) -> Result<Self> {
+        let ms = match event {
+            JournalEvent::StepCompleted { duration_ms, .. } => *duration_ms,
+            _ => None,
+        };
+        Ok(Self { e: crate::store::encode_event(event)?, t: event.kind(), ms })
+    }
+
+    pub fn all(events: &[JournalEvent]) -> Result<Vec<Self>> {
+        events.iter().map(Self::of).collect()
+    }
+}
+
+/// Call `script` with `declared` keys and `args`; decode its JSON reply. A
+/// write waits for replicas when the store is set to.
+pub(super) async fn run_script<R: DeserializeOwned>(
+    store: &RedisStore,
+    script: &redis::Script,
+    declared: &Declared<'_>,
+    args: impl Serialize,
+    write: bool,
+) -> Result<R> {
+    let mut object = match serde_json::to_value(args).map_err(|e| Error::Invalid(e.to_string()))? {
+        Json::Object(object) => object,
+        other => return Err(Error::Invalid(format!("script arguments must be an object, not {other}"))),
+    };
+    object.insert("k".into(), Json::Object(declared.map.clone()));
+    object.insert("ch".into(), declared.keys.notify().into());
+    let mut invocation = script.prepare_invoke();
+    for key in &declared.list {
+        invocation.key(key);
+    }
+    invocation.arg(Json::Object(object).to_string());
+    let reply: String = if write {
+        invocation.invoke_on(store).await?
+    } else {
+        invocation.invoke_async(&mut store.conn.clone()).await?
+    };
+    serde_json::from_str(&reply).map_err(|e| Error::corrupt("script reply", format!("{e}: {reply}")))
+}
+
+/// Try `attempt` until it answers something other than `None` (its script
+/// said RETRY), a bounded number of times.
+pub(super) async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    for _ in 0..RETRIES {
+        if let Some(answer) = attempt().await? {
+            return Ok(answer);
+        }
+    }
+    Err(Error::Contended(format!("{what}: what it read kept changing under it ({RETRIES} tries)")))
+}
+
+/// A list the script wrote: cjson writes an empty one as `{}`.
+pub(super) fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either<T> {
+        List(Vec<T>),
+        Empty(Map<String, Json>),
+    }
+    match Either::deserialize(d)? {
+        Either::List(items) => Ok(items),
+        Either::Empty(map) if map.is_empty() => Ok(Vec::new()),
+        Either::Empty(_) => Err(serde::de::Error::custom("expected a list")),
+    }
+}
+
+/// Facts about runs read before a script, for declaring the keys it will
+/// touch: one HMGET per run, in one pipeline.
+pub(super) async fn read_fields(
+    store: &RedisStore,
+    keys: &Keys,
+    ids: &[RunId],
+    fields: &[&str],
+) -> Result<Vec<Vec<Option<String>>>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("HMGET").arg(keys.run(id)).arg(fields);
+    }
+    Ok(pipe.query_async(&mut store.conn.clone()).await?)
+}
+
+/// Ids as Redis gave them, checked.
+pub(super) fn run_ids(ids: Vec<String>) -> Result<Vec<RunId>> {
+    ids.into_iter().map(|id| Ok(RunId::new(id)?)).collect()
+}
