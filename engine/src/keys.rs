@@ -65,6 +65,8 @@ pub struct Keys {
     prefix: String,
     /// `{<namespace>}`: the prefix (and hash tag) of global keys.
     global: String,
+    /// The partition's notify channel (named on every script call).
+    notify: String,
 }
 
 impl Keys {
@@ -89,7 +91,7 @@ impl Keys {
                 .find(|tag| (from..to).contains(&u32::from(slot(tag))))
                 .unwrap_or_else(|| format!("{{{namespace}:{p}}}"))
         };
-        Self { prefix, global: format!("{{{namespace}}}"), namespace, partition: p }
+        Self { notify: format!("{prefix}:notify"), prefix, global: format!("{{{namespace}}}"), namespace, partition: p }
     }
 
     /// Which partition these keys are of.
@@ -160,7 +162,12 @@ impl Keys {
 
     /// Pub/sub channel: the id of a watched run whose journal grew or that ended.
     pub fn notify(&self) -> String {
-        format!("{}:notify", self.prefix)
+        self.notify.clone()
+    }
+
+    /// [`notify`](Self::notify), borrowed.
+    pub fn notify_channel(&self) -> &str {
+        &self.notify
     }
 
     /// Stream + consumer group [`GROUP`]: tasks of one workflow.

@@ -180,10 +180,14 @@ async fn stored_messages_match_the_committed_wire_schemas() {
     assert!(validator("worker-info.json").is_valid(&serde_json::from_str(&stored).unwrap()), "{stored}");
 }
 
+/// Without FUNCTION, the EVALSHA scripts are loaded again on NOSCRIPT.
 #[tokio::test]
 async fn scripts_are_reloaded_after_a_script_flush() {
     let server = RedisServer::start();
+    let mut raw = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("ACL").arg("SETUSER").arg("default").arg("-function").query_async(&mut raw).await.unwrap();
     let (store, mut raw) = connect(&server).await;
+    assert!(!store.uses_functions());
     store.create_run(CreateRun { workflow: "wire".into(), input: json!(1), ..Default::default() }).await.unwrap();
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
     let created =
@@ -521,4 +525,35 @@ async fn scripts_touching_an_undeclared_key_fail_under_the_key_check() {
 
     let unchecked = RedisStore::connect(&cluster.url(), StoreConfig::with_namespace(namespace)).await.unwrap();
     assert_eq!(unchecked.probe_key(&same_slot, false).await.unwrap(), None, "no check: the read goes through");
+}
+
+/// The operations run as a Redis Functions library where Redis has FUNCTION
+/// (7.0 and later), loaded again when Redis lost it; where FUNCTION is refused
+/// (an older Redis, or a managed one that does not allow it) they run as
+/// EVALSHA scripts, with the same results.
+#[tokio::test]
+async fn operations_run_as_functions_and_fall_back_to_evalsha() {
+    async fn one_run(store: &RedisStore) {
+        let req = CreateRun { workflow: "wire".into(), version: 1, input: json!(1), ..Default::default() };
+        let id = store.create_run(req).await.unwrap().run_id;
+        let task = store.claim(&claim_req("w")).await.unwrap().pop().expect("claimed");
+        let done = Finish::Complete { output: json!("done") };
+        assert!(matches!(store.finish(&task.lease, &[], done).await.unwrap(), Finished::Done));
+        let run = store.get_run(&id).await.unwrap().unwrap();
+        assert_eq!((run.status, run.output), (RunStatus::Completed, Some(json!("done"))));
+    }
+    let server = RedisServer::start();
+    let (store, mut raw) = connect(&server).await;
+    assert!(store.uses_functions(), "Redis 7 has FUNCTION");
+    one_run(&store).await;
+    // Redis lost the library (FUNCTION FLUSH, as after an empty restart): loaded again.
+    let _: () = redis::cmd("FUNCTION").arg("FLUSH").query_async(&mut raw).await.unwrap();
+    one_run(&store).await;
+
+    let _: () = redis::cmd("ACL").arg("SETUSER").arg("default").arg("-function").query_async(&mut raw).await.unwrap();
+    let store = RedisStore::connect(&server.url(), StoreConfig::with_namespace(RedisServer::unique_namespace("eval")))
+        .await
+        .expect("connect without FUNCTION");
+    assert!(!store.uses_functions(), "FUNCTION refused: EVALSHA");
+    one_run(&store).await;
 }

@@ -76,6 +76,8 @@ pub struct RedisStore {
     sweep: std::sync::atomic::AtomicUsize,
     config: StoreConfig,
     scripts: Scripts,
+    /// Whether the operations run as Redis Functions (FCALL), not EVALSHA.
+    functions: std::sync::atomic::AtomicBool,
     /// Queues whose consumer group this process created or found.
     groups: Mutex<HashSet<String>>,
     /// Long-polls and journal streams, woken through one subscriber connection.
@@ -129,9 +131,19 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// Load every script now (on every master of a cluster): a Redis that
-    /// refuses scripting fails the start, saying so, instead of the first run.
+    /// Load the operations now (on every master of a cluster): as a Redis
+    /// Functions library, loaded once and called with FCALL, or where Redis
+    /// has no FUNCTION (before 7.0, or not allowed), as EVALSHA scripts. A
+    /// Redis that refuses scripting fails the start, saying so, instead of
+    /// the first run.
     async fn load_scripts(&self) -> Result<()> {
+        match self.load_library().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                tracing::info!(error = %e, "Redis has no FUNCTION (or refuses it): running operations with EVALSHA")
+            }
+        }
         let mut conn = self.conn.clone();
         for script in self.scripts.all() {
             if let Err(e) = script.load_async(&mut conn).await {
@@ -140,12 +152,61 @@ impl RedisStore {
                     return Err(e);
                 }
                 return Err(Error::Invalid(format!(
-                    "Redis refused to load a Lua script ({e}); Keel needs scripting (SCRIPT LOAD, EVALSHA), \
-                     streams with consumer groups and pub/sub: see README, \"Redis Cluster, TLS and managed Redis\""
+                    "Redis refused to load a Lua script ({e}); Keel needs scripting (FUNCTION LOAD and FCALL, or \
+                     SCRIPT LOAD and EVALSHA), streams with consumer groups and pub/sub: see README, \
+                     \"Redis Cluster, TLS and managed Redis\""
                 )));
             }
         }
         Ok(())
+    }
+
+    /// FUNCTION LOAD the library (REPLACE: the same name is the same text).
+    async fn load_library(&self) -> Result<()> {
+        let _: redis::Value = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(&self.scripts.library)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        self.functions.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the operations run as a Redis Functions library (FCALL);
+    /// else as EVALSHA scripts (a Redis without FUNCTION).
+    pub fn uses_functions(&self) -> bool {
+        self.functions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// FCALL `function`; when the store waits for replicas, followed by WAIT
+    /// in one pipeline. A Redis that lost the library (restarted empty, a new
+    /// master) gets it again and the call is repeated once.
+    async fn fcall(&self, function: &str, keys: &[String], argument: String, write: bool) -> Result<String> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(function).arg(keys.len()).arg(keys).arg(argument);
+        let mut conn = self.conn.clone();
+        let wanted = if write { self.config.wait_replicas } else { 0 };
+        let mut reloaded = false;
+        loop {
+            let result = if wanted == 0 {
+                cmd.query_async::<String>(&mut conn).await
+            } else {
+                let mut pipe = redis::pipe();
+                pipe.add_command(cmd.clone()).cmd("WAIT").arg(wanted).arg(REPLICA_WAIT.as_millis() as u64);
+                match pipe.query_async::<(String, u32)>(&mut conn).await {
+                    Ok((_, acked)) if acked < wanted => return Err(Error::NotReplicated { wanted, acked }),
+                    other => other.map(|(reply, _)| reply),
+                }
+            };
+            match result {
+                Err(e) if !reloaded && e.to_string().contains("Function not found") => {
+                    self.load_library().await?;
+                    reloaded = true;
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
     async fn with_endpoint(endpoint: Endpoint, config: StoreConfig, partitions: u16) -> Result<Self> {
@@ -164,6 +225,7 @@ impl RedisStore {
             parts,
             config,
             scripts,
+            functions: std::sync::atomic::AtomicBool::new(false),
             groups: Mutex::new(HashSet::new()),
         })
     }
@@ -380,7 +442,8 @@ impl RedisStore {
             declared.one("probe", key.to_owned());
         }
         let probe = scripts::probe(self.config.check_keys);
-        let reply: Reply = ops::run_script(self, &probe, &declared, Args { key }, false).await?;
+        let reply = ops::eval(self, &probe, &declared, Args { key }, false).await?;
+        let reply: Reply = from_json("probe reply", &reply)?;
         Ok(reply.v.and_then(|v| v.as_str().map(str::to_owned)))
     }
 }

@@ -1,5 +1,7 @@
-//! The Lua scripts, each with the generated constants and the shared prelude
-//! prepended. Their arguments and replies are typed in `ops/`.
+//! The Lua operations: one library of Redis Functions (generated constants,
+//! the shared prelude, every operation), and the same code as one EVALSHA
+//! script per operation for a Redis without FUNCTION. Their arguments and
+//! replies are typed in `ops/`.
 
 use keel_proto::{ChildOutcome, JournalEntry, JournalEvent};
 use redis::Script;
@@ -107,39 +109,48 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 #[cfg(feature = "testing")]
 pub(super) fn probe(check_keys: bool) -> Script {
     let shebang = if check_keys { "#!lua\n" } else { "" };
+    let constants = shared_constants(check_keys);
     Script::new(&format!(
-        "{shebang}{}{PRELUDE}\nreturn reply({{ v = call('GET', A.key) }})",
-        shared_constants(check_keys)
+        "{shebang}{constants}{PRELUDE}\nbegin(KEYS, ARGV)\nreturn reply({{ v = call('GET', A.key) }})"
     ))
 }
 
-/// One compiled [`Script`] per atomic operation; each knows its SHA.
+/// One operation: a registered function of the library, and the same code as
+/// an EVALSHA script for a Redis without FUNCTION.
+pub(super) struct Op {
+    pub function: String,
+    pub script: Script,
+}
+
+/// Every operation, and the library they are registered in.
 pub(super) struct Scripts {
-    pub append: Script,
-    pub cancel: Script,
-    pub claim: Script,
-    pub create: Script,
-    pub deliver: Script,
-    pub due: Script,
-    pub expire: Script,
-    pub fanout: Script,
-    pub finish: Script,
-    pub job_update: Script,
-    pub jobs_due: Script,
-    pub pause: Script,
-    pub reconcile: Script,
-    pub renew: Script,
-    pub resume: Script,
-    pub retry: Script,
-    pub timers: Script,
-    pub unpark: Script,
-    pub watch: Script,
+    pub append: Op,
+    pub cancel: Op,
+    pub claim: Op,
+    pub create: Op,
+    pub deliver: Op,
+    pub due: Op,
+    pub expire: Op,
+    pub fanout: Op,
+    pub finish: Op,
+    pub job_update: Op,
+    pub jobs_due: Op,
+    pub pause: Op,
+    pub reconcile: Op,
+    pub renew: Op,
+    pub resume: Op,
+    pub retry: Op,
+    pub timers: Op,
+    pub unpark: Op,
+    pub watch: Op,
+    /// The library's source (`FUNCTION LOAD`).
+    pub library: String,
 }
 
 impl Scripts {
-    /// Every script, for loading them all at start.
+    /// Every EVALSHA script, for loading them all where Redis has no FUNCTION.
     pub fn all(&self) -> Vec<&Script> {
-        vec![
+        [
             &self.append,
             &self.cancel,
             &self.claim,
@@ -160,40 +171,69 @@ impl Scripts {
             &self.unpark,
             &self.watch,
         ]
+        .into_iter()
+        .map(|op| &op.script)
+        .collect()
     }
 
-    /// With `check_keys`, each script also starts with `#!lua` (Redis 7 then
-    /// refuses a key outside the declared keys' slot) and checks every key it
-    /// touches against KEYS: what the tests run.
+    /// The library is named after a hash of its text, so processes of two
+    /// Keel versions sharing a Redis (a rolling upgrade) each call their own.
+    /// With `check_keys`, every call checks each key it touches against KEYS
+    /// (what the tests run); `#!lua` also makes Redis refuse another slot.
     pub fn new(check_keys: bool) -> Self {
         let constants = shared_constants(check_keys);
-        let script = |file: &str| {
+        let mut ops = String::new();
+        for (file, body) in SOURCES {
+            let name = file.trim_end_matches(".lua");
+            ops.push_str(&format!("local function op_{name}()\n{body}\nend\n"));
+        }
+        let code = format!("{constants}{PRELUDE}\n{ops}");
+        let library = format!("keel_{:016x}", fnv1a64(&code));
+        let function = |file: &str| format!("{library}_{}", file.trim_end_matches(".lua"));
+        let mut registrations = String::new();
+        for (file, _) in SOURCES {
+            let name = file.trim_end_matches(".lua");
+            registrations.push_str(&format!(
+                "redis.register_function('{}', function(keys, args) begin(keys, args) return op_{name}() end)\n",
+                function(file)
+            ));
+        }
+        let shebang = if check_keys { "#!lua\n" } else { "" };
+        let op = |file: &str| {
             let body = SOURCES.iter().find(|(name, _)| *name == file).map_or("", |(_, body)| *body);
-            let shebang = if check_keys { "#!lua\n" } else { "" };
-            Script::new(&format!("{shebang}{constants}{PRELUDE}\n{body}"))
+            Op {
+                function: function(file),
+                script: Script::new(&format!("{shebang}{constants}{PRELUDE}\nbegin(KEYS, ARGV)\n{body}")),
+            }
         };
         Self {
-            append: script("append.lua"),
-            cancel: script("cancel.lua"),
-            claim: script("claim.lua"),
-            create: script("create.lua"),
-            deliver: script("deliver.lua"),
-            due: script("due.lua"),
-            expire: script("expire.lua"),
-            fanout: script("fanout.lua"),
-            finish: script("finish.lua"),
-            job_update: script("job_update.lua"),
-            jobs_due: script("jobs_due.lua"),
-            pause: script("pause.lua"),
-            reconcile: script("reconcile.lua"),
-            renew: script("renew.lua"),
-            resume: script("resume.lua"),
-            retry: script("retry.lua"),
-            timers: script("timers.lua"),
-            unpark: script("unpark.lua"),
-            watch: script("watch.lua"),
+            append: op("append.lua"),
+            cancel: op("cancel.lua"),
+            claim: op("claim.lua"),
+            create: op("create.lua"),
+            deliver: op("deliver.lua"),
+            due: op("due.lua"),
+            expire: op("expire.lua"),
+            fanout: op("fanout.lua"),
+            finish: op("finish.lua"),
+            job_update: op("job_update.lua"),
+            jobs_due: op("jobs_due.lua"),
+            pause: op("pause.lua"),
+            reconcile: op("reconcile.lua"),
+            renew: op("renew.lua"),
+            resume: op("resume.lua"),
+            retry: op("retry.lua"),
+            timers: op("timers.lua"),
+            unpark: op("unpark.lua"),
+            watch: op("watch.lua"),
+            library: format!("#!lua name={library}\n{code}{registrations}"),
         }
     }
+}
+
+/// FNV-1a, 64 bits: a stable name for a library text.
+fn fnv1a64(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]
@@ -240,7 +280,10 @@ mod tests {
                     assert!(!code.contains(banned), "{name} uses {banned:?}");
                 }
             } else {
-                assert_eq!(code.matches("ARGV").count(), 1, "the prelude reads ARGV[1] only");
+                assert!(
+                    !code.contains("ARGV") && !code.contains("KEYS["),
+                    "the prelude reads its call's keys and args"
+                );
                 assert!(!code.contains("P .."), "the prelude builds no key from the prefix");
             }
         }

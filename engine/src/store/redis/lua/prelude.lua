@@ -1,21 +1,35 @@
--- Shared by every script (prepended at load time, after the constants
--- generated from Rust). A script gets one argument, ARGV[1]: a JSON object,
--- decoded here into `A`. Its keys come in KEYS, built by keys.rs (see
--- ops/declare.rs): `A.k` says where each one is, by kind and name, and Lua
--- only ever looks a declared key up; looking up one that was not declared is
--- an error. KEYS[1] is the partition prefix: every declared key shares its
--- hash tag, so a script lives in one Cluster slot, and KEYS[1] routes it there.
-local A = cjson.decode(ARGV[1])
-local KI = A.k or {}
-local P = KEYS[1]
+-- Shared by every operation (after the constants generated from Rust). The
+-- same text runs two ways (scripts.rs): loaded once as a Redis Functions
+-- library, each operation a registered function; or, where Redis has no
+-- FUNCTION, prepended to each operation's EVALSHA script. Either way an
+-- operation starts with `begin(keys, args)`. It gets one argument, args[1]: a
+-- JSON object, decoded into `A`. Its keys come in KEYS, built by keys.rs (see
+-- ops/mod.rs): `A.k` says where each one is, by kind and name, and Lua only
+-- ever looks a declared key up; looking up one that was not declared is an
+-- error. KEYS[1] is the partition prefix: every declared key shares its hash
+-- tag, so an operation lives in one Cluster slot, and KEYS[1] routes it there.
 
--- Every Redis call goes through `call`/`pcall_`. With CHECK_KEYS (the test
--- stores), each key a command touches must be one of KEYS, or the script fails.
-local call, pcall_ = redis.call, redis.pcall
+-- One call's state (reset by `begin`).
+local A, KI, P, KEYS_
+-- The workflow of each run touched by this call, read once.
+local WORKFLOW_OF
+-- Whether each run is watched (see notify_watchers), read once.
+local WATCHED
+-- Whether any webhook subscription exists (the partition's flag), read once.
+local HOOKS_EXIST
+-- `relayed`: a note for another run went into the relay (see notify_parent),
+-- for the caller to forward at once.
+local RELAYED
+-- With CHECK_KEYS: the keys this call declared.
+local DECLARED
+
+-- Every Redis call goes through `call`/`pcall_` (set by `begin`: a library
+-- being loaded has no redis.call yet). With CHECK_KEYS (the test stores), each
+-- key a command touches must be one of KEYS, or the call fails.
+local call, pcall_
+local checked_call, checked_pcall
 if CHECK_KEYS then
-  local declared = {}
-  for _, key in ipairs(KEYS) do declared[key] = true end
-  -- Which arguments of each command the scripts use are keys.
+  -- Which arguments of each command the operations use are keys.
   local FIRST = { GET = 1, SET = 1, HGET = 1, HSET = 1, HMGET = 1, HDEL = 1, HINCRBY = 1, HEXISTS = 1,
     HGETALL = 1, ZADD = 1, ZREM = 1, ZRANGE = 1, ZRANGEBYSCORE = 1, ZSCORE = 1, SADD = 1, SREM = 1,
     SMEMBERS = 1, XADD = 1, XACK = 1, XDEL = 1, XRANGE = 1, XPENDING = 1, XCLAIM = 1, PEXPIRE = 1 }
@@ -29,12 +43,24 @@ if CHECK_KEYS then
     if FIRST[c] then last = 1 elseif ALL[c] then last = #args
     else error('keel key check: ' .. c .. ' is not a command the key check knows; add it') end
     for i = 1, last do
-      if not declared[args[i]] then error('keel key check: ' .. c .. ' touches undeclared key ' .. tostring(args[i])) end
+      if not DECLARED[args[i]] then error('keel key check: ' .. c .. ' touches undeclared key ' .. tostring(args[i])) end
     end
   end
-  local raw_call, raw_pcall = call, pcall_
-  call = function(cmd, ...) check(cmd, ...); return raw_call(cmd, ...) end
-  pcall_ = function(cmd, ...) check(cmd, ...); return raw_pcall(cmd, ...) end
+  checked_call = function(cmd, ...) check(cmd, ...); return redis.call(cmd, ...) end
+  checked_pcall = function(cmd, ...) check(cmd, ...); return redis.pcall(cmd, ...) end
+end
+
+local function begin(keys, args)
+  KEYS_, A = keys, cjson.decode(args[1])
+  KI, P = A.k or {}, keys[1]
+  WORKFLOW_OF, WATCHED, HOOKS_EXIST, RELAYED = {}, {}, nil, false
+  if CHECK_KEYS then
+    call, pcall_ = checked_call, checked_pcall
+    DECLARED = {}
+    for _, key in ipairs(keys) do DECLARED[key] = true end
+  else
+    call, pcall_ = redis.call, redis.pcall
+  end
 end
 
 local function undeclared(kind, name)
@@ -44,13 +70,13 @@ end
 local function K(kind)
   local i = KI[kind]
   if type(i) ~= 'number' then undeclared(kind, '') end
-  return KEYS[i]
+  return KEYS_[i]
 end
 local function KN(kind, name)
   local t = KI[kind]
   local i = t and t[name]
   if type(i) ~= 'number' then undeclared(kind, name) end
-  return KEYS[i]
+  return KEYS_[i]
 end
 local function k_run(id) return KN('run', id) end
 local function k_journal(id) return KN('journal', id) end
@@ -68,9 +94,6 @@ local function k_idem(key) return KN('idem', key) end
 
 -- The reply: one JSON object (cjson writes an empty table as {}; the Rust
 -- side reads {} as an empty list where it wants one).
--- `relayed`: a note for another run went into the relay (see notify_parent),
--- for the caller to forward at once.
-local RELAYED = false
 local function reply(t)
   if RELAYED then t.relayed = true end
   return cjson.encode(t)
@@ -90,15 +113,10 @@ end
 
 local FINAL = { completed = true, failed = true, cancelled = true }
 
--- Whether any webhook subscription exists (the partition's flag), read once per script.
-local HOOKS_EXIST = nil
 local function hooks_exist()
   if HOOKS_EXIST == nil then HOOKS_EXIST = call('EXISTS', K('hooks')) == 1 end
   return HOOKS_EXIST
 end
-
--- The workflow of each run touched by this script, read once.
-local WORKFLOW_OF = {}
 
 -- Counters for /metrics, per workflow (`<workflow>|<stat>`), and a histogram
 -- of step durations (`step_ms|<upper bound>`, `step_ms|sum`). The entry's type
@@ -128,7 +146,6 @@ end
 -- waiters in process: `j:<id>` when the journal grew (journal streams wake),
 -- `e:<id>` when the run ended (long-polls wake too). Runs nobody watches pay
 -- one EXISTS per script.
-local WATCHED = {}
 local function notify_watchers(id, what)
   if WATCHED[id] == nil then WATCHED[id] = call('EXISTS', k_watch(id)) == 1 end
   if WATCHED[id] then call('PUBLISH', A.ch, what .. ':' .. id) end

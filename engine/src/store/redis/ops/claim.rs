@@ -44,31 +44,32 @@ struct Reply {
     relayed: bool,
 }
 
+/// One task's outcome: `r` is CLAIMED (with the rest), SKIP or BUSY (with
+/// `why`), PARKED (with `version`) or DEAD. A plain struct, not a tagged enum:
+/// serde would buffer a claimed run's summary and journal to find the tag.
 #[derive(Deserialize)]
-#[serde(tag = "r", rename_all = "SCREAMING_SNAKE_CASE")]
-enum Outcome {
-    Claimed {
-        epoch: u64,
-        deliveries: u32,
-        now: String,
-        #[serde(deserialize_with = "list")]
-        hash: Vec<String>,
-        #[serde(deserialize_with = "list")]
-        journal: Vec<(String, Vec<String>)>,
-        id: String,
-        tid: String,
-        wf: String,
-    },
-    Skip {
-        why: String,
-    },
-    Busy {
-        why: String,
-    },
-    Parked {
-        version: String,
-    },
-    Dead,
+struct Outcome {
+    r: String,
+    #[serde(default)]
+    epoch: u64,
+    #[serde(default)]
+    deliveries: u32,
+    #[serde(default)]
+    now: String,
+    #[serde(default, deserialize_with = "list")]
+    hash: Vec<String>,
+    #[serde(default, deserialize_with = "list")]
+    journal: Vec<(String, Vec<String>)>,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    tid: String,
+    #[serde(default)]
+    wf: String,
+    #[serde(default)]
+    why: String,
+    #[serde(default)]
+    version: String,
 }
 
 /// Claim `deliveries` (all of partition `keys`) in one script.
@@ -107,26 +108,22 @@ pub(in crate::store::redis) async fn call(
     let mut claimed = Vec::new();
     for (outcome, delivery) in reply.tasks.into_iter().zip(deliveries) {
         let run_id = &delivery.run_id;
-        match outcome {
-            Outcome::Claimed { epoch, deliveries, now, hash, journal, id, tid, wf } => {
+        match outcome.r.as_str() {
+            "CLAIMED" => {
                 // One undecodable task must not strand the others this script
                 // leased: it is logged and left to lapse (replayed later).
-                match claimed_task(&req.worker_id, epoch, deliveries, &now, hash, journal, id, tid, wf) {
+                match claimed_task(&req.worker_id, outcome) {
                     Ok(task) => claimed.push(task),
                     Err(e) => {
                         tracing::error!(run_id = %run_id, error = %e, "a claimed task does not decode; its lease will lapse")
                     }
                 }
             }
-            Outcome::Dead => {
-                tracing::warn!(run_id = %run_id, "task dead-lettered: {reason}");
+            "DEAD" => tracing::warn!(run_id = %run_id, "task dead-lettered: {reason}"),
+            "PARKED" => {
+                tracing::warn!(run_id = %run_id, version = outcome.version, "run parked: no version of it here")
             }
-            Outcome::Parked { version } => {
-                tracing::warn!(run_id = %run_id, version, "run parked: no version of it here")
-            }
-            Outcome::Skip { why } | Outcome::Busy { why } => {
-                tracing::debug!(run_id = %run_id, why, "delivery not claimed")
-            }
+            other => tracing::debug!(run_id = %run_id, outcome = other, why = outcome.why, "delivery not claimed"),
         }
     }
     if reply.relayed {
@@ -135,22 +132,12 @@ pub(in crate::store::redis) async fn call(
     Ok(claimed)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn claimed_task(
-    worker_id: &str,
-    epoch: u64,
-    deliveries: u32,
-    now: &str,
-    hash: Vec<String>,
-    journal: Vec<(String, Vec<String>)>,
-    id: String,
-    tid: String,
-    wf: String,
-) -> Result<ClaimedTask> {
-    let run_id = RunId::new(id)?;
+fn claimed_task(worker_id: &str, o: Outcome) -> Result<ClaimedTask> {
+    let run_id = RunId::new(o.id)?;
     let hash: HashMap<String, String> =
-        hash.chunks(2).filter_map(|p| Some((p[0].clone(), p.get(1)?.clone()))).collect();
-    let journal = journal
+        o.hash.chunks(2).filter_map(|p| Some((p[0].clone(), p.get(1)?.clone()))).collect();
+    let journal = o
+        .journal
         .iter()
         .map(|(seq, fields)| {
             let body = fields
@@ -164,8 +151,8 @@ fn claimed_task(
     Ok(ClaimedTask {
         run: super::super::summary_from_hash(&run_id, hash)?,
         journal,
-        deliveries,
-        now_ms: now.parse().map_err(|e| Error::corrupt("claim time", e))?,
-        lease: Lease { run_id, workflow: wf, worker_id: worker_id.to_owned(), epoch, task_id: tid },
+        deliveries: o.deliveries,
+        now_ms: o.now.parse().map_err(|e| Error::corrupt("claim time", e))?,
+        lease: Lease { run_id, workflow: o.wf, worker_id: worker_id.to_owned(), epoch: o.epoch, task_id: o.tid },
     })
 }

@@ -62,7 +62,7 @@ pub(in crate::store::redis) async fn call(store: &RedisStore, req: &CreateRun, r
         d.named("runs_wf", &req.workflow, keys.runs_by_workflow(&req.workflow));
         d.one("runs", keys.runs()).one("timers", keys.timers());
         for (name, value) in &req.labels {
-            d.named("label", &format!("{name}={value}"), keys.runs_by_label(name, value));
+            d.named("label", format!("{name}={value}"), keys.runs_by_label(name, value));
         }
         if let Some(idem) = &req.idempotency_key {
             d.named("idem", idem, keys.idempotency(idem));

@@ -49,7 +49,7 @@ pub(in crate::store::redis) async fn call(store: &RedisStore, keys: &Keys, limit
         if let Some(lab) = &f[3] {
             let labels: BTreeMap<String, String> = super::super::from_json(&format!("run {id}"), lab)?;
             for (name, value) in &labels {
-                d.named("label", &format!("{name}={value}"), keys.runs_by_label(name, value));
+                d.named("label", format!("{name}={value}"), keys.runs_by_label(name, value));
             }
         }
     }

@@ -96,7 +96,7 @@ pub(in crate::store::redis) async fn call(
         d.one("timers", keys.timers());
     }
     for (_, key, _) in &waits {
-        d.named("waiters", key, keys.waiters(key)).named("events", key, keys.events(key));
+        d.named("waiters", *key, keys.waiters(key)).named("events", *key, keys.events(key));
     }
     let args = Args {
         id: lease.run_id.as_str(),

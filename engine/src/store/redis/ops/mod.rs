@@ -11,6 +11,7 @@
 //! finds is what the caller saw, else answers `RETRY` (or leaves a changed run
 //! for the next pass).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use keel_proto::{JournalEvent, RunId, RunStatus};
@@ -47,47 +48,62 @@ pub(super) mod watch;
 const RETRIES: usize = 20;
 
 /// The keys one script call may touch: `KEYS` (the partition prefix first, so
-/// it routes the call), and the map the script finds them by.
+/// it routes the call), and the map the script finds them by (`k`: kind ->
+/// index, or kind -> name -> index), serialized straight from here.
 pub(super) struct Declared<'k> {
     keys: &'k Keys,
     list: Vec<String>,
-    at: HashMap<String, usize>,
-    map: Map<String, Json>,
+    ones: Vec<(&'static str, usize)>,
+    named: Vec<(&'static str, Names<'k>)>,
 }
+
+/// One kind's declared keys: name -> index in KEYS.
+type Names<'k> = Vec<(Cow<'k, str>, usize)>;
 
 impl<'k> Declared<'k> {
     pub fn new(keys: &'k Keys) -> Self {
-        Self { keys, list: vec![keys.prefix().to_owned()], at: HashMap::new(), map: Map::new() }
+        Self { keys, list: vec![keys.prefix().to_owned()], ones: Vec::new(), named: Vec::new() }
     }
 
+    /// Where `key` is in KEYS (1-based), added if new. (A call declares a
+    /// few dozen keys at most: a scan is cheaper than hashing them.)
     fn index(&mut self, key: String) -> usize {
-        if let Some(&i) = self.at.get(&key) {
-            return i;
+        if let Some(at) = self.list.iter().position(|k| *k == key) {
+            return at + 1;
         }
-        self.list.push(key.clone());
-        let i = self.list.len();
-        self.at.insert(key, i);
-        i
+        self.list.push(key);
+        self.list.len()
     }
 
     /// A key of which the script uses one (`timers`, `outbox`).
-    pub fn one(&mut self, kind: &str, key: String) -> &mut Self {
+    pub fn one(&mut self, kind: &'static str, key: String) -> &mut Self {
         let i = self.index(key);
-        self.map.insert(kind.to_owned(), i.into());
+        match self.ones.iter_mut().find(|(k, _)| *k == kind) {
+            Some(entry) => entry.1 = i,
+            None => self.ones.push((kind, i)),
+        }
         self
     }
 
     /// A key of which the script uses one per name (`run` per run id).
-    pub fn named(&mut self, kind: &str, name: &str, key: String) -> &mut Self {
+    pub fn named(&mut self, kind: &'static str, name: impl Into<Cow<'k, str>>, key: String) -> &mut Self {
+        let name = name.into();
         let i = self.index(key);
-        if let Json::Object(names) = self.map.entry(kind).or_insert_with(|| Json::Object(Map::new())) {
-            names.insert(name.to_owned(), i.into());
+        let names = match self.named.iter().position(|(k, _)| *k == kind) {
+            Some(at) => &mut self.named[at].1,
+            None => {
+                self.named.push((kind, Vec::new()));
+                &mut self.named.last_mut().expect("just pushed").1
+            }
+        };
+        if !names.iter().any(|(n, _)| *n == name) {
+            names.push((name, i));
         }
         self
     }
 
     /// A run's own keys: summary, journal, lease, watch mark.
-    pub fn run(&mut self, id: &RunId) -> &mut Self {
+    pub fn run(&mut self, id: &'k RunId) -> &mut Self {
         let k = self.keys;
         self.named("run", id.as_str(), k.run(id))
             .named("journal", id.as_str(), k.journal(id))
@@ -104,23 +120,44 @@ impl<'k> Declared<'k> {
 
     /// A workflow's queue and the status indexes (all runs' and the
     /// workflow's) of `statuses`, for a run moving between them.
-    pub fn workflow(&mut self, wf: &str, statuses: &[RunStatus]) -> &mut Self {
+    pub fn workflow(&mut self, wf: &'k str, statuses: &[RunStatus]) -> &mut Self {
         let k = self.keys;
         self.named("queue", wf, k.queue(wf));
         for &st in statuses {
             self.named("status", st.as_str(), k.runs_by_status(st));
-            self.named("wf_status", &format!("{wf}\n{st}"), k.runs_by_workflow_status(wf, st));
+            self.named("wf_status", format!("{wf}\n{st}"), k.runs_by_workflow_status(wf, st));
         }
         self
     }
 
     /// The waiter sets of a run's wait keys (`wk`: one per line).
-    pub fn waiters_of(&mut self, wait_keys: Option<&str>) -> &mut Self {
+    pub fn waiters_of(&mut self, wait_keys: Option<&'k str>) -> &mut Self {
         let k = self.keys;
         for key in wait_keys.unwrap_or("").lines().filter(|l| !l.is_empty()) {
             self.named("waiters", key, k.waiters(key));
         }
         self
+    }
+}
+
+/// `k`, the map of declared keys, as the script reads it.
+impl Serialize for Declared<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct NameMap<'a>(&'a [(Cow<'a, str>, usize)]);
+        impl Serialize for NameMap<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().map(|(name, i)| (name, i)))
+            }
+        }
+        let mut map = s.serialize_map(Some(self.ones.len() + self.named.len()))?;
+        for (kind, i) in &self.ones {
+            map.serialize_entry(kind, i)?;
+        }
+        for (kind, names) in &self.named {
+            map.serialize_entry(kind, &NameMap(names))?;
+        }
+        map.end()
     }
 }
 
@@ -160,32 +197,53 @@ impl Entry {
     }
 }
 
-/// Call `script` with `declared` keys and `args`; decode its JSON reply. A
-/// write waits for replicas when the store is set to.
+/// The one argument a script gets: its own arguments, and beside them the
+/// declared keys' map and the partition's notify channel.
+#[derive(Serialize)]
+struct Argument<'a, T> {
+    #[serde(flatten)]
+    args: T,
+    k: &'a Declared<'a>,
+    ch: &'a str,
+}
+
+/// Call operation `op` with `declared` keys and `args`; decode its JSON
+/// reply. A write waits for replicas when the store is set to.
 pub(super) async fn run_script<R: DeserializeOwned>(
+    store: &RedisStore,
+    op: &super::scripts::Op,
+    declared: &Declared<'_>,
+    args: impl Serialize,
+    write: bool,
+) -> Result<R> {
+    let reply = if store.uses_functions() {
+        store.fcall(&op.function, &declared.list, argument(declared, args)?, write).await?
+    } else {
+        eval(store, &op.script, declared, args, write).await?
+    };
+    serde_json::from_str(&reply).map_err(|e| Error::corrupt("script reply", format!("{e}: {reply}")))
+}
+
+/// The one argument an operation gets, as JSON text.
+fn argument(declared: &Declared<'_>, args: impl Serialize) -> Result<String> {
+    serde_json::to_string(&Argument { args, k: declared, ch: declared.keys.notify_channel() })
+        .map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// Run `script` by EVALSHA (loading it on NOSCRIPT); its reply's text.
+pub(super) async fn eval(
     store: &RedisStore,
     script: &redis::Script,
     declared: &Declared<'_>,
     args: impl Serialize,
     write: bool,
-) -> Result<R> {
-    let mut object = match serde_json::to_value(args).map_err(|e| Error::Invalid(e.to_string()))? {
-        Json::Object(object) => object,
-        other => return Err(Error::Invalid(format!("script arguments must be an object, not {other}"))),
-    };
-    object.insert("k".into(), Json::Object(declared.map.clone()));
-    object.insert("ch".into(), declared.keys.notify().into());
+) -> Result<String> {
     let mut invocation = script.prepare_invoke();
     for key in &declared.list {
         invocation.key(key);
     }
-    invocation.arg(Json::Object(object).to_string());
-    let reply: String = if write {
-        invocation.invoke_on(store).await?
-    } else {
-        invocation.invoke_async(&mut store.conn.clone()).await?
-    };
-    serde_json::from_str(&reply).map_err(|e| Error::corrupt("script reply", format!("{e}: {reply}")))
+    invocation.arg(argument(declared, args)?);
+    if write { invocation.invoke_on(store).await } else { Ok(invocation.invoke_async(&mut store.conn.clone()).await?) }
 }
 
 /// Try `attempt` until it answers something other than `None` (its script

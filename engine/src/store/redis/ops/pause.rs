@@ -36,7 +36,7 @@ struct Args<'a> {
 pub(super) async fn on_run<R: DeserializeOwned>(
     store: &RedisStore,
     run_id: &RunId,
-    script: &redis::Script,
+    script: &super::super::scripts::Op,
     statuses: &[RunStatus],
     what: &str,
     is_retry: impl Fn(&R) -> bool,
