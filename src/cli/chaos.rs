@@ -544,6 +544,12 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     while unfinished(&store).await > pinned.len() && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Tasks delivered to a worker that died before claiming them (or stale
+    // copies of a finished run's task) drain once their lease has lapsed and
+    // a live worker reclaims them: wait for that too (bounded).
+    while open_tasks(&store).await > 0 && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let hooks_deadline = Instant::now().min(settle) + Duration::from_secs(30);
     loop {
         let missing = count_missing_hooks(&store, &seen, &acknowledged).await;
@@ -637,6 +643,9 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     let stuck = unfinished(&store).await.saturating_sub(blocked);
     let stats = store.stats(&["chaos".to_owned()]).await?;
     let stuck_tasks = stats.queued.values().sum::<u64>() + stats.in_flight.values().sum::<u64>();
+    if stuck > 0 || stuck_tasks > 0 {
+        report_stuck(&store, &stats).await;
+    }
     let webhooks_missing = count_missing_hooks(&store, &seen, &acknowledged).await;
     let unacknowledged = args.runs - acked.len();
     let total_faults =
@@ -670,6 +679,45 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
         && unacknowledged == 0
         && (args.fsync != "always" || lost == 0);
     Ok(if healthy { 0 } else { 1 })
+}
+
+/// Tasks of the chaos workflow queued or delivered and not yet finished.
+async fn open_tasks(store: &RedisStore) -> u64 {
+    store
+        .stats(&["chaos".to_owned()])
+        .await
+        .map_or(0, |s| s.queued.values().sum::<u64>() + s.in_flight.values().sum::<u64>())
+}
+
+/// What a failed check needs to be understood: every run not final (with its
+/// last journal entries) and the tasks left, on stderr.
+async fn report_stuck(store: &RedisStore, stats: &keel_engine::Stats) {
+    eprintln!("keel chaos: tasks left: queued {:?}, delivered and unfinished {:?}", stats.queued, stats.in_flight);
+    for status in [RunStatus::Pending, RunStatus::Running, RunStatus::Sleeping, RunStatus::Waiting, RunStatus::Paused] {
+        let Ok(page) = store.list_runs(&RunQuery { status: Some(status), limit: 100, ..Default::default() }).await
+        else {
+            continue;
+        };
+        for run in page.runs {
+            eprintln!(
+                "keel chaos: not final: {} {} {} v{} epoch={} step={:?} wake={:?} waiting_for={:?} blocked={:?}",
+                run.run_id,
+                run.workflow,
+                run.status,
+                run.version,
+                run.epoch,
+                run.current_step,
+                run.wake_at_ms,
+                run.waiting_for,
+                run.blocked
+            );
+            if let Ok(journal) = store.read_journal(&run.run_id, None, 100_000).await {
+                for record in journal.iter().rev().take(4).rev() {
+                    eprintln!("keel chaos:   {} {:?}", record.seq, record.entry.event);
+                }
+            }
+        }
+    }
 }
 
 /// Runs not yet final.
