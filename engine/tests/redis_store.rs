@@ -557,3 +557,37 @@ async fn operations_run_as_functions_and_fall_back_to_evalsha() {
     assert!(!store.uses_functions(), "FUNCTION refused: EVALSHA");
     one_run(&store).await;
 }
+
+/// Regression (found by `keel chaos`): reconcile reads its batch before its
+/// script runs; a run that finished in between was moved back to pending and
+/// given a task by the status it had been read under. A run whose status is not
+/// the index's is left alone, and the stale index entry goes.
+#[tokio::test]
+async fn reconcile_leaves_alone_a_run_that_moved_since_it_was_read() {
+    let server = RedisServer::start();
+    let (store, mut raw) = connect(&server).await;
+    let req = CreateRun { workflow: "wire".into(), version: 1, input: json!(1), ..Default::default() };
+    let id = store.create_run(req).await.unwrap().run_id;
+    let task = store.claim(&claim_req("w")).await.unwrap().pop().expect("claimed");
+    store.finish(&task.lease, &[], Finish::Complete { output: json!(1) }).await.unwrap();
+    let keys = store.keys().clone();
+    // As if reconcile had read the run in the pending and running indexes
+    // before it completed.
+    for status in [RunStatus::Pending, RunStatus::Running] {
+        for index in [keys.runs_by_status(status), keys.runs_by_workflow_status("wire", status)] {
+            let _: () = redis::cmd("ZADD").arg(&index).arg(1).arg(id.as_str()).query_async(&mut raw).await.unwrap();
+        }
+    }
+    let fixed = store.reconcile(100).await.unwrap();
+    assert!(fixed.is_empty(), "{fixed:?}");
+    let run = store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Completed);
+    let task: Option<String> = redis::cmd("HGET").arg(keys.run(&id)).arg("task").query_async(&mut raw).await.unwrap();
+    assert_eq!(task.as_deref(), Some(""), "no task for a finished run");
+    let queued: u64 = redis::cmd("XLEN").arg(keys.queue("wire")).query_async(&mut raw).await.unwrap();
+    assert_eq!(queued, 0);
+    for status in [RunStatus::Pending, RunStatus::Running] {
+        let listed = store.list_runs(&RunQuery { status: Some(status), ..Default::default() }).await.unwrap();
+        assert!(listed.runs.is_empty(), "the stale {status} entry went: {:?}", listed.runs);
+    }
+}

@@ -77,7 +77,7 @@ pub(in crate::store::redis) async fn call(store: &RedisStore, keys: &Keys, limit
     for (id, f) in ids.iter().zip(&facts) {
         d.run(id);
         if let Some(wf) = &f[0] {
-            d.workflow(wf, &[RunStatus::Pending, RunStatus::Running]).waiters_of(f[1].as_deref());
+            d.workflow(wf, &CHECKED).waiters_of(f[1].as_deref());
         }
     }
     let args = Args {
