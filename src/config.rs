@@ -52,9 +52,14 @@ pub struct Settings {
     /// Comma-separated read-only bearer tokens.
     #[arg(long, env = "KEEL_READ_TOKENS", global = true, hide_env_values = true)]
     pub read_tokens: Option<String>,
-    /// Base64 ed25519 secret key for webhook signatures (`keel dev` generates one).
+    /// Base64 ed25519 secret key for webhook and call signatures [default: the
+    /// deployment's key in Redis, made by its first process].
     #[arg(long, env = "KEEL_SIGNING_KEY", global = true, hide_env_values = true)]
     pub signing_key: Option<String>,
+    /// Refuse to start where Keel would only warn: a KEEL_SIGNING_KEY that
+    /// differs from the deployment's key stored in Redis (1/0, true/false, yes/no).
+    #[arg(long, env = "KEEL_STRICT", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub strict: Option<bool>,
     /// Allow webhooks and calls to private and loopback addresses (1/0, true/false, yes/no).
     #[arg(long, env = "KEEL_ALLOW_PRIVATE_TARGETS", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_private_targets: Option<bool>,

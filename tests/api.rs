@@ -743,3 +743,58 @@ async fn keel_runs_on_a_tls_redis_with_a_custom_ca_and_a_client_certificate() {
     let untrusted = Keel::spawn_exiting("server", &redis, &RedisServer::unique_namespace("tls"), &files[1..]);
     assert!(untrusted.to_lowercase().contains("certificate"), "{untrusted}");
 }
+
+/// Two servers and a worker started without KEEL_SIGNING_KEY on one Redis sign
+/// with one key, the deployment's: both servers publish it, and every webhook,
+/// whichever server's dispatcher sent it, verifies with either's key. With
+/// KEEL_STRICT, a process given another key refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_and_workers_without_a_signing_key_share_the_deployments() {
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("keys");
+    let a = Keel::spawn("server", &redis, &ns, &[]);
+    let b = Keel::spawn("server", &redis, &ns, &[]);
+    let _worker = Keel::spawn("worker", &redis, &ns, &[]);
+    let http = http();
+    wait_for_workflows(&http, &a, None).await;
+    let mut published = Vec::new();
+    for keel in [&a, &b] {
+        let key: Value =
+            http.get(format!("{}/v1/webhooks/signing-key", keel.url)).send().await.unwrap().json().await.unwrap();
+        published.push(key["public_key"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(published[0], published[1], "one key for the deployment");
+
+    let receiver = Receiver::start(Vec::new()).await;
+    let created = http
+        .post(format!("{}/v1/webhooks", a.url))
+        .json(&json!({"url": receiver.url, "event_types": ["run.completed"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    for keel in [&a, &b, &a, &b] {
+        assert!(start(&http, keel, "demo", json!({"input": {"steps": 1}})).await.status().is_success());
+    }
+    let got = eventually(WAIT, "four run.completed webhooks", || {
+        let got = receiver.received();
+        (got.len() >= 4).then_some(got)
+    })
+    .await;
+    for delivery in &got {
+        let h = |name: &str| delivery.headers[name].to_str().unwrap().to_owned();
+        let timestamp: i64 = h("webhook-timestamp").parse().unwrap();
+        for key in &published {
+            assert!(
+                keel_api::signing::verify(key, &h("webhook-id"), timestamp, &delivery.body, &h("webhook-signature")),
+                "a webhook verifies with the deployment's key"
+            );
+        }
+    }
+
+    let other = keel_api::Signer::generate().unwrap().secret_base64();
+    let refused =
+        Keel::spawn_exiting("server", &redis, &ns, &[("KEEL_SIGNING_KEY", other.as_str()), ("KEEL_STRICT", "1")]);
+    assert!(refused.contains("differs from the deployment's signing key"), "{refused}");
+    assert!(!refused.contains(&other), "the key is not printed");
+}

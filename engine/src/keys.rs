@@ -269,6 +269,13 @@ impl Keys {
         format!("{}:stats", self.prefix)
     }
 
+    /// String (global): the deployment's webhook and call signing key, the
+    /// secret as base64; set once, by the first process without
+    /// `KEEL_SIGNING_KEY` (or with it, when none is stored yet).
+    pub fn signing_key(&self) -> String {
+        format!("{}:signing-key", self.global)
+    }
+
     /// Sorted set: worker id by registration expiry (wall clock ms).
     pub fn workers(&self) -> String {
         format!("{}:workers", self.global)

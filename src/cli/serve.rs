@@ -31,23 +31,63 @@ fn redacted(urls: &str) -> String {
     urls.split(',').map(keel_engine::store::redis::redact).collect::<Vec<_>>().join(",")
 }
 
-fn signer(settings: &Settings, persist_in: Option<&Path>) -> anyhow::Result<Signer> {
-    if let Some(key) = &settings.signing_key {
-        return Signer::from_base64(key).context("KEEL_SIGNING_KEY");
-    }
-    if let Some(dir) = persist_in {
-        let path = dir.join("signing.key");
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            return Signer::from_base64(&text).with_context(|| format!("{} is not a signing key", path.display()));
+/// The key this process signs webhooks and calls with: the deployment's, kept
+/// in the store, which the first process sets (its KEEL_SIGNING_KEY, `keel
+/// dev`'s key file, or a new key) and every later one adopts. A KEEL_SIGNING_KEY
+/// that differs from the stored key still wins, with a warning (refused with
+/// KEEL_STRICT).
+async fn signer(settings: &Settings, store: &dyn Store, persist_in: Option<&Path>) -> anyhow::Result<Signer> {
+    let explicit = settings.signing_key.as_deref().map(Signer::from_base64).transpose().context("KEEL_SIGNING_KEY")?;
+    let offer = match (&explicit, persist_in) {
+        (Some(signer), _) => signer.clone(),
+        (None, Some(dir)) => dev_key_file(dir)?,
+        (None, None) => Signer::generate()?,
+    };
+    let stored =
+        store.deployment_signing_key(&offer.secret_base64()).await.context("reading the deployment's signing key")?;
+    let deployment = Signer::from_base64(&stored).context("the signing key stored in Redis")?;
+    match explicit {
+        Some(explicit) if explicit.public_key_base64() != deployment.public_key_base64() => {
+            if settings.strict.unwrap_or(false) {
+                bail!(
+                    "KEEL_SIGNING_KEY differs from the deployment's signing key stored in Redis (public key {}): \
+                     unset it to use the stored key, or unset KEEL_STRICT to sign with it anyway",
+                    deployment.public_key_base64()
+                );
+            }
+            tracing::warn!(
+                deployment_public_key = %deployment.public_key_base64(),
+                "KEEL_SIGNING_KEY differs from the deployment's signing key in Redis: this process signs with its own, \
+                 which receivers that fetched another server's key will refuse"
+            );
+            Ok(explicit)
         }
-        let signer = Signer::generate()?;
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(&path, signer.secret_base64()).with_context(|| format!("writing {}", path.display()))?;
-        tracing::info!(path = %path.display(), "generated a webhook signing key");
-        return Ok(signer);
+        _ => Ok(deployment),
     }
-    tracing::warn!("no KEEL_SIGNING_KEY: using a random key; webhook signatures will change when the server restarts");
-    Ok(Signer::generate()?)
+}
+
+/// `keel dev`'s key under `.keel/`, made on first use; readable by its owner only.
+fn dev_key_file(dir: &Path) -> anyhow::Result<Signer> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = dir.join("signing.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        // A key file written by an earlier version may be readable by others.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} readable by its owner only", path.display()))?;
+        return Signer::from_base64(&text).with_context(|| format!("{} is not a signing key", path.display()));
+    }
+    let signer = Signer::generate()?;
+    std::fs::create_dir_all(dir)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut file, signer.secret_base64().as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a signing key");
+    Ok(signer)
 }
 
 async fn shutdown_signal() {
@@ -145,7 +185,7 @@ pub async fn server(settings: Settings) -> anyhow::Result<()> {
         bail!("keel server needs Redis: set KEEL_REDIS_URL (or --redis-url). `keel dev` runs without one.");
     };
     let store = redis_store(&settings, &url).await?;
-    let signer = signer(&settings, None)?;
+    let signer = signer(&settings, store.as_ref(), None).await?;
     serve(&settings, store, signer, None).await
 }
 
@@ -155,9 +195,9 @@ pub async fn worker(settings: Settings) -> anyhow::Result<()> {
         bail!("keel worker needs Redis: set KEEL_REDIS_URL (or --redis-url). `keel dev` runs without one.");
     };
     let store = redis_store(&settings, &url).await?;
-    // The agent signs its calls with this key: give workers the server's
-    // KEEL_SIGNING_KEY so services can verify them with /v1/webhooks/signing-key.
-    let signer = signer(&settings, None)?;
+    // The agent signs its calls with the deployment's key, which services
+    // verify with /v1/webhooks/signing-key of any server.
+    let signer = signer(&settings, store.as_ref(), None).await?;
     built_in_worker(&settings, store, signer)?.build().await?.run_until_signal().await?;
     Ok(())
 }
@@ -221,7 +261,7 @@ pub async fn dev(settings: Settings) -> anyhow::Result<()> {
             ),
         },
     };
-    let signer = signer(&settings, Some(&dir))?;
+    let signer = signer(&settings, store.as_ref(), Some(&dir)).await?;
     let worker = built_in_worker(&settings, store.clone(), signer.clone())?.build().await?;
     let url = format!("http://{}", settings.addr());
     println!("Keel dev: API on {url}, store: {store_note}");
@@ -234,4 +274,27 @@ pub async fn dev(settings: Settings) -> anyhow::Result<()> {
     let result = serve(&settings, store, signer, Some(worker)).await;
     drop(private_redis);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_dev_key_file_is_readable_by_its_owner_only() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("keel-key-{}-{nanos}", std::process::id()));
+        let made = dev_key_file(&dir).unwrap();
+        let path = dir.join("signing.key");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600, "a new key file");
+        // One an earlier version left readable by others is narrowed, and kept.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let again = dev_key_file(&dir).unwrap();
+        assert_eq!(again.public_key_base64(), made.public_key_base64());
+        assert_eq!(mode(&path), 0o600, "an old key file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -319,6 +319,16 @@ impl WorkerBuilder {
         let heartbeats = crate::heartbeat::Heartbeats::start(&store).await?;
         let mut calls = self.calls;
         calls.max_response_bytes.get_or_insert(store.config().max_value_bytes);
+        if calls.signer.is_none() {
+            // Without a key of its own, the worker signs calls with the
+            // deployment's (the first process of the deployment made it), so
+            // services verify them with /v1/webhooks/signing-key of any server.
+            let offer = keel_net::Signer::generate().map_err(|e| WorkerError::Setting(format!("signing key: {e}")))?;
+            let stored = store.deployment_signing_key(&offer.secret_base64()).await?;
+            let signer = keel_net::Signer::from_base64(&stored)
+                .map_err(|e| WorkerError::Setting(format!("the deployment's signing key: {e}")))?;
+            calls.signer = Some(signer);
+        }
         Ok(Worker {
             store,
             workflows,

@@ -411,6 +411,12 @@ pub trait RegistryStore: Send + Sync {
     async fn unregister_worker(&self, worker_id: &str) -> Result<()>;
 
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
+
+    /// The deployment's signing key (the secret, base64, as `KEEL_SIGNING_KEY`
+    /// takes it): `candidate` becomes it if there is none yet, atomically (the
+    /// first process of a deployment decides), and the stored one is returned.
+    /// Never logged or answered by the API.
+    async fn deployment_signing_key(&self, candidate: &str) -> Result<String>;
 }
 
 /// How a batch of journal events changes the run summary. Written once, applied by

@@ -1570,3 +1570,22 @@ pub async fn fanning_out_one_outbox_entry_twice_adds_its_jobs_once(f: Fixture) {
     assert_eq!(due.len(), 1, "{due:?}");
     assert_eq!(due[0].first_due_ms, 1, "the first fan-out's job");
 }
+
+/// The first process of a deployment decides its signing key; every later one,
+/// whatever it offers, gets the same (so webhooks and signed calls from any
+/// process verify against any server's published key).
+pub async fn the_first_signing_key_offered_is_the_deployments(f: Fixture) {
+    let s = f.store.clone();
+    // Many processes starting at once: one key wins, and all agree on it.
+    let offers = (0..20).map(|i| {
+        let s = s.clone();
+        tokio::spawn(async move { s.deployment_signing_key(&format!("key-{i}")).await.unwrap() })
+    });
+    let mut got = Vec::new();
+    for offer in offers {
+        got.push(offer.await.unwrap());
+    }
+    assert!(got.iter().all(|k| *k == got[0]), "{got:?}");
+    assert!(got[0].starts_with("key-"));
+    assert_eq!(s.deployment_signing_key("a-later-key").await.unwrap(), got[0]);
+}

@@ -72,6 +72,7 @@ conformance!(
     store_recovers_from_an_empty_restart,
     journal_reads_resume_after_a_sequence_number,
     workers_register_and_expire,
+    the_first_signing_key_offered_is_the_deployments,
     a_finished_child_wakes_its_waiting_parent,
     parallel_waits_each_get_their_own_event,
     pause_holds_a_run_between_steps_until_resumed,

@@ -88,6 +88,8 @@ struct State {
     retention: BTreeSet<(u64, RunId)>,
     dead: Vec<DeadLetter>,
     workers: HashMap<String, (WorkerInfo, u64)>,
+    /// The deployment's signing key, once a process has set it.
+    signing_key: Option<String>,
     webhooks: BTreeMap<String, WebhookSubscription>,
     /// Webhook events not yet fanned out; `outbox_taken` holds the claimed ones.
     outbox: BTreeMap<Sid, OutboxItem>,

@@ -49,4 +49,8 @@ impl RegistryStore for MemoryStore {
         workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         Ok(workers)
     }
+
+    async fn deployment_signing_key(&self, candidate: &str) -> Result<String> {
+        Ok(self.state().signing_key.get_or_insert_with(|| candidate.to_owned()).clone())
+    }
 }

@@ -130,6 +130,18 @@ impl RegistryStore for RedisStore {
         workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         Ok(workers)
     }
+
+    /// `SET NX GET`: set only if absent, and say what was there, in one command.
+    async fn deployment_signing_key(&self, candidate: &str) -> Result<String> {
+        let previous: Option<String> = redis::cmd("SET")
+            .arg(self.keys().signing_key())
+            .arg(candidate)
+            .arg("NX")
+            .arg("GET")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(previous.unwrap_or_else(|| candidate.to_owned()))
+    }
 }
 
 /// Add one partition's pipeline replies (see `stats`) to the totals.
