@@ -1,7 +1,9 @@
 //! The agent across a worker crash: `keel server` and `keel worker` processes,
 //! a local service for plan / execute / reflect that verifies every signature
 //! with the key from /v1/webhooks/signing-key and counts calls per idempotency
-//! key; the worker is SIGKILLed during the execute phase.
+//! key; the worker is SIGKILLed during the execute phase. No process is given
+//! KEEL_SIGNING_KEY: the server, the worker and its replacement sign with the
+//! deployment's key, which the first of them made and kept in Redis.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,8 +19,6 @@ use axum::response::IntoResponse;
 use common::{Keel, wait_for_workflows};
 use keel_engine::testing::RedisServer;
 use serde_json::{Value, json};
-
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 #[derive(Default)]
 struct Service {
@@ -61,7 +61,7 @@ async fn endpoint(
 async fn a_worker_killed_during_execute_does_not_repeat_completed_steps() {
     let redis = RedisServer::start();
     let ns = RedisServer::unique_namespace("agent");
-    let env = [("KEEL_SIGNING_KEY", KEY), ("KEEL_LEASE", "2s")];
+    let env = [("KEEL_LEASE", "2s")];
     let server = Keel::spawn("server", &redis, &ns, &env);
     let worker = Keel::spawn("worker", &redis, &ns, &env);
     let http = reqwest::Client::new();

@@ -48,7 +48,7 @@ pub(in crate::store::redis) async fn call(
         d.run(run_id).journal_writes().one("timers", keys.timers()).one("retention", keys.retention());
         d.one("relay", keys.relay());
         if let Some(wf) = wf {
-            d.workflow(wf, &ALL_STATUSES).waiters_of(wk);
+            d.workflow(wf, &RunStatus::ALL).waiters_of(wk);
         }
         let args = Args {
             id: run_id.as_str(),

@@ -161,18 +161,6 @@ impl Serialize for Declared<'_> {
     }
 }
 
-/// Every status a run can have.
-pub(super) const ALL_STATUSES: [RunStatus; 8] = [
-    RunStatus::Pending,
-    RunStatus::Running,
-    RunStatus::Sleeping,
-    RunStatus::Waiting,
-    RunStatus::Paused,
-    RunStatus::Completed,
-    RunStatus::Failed,
-    RunStatus::Cancelled,
-];
-
 /// A journal entry as a script takes it: the text keel-proto wrote, its
 /// type, and a step's duration (for the histogram).
 #[derive(Serialize)]
