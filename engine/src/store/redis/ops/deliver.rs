@@ -6,14 +6,6 @@ use super::*;
 use crate::store::Delivered;
 
 #[derive(Serialize)]
-struct Seen<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wf: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wk: Option<&'a str>,
-}
-
-#[derive(Serialize)]
 struct Args<'a> {
     key: &'a str,
     data: &'a str,
@@ -62,12 +54,7 @@ pub(in crate::store::redis) async fn call(
         }
         d.one("timers", keys.timers()).journal_writes();
         for (id, f) in ids.iter().zip(&facts) {
-            d.named("run", id.as_str(), keys.run(id));
-            if let Some(wf) = &f[0] {
-                d.run(id)
-                    .workflow(wf, &[RunStatus::Waiting, RunStatus::Pending, RunStatus::Paused])
-                    .waiters_of(f[1].as_deref());
-            }
+            d.waking(id, &Seen::of(f), &[RunStatus::Waiting, RunStatus::Pending, RunStatus::Paused]);
         }
         let args = Args {
             key,
@@ -77,11 +64,7 @@ pub(in crate::store::redis) async fn call(
             gid: event_id,
             once: client_id.is_some(),
             once_ttl_ms: config.idempotency_ttl.as_millis().max(1) as u64,
-            runs: ids
-                .iter()
-                .zip(&facts)
-                .map(|(id, f)| (id.as_str(), Seen { wf: f[0].as_deref(), wk: f[1].as_deref() }))
-                .collect(),
+            runs: ids.iter().zip(&facts).map(|(id, f)| (id.as_str(), Seen::of(f))).collect(),
         };
         Ok(match run_script(store, &store.scripts.deliver, &d, args, true).await? {
             Reply::Ok { id, woken, duplicate } => Some(Delivered { event_id: id, woken: run_ids(woken)?, duplicate }),

@@ -130,6 +130,18 @@ impl<'k> Declared<'k> {
         self
     }
 
+    /// A run the script may wake, as the caller saw it: its summary always
+    /// (the script reads it), and when it exists its other keys, its
+    /// workflow's queue and `statuses`, and the waiter sets of its wait keys.
+    pub fn waking(&mut self, id: &'k RunId, seen: &Seen<'k>, statuses: &[RunStatus]) -> &mut Self {
+        let k = self.keys;
+        self.named("run", id.as_str(), k.run(id));
+        if let Some(wf) = seen.wf {
+            self.run(id).workflow(wf, statuses).waiters_of(seen.wk);
+        }
+        self
+    }
+
     /// The waiter sets of a run's wait keys (`wk`: one per line).
     pub fn waiters_of(&mut self, wait_keys: Option<&'k str>) -> &mut Self {
         let k = self.keys;
@@ -159,6 +171,32 @@ impl Serialize for Declared<'_> {
         }
         map.end()
     }
+}
+
+/// A run's workflow and wait keys as the caller read them (`HMGET wf wk`):
+/// the script compares them with what it finds and leaves (or RETRYs) a run
+/// that changed.
+#[derive(Serialize)]
+pub(super) struct Seen<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wf: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wk: Option<&'a str>,
+}
+
+impl<'a> Seen<'a> {
+    /// From a `read_fields(.., &["wf", "wk"])` row.
+    pub fn of(fields: &'a [Option<String>]) -> Self {
+        Self { wf: fields[0].as_deref(), wk: fields[1].as_deref() }
+    }
+}
+
+/// A run id with what the caller saw of it.
+#[derive(Serialize)]
+pub(super) struct SeenRun<'a> {
+    pub id: &'a str,
+    #[serde(flatten)]
+    pub seen: Seen<'a>,
 }
 
 /// A journal entry as a script takes it: the text keel-proto wrote, its

@@ -12,12 +12,10 @@ const CHECKED: [RunStatus; 4] = [RunStatus::Pending, RunStatus::Running, RunStat
 
 #[derive(Serialize)]
 struct Run<'a> {
-    id: &'a str,
+    /// The status index it was read from.
     st: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wf: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wk: Option<&'a str>,
+    #[serde(flatten)]
+    run: SeenRun<'a>,
 }
 
 #[derive(Serialize)]
@@ -75,17 +73,14 @@ pub(in crate::store::redis) async fn call(store: &RedisStore, keys: &Keys, limit
     let mut d = Declared::new(keys);
     d.one("reconcile", keys.reconcile()).one("timers", keys.timers());
     for (id, f) in ids.iter().zip(&facts) {
-        d.run(id);
-        if let Some(wf) = &f[0] {
-            d.workflow(wf, &CHECKED).waiters_of(f[1].as_deref());
-        }
+        d.waking(id, &Seen::of(f), &CHECKED);
     }
     let args = Args {
         offsets: next,
         runs: runs
             .iter()
             .zip(&facts)
-            .map(|((id, st), f)| Run { id: id.as_str(), st: st.as_str(), wf: f[0].as_deref(), wk: f[1].as_deref() })
+            .map(|((id, st), f)| Run { st: st.as_str(), run: SeenRun { id: id.as_str(), seen: Seen::of(f) } })
             .collect(),
     };
     let reply: Reply = run_script(store, &store.scripts.reconcile, &d, args, true).await?;

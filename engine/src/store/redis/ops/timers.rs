@@ -3,17 +3,8 @@
 use super::*;
 
 #[derive(Serialize)]
-struct Run<'a> {
-    id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wf: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wk: Option<&'a str>,
-}
-
-#[derive(Serialize)]
 struct Args<'a> {
-    runs: Vec<Run<'a>>,
+    runs: Vec<SeenRun<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -31,19 +22,11 @@ pub(in crate::store::redis) async fn call(store: &RedisStore, keys: &Keys, limit
     let facts = read_fields(store, keys, &ids, &["wf", "wk"]).await?;
     let mut d = Declared::new(keys);
     d.one("timers", keys.timers()).journal_writes();
+    let statuses = [RunStatus::Sleeping, RunStatus::Waiting, RunStatus::Pending, RunStatus::Paused];
     for (id, f) in ids.iter().zip(&facts) {
-        d.named("run", id.as_str(), keys.run(id));
-        if let Some(wf) = &f[0] {
-            d.run(id)
-                .workflow(wf, &[RunStatus::Sleeping, RunStatus::Waiting, RunStatus::Pending, RunStatus::Paused])
-                .waiters_of(f[1].as_deref());
-        }
+        d.waking(id, &Seen::of(f), &statuses);
     }
-    let runs = ids
-        .iter()
-        .zip(&facts)
-        .map(|(id, f)| Run { id: id.as_str(), wf: f[0].as_deref(), wk: f[1].as_deref() })
-        .collect();
+    let runs = ids.iter().zip(&facts).map(|(id, f)| SeenRun { id: id.as_str(), seen: Seen::of(f) }).collect();
     let reply: Reply = run_script(store, &store.scripts.timers, &d, Args { runs }, true).await?;
     run_ids(reply.woken)
 }
