@@ -158,7 +158,15 @@ async fn a_run_started_over_http_is_followed_to_completion_by_polling_and_by_sse
         .await
         .unwrap();
     assert_eq!(listed["runs"].as_array().unwrap().len(), 1);
-    let metrics = http.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    // The worker's counts reach Redis within about a second of its transitions.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = http.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+        if metrics.contains("keel_runs_completed_total{workflow=\"demo\"}") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(metrics.contains("keel_runs_completed_total{workflow=\"demo\"}"), "{metrics}");
     assert!(metrics.contains("keel_step_duration_seconds_bucket"), "{metrics}");
 }

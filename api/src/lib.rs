@@ -71,6 +71,8 @@ struct Inner {
     schemas: util::SchemaCache,
     /// Live workflows, and when they were read.
     workflows: std::sync::Mutex<Option<(std::time::Instant, Vec<keel_proto::http::WorkflowView>)>>,
+    /// A worker in this process that takes the runs starts create (`keel dev`).
+    local: Option<Arc<dyn keel_engine::handoff::LocalWorker>>,
 }
 
 impl AppState {
@@ -83,8 +85,22 @@ impl AppState {
                 metrics: Metrics::default(),
                 schemas: util::SchemaCache::default(),
                 workflows: std::sync::Mutex::new(None),
+                local: None,
             }),
         }
+    }
+
+    /// Hand the runs starts create to `worker`, a worker in this process,
+    /// when it has a slot free (see keel_engine::handoff). Call before
+    /// cloning the state.
+    pub fn with_local_worker(mut self, worker: Arc<dyn keel_engine::handoff::LocalWorker>) -> Self {
+        Arc::get_mut(&mut self.inner).expect("with_local_worker is called before the state is cloned").local =
+            Some(worker);
+        self
+    }
+
+    pub(crate) fn local_worker(&self) -> Option<&Arc<dyn keel_engine::handoff::LocalWorker>> {
+        self.inner.local.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -14,6 +14,7 @@ mod clock;
 mod config;
 mod duties;
 mod error;
+pub mod handoff;
 pub mod keys;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -28,7 +29,7 @@ pub use keel_proto::WorkerInfo;
 pub use store::memory::MemoryStore;
 pub use store::redis::{RedisStore, RedisTarget};
 pub use store::{
-    Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, EventWait, Finish,
+    Appended, CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, EventWait, Finish,
     Finished, HookStore, Lease, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome, RunQuery, RunStore,
     STEP_MS_BUCKETS, Stats, Store, Suspension, child_event_key,
 };

@@ -136,7 +136,11 @@ async fn serve(
     let listener = StdListener::bind(settings.addr()).with_context(|| format!("listening on {}", settings.addr()))?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let state = AppState::new(store.clone(), settings.api_config(), signer);
+    let mut state = AppState::new(store.clone(), settings.api_config(), signer);
+    if let Some(worker) = &worker {
+        // `keel dev`: a start the caller waits on goes straight to this worker.
+        state = state.with_local_worker(worker.handoff());
+    }
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     {
@@ -174,6 +178,9 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("background tasks did not stop within 20 s");
+    }
+    if let Err(e) = store.flush_counters().await {
+        tracing::warn!(error = %e, "the last /metrics counts could not be written");
     }
     tracing::info!("stopped");
     Ok(())

@@ -69,6 +69,7 @@ mod client;
 mod context;
 mod error;
 mod heartbeat;
+mod local;
 mod history;
 mod marks;
 mod retry;

@@ -54,6 +54,8 @@ pub struct Worker {
     settings: Arc<Settings>,
     config: WorkerConfig,
     started_at_ms: u64,
+    /// Runs an API in the same process hands over (`keel dev`).
+    local: crate::local::Local,
 }
 
 impl std::fmt::Debug for Worker {
@@ -348,6 +350,7 @@ impl WorkerBuilder {
                 grace: self.grace.unwrap_or(Duration::from_secs(10)),
             },
             started_at_ms: keel_engine::Clock::now_ms(&keel_engine::SystemClock),
+            local: crate::local::Local::new(self.concurrency.unwrap_or(32)),
         })
     }
 }
@@ -381,6 +384,18 @@ impl Worker {
         self.settings.versions.get(workflow).copied()
     }
 
+    /// For an API in the same process (`keel dev`): starts it hands over are
+    /// created leased to this worker and run here at once, without a trip
+    /// through the queue (see keel_engine::handoff). They run once
+    /// [`run`](Self::run) does, in slots apart from the claimed runs' (as many).
+    pub fn handoff(&self) -> Arc<dyn keel_engine::handoff::LocalWorker> {
+        self.local.handoff(&self.config.worker_id, self.config.lease, self.workflows())
+    }
+
+    pub(crate) fn local(&self) -> &crate::local::Local {
+        &self.local
+    }
+
     fn claim_request(&self, max: usize, block: Duration) -> Claim {
         Claim {
             workflows: self.workflows.keys().cloned().collect(),
@@ -404,6 +419,7 @@ impl Worker {
         let stop = CancellationToken::new();
         let handback = CancellationToken::new();
         let duties = tokio::spawn(worker.clone().periodic_duties(stop.clone()));
+        let mut local = tokio::spawn(crate::local::Local::serve(worker.clone(), stop.clone(), handback.clone()));
         let permits = Arc::new(Semaphore::new(worker.config.concurrency));
         let mut runs = JoinSet::new();
         tracing::info!(worker_id = %worker.config.worker_id, workflows = ?worker.workflows(), "worker started");
@@ -473,6 +489,7 @@ impl Worker {
             while let Some(joined) = runs.join_next().await {
                 log_join_error(joined);
             }
+            log_join_error((&mut local).await);
         })
         .await;
         if drained.is_err() {
@@ -481,6 +498,7 @@ impl Worker {
             while let Some(joined) = runs.join_next().await {
                 log_join_error(joined);
             }
+            log_join_error(local.await);
         }
         let _ = duties.await;
         // Gone at once, not after the registration's time to live: the API and
@@ -532,7 +550,7 @@ impl Worker {
     }
 
     /// Run one claimed task until its lease ends, in the run's tracing span.
-    async fn execute(&self, task: ClaimedTask, handback: CancellationToken) {
+    pub(crate) async fn execute(&self, task: ClaimedTask, handback: CancellationToken) {
         let lease = &task.lease;
         let span = tracing::info_span!("run", run_id = %lease.run_id, workflow = %lease.workflow, epoch = lease.epoch);
         self.execute_in_span(task, handback).instrument(span).await
@@ -703,7 +721,7 @@ impl Worker {
     }
 }
 
-fn log_join_error(joined: Result<(), tokio::task::JoinError>) {
+pub(crate) fn log_join_error(joined: Result<(), tokio::task::JoinError>) {
     if let Err(e) = joined {
         tracing::error!(error = %e, "a run's execution task ended abnormally");
     }

@@ -71,25 +71,47 @@ pub async fn start(
             .map_err(|e| ApiError::TargetRefused(e.to_string()))?;
     }
     let idempotency_key = crate::util::idempotency_key(&headers)?;
-    let created = state
-        .store()
-        .create_run(CreateRun {
-            workflow: name.clone(),
-            version: workflow.versions.iter().max().copied().unwrap_or(1),
-            input: body.input,
-            run_id,
-            idempotency_key,
-            delay,
-            labels: body.labels,
-            parent: None,
-            callback_url: body.callback_url,
-        })
-        .await?;
+    let version = workflow.versions.iter().max().copied().unwrap_or(1);
+    let req = CreateRun {
+        workflow: name.clone(),
+        version,
+        input: body.input,
+        run_id,
+        idempotency_key,
+        delay,
+        labels: body.labels,
+        parent: None,
+        callback_url: body.callback_url,
+    };
+    // A caller that waits, with a worker in this process free to run it now:
+    // the run is created leased to that worker (keel_engine::handoff).
+    let slot = match (wait, state.local_worker()) {
+        (Some(_), Some(local)) if delay.is_none_or(|d| d.is_zero()) => local.reserve(&name, version),
+        _ => None,
+    };
+    let (created, ended) = match slot {
+        Some(slot) => match state.store().create_claimed(req, &slot.claim()).await? {
+            (created, Some(task)) => (created, Some(slot.run(task))),
+            (created, None) => (created, None),
+        },
+        None => (state.store().create_run(req).await?, None),
+    };
     if created.created {
         tracing::info!(run_id = %created.run_id, workflow = %name, "run started");
     }
     if let Some(wait) = wait {
-        let run = wait_final(&state, &created.run_id, wait).await?;
+        let wait = wait.min(state.config().max_wait);
+        let started = tokio::time::Instant::now();
+        if let Some(ended) = ended
+            && tokio::time::timeout(wait, ended).await.is_ok()
+            && let Some(run) = state.store().get_run(&created.run_id).await?
+            && run.status.is_final()
+        {
+            return Ok((StatusCode::OK, Reply(result_of(run, Some(true)))).into_response());
+        }
+        // Not over yet (suspended, handed back, or the wait ran out): wait
+        // for it as for any run.
+        let run = wait_final(&state, &created.run_id, wait.saturating_sub(started.elapsed())).await?;
         let code = if run.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
         return Ok((code, Reply(result_of(run, Some(created.created)))).into_response());
     }

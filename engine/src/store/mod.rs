@@ -41,6 +41,14 @@ pub struct CreateRun {
     pub callback_url: Option<String>,
 }
 
+/// Who gets a run [`RunStore::create_claimed`] creates.
+#[derive(Debug, Clone)]
+pub struct ClaimOnCreate {
+    pub worker_id: String,
+    /// How long the lease lasts without renewal.
+    pub lease: Duration,
+}
+
 /// The answer to [`Store::create_run`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Created {
@@ -283,6 +291,14 @@ pub trait RunStore: Send + Sync {
     /// timer), atomically. Idempotent by key and by client run id.
     async fn create_run(&self, req: CreateRun) -> Result<Created>;
 
+    /// [`create_run`](Self::create_run), the run created already leased to
+    /// `claim.worker_id` (epoch 1, no task queued): a start handed straight to
+    /// a worker in the same process (`keel dev`), one script instead of a
+    /// create, a queue entry and a claim. The lease is as durable as a claimed
+    /// one: if the worker dies, it lapses and reconciliation queues the run.
+    /// A run that already existed or starts later is not claimed (`None`).
+    async fn create_claimed(&self, req: CreateRun, claim: &ClaimOnCreate) -> Result<(Created, Option<ClaimedTask>)>;
+
     /// Take up to `req.max` new tasks, waiting up to `req.block` for one. Each comes
     /// with a fresh lease (epoch + 1) and the run's journal. Tasks of finished runs
     /// are acked and skipped; tasks delivered too often are dead-lettered.
@@ -402,7 +418,15 @@ pub trait RegistryStore: Send + Sync {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
 
     /// Counters, queue depths and run counts for /metrics, for these workflows.
+    /// (This process's own counts are flushed first; other processes' arrive
+    /// within about a second of their transitions.)
     async fn stats(&self, workflows: &[String]) -> Result<Stats>;
+
+    /// Write the /metrics counts this process still holds (a graceful
+    /// shutdown calls it; stores that count in place have nothing to do).
+    async fn flush_counters(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Register (or refresh) a live worker for `ttl`.
     async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<()>;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keel_engine::proto::{ErrorInfo, JournalEvent, RunId, RunStatus, WorkerInfo};
 use keel_engine::{
-    CancelOutcome, Claim, ClaimedTask, CreateRun, Error, EventWait, Finish, Finished, RunQuery, Store, Suspension,
+    CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Error, EventWait, Finish, Finished, RunQuery, Store, Suspension,
 };
 use serde_json::json;
 
@@ -1588,4 +1588,51 @@ pub async fn the_first_signing_key_offered_is_the_deployments(f: Fixture) {
     assert!(got.iter().all(|k| *k == got[0]), "{got:?}");
     assert!(got[0].starts_with("key-"));
     assert_eq!(s.deployment_signing_key("a-later-key").await.unwrap(), got[0]);
+}
+
+/// A start handed straight to a worker in the same process (`keel dev`): the
+/// run is created leased, nobody else claims it, the lease works as a claimed
+/// one does; when its worker dies, the lease lapses, reconciliation queues the
+/// run for any worker, and that claim fences the first worker out.
+pub async fn a_run_created_claimed_is_leased_and_outlives_its_worker(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = RunId::new("handed-1").unwrap();
+    let handed = CreateRun { run_id: Some(id.clone()), ..start(json!("handed")) };
+    let local = ClaimOnCreate { worker_id: "local".into(), lease: Duration::from_millis(300) };
+    let (created, task) = s.create_claimed(handed.clone(), &local).await.unwrap();
+    let task = task.expect("created leased to the local worker");
+    assert!(created.created);
+    assert_eq!(created.run_id, id);
+    assert_eq!((&task.lease.run_id, task.lease.epoch, task.deliveries), (&id, 1, 1));
+    assert_eq!(task.lease.worker_id, "local");
+    assert_eq!(task.run.status, RunStatus::Running);
+    assert!(matches!(&task.journal[..], [r] if matches!(r.entry.event, JournalEvent::RunStarted { .. })));
+    assert_eq!(status(s, &id).await, RunStatus::Running);
+    nothing_to_claim(s, "other").await;
+    s.append(&task.lease, &[step_done("a", json!(1))]).await.unwrap();
+
+    // The same start again is the same run, and is not handed out twice.
+    let (again, none) = s.create_claimed(handed, &local).await.unwrap();
+    assert!(!again.created && none.is_none());
+    // A delayed start is not claimed: it sleeps until its timer.
+    let later = CreateRun { delay: Some(Duration::from_secs(60)), ..start(json!("later")) };
+    let (later, none) = s.create_claimed(later, &local).await.unwrap();
+    assert!(none.is_none());
+    assert_eq!(status(s, &later.run_id).await, RunStatus::Sleeping);
+
+    // The local worker dies: nothing is queued, so nothing to reclaim; once
+    // the lease lapses, reconciliation queues the run.
+    assert!(s.reconcile(100).await.unwrap().is_empty(), "a live lease is left alone");
+    sleep_ms(500).await;
+    assert!(s.reclaim_expired(&claim_req("other", 100, 0)).await.unwrap().is_empty());
+    assert_eq!(s.reconcile(100).await.unwrap(), vec![id.clone()]);
+    let taken = claim_one(s, "other").await;
+    assert_eq!((&taken.lease.run_id, taken.lease.epoch), (&id, 2));
+    assert_eq!(taken.journal.len(), 2, "the first worker's step is kept");
+    assert!(matches!(s.append(&task.lease, &[]).await, Err(Error::LeaseLost { .. })), "fenced out");
+    s.finish(&taken.lease, &[], Finish::Complete { output: json!("done") }).await.unwrap();
+    assert_eq!(status(s, &id).await, RunStatus::Completed);
+    if let Some(pending) = f.redis_pending(WF).await {
+        assert_eq!(pending, 0);
+    }
 }

@@ -6,88 +6,14 @@ use super::*;
 #[async_trait]
 impl RunStore for MemoryStore {
     async fn create_run(&self, req: CreateRun) -> Result<Created> {
-        validate_create(&req, &self.config)?;
-        let client_chose = req.run_id.is_some();
-        let id = match req.run_id.clone() {
-            Some(id) => id,
-            None => RunId::new(uuid::Uuid::now_v7().to_string())?,
-        };
-        let fp = fingerprint(&req);
-        let now = self.now_ms();
-        let mut state = self.state();
-        if let Some(key) = &req.idempotency_key
-            && let Some((existing, expires)) = state.idempotency.get(key).cloned()
-            && expires > now
-            && let Some(run) = state.runs.get(&existing)
-        {
-            if run.fingerprint == fp && (!client_chose || existing == id) {
-                return Ok(Created { run_id: existing, created: false });
-            }
-            return Err(Error::IdempotencyConflict { run_id: existing, what: "idempotency key" });
+        Ok(self.create(req, None)?.0)
+    }
+
+    async fn create_claimed(&self, req: CreateRun, claim: &ClaimOnCreate) -> Result<(Created, Option<ClaimedTask>)> {
+        if claim.lease.is_zero() {
+            return Err(Error::Invalid("a lease must be longer than zero".into()));
         }
-        let idem_expiry = now + self.config.idempotency_ttl.as_millis() as u64;
-        if let Some(run) = state.runs.get(&id) {
-            if run.fingerprint != fp {
-                return Err(Error::IdempotencyConflict { run_id: id, what: "run id" });
-            }
-            if let Some(key) = &req.idempotency_key {
-                state.idempotency.insert(key.clone(), (id.clone(), idem_expiry));
-            }
-            return Ok(Created { run_id: id, created: false });
-        }
-        let started = encode_event(&JournalEvent::RunStarted {
-            workflow: req.workflow.clone(),
-            version: req.version,
-            input: req.input.clone(),
-            parent: req.parent.clone(),
-            labels: req.labels.clone(),
-        })?;
-        let delay = req.delay.map_or(0, |d| d.as_millis() as u64);
-        state.runs.insert(
-            id.clone(),
-            Run {
-                workflow: req.workflow,
-                version: req.version,
-                status: if delay > 0 { RunStatus::Sleeping } else { RunStatus::Pending },
-                created: now,
-                updated: now,
-                finished: None,
-                epoch: 0,
-                completed: 0,
-                total: None,
-                current: None,
-                wake: None,
-                wait_keys: Vec::new(),
-                wait_steps: Vec::new(),
-                event_floor: HashMap::new(),
-                cancel_requested: false,
-                pause_requested: false,
-                callback_url: req.callback_url,
-                output: None,
-                error: None,
-                parent: req.parent,
-                labels: req.labels,
-                task: None,
-                fingerprint: fp,
-                idempotency_key: req.idempotency_key.clone(),
-                journal: Vec::new(),
-                lease: None,
-                blocked: None,
-            },
-        );
-        state.append(&id, vec![started], now)?;
-        if let Some(key) = req.idempotency_key {
-            state.idempotency.insert(key, (id.clone(), idem_expiry));
-        }
-        if delay > 0 {
-            state.run_mut(&id)?.wake = Some(now.saturating_add(delay));
-            state.timers.insert((now.saturating_add(delay), id.clone()));
-        } else {
-            state.enqueue(&id, now)?;
-            drop(state);
-            self.queued.notify_waiters();
-        }
-        Ok(Created { run_id: id, created: true })
+        self.create(req, Some(claim))
     }
 
     async fn claim(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
@@ -598,5 +524,119 @@ impl RunStore for MemoryStore {
             self.queued.notify_waiters();
         }
         Ok(parked)
+    }
+}
+
+impl MemoryStore {
+    /// create.lua: `create_run`, or with `claim`, `create_claimed`.
+    fn create(&self, req: CreateRun, claim: Option<&ClaimOnCreate>) -> Result<(Created, Option<ClaimedTask>)> {
+        validate_create(&req, &self.config)?;
+        let client_chose = req.run_id.is_some();
+        let id = match req.run_id.clone() {
+            Some(id) => id,
+            None => RunId::new(uuid::Uuid::now_v7().to_string())?,
+        };
+        let fp = fingerprint(&req);
+        let now = self.now_ms();
+        let mut state = self.state();
+        if let Some(key) = &req.idempotency_key
+            && let Some((existing, expires)) = state.idempotency.get(key).cloned()
+            && expires > now
+            && let Some(run) = state.runs.get(&existing)
+        {
+            if run.fingerprint == fp && (!client_chose || existing == id) {
+                return Ok((Created { run_id: existing, created: false }, None));
+            }
+            return Err(Error::IdempotencyConflict { run_id: existing, what: "idempotency key" });
+        }
+        let idem_expiry = now + self.config.idempotency_ttl.as_millis() as u64;
+        if let Some(run) = state.runs.get(&id) {
+            if run.fingerprint != fp {
+                return Err(Error::IdempotencyConflict { run_id: id, what: "run id" });
+            }
+            if let Some(key) = &req.idempotency_key {
+                state.idempotency.insert(key.clone(), (id.clone(), idem_expiry));
+            }
+            return Ok((Created { run_id: id, created: false }, None));
+        }
+        let started = encode_event(&JournalEvent::RunStarted {
+            workflow: req.workflow.clone(),
+            version: req.version,
+            input: req.input.clone(),
+            parent: req.parent.clone(),
+            labels: req.labels.clone(),
+        })?;
+        let delay = req.delay.map_or(0, |d| d.as_millis() as u64);
+        state.runs.insert(
+            id.clone(),
+            Run {
+                workflow: req.workflow,
+                version: req.version,
+                status: if delay > 0 { RunStatus::Sleeping } else { RunStatus::Pending },
+                created: now,
+                updated: now,
+                finished: None,
+                epoch: 0,
+                completed: 0,
+                total: None,
+                current: None,
+                wake: None,
+                wait_keys: Vec::new(),
+                wait_steps: Vec::new(),
+                event_floor: HashMap::new(),
+                cancel_requested: false,
+                pause_requested: false,
+                callback_url: req.callback_url,
+                output: None,
+                error: None,
+                parent: req.parent,
+                labels: req.labels,
+                task: None,
+                fingerprint: fp,
+                idempotency_key: req.idempotency_key.clone(),
+                journal: Vec::new(),
+                lease: None,
+                blocked: None,
+            },
+        );
+        state.append(&id, vec![started], now)?;
+        if let Some(key) = req.idempotency_key {
+            state.idempotency.insert(key, (id.clone(), idem_expiry));
+        }
+        let created = Created { run_id: id.clone(), created: true };
+        if delay > 0 {
+            state.run_mut(&id)?.wake = Some(now.saturating_add(delay));
+            state.timers.insert((now.saturating_add(delay), id.clone()));
+        } else if let Some(claim) = claim {
+            // create.lua's claim: leased at epoch 1, no task.
+            let run = state.run_mut(&id)?;
+            run.epoch = 1;
+            run.lease = Some((format!("{}:1", claim.worker_id), now + claim.lease.as_millis() as u64));
+            run.status = RunStatus::Running;
+            let journal = run
+                .journal
+                .iter()
+                .map(|(sid, text)| decode_record(&sid_text(*sid), text))
+                .collect::<Result<Vec<_>>>()?;
+            let task = ClaimedTask {
+                lease: Lease {
+                    run_id: id.clone(),
+                    workflow: run.workflow.clone(),
+                    worker_id: claim.worker_id.clone(),
+                    epoch: 1,
+                    task_id: String::new(),
+                },
+                run: run.summary(&id),
+                journal,
+                deliveries: 1,
+                now_ms: now,
+            };
+            return Ok((created, Some(task)));
+        } else {
+            state.enqueue(&id, now)?;
+            drop(state);
+            self.queued.notify_waiters();
+        }
+        Ok((created, None))
     }
 }

@@ -21,7 +21,7 @@ use redis::Value;
 use serde_json::Value as Json;
 
 use super::{
-    Appended, CancelOutcome, Claim, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished,
+    Appended, CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished,
     HookStore, Lease, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome, RunQuery, RunStore, Stats, Store,
     decode_record, make_cursor, page_limit, parse_cursor, validate_claim, validate_create,
 };
@@ -30,6 +30,7 @@ use crate::{Error, Result, StoreConfig};
 
 mod claims;
 mod conn;
+mod counters;
 mod hooks;
 mod list;
 mod notify;
@@ -82,6 +83,8 @@ pub struct RedisStore {
     groups: Mutex<HashSet<String>>,
     /// Long-polls and journal streams, woken through one subscriber connection.
     notifier: notify::Notifier,
+    /// The /metrics counts the scripts reported, not yet added to Redis.
+    counters: std::sync::Arc<counters::Counters>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -173,6 +176,25 @@ impl RedisStore {
         Ok(())
     }
 
+    /// A script's counts for /metrics (see counters.rs): kept here until
+    /// the next flush.
+    fn count(&self, partition: u16, counts: &str) {
+        self.counters.add(partition, counts);
+    }
+
+    /// Start a flush of the counts in the background if some wait and a
+    /// second has passed since the last one.
+    fn flush_counters_when_due(&self) {
+        if self.counters.has_pending() && self.counters.due() {
+            let (counters, conn, parts) = (self.counters.clone(), self.conn.clone(), self.parts.clone());
+            tokio::spawn(async move {
+                if let Err(e) = counters.flush(&conn, &parts).await {
+                    tracing::warn!(error = %e, "could not add the /metrics counts to Redis; kept for the next try");
+                }
+            });
+        }
+    }
+
     /// Whether the operations run as a Redis Functions library (FCALL);
     /// else as EVALSHA scripts (a Redis without FUNCTION).
     pub fn uses_functions(&self) -> bool {
@@ -217,6 +239,7 @@ impl RedisStore {
         let scripts = Scripts::new(config.check_keys);
         Ok(Self {
             notifier: notify::Notifier::new(endpoint.subscribers(), channels),
+            counters: std::sync::Arc::default(),
             endpoint,
             conn,
             blocking: Mutex::new(Vec::new()),

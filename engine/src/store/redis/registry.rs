@@ -44,6 +44,7 @@ impl RegistryStore for RedisStore {
 
     /// The sum over partitions: one pipeline each (its keys share a slot).
     async fn stats(&self, workflows: &[String]) -> Result<Stats> {
+        self.flush_counters().await?;
         // XPENDING needs the group: make sure it exists (cached after the first time).
         self.ensure_groups(workflows).await?;
         // One pipeline per partition, all at once.
@@ -90,7 +91,12 @@ impl RegistryStore for RedisStore {
         Ok(())
     }
 
+    async fn flush_counters(&self) -> Result<()> {
+        self.counters.flush(&self.conn, &self.parts).await
+    }
+
     async fn unregister_worker(&self, worker_id: &str) -> Result<()> {
+        self.flush_counters().await?;
         let mut conn = self.conn.clone();
         redis::pipe()
             .atomic()

@@ -12,7 +12,19 @@ impl RunStore for RedisStore {
             Some(id) => id,
             None => self.new_run_id(req.idempotency_key.as_deref())?,
         };
-        ops::create::call(self, &req, run_id).await
+        Ok(ops::create::call(self, &req, run_id, None).await?.0)
+    }
+
+    async fn create_claimed(&self, req: CreateRun, claim: &ClaimOnCreate) -> Result<(Created, Option<ClaimedTask>)> {
+        validate_create(&req, &self.config)?;
+        if claim.lease.is_zero() {
+            return Err(Error::Invalid("a lease must be longer than zero".into()));
+        }
+        let run_id = match req.run_id.clone() {
+            Some(id) => id,
+            None => self.new_run_id(req.idempotency_key.as_deref())?,
+        };
+        ops::create::call(self, &req, run_id, Some(claim)).await
     }
 
     /// Each partition in turn (one script each: under load the queues are never

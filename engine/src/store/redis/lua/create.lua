@@ -3,7 +3,8 @@
 -- A: id, wf, ver, fp (fingerprint text), idem?, idem_ttl_ms, delay_ms,
 --    labels? (json), parent? (json), started (entry), client_id (bool),
 --    cb?, pp? (the parent's partition prefix), existing? (the run the
---    idempotency key named when the caller read it: its key is declared)
+--    idempotency key named when the caller read it: its key is declared),
+--    claim? ({ worker, lease_ms }: create it leased to that worker)
 local id, wf, idem = A.id, A.wf, A.idem
 local fp = redis.sha1hex(A.fp)
 
@@ -29,8 +30,11 @@ if efp then
 end
 
 local now = now_ms()
-local fields = { 'wf', wf, 'ver', tostring(A.ver), 'ca', n2s(now), 'ua', n2s(now), 'ep', '0', 'cs', '0', 'fp', fp,
-  'task', '' }
+-- Handed straight to a worker (A.claim: worker, lease_ms): created leased,
+-- epoch 1, without a task; not when it starts later.
+local claim = A.delay_ms == 0 and A.claim or nil
+local fields = { 'wf', wf, 'ver', tostring(A.ver), 'ca', n2s(now), 'ua', n2s(now), 'ep', claim and '1' or '0',
+  'cs', '0', 'fp', fp, 'task', '' }
 if A.labels then fields[#fields + 1] = 'lab'; fields[#fields + 1] = A.labels end
 if A.parent then fields[#fields + 1] = 'par'; fields[#fields + 1] = A.parent end
 if idem then fields[#fields + 1] = 'idem'; fields[#fields + 1] = idem end
@@ -39,7 +43,8 @@ if A.cb then fields[#fields + 1] = 'cb'; fields[#fields + 1] = A.cb end
 if A.pp then fields[#fields + 1] = 'pp'; fields[#fields + 1] = A.pp end
 call('HSET', k_run(id), unpack(fields))
 WORKFLOW_OF[id] = wf
-journal_add(id, A.started)
+HAS_CALLBACK[id] = A.cb ~= nil
+local seq = journal_add(id, A.started)
 call('ZADD', K('runs'), now, id)
 call('ZADD', k_runs_wf(wf), now, id)
 index_labels(id, A.labels, now, true)
@@ -49,6 +54,10 @@ if A.delay_ms > 0 then
   set_status(id, nil, 'sleeping', now)
   call('HSET', k_run(id), 'wake', n2s(now + A.delay_ms))
   call('ZADD', K('timers'), now + A.delay_ms, id)
+elseif claim then
+  call('SET', k_lease(id), claim.worker .. ':1', 'PX', claim.lease_ms)
+  set_status(id, nil, 'running', now)
+  return reply({ r = 'CLAIMED', id = id, now = n2s(now), hash = call('HGETALL', k_run(id)), seq = seq })
 else
   set_status(id, nil, 'pending', now)
   enqueue(id, wf)

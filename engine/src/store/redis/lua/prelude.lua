@@ -15,11 +15,15 @@ local A, KI, P, KEYS_
 local WORKFLOW_OF
 -- Whether each run is watched (see notify_watchers), read once.
 local WATCHED
+-- Whether each run has a callback URL, read once.
+local HAS_CALLBACK
 -- Whether any webhook subscription exists (the partition's flag), read once.
 local HOOKS_EXIST
 -- `relayed`: a note for another run went into the relay (see notify_parent),
 -- for the caller to forward at once.
 local RELAYED
+-- What this call counted for /metrics (see count_stats).
+local COUNTS, HAS_COUNTS
 -- With CHECK_KEYS: the keys this call declared.
 local DECLARED
 
@@ -53,7 +57,8 @@ end
 local function begin(keys, args)
   KEYS_, A = keys, cjson.decode(args[1])
   KI, P = A.k or {}, keys[1]
-  WORKFLOW_OF, WATCHED, HOOKS_EXIST, RELAYED = {}, {}, nil, false
+  WORKFLOW_OF, WATCHED, HAS_CALLBACK, HOOKS_EXIST, RELAYED = {}, {}, {}, nil, false
+  COUNTS, HAS_COUNTS = {}, false
   if CHECK_KEYS then
     call, pcall_ = checked_call, checked_pcall
     DECLARED = {}
@@ -96,6 +101,8 @@ local function k_idem(key) return KN('idem', key) end
 -- side reads {} as an empty list where it wants one).
 local function reply(t)
   if RELAYED then t.relayed = true end
+  -- The counts follow a newline (cjson escapes every newline inside JSON).
+  if HAS_COUNTS then return cjson.encode(t) .. '\n' .. cjson.encode(COUNTS) end
   return cjson.encode(t)
 end
 
@@ -113,6 +120,12 @@ end
 
 local FINAL = { completed = true, failed = true, cancelled = true }
 
+-- Whether a run has its own callback URL (`cb`), read once.
+local function has_callback(id)
+  if HAS_CALLBACK[id] == nil then HAS_CALLBACK[id] = call('HEXISTS', k_run(id), 'cb') == 1 end
+  return HAS_CALLBACK[id]
+end
+
 local function hooks_exist()
   if HOOKS_EXIST == nil then HOOKS_EXIST = call('EXISTS', K('hooks')) == 1 end
   return HOOKS_EXIST
@@ -120,7 +133,14 @@ end
 
 -- Counters for /metrics, per workflow (`<workflow>|<stat>`), and a histogram
 -- of step durations (`step_ms|<upper bound>`, `step_ms|sum`). The entry's type
--- and duration come with it from Rust (see `journal_add`).
+-- and duration come with it from Rust (see `journal_add`). Counted here, added
+-- to the stats hash by the caller (redis/counters.rs), handed back with the
+-- reply: no command per count inside the script.
+local function count(field, n)
+  COUNTS[field] = (COUNTS[field] or 0) + n
+  HAS_COUNTS = true
+end
+
 local function count_stats(id, entry)
   local stat = STATS[entry.t]
   if not stat then return end
@@ -129,15 +149,15 @@ local function count_stats(id, entry)
     wf = call('HGET', k_run(id), 'wf') or '?'
     WORKFLOW_OF[id] = wf
   end
-  call('HINCRBY', K('stats'), wf .. '|' .. stat, 1)
+  count(wf .. '|' .. stat, 1)
   local ms = entry.ms
   if ms then
     local bucket = '+Inf'
     for _, bound in ipairs(STEP_MS_BUCKETS) do
       if ms <= bound then bucket = tostring(bound); break end
     end
-    call('HINCRBY', K('stats'), 'step_ms|' .. bucket, 1)
-    call('HINCRBY', K('stats'), 'step_ms|sum', ms)
+    count('step_ms|' .. bucket, 1)
+    count('step_ms|sum', ms)
   end
 end
 
@@ -160,7 +180,7 @@ local function journal_add(id, entry)
   notify_watchers(id, 'j')
   count_stats(id, entry)
   local hook = HOOKS[entry.t]
-  if hook and (hooks_exist() or call('HEXISTS', k_run(id), 'cb') == 1) then
+  if hook and (hooks_exist() or has_callback(id)) then
     call('XADD', K('outbox'), '*', 'run_id', id, 'seq', seq, 'type', hook)
   end
   return seq
@@ -253,12 +273,14 @@ end
 -- The fence: the caller's epoch must still be the run's and the run still running.
 -- A lease key that expired without a takeover (epoch unchanged) still counts: no
 -- other writer can exist until a claim bumps the epoch.
+-- The lease key itself need not be read: only a claim sets a lease, and it
+-- bumps the epoch in the same script, so a lease of this epoch is this
+-- worker's (`worker` names the holder in the lease key, for operators).
 local function fenced(id, worker, epoch)
-  local h = call('HMGET', k_run(id), 'ep', 'st', 'wf', 'ca', 'cr', 'task', 'pz')
+  local h = call('HMGET', k_run(id), 'ep', 'st', 'wf', 'ca', 'cr', 'task', 'pz', 'cb')
   if h[1] ~= tostring(epoch) or h[2] ~= 'running' then return nil end
   WORKFLOW_OF[id] = h[3]
-  local holder = call('GET', k_lease(id))
-  if holder and holder ~= worker .. ':' .. epoch then return nil end
+  HAS_CALLBACK[id] = h[8] ~= false
   return h
 end
 

@@ -3,5 +3,6 @@
 -- A: id, worker, epoch, ttl_ms, wf, tid
 if not fenced(A.id, A.worker, A.epoch) then return reply({ r = 'LOST' }) end
 call('SET', k_lease(A.id), A.worker .. ':' .. A.epoch, 'PX', A.ttl_ms)
-pcall_('XCLAIM', k_queue(A.wf), GROUP, A.worker, 0, A.tid, 'JUSTID')
+-- (A run created leased to its worker has no queue entry.)
+if A.tid ~= '' then pcall_('XCLAIM', k_queue(A.wf), GROUP, A.worker, 0, A.tid, 'JUSTID') end
 return reply({ r = 'OK' })

@@ -1,7 +1,7 @@
 //! create.lua: a run with its first entry, indexes, idempotency key and first task.
 
 use super::*;
-use crate::store::{CreateRun, Created};
+use crate::store::{ClaimOnCreate, ClaimedTask, CreateRun, Created, Lease};
 
 #[derive(Serialize)]
 struct Args<'a> {
@@ -17,7 +17,7 @@ struct Args<'a> {
     labels: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parent: Option<String>,
-    started: Entry,
+    started: &'a Entry,
     client_id: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     cb: Option<&'a str>,
@@ -26,18 +26,42 @@ struct Args<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     existing: Option<&'a str>,
     retention_ms: u64,
+    /// Create it leased to this worker instead of queueing a task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claim: Option<ClaimArgs<'a>>,
+}
+
+#[derive(Serialize)]
+struct ClaimArgs<'a> {
+    worker: &'a str,
+    lease_ms: u64,
 }
 
 #[derive(Deserialize)]
 #[serde(tag = "r", rename_all = "SCREAMING_SNAKE_CASE")]
 enum Reply {
-    Created { id: String },
+    Created {
+        id: String,
+    },
+    /// Created leased to the claimer: the run's hash and its first entry's id.
+    Claimed {
+        id: String,
+        now: String,
+        #[serde(deserialize_with = "list")]
+        hash: Vec<String>,
+        seq: String,
+    },
     Exists { id: String },
     Conflict { id: String, what: String },
     Retry,
 }
 
-pub(in crate::store::redis) async fn call(store: &RedisStore, req: &CreateRun, run_id: RunId) -> Result<Created> {
+pub(in crate::store::redis) async fn call(
+    store: &RedisStore,
+    req: &CreateRun,
+    run_id: RunId,
+    claim: Option<&ClaimOnCreate>,
+) -> Result<(Created, Option<ClaimedTask>)> {
     let keys = store.keys_of(&run_id);
     let labels = if req.labels.is_empty() { None } else { Some(super::super::to_json(&req.labels)?) };
     let parent = req.parent.as_ref().map(super::super::to_json).transpose()?;
@@ -58,7 +82,11 @@ pub(in crate::store::redis) async fn call(store: &RedisStore, req: &CreateRun, r
         };
         let existing = existing.map(RunId::new).transpose()?;
         let mut d = Declared::new(keys);
-        d.run(run_id).journal_writes().workflow(&req.workflow, &[RunStatus::Pending, RunStatus::Sleeping]);
+        d.run(run_id).journal_writes().workflow(&req.workflow, &[
+            RunStatus::Pending,
+            RunStatus::Sleeping,
+            RunStatus::Running,
+        ]);
         d.named("runs_wf", &req.workflow, keys.runs_by_workflow(&req.workflow));
         d.one("runs", keys.runs()).one("timers", keys.timers());
         for (name, value) in &req.labels {
@@ -70,6 +98,7 @@ pub(in crate::store::redis) async fn call(store: &RedisStore, req: &CreateRun, r
         if let Some(existing) = &existing {
             d.named("run", existing.as_str(), keys.run(existing));
         }
+        let started_entry = Entry::of(started)?;
         let args = Args {
             id: run_id.as_str(),
             wf: &req.workflow,
@@ -80,16 +109,36 @@ pub(in crate::store::redis) async fn call(store: &RedisStore, req: &CreateRun, r
             delay_ms: req.delay.map_or(0, |d| d.as_millis() as u64),
             labels: labels.clone(),
             parent: parent.clone(),
-            started: Entry::of(started)?,
+            started: &started_entry,
             client_id: req.run_id.is_some(),
             cb: req.callback_url.as_deref(),
             pp: req.parent.as_ref().map(|p| store.keys_of(&p.run_id).prefix()),
             existing: existing.as_ref().map(RunId::as_str),
             retention_ms: config.retention.as_millis() as u64,
+            claim: claim.map(|c| ClaimArgs { worker: &c.worker_id, lease_ms: c.lease.as_millis().max(1) as u64 }),
         };
         Ok(match run_script::<Reply>(store, &store.scripts.create, &d, args, true).await? {
-            Reply::Created { id } => Some(Created { run_id: RunId::new(id)?, created: true }),
-            Reply::Exists { id } => Some(Created { run_id: RunId::new(id)?, created: false }),
+            Reply::Created { id } => Some((Created { run_id: RunId::new(id)?, created: true }, None)),
+            Reply::Claimed { id, now, hash, seq } => {
+                let run_id = RunId::new(id)?;
+                let hash: HashMap<String, String> =
+                    hash.chunks(2).filter_map(|p| Some((p[0].clone(), p.get(1)?.clone()))).collect();
+                let task = ClaimedTask {
+                    run: super::super::summary_from_hash(&run_id, hash)?,
+                    journal: vec![crate::store::decode_record(&seq, started_entry.text())?],
+                    deliveries: 1,
+                    now_ms: now.parse().map_err(|e| Error::corrupt("create time", e))?,
+                    lease: Lease {
+                        run_id: run_id.clone(),
+                        workflow: req.workflow.clone(),
+                        worker_id: claim.map(|c| c.worker_id.clone()).unwrap_or_default(),
+                        epoch: 1,
+                        task_id: String::new(),
+                    },
+                };
+                Some((Created { run_id, created: true }, Some(task)))
+            }
+            Reply::Exists { id } => Some((Created { run_id: RunId::new(id)?, created: false }, None)),
             Reply::Conflict { id, what } => {
                 return Err(Error::IdempotencyConflict {
                     run_id: RunId::new(id)?,

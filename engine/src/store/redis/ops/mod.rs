@@ -111,11 +111,11 @@ impl<'k> Declared<'k> {
             .named("watch", id.as_str(), k.watch(id))
     }
 
-    /// What writing a journal entry may touch besides the run: the outbox,
-    /// the webhook flag, the counters.
+    /// What writing a journal entry may touch besides the run: the outbox
+    /// and the webhook flag. (Counters go back with the reply: counters.rs.)
     pub fn journal_writes(&mut self) -> &mut Self {
         let k = self.keys;
-        self.one("outbox", k.outbox()).one("hooks", k.hooks_flag()).one("stats", k.stats())
+        self.one("outbox", k.outbox()).one("hooks", k.hooks_flag())
     }
 
     /// A workflow's queue and the status indexes (all runs' and the
@@ -218,6 +218,11 @@ impl Entry {
         Ok(Self { e: crate::store::encode_event(event)?, t: event.kind(), ms })
     }
 
+    /// The entry as keel-proto serialized it.
+    pub fn text(&self) -> &str {
+        &self.e
+    }
+
     pub fn all(events: &[JournalEvent]) -> Result<Vec<Self>> {
         events.iter().map(Self::of).collect()
     }
@@ -247,7 +252,19 @@ pub(super) async fn run_script<R: DeserializeOwned>(
     } else {
         eval(store, &op.script, declared, args, write).await?
     };
-    serde_json::from_str(&reply).map_err(|e| Error::corrupt("script reply", format!("{e}: {reply}")))
+    // A script that journaled countable entries hands its counts back after
+    // a newline (cjson never writes a raw one): see counters.rs.
+    let reply = match reply.split_once('\n') {
+        Some((reply, counts)) => {
+            store.count(declared.keys.index(), counts);
+            reply
+        }
+        None => &reply,
+    };
+    // Every process runs some script at least every timer tick (its duties),
+    // so counts wait about a second at most.
+    store.flush_counters_when_due();
+    serde_json::from_str(reply).map_err(|e| Error::corrupt("script reply", format!("{e}: {reply}")))
 }
 
 /// The one argument an operation gets, as JSON text.
