@@ -100,6 +100,12 @@ pub(crate) struct RunCore {
     state: Mutex<RunState>,
     /// Journal writes go one at a time, in the order branches asked for them.
     writes: tokio::sync::Mutex<()>,
+    /// Completed steps not yet written: they go with the next write, which
+    /// always comes before another attempt, child or suspension starts, or
+    /// with the run's finish. A run whose last step is followed by its end
+    /// commits both in one call; every step is still durable before any
+    /// later work of the run begins.
+    deferred: Mutex<Vec<JournalEvent>>,
     /// Attempts whose started mark the heartbeat thread may have to write.
     pub board: Arc<AttemptBoard>,
 }
@@ -150,6 +156,7 @@ impl RunCore {
                 stop,
             }),
             writes: tokio::sync::Mutex::new(()),
+            deferred: Mutex::new(Vec::new()),
             board,
         })
     }
@@ -233,6 +240,28 @@ impl RunCore {
         Active { core: self.clone(), pos: String::new() }
     }
 
+    /// Keep a completed step's entry for the next write (see `deferred`).
+    fn defer(&self, event: JournalEvent) {
+        self.deferred.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(event);
+    }
+
+    /// The completed steps not yet written, for the run's finish to carry.
+    pub(crate) fn take_deferred(&self) -> Vec<JournalEvent> {
+        std::mem::take(&mut *self.deferred.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Write the completed steps not yet written; false if that failed (the
+    /// execution is abandoned, as for any failed write).
+    pub(crate) async fn flush(self: &Arc<Self>) -> bool {
+        if self.deferred.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty() {
+            return true;
+        }
+        // The branch counts as working meanwhile: the run must not suspend
+        // with this write in flight.
+        let _working = self.busy();
+        self.append(Vec::new()).await.is_some()
+    }
+
     /// Append entries under the lease. On failure the run is abandoned (its lease
     /// will expire and the journal, which has or has not the entries, decides).
     async fn append(&self, events: Vec<JournalEvent>) -> Option<Vec<JournalRecord>> {
@@ -246,9 +275,17 @@ impl RunCore {
         if matches!(self.state().stop, Some(Stop::Abandon(_) | Stop::Fail(_))) {
             return None;
         }
+        // Completed steps waiting for a write go first; the caller gets its own records.
+        let mut all = self.take_deferred();
+        let earlier = all.len();
+        all.extend(events);
+        let events = all;
+        if events.is_empty() {
+            return Some(Vec::new());
+        }
         match store.append(&self.lease, &events).await {
             Ok(appended) => {
-                let records: Vec<JournalRecord> = appended
+                let mut records: Vec<JournalRecord> = appended
                     .seqs
                     .iter()
                     .zip(events)
@@ -268,7 +305,7 @@ impl RunCore {
                 } else if appended.pause_requested && state.stop.is_none() {
                     state.stop = Some(Stop::Pause);
                 }
-                Some(records)
+                Some(records.split_off(earlier))
             }
             Err(e) => {
                 tracing::warn!(run_id = %self.lease.run_id, error = %e, "journal write failed; abandoning this execution");
@@ -532,6 +569,11 @@ impl Context {
 
     async fn sleep_to(&self, name: String, target: Target) -> Result<()> {
         let core = &self.core;
+        // A step boundary: earlier steps' results are written first (and a
+        // cancel or pause asked for meanwhile is seen here).
+        if !core.flush().await {
+            return halted().await;
+        }
         let Some((step_id, active)) = core.enter(&name) else { return halted().await };
         let now = core.now_ms();
         let decision = decide_sleep(core.state().history.step(&step_id), now);
@@ -627,6 +669,11 @@ impl Context {
         }
         let core = &self.core;
         let name = name.into();
+        // A step boundary: earlier steps' results are written first (and a
+        // cancel or pause asked for meanwhile is seen here).
+        if !core.flush().await {
+            return halted().await;
+        }
         let Some((step_id, active)) = core.enter(&name) else { return halted().await };
         let now = core.now_ms();
         let decision = decide_wait(core.state().history.step(&step_id), now);
@@ -675,6 +722,11 @@ impl Context {
         let input = serde_json::to_value(input).map_err(|e| Error::new("invalid_input", e.to_string()))?;
         let core = &self.core;
         let name = name.into();
+        // A step boundary: earlier steps' results are written first (and a
+        // cancel or pause asked for meanwhile is seen here).
+        if !core.flush().await {
+            return halted().await;
+        }
         let Some((step_id, active)) = core.enter(&name) else { return halted().await };
         let decision = decide_child(core.state().history.step(&step_id));
         let outcome = match decision {
@@ -926,6 +978,12 @@ impl Step {
                 format!("step name {:?} must be 1-256 characters without line breaks", self.name),
             ));
         }
+        // A step boundary: earlier steps' results are written before this
+        // step's attempt begins (and a cancel or pause asked for meanwhile is
+        // seen here).
+        if !core.flush().await {
+            return halted().await;
+        }
         let Some((step_id, active)) = core.enter(&self.name) else { return halted().await };
         let decision = decide_step(core.state().history.step(&step_id), core.now_ms());
         let attempt = match decision {
@@ -1004,9 +1062,7 @@ impl Step {
                 };
                 let done =
                     JournalEvent::StepCompleted { step_id, attempt, output, pos, duration_ms: Some(millis(took)) };
-                if core.append(vec![done]).await.is_none() {
-                    return active.halt().await;
-                }
+                core.defer(done);
                 Ok(value)
             }
             Err((error, step_error)) => {

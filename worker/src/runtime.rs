@@ -563,7 +563,7 @@ impl Worker {
             // instead of handing them out; a store that did anyway gets it back.
             tracing::error!(version = task.run.version, "handed a run of a version this worker lacks; handing it back");
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = self.finish(&lease, Finish::Release).await;
+            let _ = self.finish(&lease, &[], Finish::Release).await;
             return;
         };
         let Some(input) = task.journal.iter().find_map(|r| match &r.entry.event {
@@ -571,7 +571,7 @@ impl Worker {
             _ => None,
         }) else {
             let error = ErrorInfo::new("corrupt_journal", "the run's journal has no run_started entry");
-            let _ = self.finish(&lease, Finish::Fail { error }).await;
+            let _ = self.finish(&lease, &[], Finish::Fail { error }).await;
             return;
         };
 
@@ -608,6 +608,19 @@ impl Worker {
                 },
                 other => other,
             };
+            if let Outcome::Abandon(reason) = &outcome {
+                tracing::warn!(%reason, "abandoning the run: its lease will lapse and another attempt replays it");
+                break;
+            }
+            // Completed steps not yet written (see RunCore::deferred) go with a
+            // finish that ends this execution; before a suspension (whose event
+            // may already be there, replayed here from the journal) or a
+            // failure handler (which reads the journal) they are written first.
+            let ends_here = matches!(outcome, Outcome::Returned(Ok(_)) | Outcome::Cancel | Outcome::Release);
+            if !ends_here && !core.flush().await {
+                break;
+            }
+            let entries = core.take_deferred();
             let how = match outcome {
                 Outcome::Returned(Ok(output)) => Finish::Complete { output },
                 Outcome::Returned(Err(error)) => {
@@ -625,12 +638,9 @@ impl Worker {
                 Outcome::Cancel => Finish::Cancel { reason: None },
                 Outcome::Suspend(suspension) => Finish::Suspend(suspension),
                 Outcome::Release => Finish::Release,
-                Outcome::Abandon(reason) => {
-                    tracing::warn!(%reason, "abandoning the run: its lease will lapse and another attempt replays it");
-                    break;
-                }
+                Outcome::Abandon(_) => break,
             };
-            match self.finish(&lease, how).await {
+            match self.finish(&lease, &entries, how).await {
                 Some(Finished::EventArrived(record)) => {
                     // The event was already there: the lease is still ours, go on.
                     journal = core.state().journal.clone();
@@ -688,7 +698,12 @@ impl Worker {
                 })
                 .await
         });
-        match self.drive(fresh, async move { handled.await.map(|()| Value::Null) }, lost, handback).await {
+        let outcome = self.drive(fresh.clone(), async move { handled.await.map(|()| Value::Null) }, lost, handback).await;
+        // The handler's own completed step is written before the run fails.
+        if !matches!(outcome, Outcome::Abandon(_)) && !fresh.flush().await {
+            return None;
+        }
+        match outcome {
             Outcome::Suspend(suspension) => Some(Finish::Suspend(suspension)),
             Outcome::Abandon(_) => None,
             Outcome::Release => Some(Finish::Release),
@@ -699,9 +714,9 @@ impl Worker {
 
     /// Finish the lease; retried on store errors (a fenced finish is safe to
     /// repeat: a second one that finds the lease spent changes nothing).
-    async fn finish(&self, lease: &Lease, how: Finish) -> Option<Finished> {
+    async fn finish(&self, lease: &Lease, entries: &[JournalEvent], how: Finish) -> Option<Finished> {
         for attempt in 0..6u32 {
-            match self.store.finish(lease, &[], how.clone()).await {
+            match self.store.finish(lease, entries, how.clone()).await {
                 Ok(finished) => return Some(finished),
                 Err(keel_engine::Error::LeaseLost { .. }) => {
                     tracing::info!("the run's lease was taken over before it finished; the new holder goes on");

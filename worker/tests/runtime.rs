@@ -428,6 +428,50 @@ async fn a_running_worker_registers_its_workflows() {
     assert!(registered.heartbeat_at_ms > 0);
 }
 
+/// A step's result may travel with the run's next write (the last step's with
+/// the run's end: one call), but never later than the start of the next
+/// step's attempt: when step 2 runs, step 1's result is in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_step_result_is_durable_before_the_next_attempt_begins() {
+    for b in [common::memory().await, common::redis().await] {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (store, record) = (b.store.clone(), seen.clone());
+        let workflow = Workflow::new("chain", move |ctx: Context, _: Value| {
+            let (store, record) = (store.clone(), record.clone());
+            async move {
+                let run_id = ctx.run_id().clone();
+                let mut total = 0u64;
+                for i in 1..=3u64 {
+                    let (store, record, run_id) = (store.clone(), record.clone(), run_id.clone());
+                    total += ctx
+                        .step(format!("s{i}"))
+                        .run(move || async move {
+                            let done = journal(&store, &run_id)
+                                .await
+                                .iter()
+                                .filter(|r| matches!(r.entry.event, JournalEvent::StepCompleted { .. }))
+                                .count();
+                            record.lock().unwrap().push(done);
+                            Ok::<_, StepError>(i)
+                        })
+                        .await?;
+                }
+                Ok(total)
+            }
+        });
+        let worker = spawn_worker(&b.store, vec![workflow], LEASE).await;
+        let id = start(&b.store, "chain", json!(null)).await;
+        let run = wait_final(&b.store, &id, WAIT).await;
+        worker.stop().await;
+        assert_eq!(run.status, RunStatus::Completed);
+        assert_eq!(run.output, Some(json!(6)));
+        assert_eq!(run.completed_steps, 3);
+        assert_eq!(*seen.lock().unwrap(), [0, 1, 2], "each attempt saw every earlier step's result stored");
+        let kinds: Vec<String> = shape(&journal(&b.store, &id).await).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(kinds, ["run_started", "step_completed", "step_completed", "step_completed", "run_completed"]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_while_a_step_runs_stops_at_the_next_step_boundary() {
     for b in [common::memory().await, common::redis().await] {
