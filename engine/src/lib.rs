@@ -29,7 +29,7 @@ pub use keel_proto::WorkerInfo;
 pub use store::memory::MemoryStore;
 pub use store::redis::{RedisStore, RedisTarget};
 pub use store::{
-    Appended, CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, EventWait, Finish,
-    Finished, HookStore, Lease, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome, RunQuery, RunStore,
+    Appended, CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, EventWait,
+    Finish, Finished, HookStore, Lease, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome, RunQuery, RunStore,
     STEP_MS_BUCKETS, Stats, Store, Suspension, child_event_key,
 };

@@ -698,7 +698,8 @@ impl Worker {
                 })
                 .await
         });
-        let outcome = self.drive(fresh.clone(), async move { handled.await.map(|()| Value::Null) }, lost, handback).await;
+        let outcome =
+            self.drive(fresh.clone(), async move { handled.await.map(|()| Value::Null) }, lost, handback).await;
         // The handler's own completed step is written before the run fails.
         if !matches!(outcome, Outcome::Abandon(_)) && !fresh.flush().await {
             return None;

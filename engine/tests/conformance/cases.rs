@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use keel_engine::proto::{ErrorInfo, JournalEvent, RunId, RunStatus, WorkerInfo};
 use keel_engine::{
-    CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Error, EventWait, Finish, Finished, RunQuery, Store, Suspension,
+    CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Error, EventWait, Finish, Finished, RunQuery, Store,
+    Suspension,
 };
 use serde_json::json;
 

@@ -21,10 +21,10 @@ use serde_json::Value as Json;
 use tokio::sync::Notify;
 
 use super::{
-    Appended, CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished,
-    HookStore, Lease, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome, RunQuery, RunStore, Stats, Store,
-    SummaryPatch, child_event_key, decode_record, encode_event, fingerprint, make_cursor, page_limit, parse_cursor,
-    validate_claim, validate_create, validate_suspension,
+    Appended, CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish,
+    Finished, HookStore, Lease, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome, RunQuery, RunStore, Stats,
+    Store, SummaryPatch, child_event_key, decode_record, encode_event, fingerprint, make_cursor, page_limit,
+    parse_cursor, validate_claim, validate_create, validate_suspension,
 };
 use crate::clock::{Clock, SystemClock};
 

@@ -21,9 +21,9 @@ use redis::Value;
 use serde_json::Value as Json;
 
 use super::{
-    Appended, CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish, Finished,
-    HookStore, Lease, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome, RunQuery, RunStore, Stats, Store,
-    decode_record, make_cursor, page_limit, parse_cursor, validate_claim, validate_create,
+    Appended, CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, Finish,
+    Finished, HookStore, Lease, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome, RunQuery, RunStore, Stats,
+    Store, decode_record, make_cursor, page_limit, parse_cursor, validate_claim, validate_create,
 };
 use crate::keys::{DISPATCH_GROUP, GROUP, Keys, LAYOUT};
 use crate::{Error, Result, StoreConfig};

@@ -51,8 +51,13 @@ enum Reply {
         hash: Vec<String>,
         seq: String,
     },
-    Exists { id: String },
-    Conflict { id: String, what: String },
+    Exists {
+        id: String,
+    },
+    Conflict {
+        id: String,
+        what: String,
+    },
     Retry,
 }
 
@@ -82,11 +87,9 @@ pub(in crate::store::redis) async fn call(
         };
         let existing = existing.map(RunId::new).transpose()?;
         let mut d = Declared::new(keys);
-        d.run(run_id).journal_writes().workflow(&req.workflow, &[
-            RunStatus::Pending,
-            RunStatus::Sleeping,
-            RunStatus::Running,
-        ]);
+        d.run(run_id)
+            .journal_writes()
+            .workflow(&req.workflow, &[RunStatus::Pending, RunStatus::Sleeping, RunStatus::Running]);
         d.named("runs_wf", &req.workflow, keys.runs_by_workflow(&req.workflow));
         d.one("runs", keys.runs()).one("timers", keys.timers());
         for (name, value) in &req.labels {
