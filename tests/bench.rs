@@ -28,6 +28,9 @@ fn keel_bench_runs_and_reports_one_line() {
         "bytes_per_run=",
         "redis_cpu_ms_per_run=",
         "keel_cpu_ms_per_run=",
+        "redis_cpu_us_per_step=",
+        "round_trips_per_step=",
+        "scripts_per_step=",
     ] {
         assert!(line.contains(field), "{field} missing from: {line}");
     }

@@ -167,6 +167,11 @@ pub async fn scrape(State(state): State<AppState>) -> ApiResult<impl IntoRespons
         "Duration of successful step attempts, as workers measured them",
         ConstHistogram { sum: stats.step_ms_sum as f64 / 1000.0, count, buckets },
     );
+    registry.register(
+        "redis_round_trips",
+        "Requests Keel processes sent to Redis (a script call, command or pipeline each), reported about once a second",
+        ConstCounter::new(stats.redis_round_trips),
+    );
     registry.register("http_requests", "HTTP requests served by this server", state.metrics().http.clone());
     registry.register(
         "webhook_deliveries",

@@ -132,6 +132,21 @@ fn commands(info: &BTreeMap<String, String>) -> u64 {
         .sum()
 }
 
+/// Script calls Redis ran (FCALL, or EVALSHA where Redis has no FUNCTION): one round trip each.
+fn script_calls(info: &BTreeMap<String, String>) -> u64 {
+    ["cmdstat_fcall", "cmdstat_fcall_ro", "cmdstat_evalsha", "cmdstat_eval"]
+        .iter()
+        .filter_map(|k| info.get(*k)?.split(',').find_map(|p| p.strip_prefix("calls="))?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `keel_redis_round_trips_total` from /metrics: what every Keel process
+/// reported sending to Redis (commands, script calls, pipelines).
+async fn round_trips(http: &reqwest::Client, url: &str) -> Option<u64> {
+    let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix("keel_redis_round_trips_total ")?.trim().parse().ok())
+}
+
 fn redis_cpu_ms(info: &BTreeMap<String, String>) -> f64 {
     ["used_cpu_sys", "used_cpu_user"].iter().filter_map(|k| info.get(*k)?.parse::<f64>().ok()).sum::<f64>() * 1000.0
 }
@@ -296,6 +311,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
     for _ in 0..args.concurrency.clamp(1, 20) {
         one_run(&http, &url, &json!({"steps": args.steps})).await?;
     }
+    // Every process reports its round trips within about a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let trips_before = round_trips(&http, &url).await;
     let before = match redis.as_mut() {
         Some(r) => Some(r.info().await?),
         None => None,
@@ -340,6 +358,18 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
         None => None,
     };
     let total_steps = (args.runs as f64) * f64::from(args.steps);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let trips_per_step = match (trips_before, round_trips(&http, &url).await) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / total_steps),
+        _ => None,
+    };
+    let scripts_per_step = match (&before, &after) {
+        (Some(b), Some(a)) => Some(
+            a.iter().zip(b).map(|(a, b)| script_calls(a).saturating_sub(script_calls(b))).sum::<u64>() as f64
+                / total_steps,
+        ),
+        _ => None,
+    };
     let (cmds_per_step, bytes_per_run, cpu_redis, shares) = match (&before, &after) {
         (Some(b), Some(a)) => {
             let used =
@@ -362,6 +392,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
     // The two halves, to tell Redis's work from Keel's.
     let redis_cpu_per_run = if owns_redis { cpu_redis.map(|r| r / args.runs as f64) } else { None };
     let keel_cpu_per_run = started.is_some().then(|| cpu_keel / args.runs as f64);
+    let redis_cpu_us_per_step = redis_cpu_per_run.map(|ms| ms * 1000.0 / f64::from(args.steps.max(1)));
     let fmt = |v: Option<f64>, digits: usize| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"));
     let report = json!({
         "runs": args.runs, "steps": args.steps, "concurrency": args.concurrency,
@@ -370,6 +401,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
         "p50_ms": percentile(&latencies, 0.5), "p99_ms": percentile(&latencies, 0.99),
         "cpu_ms_per_run": cpu_per_run, "redis_cmds_per_step": cmds_per_step, "bytes_per_run": bytes_per_run,
         "redis_cpu_ms_per_run": redis_cpu_per_run, "keel_cpu_ms_per_run": keel_cpu_per_run,
+        "redis_cpu_us_per_step": redis_cpu_us_per_step, "round_trips_per_step": trips_per_step,
+        "scripts_per_step": scripts_per_step,
         "failed": failures.len(),
         "command_share_per_master_pct": shares,
     });
@@ -377,7 +410,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
         println!("{report}");
     } else {
         println!(
-            "keel-bench runs={} steps={} concurrency={} workers={} wall_s={wall:.2} runs_per_s={:.0} steps_per_s={:.0} p50_ms={:.2} p99_ms={:.2} cpu_ms_per_run={} redis_cmds_per_step={} bytes_per_run={} redis_cpu_ms_per_run={} keel_cpu_ms_per_run={}",
+            "keel-bench runs={} steps={} concurrency={} workers={} wall_s={wall:.2} runs_per_s={:.0} steps_per_s={:.0} p50_ms={:.2} p99_ms={:.2} cpu_ms_per_run={} redis_cmds_per_step={} bytes_per_run={} redis_cpu_ms_per_run={} keel_cpu_ms_per_run={} redis_cpu_us_per_step={} round_trips_per_step={} scripts_per_step={}",
             args.runs,
             args.steps,
             args.concurrency,
@@ -391,6 +424,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
             fmt(bytes_per_run, 0),
             fmt(redis_cpu_per_run, 3),
             fmt(keel_cpu_per_run, 3),
+            fmt(redis_cpu_us_per_step, 1),
+            fmt(trips_per_step, 2),
+            fmt(scripts_per_step, 2),
         );
         if shares.len() > 1 {
             let shares: Vec<String> = shares.iter().map(|s| format!("{s:.1}")).collect();

@@ -210,6 +210,9 @@ pub struct Stats {
     pub in_flight: BTreeMap<String, u64>,
     pub dead_letters: u64,
     pub runs_by_status: BTreeMap<RunStatus, u64>,
+    /// Requests Keel processes sent to Redis (a script call, a command or a
+    /// pipeline is one round trip), as each reported them, about once a second.
+    pub redis_round_trips: u64,
 }
 
 /// The upper bounds (ms) of the step duration histogram.

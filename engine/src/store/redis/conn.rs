@@ -234,8 +234,13 @@ impl Conn {
     }
 }
 
+/// Requests this process sent to Redis (commands, script calls, pipelines:
+/// one each), for `keel_redis_round_trips_total` (see counters.rs).
+pub(super) static ROUND_TRIPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self {
             Self::Managed(conn) => conn.req_packed_command(cmd),
             Self::Direct(conn) => conn.req_packed_command(cmd),
@@ -249,6 +254,7 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
+        ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self {
             Self::Managed(conn) => conn.req_packed_commands(pipeline, offset, count),
             Self::Direct(conn) => conn.req_packed_commands(pipeline, offset, count),

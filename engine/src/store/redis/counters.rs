@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::conn::ROUND_TRIPS;
 use super::{Conn, Keys};
 use crate::error::Result;
 
@@ -27,7 +28,12 @@ pub(super) struct Counters {
     dirty: AtomicBool,
     /// When the last flush started, ms since the Unix epoch.
     flushed_at_ms: AtomicU64,
+    /// This process's round trips (conn.rs) already added to the stats.
+    reported_round_trips: AtomicU64,
 }
+
+/// The stats-hash field of the round-trip count (no workflow is named "").
+pub(super) const ROUND_TRIPS_FIELD: &str = "|redis_round_trips";
 
 impl Counters {
     /// Add a script's counts (the JSON object after its reply's newline).
@@ -47,6 +53,7 @@ impl Counters {
     /// Whether any count waits to be flushed.
     pub(super) fn has_pending(&self) -> bool {
         self.dirty.load(Ordering::Relaxed)
+            || ROUND_TRIPS.load(Ordering::Relaxed) != self.reported_round_trips.load(Ordering::Relaxed)
     }
 
     /// Whether a second has passed since the last flush (and if so, the
@@ -64,6 +71,12 @@ impl Counters {
         let taken = {
             let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             self.dirty.store(false, Ordering::Relaxed);
+            // Round trips until now, this flush's own included (counted as it is sent).
+            let sent = ROUND_TRIPS.load(Ordering::Relaxed) + 1;
+            let trips = sent.saturating_sub(self.reported_round_trips.swap(sent, Ordering::Relaxed));
+            if trips > 0 {
+                *pending.entry(0).or_default().entry(ROUND_TRIPS_FIELD.to_owned()).or_default() += trips as i64;
+            }
             std::mem::take(&mut *pending)
         };
         let mut failed = None;

@@ -154,6 +154,10 @@ impl RegistryStore for RedisStore {
 fn add_partition_stats(stats: &mut Stats, workflows: &[String], replies: &[Value]) -> Result<()> {
     for (field, value) in pairs(&replies[0])? {
         let n: u64 = value.parse().unwrap_or(0);
+        if field == super::counters::ROUND_TRIPS_FIELD {
+            stats.redis_round_trips += n;
+            continue;
+        }
         match field.split_once('|') {
             Some(("step_ms", "sum")) => stats.step_ms_sum += n,
             Some(("step_ms", bound)) => *stats.step_ms_buckets.entry(bound.parse().ok()).or_default() += n,
