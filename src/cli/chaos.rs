@@ -563,7 +563,7 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     let acked = acknowledged.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let observed = observed.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let (mut completed, mut lost, mut duplicated, mut effects_missing, mut failed) = (0, 0, 0, 0, 0);
-    let (mut panicked, mut blocked, mut over_attempts) = (0, 0, 0);
+    let (mut panicked, mut blocked, mut over_attempts, mut exhausted) = (0, 0, 0, 0);
     let hazards: HashMap<RunId, String> = plans
         .iter()
         .filter_map(|(i, input, _)| Some((acked.get(i)?.clone(), input["hazard"].as_str()?.to_owned())))
@@ -599,6 +599,13 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
                 } else {
                     failed += 1;
                 }
+            }
+            // A misbehaving step whose every allowed attempt was cut off by
+            // the faults fails for good, as its policy says.
+            RunStatus::Failed
+                if hazard.is_some() && run.error.as_ref().is_some_and(|e| e.kind == "attempts_exhausted") =>
+            {
+                exhausted += 1;
             }
             RunStatus::Completed => completed += 1,
             RunStatus::Failed | RunStatus::Cancelled => failed += 1,
@@ -651,7 +658,7 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     let total_faults =
         faults.workers_killed + faults.servers_killed + faults.redis_restarts + faults.stops + faults.pauses;
     println!(
-        "keel-chaos redis={} runs={} faults={total_faults} (workers_killed={} servers_killed={} redis_restarts={} stops={} pauses={}) fsync={} completed={completed}/{} panicked={panicked} blocked={blocked}/{} lost={lost} duplicated_results={duplicated} stuck={} over_attempts={over_attempts} webhooks_missing={webhooks_missing} effects_missing={effects_missing} failed={failed} unacknowledged={unacknowledged} seed={seed}",
+        "keel-chaos redis={} runs={} faults={total_faults} (workers_killed={} servers_killed={} redis_restarts={} stops={} pauses={}) fsync={} completed={completed}/{} panicked={panicked} exhausted={exhausted} blocked={blocked}/{} lost={lost} duplicated_results={duplicated} stuck={} over_attempts={over_attempts} webhooks_missing={webhooks_missing} effects_missing={effects_missing} failed={failed} unacknowledged={unacknowledged} seed={seed}",
         if cluster.is_cluster() { "cluster" } else { "single" },
         args.runs,
         faults.workers_killed,
@@ -667,7 +674,7 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     drop(cluster);
     receiver_task.abort();
     let _ = std::fs::remove_dir_all(&dir);
-    let healthy = completed + panicked + blocked == checked_runs.len()
+    let healthy = completed + panicked + exhausted + blocked == checked_runs.len()
         && blocked == pinned.len()
         && over_attempts == 0
         && failed == 0

@@ -992,6 +992,34 @@ impl Step {
             StepDecision::WaitUntil(at) => return active.block_until(at).await,
             StepDecision::Execute { attempt } => attempt,
         };
+        let policy = self.retry.clone().unwrap_or_else(|| core.settings.default_retry.clone());
+        if attempt > policy.max_attempts() {
+            // Every attempt the policy allows began and none ended: each was
+            // cut off by its worker's death or a lost lease (a step that
+            // blocks, hangs or crashes the process). Those count, as failed
+            // attempts do: the step fails for good instead of trying forever.
+            let interrupted = attempt - 1;
+            let error = ErrorInfo::new(
+                "attempts_exhausted",
+                format!(
+                    "all {} attempts the step's policy allows began and none finished (the worker running each \
+                     stopped or lost the run's lease during it)",
+                    policy.max_attempts()
+                ),
+            )
+            .in_step(&step_id);
+            let failed = JournalEvent::StepFailed {
+                step_id,
+                attempt: interrupted,
+                error: error.clone(),
+                retry_at_ms: None,
+                pos: None,
+            };
+            if core.append(vec![failed]).await.is_none() {
+                return active.halt().await;
+            }
+            return Err(Error::from_info(error));
+        }
         let run_id = core.lease.run_id.clone();
         let info =
             StepInfo { idempotency_key: format!("{run_id}:{step_id}"), run_id, step_id: step_id.clone(), attempt };
@@ -1067,7 +1095,7 @@ impl Step {
             }
             Err((error, step_error)) => {
                 let error = error.in_step(&step_id);
-                let policy = self.retry.unwrap_or_else(|| core.settings.default_retry.clone());
+
                 let retryable = step_error.as_ref().is_none_or(StepError::is_retryable);
                 if retryable && attempt < policy.max_attempts() {
                     let delay = step_error

@@ -428,6 +428,57 @@ async fn a_running_worker_registers_its_workflows() {
     assert!(registered.heartbeat_at_ms > 0);
 }
 
+/// Attempts cut off by a dead worker or a lost lease count against the retry
+/// policy: once every allowed attempt began and none finished, the step fails
+/// for good (`attempts_exhausted`) instead of being tried for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_cut_off_by_crashes_count_against_the_retry_policy() {
+    for b in [common::memory().await, common::redis().await] {
+        let id = start(&b.store, "fragile", json!(null)).await;
+        // Two workers took the run and died inside attempts 1 and 2 of "s".
+        for attempt in 1..=2u32 {
+            let claim = keel_engine::Claim {
+                workflows: vec!["fragile".into()],
+                worker_id: format!("ghost-{attempt}"),
+                lease: LEASE,
+                max: 1,
+                block: Duration::from_secs(2),
+                versions: Default::default(),
+            };
+            let task = b.store.claim(&claim).await.unwrap().pop().expect("the run's task");
+            let pos = (attempt == 1).then(|| ":0".to_owned());
+            let started = JournalEvent::StepStarted { step_id: "s".into(), attempt, pos };
+            b.store.append(&task.lease, &[started]).await.unwrap();
+            b.store.finish(&task.lease, &[], keel_engine::Finish::Release).await.unwrap();
+        }
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let workflow = Workflow::new("fragile", move |ctx: Context, _: Value| {
+            let r = r.clone();
+            async move {
+                ctx.step("s")
+                    .retry(RetryPolicy::attempts(2))
+                    .run(move || async move {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, StepError>(1)
+                    })
+                    .await
+            }
+        });
+        let worker = spawn_worker(&b.store, vec![workflow], LEASE).await;
+        let run = wait_final(&b.store, &id, WAIT).await;
+        worker.stop().await;
+        assert_eq!(run.status, RunStatus::Failed);
+        assert_eq!(run.error.as_ref().map(|e| e.kind.as_str()), Some("attempts_exhausted"));
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "no third attempt");
+        let last_failure = journal(&b.store, &id).await.into_iter().find_map(|r| match r.entry.event {
+            JournalEvent::StepFailed { attempt, retry_at_ms, .. } => Some((attempt, retry_at_ms)),
+            _ => None,
+        });
+        assert_eq!(last_failure, Some((2, None)), "the interrupted attempt 2 is recorded as the last, failed for good");
+    }
+}
+
 /// A step's result may travel with the run's next write (the last step's with
 /// the run's end: one call), but never later than the start of the next
 /// step's attempt: when step 2 runs, step 1's result is in the store.
