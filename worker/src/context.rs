@@ -986,14 +986,15 @@ impl Step {
         }
         let Some((step_id, active)) = core.enter(&self.name) else { return halted().await };
         let decision = decide_step(core.state().history.step(&step_id), core.now_ms());
-        let attempt = match decision {
+        let (attempt, interrupted_before) = match decision {
             StepDecision::Replay(output) => return decode(&step_id, output),
             StepDecision::ReplayFailure(error) => return Err(Error::from_info(error)),
             StepDecision::WaitUntil(at) => return active.block_until(at).await,
-            StepDecision::Execute { attempt } => attempt,
+            StepDecision::Execute { attempt } => (attempt, false),
+            StepDecision::AfterInterruption { attempt } => (attempt, true),
         };
         let policy = self.retry.clone().unwrap_or_else(|| core.settings.default_retry.clone());
-        if attempt > policy.max_attempts() {
+        if interrupted_before && attempt > policy.max_attempts() {
             // Every attempt the policy allows began and none ended: each was
             // cut off by its worker's death or a lost lease (a step that
             // blocks, hangs or crashes the process). Those count, as failed

@@ -169,6 +169,9 @@ pub(crate) enum StepDecision {
     WaitUntil(u64),
     /// Run this attempt.
     Execute { attempt: u32 },
+    /// The previous attempt started and never finished (its worker died or
+    /// lost the lease): it counts; run this one, if the policy allows it.
+    AfterInterruption { attempt: u32 },
 }
 
 pub(crate) fn decide_step(record: Option<&StepRecord>, now_ms: u64) -> StepDecision {
@@ -183,9 +186,9 @@ pub(crate) fn decide_step(record: Option<&StepRecord>, now_ms: u64) -> StepDecis
             Some(_) => StepDecision::Execute { attempt: r.attempts + 1 },
         },
         // Started and never finished: the worker was lost mid-attempt. That
-        // attempt counts; run the next one (a run that crashes its workers for
-        // ever is stopped by the dead-letter limit).
-        _ => StepDecision::Execute { attempt: r.attempts + 1 },
+        // attempt counts against the step's retry policy; run the next one.
+        _ if r.attempts > 0 => StepDecision::AfterInterruption { attempt: r.attempts + 1 },
+        _ => StepDecision::Execute { attempt: 1 },
     }
 }
 
@@ -307,7 +310,7 @@ mod tests {
         let cases: Vec<(&str, Vec<JournalEvent>, u64, StepDecision)> = vec![
             ("never seen", vec![], 0, StepDecision::Execute { attempt: 1 }),
             ("completed", vec![started("s", 1), done.clone()], 0, StepDecision::Replay(json!(7))),
-            ("lost mid-attempt", vec![started("s", 1)], 0, StepDecision::Execute { attempt: 2 }),
+            ("lost mid-attempt", vec![started("s", 1)], 0, StepDecision::AfterInterruption { attempt: 2 }),
             ("back-off pending", vec![started("s", 1), failed("s", 1, Some(500))], 499, StepDecision::WaitUntil(500)),
             (
                 "back-off over",
@@ -319,7 +322,7 @@ mod tests {
                 "retry lost mid-attempt",
                 vec![started("s", 1), failed("s", 1, Some(5)), started("s", 2)],
                 9,
-                StepDecision::Execute { attempt: 3 },
+                StepDecision::AfterInterruption { attempt: 3 },
             ),
             (
                 "failed for good, then retried by an operator",
