@@ -9,9 +9,21 @@
 //! before the worker starts; if the process dies, the lease lapses and
 //! reconciliation queues the run for any worker.
 
+use keel_proto::{ErrorInfo, RunStatus};
+use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::store::{ClaimOnCreate, ClaimedTask};
+
+/// How a handed-over run ended, when its execution ended it and the store
+/// confirmed the finish: what a waiting start answers without reading the
+/// run back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEnd {
+    pub status: RunStatus,
+    pub output: Option<Value>,
+    pub error: Option<ErrorInfo>,
+}
 
 /// The API's view of the worker beside it.
 pub trait LocalWorker: Send + Sync + std::fmt::Debug {
@@ -26,7 +38,8 @@ pub trait LocalSlot: Send {
     fn claim(&self) -> ClaimOnCreate;
 
     /// Run the claimed task in this slot. The receiver resolves (or fails,
-    /// if the worker is stopping) when the execution ends: the run finished,
-    /// suspended, was handed back or its lease was lost.
-    fn run(self: Box<Self>, task: ClaimedTask) -> oneshot::Receiver<()>;
+    /// if the worker is stopping) when the execution ends: with the run's end
+    /// if it completed or failed, `None` if it suspended, was handed back or
+    /// lost its lease.
+    fn run(self: Box<Self>, task: ClaimedTask) -> oneshot::Receiver<Option<RunEnd>>;
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use keel_engine::handoff::{LocalSlot, LocalWorker};
+use keel_engine::handoff::{LocalSlot, LocalWorker, RunEnd};
 use keel_engine::{ClaimOnCreate, ClaimedTask};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -21,7 +21,7 @@ use crate::runtime::{Worker, log_join_error, panic_message};
 pub(crate) struct LocalRun {
     task: ClaimedTask,
     permit: OwnedSemaphorePermit,
-    done: oneshot::Sender<()>,
+    done: oneshot::Sender<Option<RunEnd>>,
 }
 
 /// The worker's end of the handoff.
@@ -91,11 +91,15 @@ fn spawn(runs: &mut JoinSet<()>, worker: &Arc<Worker>, run: LocalRun, handback: 
     runs.spawn(async move {
         let LocalRun { task, permit, done } = run;
         let run_id = task.lease.run_id.clone();
-        if let Err(panic) = AssertUnwindSafe(worker.execute(task, handback)).catch_unwind().await {
-            tracing::error!(%run_id, panic = %panic_message(&*panic), "the execution of a run panicked; its lease will lapse");
-        }
+        let end = match AssertUnwindSafe(worker.execute(task, handback)).catch_unwind().await {
+            Ok(end) => end,
+            Err(panic) => {
+                tracing::error!(%run_id, panic = %panic_message(&*panic), "the execution of a run panicked; its lease will lapse");
+                None
+            }
+        };
         drop(permit);
-        let _ = done.send(());
+        let _ = done.send(end);
     });
 }
 
@@ -128,7 +132,7 @@ impl LocalSlot for Slot {
         self.claim.clone()
     }
 
-    fn run(self: Box<Self>, task: ClaimedTask) -> oneshot::Receiver<()> {
+    fn run(self: Box<Self>, task: ClaimedTask) -> oneshot::Receiver<Option<RunEnd>> {
         let (done, ended) = oneshot::channel();
         // A worker that stopped meanwhile drops the run: its lease lapses and
         // reconciliation queues it for any worker.

@@ -16,8 +16,9 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use keel_engine::handoff::RunEnd;
 use keel_engine::{Claim, ClaimedTask, Finish, Finished, Lease, Store, Suspension};
-use keel_proto::{ErrorInfo, JournalEvent, WorkerInfo};
+use keel_proto::{ErrorInfo, JournalEvent, RunStatus, WorkerInfo};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -550,13 +551,15 @@ impl Worker {
     }
 
     /// Run one claimed task until its lease ends, in the run's tracing span.
-    pub(crate) async fn execute(&self, task: ClaimedTask, handback: CancellationToken) {
+    /// Run one claimed task until its lease ends, in the run's tracing span;
+    /// how the run ended, if this execution completed or failed it.
+    pub(crate) async fn execute(&self, task: ClaimedTask, handback: CancellationToken) -> Option<RunEnd> {
         let lease = &task.lease;
         let span = tracing::info_span!("run", run_id = %lease.run_id, workflow = %lease.workflow, epoch = lease.epoch);
         self.execute_in_span(task, handback).instrument(span).await
     }
 
-    async fn execute_in_span(&self, task: ClaimedTask, handback: CancellationToken) {
+    async fn execute_in_span(&self, task: ClaimedTask, handback: CancellationToken) -> Option<RunEnd> {
         let lease = task.lease.clone();
         let Some(workflow) = self.workflows.get(&lease.workflow).and_then(|v| v.get(&task.run.version)).cloned() else {
             // Claims carry this worker's versions, so the store parks such runs
@@ -564,7 +567,7 @@ impl Worker {
             tracing::error!(version = task.run.version, "handed a run of a version this worker lacks; handing it back");
             tokio::time::sleep(Duration::from_secs(1)).await;
             let _ = self.finish(&lease, &[], Finish::Release).await;
-            return;
+            return None;
         };
         let Some(input) = task.journal.iter().find_map(|r| match &r.entry.event {
             JournalEvent::RunStarted { input, .. } => Some(input.clone()),
@@ -572,7 +575,7 @@ impl Worker {
         }) else {
             let error = ErrorInfo::new("corrupt_journal", "the run's journal has no run_started entry");
             let _ = self.finish(&lease, &[], Finish::Fail { error }).await;
-            return;
+            return None;
         };
 
         // Renewals end when this guard drops: on every way out of here, panics included.
@@ -640,7 +643,17 @@ impl Worker {
                 Outcome::Release => Finish::Release,
                 Outcome::Abandon(_) => break,
             };
+            let end = match &how {
+                Finish::Complete { output } => {
+                    Some(RunEnd { status: RunStatus::Completed, output: Some(output.clone()), error: None })
+                }
+                Finish::Fail { error } => {
+                    Some(RunEnd { status: RunStatus::Failed, output: None, error: Some(error.clone()) })
+                }
+                _ => None,
+            };
             match self.finish(&lease, &entries, how).await {
+                Some(Finished::Done) => return end,
                 Some(Finished::EventArrived(record)) => {
                     // The event was already there: the lease is still ours, go on.
                     journal = core.state().journal.clone();
@@ -650,6 +663,7 @@ impl Worker {
                 _ => break,
             }
         }
+        None
     }
 
     /// Poll the workflow until it returns, suspends, stops, or loses its lease.

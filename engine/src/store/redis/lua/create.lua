@@ -57,7 +57,10 @@ if A.delay_ms > 0 then
 elseif claim then
   call('SET', k_lease(id), claim.worker .. ':1', 'PX', claim.lease_ms)
   set_status(id, nil, 'running', now)
-  return reply({ r = 'CLAIMED', id = id, now = n2s(now), hash = call('HGETALL', k_run(id)), seq = seq })
+  -- The hash as written: its fields and the status set_status added.
+  fields[#fields + 1] = 'st'
+  fields[#fields + 1] = 'running'
+  return reply({ r = 'CLAIMED', id = id, now = n2s(now), hash = fields, seq = seq })
 else
   set_status(id, nil, 'pending', now)
   enqueue(id, wf)

@@ -11,7 +11,7 @@ local st, wf, created, cr, tid = h[2], h[3], h[4], h[5], h[6]
 local how = A.how
 local now = now_ms()
 append_entries(id, A.entries)
-apply_patch(id, A.patch, now)
+apply_patch(id, A.patch, now, h)
 
 local function final(status, field)
   journal_add(id, A.final)

@@ -167,7 +167,16 @@ end
 -- `e:<id>` when the run ended (long-polls wake too). Runs nobody watches pay
 -- one EXISTS per script.
 local function notify_watchers(id, what)
-  if WATCHED[id] == nil then WATCHED[id] = call('EXISTS', k_watch(id)) == 1 end
+  if WATCHED[id] == nil then
+    -- Most runs are not watched and most partitions have no webhooks: one
+    -- EXISTS over both answers both when neither is there.
+    if HOOKS_EXIST == nil and KI.hooks and call('EXISTS', K('hooks'), k_watch(id)) == 0 then
+      HOOKS_EXIST = false
+      WATCHED[id] = false
+    else
+      WATCHED[id] = call('EXISTS', k_watch(id)) == 1
+    end
+  end
   if WATCHED[id] then call('PUBLISH', A.ch, what .. ':' .. id) end
 end
 
@@ -277,7 +286,7 @@ end
 -- bumps the epoch in the same script, so a lease of this epoch is this
 -- worker's (`worker` names the holder in the lease key, for operators).
 local function fenced(id, worker, epoch)
-  local h = call('HMGET', k_run(id), 'ep', 'st', 'wf', 'ca', 'cr', 'task', 'pz', 'cb')
+  local h = call('HMGET', k_run(id), 'ep', 'st', 'wf', 'ca', 'cr', 'task', 'pz', 'cb', 'cs')
   if h[1] ~= tostring(epoch) or h[2] ~= 'running' then return nil end
   WORKFLOW_OF[id] = h[3]
   HAS_CALLBACK[id] = h[8] ~= false
@@ -294,9 +303,14 @@ local function append_entries(id, entries)
 end
 
 -- The summary fields a lease's entries change (`SummaryPatch` in Rust).
-local function apply_patch(id, patch, now)
-  if patch.delta and patch.delta ~= 0 then call('HINCRBY', k_run(id), 'cs', patch.delta) end
+-- `h` is what `fenced` read: the completed-step count is set from it, in the
+-- same HSET.
+local function apply_patch(id, patch, now, h)
   local fields = { 'ua', n2s(now) }
+  if patch.delta and patch.delta ~= 0 then
+    fields[#fields + 1] = 'cs'
+    fields[#fields + 1] = n2s((tonumber(h[9]) or 0) + patch.delta)
+  end
   if patch.cur then fields[#fields + 1] = 'cur'; fields[#fields + 1] = patch.cur end
   if patch.total then fields[#fields + 1] = 'ts'; fields[#fields + 1] = tostring(patch.total) end
   call('HSET', k_run(id), unpack(fields))
