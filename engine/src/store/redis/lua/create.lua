@@ -33,8 +33,9 @@ local now = now_ms()
 -- Handed straight to a worker (A.claim: worker, lease_ms): created leased,
 -- epoch 1, without a task; not when it starts later.
 local claim = A.delay_ms == 0 and A.claim or nil
-local fields = { 'wf', wf, 'ver', tostring(A.ver), 'ca', n2s(now), 'ua', n2s(now), 'ep', claim and '1' or '0',
-  'cs', '0', 'fp', fp, 'task', '' }
+local status = (A.delay_ms > 0 and 'sleeping') or (claim and 'running') or 'pending'
+local fields = { 'wf', wf, 'ver', tostring(A.ver), 'st', status, 'ca', n2s(now), 'ua', n2s(now),
+  'ep', claim and '1' or '0', 'cs', '0', 'fp', fp, 'task', '' }
 if A.labels then fields[#fields + 1] = 'lab'; fields[#fields + 1] = A.labels end
 if A.parent then fields[#fields + 1] = 'par'; fields[#fields + 1] = A.parent end
 if idem then fields[#fields + 1] = 'idem'; fields[#fields + 1] = idem end
@@ -50,19 +51,15 @@ call('ZADD', k_runs_wf(wf), now, id)
 index_labels(id, A.labels, now, true)
 if idem then call('SET', k_idem(idem), id, 'PX', A.idem_ttl_ms) end
 
+index_status(id, nil, status, now)
 if A.delay_ms > 0 then
-  set_status(id, nil, 'sleeping', now)
   call('HSET', k_run(id), 'wake', n2s(now + A.delay_ms))
   call('ZADD', K('timers'), now + A.delay_ms, id)
 elseif claim then
   call('SET', k_lease(id), claim.worker .. ':1', 'PX', claim.lease_ms)
-  set_status(id, nil, 'running', now)
-  -- The hash as written: its fields and the status set_status added.
-  fields[#fields + 1] = 'st'
-  fields[#fields + 1] = 'running'
+  -- The hash as written.
   return reply({ r = 'CLAIMED', id = id, now = n2s(now), hash = fields, seq = seq })
 else
-  set_status(id, nil, 'pending', now)
   enqueue(id, wf)
 end
 return reply({ r = 'CREATED', id = id })

@@ -11,12 +11,16 @@ local st, wf, created, cr, tid = h[2], h[3], h[4], h[5], h[6]
 local how = A.how
 local now = now_ms()
 append_entries(id, A.entries)
-apply_patch(id, A.patch, now, h)
+-- Written with the run's end when it ends here (one HSET), else at once.
+local patch = patch_fields(A.patch, now, h)
 
 local function final(status, field)
   journal_add(id, A.final)
-  if field then call('HSET', k_run(id), field, A.payload) end
-  finalize(id, st, status, created, now)
+  if field then
+    patch[#patch + 1] = field
+    patch[#patch + 1] = A.payload
+  end
+  finalize(id, st, status, created, now, patch)
   ack(wf, tid)
   notify_parent(id, A.child_outcome)
   return reply({ r = 'DONE' })
@@ -25,6 +29,7 @@ end
 if how == 'complete' then return final('completed', 'out') end
 if how == 'fail' then return final('failed', 'err') end
 if how == 'cancel' then return final('cancelled', nil) end
+call('HSET', k_run(id), unpack(patch))
 
 if how == 'release' then
   ack(wf, tid)

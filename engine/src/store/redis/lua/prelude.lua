@@ -195,17 +195,23 @@ local function journal_add(id, entry)
   return seq
 end
 
--- Moves the run between the status indexes (all runs, and its workflow's).
+-- Moves the run between the status indexes (all runs, and its workflow's);
+-- the caller writes `st` itself (in an HSET it makes anyway).
+local function index_status(id, old, new, created)
+  local wf = WORKFLOW_OF[id] or call('HGET', k_run(id), 'wf')
+  WORKFLOW_OF[id] = wf
+  if old then
+    call('ZREM', k_runs_status(old), id)
+    call('ZREM', k_runs_wf_status(wf, old), id)
+  end
+  call('ZADD', k_runs_status(new), created, id)
+  call('ZADD', k_runs_wf_status(wf, new), created, id)
+end
+
+-- Moves the run to another status: indexes and `st`.
 local function set_status(id, old, new, created)
   if old ~= new then
-    local wf = WORKFLOW_OF[id] or call('HGET', k_run(id), 'wf')
-    WORKFLOW_OF[id] = wf
-    if old then
-      call('ZREM', k_runs_status(old), id)
-      call('ZREM', k_runs_wf_status(wf, old), id)
-    end
-    call('ZADD', k_runs_status(new), created, id)
-    call('ZADD', k_runs_wf_status(wf, new), created, id)
+    index_status(id, old, new, created)
     call('HSET', k_run(id), 'st', new)
   end
 end
@@ -270,9 +276,22 @@ local function wake(id, wf, st, created, wk)
   runnable(id, wf, st, created, call('HGET', k_run(id), 'pz') == '1')
 end
 
-local function finalize(id, st, new, created, now)
-  set_status(id, st, new, created)
-  call('HSET', k_run(id), 'fa', n2s(now), 'ua', n2s(now), 'task', '')
+-- `fields`: more of the run's fields to write in the same HSET (a field/value
+-- list; finish passes its summary patch and the output or error).
+local function finalize(id, st, new, created, now, fields)
+  fields = fields or {}
+  if st ~= new then
+    index_status(id, st, new, created)
+    fields[#fields + 1] = 'st'
+    fields[#fields + 1] = new
+  end
+  fields[#fields + 1] = 'fa'
+  fields[#fields + 1] = n2s(now)
+  fields[#fields + 1] = 'ua'
+  fields[#fields + 1] = n2s(now)
+  fields[#fields + 1] = 'task'
+  fields[#fields + 1] = ''
+  call('HSET', k_run(id), unpack(fields))
   call('HDEL', k_run(id), 'cr', 'pz', 'blk')
   call('DEL', k_lease(id))
   call('ZADD', K('retention'), now + A.retention_ms, id)
@@ -302,10 +321,10 @@ local function append_entries(id, entries)
   return seqs
 end
 
--- The summary fields a lease's entries change (`SummaryPatch` in Rust).
--- `h` is what `fenced` read: the completed-step count is set from it, in the
--- same HSET.
-local function apply_patch(id, patch, now, h)
+-- The summary fields a lease's entries change (`SummaryPatch` in Rust), as a
+-- field/value list. `h` is what `fenced` read: the completed-step count is
+-- set from it.
+local function patch_fields(patch, now, h)
   local fields = { 'ua', n2s(now) }
   if patch.delta and patch.delta ~= 0 then
     fields[#fields + 1] = 'cs'
@@ -313,7 +332,11 @@ local function apply_patch(id, patch, now, h)
   end
   if patch.cur then fields[#fields + 1] = 'cur'; fields[#fields + 1] = patch.cur end
   if patch.total then fields[#fields + 1] = 'ts'; fields[#fields + 1] = tostring(patch.total) end
-  call('HSET', k_run(id), unpack(fields))
+  return fields
+end
+
+local function apply_patch(id, patch, now, h)
+  call('HSET', k_run(id), unpack(patch_fields(patch, now, h)))
 end
 
 local function parse_id(s)
