@@ -69,8 +69,9 @@ struct Inner {
     signer: Signer,
     metrics: Metrics,
     schemas: util::SchemaCache,
-    /// Live workflows, and when they were read.
-    workflows: std::sync::Mutex<Option<(std::time::Instant, Vec<keel_proto::http::WorkflowView>)>>,
+    /// Live workflows, and when they were read (shared: a start looks one up
+    /// without copying the list or its input schemas).
+    workflows: std::sync::Mutex<Option<(std::time::Instant, routes::workflows::LiveWorkflows)>>,
     /// A worker in this process that takes the runs starts create (`keel dev`).
     local: Option<Arc<dyn keel_engine::handoff::LocalWorker>>,
 }

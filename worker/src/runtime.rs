@@ -596,7 +596,7 @@ impl Worker {
                 self.store.clone(),
                 lease.clone(),
                 self.settings.clone(),
-                journal.clone(),
+                std::mem::take(&mut journal),
                 now(),
                 stop.clone(),
                 board.clone(),

@@ -17,7 +17,13 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<WorkflowList>
 
 /// One live workflow, from a cache refreshed every second (and at once when the
 /// name is not in it, so a worker that just started is seen).
-pub(crate) async fn live_workflow(state: &AppState, name: &str) -> ApiResult<Option<WorkflowView>> {
+/// The live workflows as last read, shared by every request of the second.
+pub(crate) type LiveWorkflows = std::sync::Arc<Vec<std::sync::Arc<WorkflowView>>>;
+
+pub(crate) async fn live_workflow(
+    state: &AppState,
+    name: &str,
+) -> ApiResult<Option<std::sync::Arc<WorkflowView>>> {
     let cached = state.inner.workflows.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some((at, views)) = cached
         && at.elapsed() < std::time::Duration::from_secs(1)
@@ -25,9 +31,11 @@ pub(crate) async fn live_workflow(state: &AppState, name: &str) -> ApiResult<Opt
     {
         return Ok(Some(view.clone()));
     }
-    let views = live_workflows(state).await?;
+    let views: Vec<std::sync::Arc<WorkflowView>> =
+        live_workflows(state).await?.into_iter().map(std::sync::Arc::new).collect();
     let found = views.iter().find(|w| w.name == name).cloned();
-    *state.inner.workflows.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), views));
+    *state.inner.workflows.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some((std::time::Instant::now(), std::sync::Arc::new(views)));
     Ok(found)
 }
 
