@@ -20,10 +20,7 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<WorkflowList>
 /// The live workflows as last read, shared by every request of the second.
 pub(crate) type LiveWorkflows = std::sync::Arc<Vec<std::sync::Arc<WorkflowView>>>;
 
-pub(crate) async fn live_workflow(
-    state: &AppState,
-    name: &str,
-) -> ApiResult<Option<std::sync::Arc<WorkflowView>>> {
+pub(crate) async fn live_workflow(state: &AppState, name: &str) -> ApiResult<Option<std::sync::Arc<WorkflowView>>> {
     let cached = state.inner.workflows.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some((at, views)) = cached
         && at.elapsed() < std::time::Duration::from_secs(1)
