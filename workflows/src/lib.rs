@@ -130,8 +130,8 @@ pub fn chaos() -> Workflow {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BenchInput {
-    /// How many no-op steps (1–1000).
-    #[schemars(range(min = 1, max = 1000))]
+    /// How many no-op steps (1–10000: long runs are part of what it measures).
+    #[schemars(range(min = 1, max = 10000))]
     pub steps: u32,
     /// Make each step take this long (ms), to measure the engine's overhead around it.
     #[serde(default)]
