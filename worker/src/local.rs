@@ -3,18 +3,16 @@
 //! it here, where it runs beside the claimed ones, in slots of its own.
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::FutureExt;
 use keel_engine::handoff::{LocalSlot, LocalWorker, RunEnd};
 use keel_engine::{ClaimOnCreate, ClaimedTask};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::{Worker, log_join_error, panic_message};
+use crate::runtime::{Worker, log_join_error};
 
 /// A run the API created leased to this worker, with its slot and whom to
 /// tell when its execution ends.
@@ -90,14 +88,7 @@ fn spawn(runs: &mut JoinSet<()>, worker: &Arc<Worker>, run: LocalRun, handback: 
     let (worker, handback) = (worker.clone(), handback.clone());
     runs.spawn(async move {
         let LocalRun { task, permit, done } = run;
-        let run_id = task.lease.run_id.clone();
-        let end = match AssertUnwindSafe(worker.execute(task, handback)).catch_unwind().await {
-            Ok(end) => end,
-            Err(panic) => {
-                tracing::error!(%run_id, panic = %panic_message(&*panic), "the execution of a run panicked; its lease will lapse");
-                None
-            }
-        };
+        let end = worker.execute_guarded(task, handback).await;
         drop(permit);
         let _ = done.send(end);
     });

@@ -460,14 +460,7 @@ impl Worker {
                         let worker = worker.clone();
                         let handback = handback.clone();
                         runs.spawn(async move {
-                            let run_id = task.lease.run_id.clone();
-                            // A panic here is a bug of the runtime's (the workflow's own
-                            // panics are caught closer to them): say so; the lease
-                            // lapses (its renewals end with the execution) and another
-                            // worker replays the run.
-                            if let Err(panic) = AssertUnwindSafe(worker.execute(task, handback)).catch_unwind().await {
-                                tracing::error!(%run_id, panic = %panic_message(&*panic), "the execution of a run panicked; its lease will lapse");
-                            }
+                            worker.execute_guarded(task, handback).await;
                             drop(permit);
                         });
                     }
@@ -551,9 +544,24 @@ impl Worker {
     }
 
     /// Run one claimed task until its lease ends, in the run's tracing span.
+    /// [`execute`](Self::execute), a panic of its own caught. A panic there is
+    /// a bug of the runtime's (the workflow's own panics are caught closer to
+    /// them): say so; the lease lapses (its renewals end with the execution)
+    /// and another worker replays the run.
+    pub(crate) async fn execute_guarded(&self, task: ClaimedTask, handback: CancellationToken) -> Option<RunEnd> {
+        let run_id = task.lease.run_id.clone();
+        match AssertUnwindSafe(self.execute(task, handback)).catch_unwind().await {
+            Ok(end) => end,
+            Err(panic) => {
+                tracing::error!(%run_id, panic = %panic_message(&*panic), "the execution of a run panicked; its lease will lapse");
+                None
+            }
+        }
+    }
+
     /// Run one claimed task until its lease ends, in the run's tracing span;
     /// how the run ended, if this execution completed or failed it.
-    pub(crate) async fn execute(&self, task: ClaimedTask, handback: CancellationToken) -> Option<RunEnd> {
+    async fn execute(&self, task: ClaimedTask, handback: CancellationToken) -> Option<RunEnd> {
         let lease = &task.lease;
         let span = tracing::info_span!("run", run_id = %lease.run_id, workflow = %lease.workflow, epoch = lease.epoch);
         self.execute_in_span(task, handback).instrument(span).await

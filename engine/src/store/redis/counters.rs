@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::conn::ROUND_TRIPS;
-use super::{Conn, Keys};
+use super::{Conn, Keys, now_wall_ms};
 use crate::error::Result;
 
 /// How long counts wait in process before they are flushed.
@@ -42,6 +42,11 @@ impl Counters {
             tracing::warn!(counts, "a script's counts were not a JSON object of integers; dropped");
             return;
         };
+        self.merge(partition, counts);
+    }
+
+    /// Add `counts` to what waits for the next flush.
+    fn merge(&self, partition: u16, counts: HashMap<String, i64>) {
         let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let part = pending.entry(partition).or_default();
         for (field, n) in counts {
@@ -59,7 +64,7 @@ impl Counters {
     /// Whether a second has passed since the last flush (and if so, the
     /// caller is the one to flush: the clock is moved on now).
     pub(super) fn due(&self) -> bool {
-        let now = now_ms();
+        let now = now_wall_ms();
         let last = self.flushed_at_ms.load(Ordering::Relaxed);
         now.saturating_sub(last) >= FLUSH_EVERY.as_millis() as u64
             && self.flushed_at_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
@@ -90,19 +95,10 @@ impl Counters {
                 pipe.cmd("HINCRBY").arg(keys.stats()).arg(field).arg(*n).ignore();
             }
             if let Err(e) = pipe.query_async::<()>(&mut conn.clone()).await {
-                let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let part = pending.entry(partition).or_default();
-                for (field, n) in counts {
-                    *part.entry(field).or_default() += n;
-                }
-                self.dirty.store(true, Ordering::Relaxed);
+                self.merge(partition, counts);
                 failed.get_or_insert(e);
             }
         }
         failed.map_or(Ok(()), |e| Err(e.into()))
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

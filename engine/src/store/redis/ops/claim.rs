@@ -134,8 +134,7 @@ pub(in crate::store::redis) async fn call(
 
 fn claimed_task(worker_id: &str, o: Outcome) -> Result<ClaimedTask> {
     let run_id = RunId::new(o.id)?;
-    let hash: HashMap<String, String> =
-        o.hash.chunks(2).filter_map(|p| Some((p[0].clone(), p.get(1)?.clone()))).collect();
+    let hash = hash_of(&o.hash);
     let journal = o
         .journal
         .iter()

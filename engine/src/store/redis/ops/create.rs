@@ -124,8 +124,7 @@ pub(in crate::store::redis) async fn call(
             Reply::Created { id } => Some((Created { run_id: RunId::new(id)?, created: true }, None)),
             Reply::Claimed { id, now, hash, seq } => {
                 let run_id = RunId::new(id)?;
-                let hash: HashMap<String, String> =
-                    hash.chunks(2).filter_map(|p| Some((p[0].clone(), p.get(1)?.clone()))).collect();
+                let hash = hash_of(&hash);
                 let task = ClaimedTask {
                     run: super::super::summary_from_hash(&run_id, hash)?,
                     journal: vec![crate::store::decode_record(&seq, started_entry.text())?],

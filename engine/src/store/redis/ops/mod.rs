@@ -304,6 +304,11 @@ where
     Err(Error::Contended(format!("{what}: what it read kept changing under it ({RETRIES} tries)")))
 }
 
+/// A run hash a script returned as a field/value list (HGETALL's shape).
+pub(super) fn hash_of(pairs: &[String]) -> HashMap<String, String> {
+    pairs.chunks(2).filter_map(|p| Some((p[0].clone(), p.get(1)?.clone()))).collect()
+}
+
 /// A list the script wrote: cjson writes an empty one as `{}`.
 pub(super) fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
     #[derive(Deserialize)]
