@@ -28,9 +28,13 @@ pub(super) struct Counters {
     dirty: AtomicBool,
     /// When the last flush started, ms since the Unix epoch.
     flushed_at_ms: AtomicU64,
-    /// This process's round trips (conn.rs) already added to the stats.
-    reported_round_trips: AtomicU64,
 }
+
+/// This process's round trips (conn.rs) already added to the stats. Process
+/// wide like the count itself: a process holds more than one store (a
+/// worker's heartbeat thread has its own), and each trip is reported once,
+/// by whichever flushes first.
+static REPORTED_ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
 
 /// The stats-hash field of the round-trip count (no workflow is named "").
 pub(super) const ROUND_TRIPS_FIELD: &str = "|redis_round_trips";
@@ -58,7 +62,7 @@ impl Counters {
     /// Whether any count waits to be flushed.
     pub(super) fn has_pending(&self) -> bool {
         self.dirty.load(Ordering::Relaxed)
-            || ROUND_TRIPS.load(Ordering::Relaxed) != self.reported_round_trips.load(Ordering::Relaxed)
+            || ROUND_TRIPS.load(Ordering::Relaxed) != REPORTED_ROUND_TRIPS.load(Ordering::Relaxed)
     }
 
     /// Whether a second has passed since the last flush (and if so, the
@@ -78,7 +82,7 @@ impl Counters {
             self.dirty.store(false, Ordering::Relaxed);
             // Round trips until now, this flush's own included (counted as it is sent).
             let sent = ROUND_TRIPS.load(Ordering::Relaxed) + 1;
-            let trips = sent.saturating_sub(self.reported_round_trips.swap(sent, Ordering::Relaxed));
+            let trips = sent.saturating_sub(REPORTED_ROUND_TRIPS.fetch_max(sent, Ordering::Relaxed));
             if trips > 0 {
                 *pending.entry(0).or_default().entry(ROUND_TRIPS_FIELD.to_owned()).or_default() += trips as i64;
             }
