@@ -289,4 +289,19 @@ mod tests {
         }
         assert_eq!(SOURCES.len(), Scripts::new(false).all().len(), "every source is a script");
     }
+
+    /// A claim of a run with a long journal must not re-read (and JSON-encode)
+    /// that journal inside Lua, where it blocks every other client: the
+    /// journal is read by XRANGE from the caller (claim.rs).
+    #[test]
+    fn no_script_reads_a_journal() {
+        for (name, body) in SOURCES.iter().chain([("prelude.lua", PRELUDE)].iter()) {
+            for line in body.lines().filter(|l| !l.trim_start().starts_with("--")) {
+                assert!(
+                    !(line.contains("XRANGE") && line.contains("k_journal")) && !line.contains("XREVRANGE"),
+                    "{name} reads a journal: {line}"
+                );
+            }
+        }
+    }
 }

@@ -1,6 +1,10 @@
 -- claim: queue entries delivered to this worker (read by the caller with
 -- XREADGROUP or XAUTOCLAIM) become leases with a new epoch, each handing back
--- what replay needs (summary + journal). One partition's entries per call.
+-- its run's hash. The caller reads the journals after this script (XRANGE,
+-- pipelined): the new epoch already fences every earlier holder's writes, so
+-- no step result of an earlier attempt can land after that read, and a long
+-- journal is never re-read (and JSON-encoded) inside Lua.
+-- One partition's entries per call.
 -- A: tasks ({ wf, tid, id } each), worker, lease_ms, max_deliveries,
 --    reason, failed (run_failed entry), error (json), retention_ms,
 --    child_outcome (json, for a parent), versions? ({ wf = { '1', ... } }:
@@ -65,7 +69,7 @@ local function claim_one(wf, tid, id)
   set_status(id, st, 'running', h[3])
   call('HSET', k_run(id), 'ua', n2s(now))
   return { r = 'CLAIMED', epoch = epoch, deliveries = deliveries, now = n2s(now), hash = call('HGETALL', k_run(id)),
-    journal = call('XRANGE', k_journal(id), '-', '+'), id = id, tid = tid, wf = wf }
+    id = id, tid = tid, wf = wf }
 end
 
 local out = {}

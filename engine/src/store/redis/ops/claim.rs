@@ -58,8 +58,6 @@ struct Outcome {
     now: String,
     #[serde(default, deserialize_with = "list")]
     hash: Vec<String>,
-    #[serde(default, deserialize_with = "list")]
-    journal: Vec<(String, Vec<String>)>,
     #[serde(default)]
     id: String,
     #[serde(default)]
@@ -105,25 +103,29 @@ pub(in crate::store::redis) async fn call(
         versions: (!req.versions.is_empty()).then_some(&req.versions),
     };
     let reply: Reply = run_script(store, &store.scripts.claim, &d, args, true).await?;
-    let mut claimed = Vec::new();
+    let mut leased = Vec::new();
     for (outcome, delivery) in reply.tasks.into_iter().zip(deliveries) {
         let run_id = &delivery.run_id;
         match outcome.r.as_str() {
-            "CLAIMED" => {
-                // One undecodable task must not strand the others this script
-                // leased: it is logged and left to lapse (replayed later).
-                match claimed_task(&req.worker_id, outcome) {
-                    Ok(task) => claimed.push(task),
-                    Err(e) => {
-                        tracing::error!(run_id = %run_id, error = %e, "a claimed task does not decode; its lease will lapse")
-                    }
-                }
-            }
+            "CLAIMED" => leased.push(outcome),
             "DEAD" => tracing::warn!(run_id = %run_id, "task dead-lettered: {reason}"),
             "PARKED" => {
                 tracing::warn!(run_id = %run_id, version = outcome.version, "run parked: no version of it here")
             }
             other => tracing::debug!(run_id = %run_id, outcome = other, why = outcome.why, "delivery not claimed"),
+        }
+    }
+    let journals = read_journals(store, keys, &leased).await?;
+    let mut claimed = Vec::with_capacity(leased.len());
+    for (outcome, journal) in leased.into_iter().zip(journals) {
+        // One undecodable task must not strand the others this script leased:
+        // it is logged and left to lapse (replayed later).
+        let run_id = outcome.id.clone();
+        match claimed_task(&req.worker_id, outcome, &journal) {
+            Ok(task) => claimed.push(task),
+            Err(e) => {
+                tracing::error!(run_id = %run_id, error = %e, "a claimed task does not decode; its lease will lapse")
+            }
         }
     }
     if reply.relayed {
@@ -132,21 +134,23 @@ pub(in crate::store::redis) async fn call(
     Ok(claimed)
 }
 
-fn claimed_task(worker_id: &str, o: Outcome) -> Result<ClaimedTask> {
+/// The journals of the runs just leased, in one pipeline after the claim
+/// (claim.lua says why there and not inside it).
+async fn read_journals(store: &RedisStore, keys: &Keys, leased: &[Outcome]) -> Result<Vec<redis::Value>> {
+    if leased.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for outcome in leased {
+        pipe.cmd("XRANGE").arg(keys.journal(&RunId::new(outcome.id.clone())?)).arg("-").arg("+");
+    }
+    Ok(pipe.query_async(&mut store.conn.clone()).await?)
+}
+
+fn claimed_task(worker_id: &str, o: Outcome, journal: &redis::Value) -> Result<ClaimedTask> {
     let run_id = RunId::new(o.id)?;
     let hash = hash_of(&o.hash);
-    let journal = o
-        .journal
-        .iter()
-        .map(|(seq, fields)| {
-            let body = fields
-                .chunks(2)
-                .find(|p| p[0] == "e")
-                .and_then(|p| p.get(1))
-                .ok_or_else(|| Error::corrupt(format!("journal entry {seq}"), "no e field"))?;
-            crate::store::decode_record(seq, body)
-        })
-        .collect::<Result<_>>()?;
+    let journal = super::super::journal_from_stream(journal)?;
     Ok(ClaimedTask {
         run: super::super::summary_from_hash(&run_id, hash)?,
         journal,
