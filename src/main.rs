@@ -54,6 +54,8 @@ enum Command {
     Retry(cli::client::IdArgs),
     /// Send an event to the runs waiting for it.
     Notify(cli::client::NotifyArgs),
+    /// The deployment's webhook and call signing keys: list, rotate, retire.
+    Keys(cli::client::KeysArgs),
     /// Measure throughput, latency and cost per step.
     Bench(cli::bench::BenchArgs),
     /// Run a mixed workload under injected faults and check that nothing acknowledged was lost.
@@ -115,6 +117,7 @@ fn main() -> std::process::ExitCode {
             Command::Resume(args) => cli::client::action(args, "resume").await.map(|()| 0),
             Command::Retry(args) => cli::client::action(args, "retry").await.map(|()| 0),
             Command::Notify(args) => cli::client::notify(args).await.map(|()| 0),
+            Command::Keys(args) => cli::client::keys(args).await.map(|()| 0),
             Command::Bench(args) => cli::bench::bench(args).await,
             Command::Chaos(args) => cli::chaos::chaos(args).await,
         }

@@ -803,6 +803,172 @@ async fn servers_and_workers_without_a_signing_key_share_the_deployments() {
     let other = keel_api::Signer::generate().unwrap().secret_base64();
     let refused =
         Keel::spawn_exiting("server", &redis, &ns, &[("KEEL_SIGNING_KEY", other.as_str()), ("KEEL_STRICT", "1")]);
-    assert!(refused.contains("differs from the deployment's signing key"), "{refused}");
+    assert!(refused.contains("is not one of the deployment's signing keys"), "{refused}");
     assert!(!refused.contains(&other), "the key is not printed");
+}
+
+/// A receiver as the README tells services to write one: it keeps the key list
+/// it fetched, and when a message names a key id it does not know, fetches the
+/// list again (from either server) before verifying.
+#[derive(Clone)]
+struct VerifyingReceiver {
+    state: std::sync::Arc<VerifierState>,
+    url: String,
+}
+
+struct VerifierState {
+    servers: Vec<String>,
+    keys: tokio::sync::Mutex<Vec<(String, String)>>,
+    refreshes: std::sync::atomic::AtomicUsize,
+    /// (key ids header, verified) per delivery.
+    seen: std::sync::Mutex<Vec<(String, bool)>>,
+}
+
+impl VerifyingReceiver {
+    async fn start(servers: Vec<String>) -> Self {
+        let state = std::sync::Arc::new(VerifierState {
+            servers,
+            keys: tokio::sync::Mutex::default(),
+            refreshes: Default::default(),
+            seen: Default::default(),
+        });
+        state.refresh().await;
+        let app = axum::Router::new().fallback(verify_delivery).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { state, url }
+    }
+
+    fn seen(&self) -> Vec<(String, bool)> {
+        self.state.seen.lock().unwrap().clone()
+    }
+}
+
+impl VerifierState {
+    async fn refresh(&self) {
+        let n = self.refreshes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let server = &self.servers[n % self.servers.len()];
+        let list: Value =
+            http().get(format!("{server}/v1/webhooks/signing-key")).send().await.unwrap().json().await.unwrap();
+        let errors: Vec<String> = schema("http/signing-key.json").iter_errors(&list).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{list}: {errors:?}");
+        *self.keys.lock().await = list["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| (k["id"].as_str().unwrap().to_owned(), k["public_key"].as_str().unwrap().to_owned()))
+            .collect();
+    }
+}
+
+async fn verify_delivery(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<VerifierState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let ids = h(keel_net::KEY_IDS_HEADER);
+    let known = |keys: &[(String, String)]| ids.split(' ').all(|id| keys.iter().any(|(k, _)| k == id));
+    if !known(&state.keys.lock().await) {
+        state.refresh().await;
+    }
+    let timestamp: i64 = h("webhook-timestamp").parse().unwrap_or(0);
+    let keys = state.keys.lock().await.clone();
+    let verified = keys.iter().any(|(_, public)| {
+        keel_api::signing::verify(public, &h("webhook-id"), timestamp, &body, &h("webhook-signature"))
+    });
+    state.seen.lock().unwrap().push((ids, verified));
+    if verified { axum::http::StatusCode::OK } else { axum::http::StatusCode::UNAUTHORIZED }
+}
+
+/// A rotation in the middle of a stream of deliveries: a key is added through
+/// one server, the old one retired through the other once the new one has
+/// settled, and a receiver that refreshes its key list on an unknown key id
+/// verifies every delivery: before (k1), during (k1 and k2) and after (k2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_during_a_stream_of_deliveries_verifies_every_one() {
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("rotate");
+    let a = Keel::spawn("server", &redis, &ns, &[]);
+    let b = Keel::spawn("server", &redis, &ns, &[]);
+    let _worker = Keel::spawn("worker", &redis, &ns, &[]);
+    let http = http();
+    wait_for_workflows(&http, &a, None).await;
+    let receiver = VerifyingReceiver::start(vec![a.url.clone(), b.url.clone()]).await;
+    let created = http
+        .post(format!("{}/v1/webhooks", a.url))
+        .json(&json!({"url": receiver.url, "event_types": ["run.completed"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    // A stream of runs through both servers until told to stop.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let starter = {
+        let (http, urls, stop) = (http.clone(), [a.url.clone(), b.url.clone()], stop.clone());
+        tokio::spawn(async move {
+            let mut started = 0usize;
+            while !stop.is_cancelled() {
+                let url = format!("{}/v1/workflows/demo/runs", urls[started % 2]);
+                let r = http.post(url).json(&json!({"input": {"steps": 1}})).send().await.unwrap();
+                assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+                started += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            started
+        })
+    };
+    eventually(WAIT, "deliveries signed with the first key", || {
+        (receiver.seen().iter().filter(|(ids, _)| ids == "k1").count() >= 3).then_some(())
+    })
+    .await;
+
+    let rotated = http.post(format!("{}/v1/signing-keys/rotate", a.url)).send().await.unwrap();
+    assert_eq!(rotated.status(), 200);
+    let rotated: Value = rotated.json().await.unwrap();
+    assert_eq!(rotated["keys"].as_array().unwrap().len(), 2, "{rotated}");
+    assert!(!rotated.to_string().contains("secret"), "only public keys are answered");
+
+    // Retiring the old key is refused until every process has had time to
+    // pick the new one up; then it goes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let mut refusals = 0;
+    loop {
+        let r = http.post(format!("{}/v1/signing-keys/retire", b.url)).send().await.unwrap();
+        if r.status() == 200 {
+            let ring: Value = r.json().await.unwrap();
+            assert_eq!(ring["keys"].as_array().unwrap().iter().map(|k| k["id"].clone()).collect::<Vec<_>>(), ["k2"]);
+            break;
+        }
+        assert_eq!(r.status(), 409);
+        let problem: Value = r.json().await.unwrap();
+        assert_eq!(problem["type"], "urn:keel:problem:signing-keys", "{problem}");
+        refusals += 1;
+        assert!(std::time::Instant::now() < deadline, "the retirement was never allowed: {problem}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(refusals > 0, "a retirement right after the rotation is refused");
+    let last = b.url.clone();
+    let retired: Value =
+        http.post(format!("{last}/v1/signing-keys/retire")).send().await.unwrap().json().await.unwrap();
+    assert!(retired["detail"].as_str().unwrap().contains("only signing key"), "{retired}");
+
+    eventually(WAIT, "deliveries signed with the new key only", || {
+        (receiver.seen().iter().filter(|(ids, _)| ids == "k2").count() >= 5).then_some(())
+    })
+    .await;
+    stop.cancel();
+    let started = starter.await.unwrap();
+    let seen = eventually(WAIT, "a delivery for every run", || {
+        let seen = receiver.seen();
+        (seen.iter().filter(|(_, ok)| *ok).count() >= started).then_some(seen)
+    })
+    .await;
+    let failed: Vec<_> = seen.iter().filter(|(_, ok)| !ok).collect();
+    assert!(failed.is_empty(), "deliveries that did not verify: {failed:?}");
+    for ids in ["k1", "k1 k2", "k2"] {
+        assert!(seen.iter().any(|(seen, _)| seen == ids), "no delivery signed by {ids:?}: {seen:?}");
+    }
 }

@@ -293,12 +293,14 @@ async fn attempt(state: &AppState, config: &DispatchConfig, url: &str, id: &str,
         Err(e) => return Attempt::Retry { status: None, error: Some(e.to_string()), not_before: None },
     };
     let timestamp = (now_ms() / 1000) as i64;
+    let signature = state.signer().sign(id, timestamp, body);
     let response = client
         .post(target.url.clone())
         .header("content-type", "application/json")
         .header("webhook-id", id)
         .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", state.signer().sign(id, timestamp, body))
+        .header("webhook-signature", signature.header)
+        .header(keel_net::KEY_IDS_HEADER, signature.key_ids)
         .body(body.to_vec())
         .send()
         .await;

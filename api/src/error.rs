@@ -38,6 +38,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A signing-key rotation or retirement that would break verification.
+    #[error("{0}")]
+    SigningKeys(String),
     #[error("{0}")]
     TargetRefused(String),
     #[error("a bearer token is required: send `Authorization: Bearer <token>`")]
@@ -87,6 +90,9 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Self::Conflict(_) => {
                 (StatusCode::CONFLICT, "invalid-transition", "The run is not in a state that allows this")
+            }
+            Self::SigningKeys(_) => {
+                (StatusCode::CONFLICT, "signing-keys", "The deployment's signing keys cannot change that way now")
             }
             Self::TargetRefused(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "target-refused", "The URL points where Keel may not send requests")
@@ -163,6 +169,7 @@ impl From<keel_engine::Error> for ApiError {
                 "this {what} already started run {run_id} with a different request (workflow, input, labels, delay or callback URL); send the same request or use another key"
             )),
             E::Id(e) => Self::InvalidRequest(e.to_string()),
+            E::SigningKeys(e) => Self::SigningKeys(e),
             E::Invalid(e) => Self::InvalidRequest(e),
             e @ E::PayloadTooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
             E::BadCursor(c) => Self::InvalidRequest(format!("cursor {c:?} is not one this API issued")),

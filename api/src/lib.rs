@@ -74,6 +74,9 @@ struct Inner {
     workflows: std::sync::Mutex<Option<(std::time::Instant, routes::workflows::LiveWorkflows)>>,
     /// A worker in this process that takes the runs starts create (`keel dev`).
     local: Option<Arc<dyn keel_engine::handoff::LocalWorker>>,
+    /// Whether `signer` holds the deployment's keys (and follows them), rather
+    /// than a KEEL_SIGNING_KEY of this process's own.
+    follows_deployment_keys: bool,
 }
 
 impl AppState {
@@ -87,6 +90,7 @@ impl AppState {
                 schemas: util::SchemaCache::default(),
                 workflows: std::sync::Mutex::new(None),
                 local: None,
+                follows_deployment_keys: false,
             }),
         }
     }
@@ -98,6 +102,19 @@ impl AppState {
         Arc::get_mut(&mut self.inner).expect("with_local_worker is called before the state is cloned").local =
             Some(worker);
         self
+    }
+
+    /// Say that the signer holds the deployment's keys (rotation goes through
+    /// the store). Call before cloning the state.
+    pub fn following_deployment_keys(mut self) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("following_deployment_keys is called before the state is cloned")
+            .follows_deployment_keys = true;
+        self
+    }
+
+    pub(crate) fn follows_deployment_keys(&self) -> bool {
+        self.inner.follows_deployment_keys
     }
 
     pub(crate) fn local_worker(&self) -> Option<&Arc<dyn keel_engine::handoff::LocalWorker>> {
@@ -151,6 +168,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events/{key}", post(routes::events::send))
         .route("/v1/webhooks", post(routes::webhooks::create).get(routes::webhooks::list))
         .route("/v1/webhooks/signing-key", get(routes::webhooks::signing_key))
+        .route("/v1/signing-keys/rotate", post(routes::signing_keys::rotate))
+        .route("/v1/signing-keys/retire", post(routes::signing_keys::retire))
         .route("/v1/webhooks/{id}", get(routes::webhooks::get_one).delete(routes::webhooks::delete))
         .route("/v1/webhooks/{id}/deliveries", get(routes::webhooks::deliveries))
         .fallback(routes::health::not_found)

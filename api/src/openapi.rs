@@ -21,6 +21,7 @@ use crate::routes;
         routes::events::send,
         routes::webhooks::create, routes::webhooks::list, routes::webhooks::get_one, routes::webhooks::delete,
         routes::webhooks::deliveries, routes::webhooks::signing_key,
+        routes::signing_keys::rotate, routes::signing_keys::retire,
     ),
     components(schemas(keel_proto::WebhookPayload)),
     modifiers(&BearerAuth),

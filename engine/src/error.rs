@@ -42,6 +42,9 @@ pub enum Error {
     /// ran (many writers on the same runs); trying again later may succeed.
     #[error("too much contention: {0}")]
     Contended(String),
+    /// A signing-key rotation or retirement that would break verification.
+    #[error("{0}")]
+    SigningKeys(String),
     /// A value over [`StoreConfig::max_value_bytes`](crate::StoreConfig). Nothing was written.
     #[error("the {what} is {size} bytes of JSON, over the limit of {limit} bytes (KEEL_MAX_VALUE_BYTES)")]
     PayloadTooLarge { what: String, size: usize, limit: usize },

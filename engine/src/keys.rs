@@ -276,6 +276,14 @@ impl Keys {
         format!("{}:signing-key", self.global)
     }
 
+    /// Hash (global): the deployment's signing keys, `k<n>` -> `<since ms>
+    /// <secret as base64>`, and `#n`, the last n given out. Made from the
+    /// first offer (or from the older single key above, which it replaces);
+    /// rotations add keys, retirements remove them, never the last.
+    pub fn signing_keys(&self) -> String {
+        format!("{}:signing-keys", self.global)
+    }
+
     /// Sorted set: worker id by registration expiry (wall clock ms).
     pub fn workers(&self) -> String {
         format!("{}:workers", self.global)

@@ -16,6 +16,7 @@ mod duties;
 mod error;
 pub mod handoff;
 pub mod keys;
+pub mod signing_keys;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -30,6 +31,7 @@ pub use store::memory::MemoryStore;
 pub use store::redis::{RedisStore, RedisTarget};
 pub use store::{
     Appended, CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, EventWait,
-    Finish, Finished, HookStore, Lease, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome, RunQuery, RunStore,
-    STEP_MS_BUCKETS, Stats, Store, Suspension, child_event_key,
+    Finish, Finished, HookStore, Lease, MAX_SIGNING_KEYS, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome,
+    RunQuery, RunStore, SIGNING_KEY_SETTLE, SIGNING_KEYS_REFRESH, STEP_MS_BUCKETS, Stats, Store, StoredSigningKey,
+    Suspension, child_event_key,
 };

@@ -591,3 +591,18 @@ async fn reconcile_leaves_alone_a_run_that_moved_since_it_was_read() {
         assert!(listed.runs.is_empty(), "the stale {status} entry went: {:?}", listed.runs);
     }
 }
+
+/// A deployment that kept one signing key under the older layout (a string)
+/// keeps it: the first offer after the upgrade adopts it as key `k1` instead of
+/// the offer, so receivers holding its public key go on verifying.
+#[tokio::test]
+async fn a_signing_key_of_the_older_layout_becomes_the_first_of_the_ring() {
+    let server = RedisServer::start();
+    let (store, mut raw) = connect(&server).await;
+    let _: () =
+        redis::cmd("SET").arg(store.keys().signing_key()).arg("older-secret").query_async(&mut raw).await.unwrap();
+    let ring = store.signing_keys(Some("offered-secret")).await.unwrap();
+    assert_eq!(ring.len(), 1);
+    assert_eq!((ring[0].id.as_str(), ring[0].secret.as_str()), ("k1", "older-secret"));
+    assert_eq!(store.signing_keys(Some("another")).await.unwrap(), ring);
+}

@@ -6,5 +6,5 @@
 pub mod signing;
 pub mod ssrf;
 
-pub use signing::{KeyError, Signer, verify};
+pub use signing::{KEY_IDS_HEADER, KeyError, PublicKey, Signature, Signer, WeakSigner, verify};
 pub use ssrf::{CheckedTarget, TargetError, check, is_forbidden, pinned_client, redact_url};

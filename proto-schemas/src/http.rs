@@ -144,15 +144,33 @@ pub struct DeliveryLog {
     pub deliveries: Vec<crate::WebhookDelivery>,
 }
 
-/// `GET /v1/webhooks/signing-key`: verify webhook signatures with this key.
+/// `GET /v1/webhooks/signing-key`: verify webhook and call signatures with
+/// these keys. Every message carries one signature per active key and their
+/// ids in the `keel-signing-key-ids` header; a receiver that meets an id it
+/// does not know fetches this again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct SigningKey {
     /// `ed25519`.
     pub algorithm: String,
+    /// The newest key: the raw 32-byte public key, base64.
+    pub public_key: String,
+    /// The newest key in Standard Webhooks form: `whpk_<base64>`.
+    pub standard_webhooks: String,
+    /// Every active key, oldest first (more than one during a rotation).
+    pub keys: Vec<ActiveSigningKey>,
+}
+
+/// One active signing key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct ActiveSigningKey {
+    /// `k1`, `k2`, … (`local` for a process's own key outside a deployment's).
+    pub id: String,
     /// The raw 32-byte public key, base64.
     pub public_key: String,
-    /// The same key in Standard Webhooks form: `whpk_<base64>`.
+    /// `whpk_<base64>`.
     pub standard_webhooks: String,
+    /// When it became active (ms since the Unix epoch).
+    pub since_ms: u64,
 }
 
 /// An error, as RFC 9457 problem details (`application/problem+json`).

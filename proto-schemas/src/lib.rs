@@ -42,6 +42,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("http/run-detail.json", schemars::schema_for!(http::RunDetail)),
         ("http/journal-page.json", schemars::schema_for!(http::JournalPage)),
         ("http/problem.json", schemars::schema_for!(http::Problem)),
+        ("http/signing-key.json", schemars::schema_for!(http::SigningKey)),
         ("agent/http-input.json", schemars::schema_for!(agent::AgentHttpInput)),
         ("agent/llm-input.json", schemars::schema_for!(agent::AgentLlmInput)),
         ("agent/plan-request.json", schemars::schema_for!(agent::PlanRequest)),

@@ -243,3 +243,54 @@ pub async fn notify(args: NotifyArgs) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    action: KeysAction,
+    #[command(flatten)]
+    server: Server,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum KeysAction {
+    /// List the deployment's active signing keys (public keys only).
+    List,
+    /// Add a new signing key: until the old one is retired, every webhook and
+    /// signed call carries a signature by each.
+    Rotate,
+    /// Retire a signing key (default: the oldest), once the newest has been
+    /// out long enough for every process to sign with it.
+    Retire {
+        /// The key's id (`k1`, …), as `keel keys list` shows it.
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
+    let request = match &args.action {
+        KeysAction::List => args.server.request(reqwest::Method::GET, "/v1/webhooks/signing-key"),
+        KeysAction::Rotate => args.server.request(reqwest::Method::POST, "/v1/signing-keys/rotate"),
+        KeysAction::Retire { id } => {
+            let request = args.server.request(reqwest::Method::POST, "/v1/signing-keys/retire");
+            match id {
+                Some(id) => request.query(&[("id", id)]),
+                None => request,
+            }
+        }
+    };
+    let answer: keel_proto::http::SigningKey = json(request.send().await).await?;
+    for key in &answer.keys {
+        println!("{}\t{}\tsince {}", key.id, key.standard_webhooks, since(key.since_ms));
+    }
+    Ok(())
+}
+
+/// A key's start as an RFC 3339 time (UTC), or "the start" for a key of unknown age.
+fn since(ms: u64) -> String {
+    if ms == 0 {
+        return "the start".into();
+    }
+    chrono::DateTime::from_timestamp_millis(ms as i64).map_or_else(|| ms.to_string(), |t| t.to_rfc3339())
+}

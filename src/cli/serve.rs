@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 use keel_api::{AppState, Signer, dispatcher};
 use keel_engine::{MemoryStore, RedisStore, Store};
 use keel_worker::Worker;
+use keel_worker::signing::SigningKeys;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, init_logging};
@@ -31,38 +32,42 @@ fn redacted(urls: &str) -> String {
     urls.split(',').map(keel_engine::store::redis::redact).collect::<Vec<_>>().join(",")
 }
 
-/// The key this process signs webhooks and calls with: the deployment's, kept
-/// in the store, which the first process sets (its KEEL_SIGNING_KEY, `keel
-/// dev`'s key file, or a new key) and every later one adopts. A KEEL_SIGNING_KEY
-/// that differs from the stored key still wins, with a warning (refused with
-/// KEEL_STRICT).
-async fn signer(settings: &Settings, store: &dyn Store, persist_in: Option<&Path>) -> anyhow::Result<Signer> {
+/// The keys this process signs webhooks and calls with: the deployment's,
+/// kept in the store, which the first process sets (its KEEL_SIGNING_KEY,
+/// `keel dev`'s key file, or a new key) and every process follows through
+/// rotations. A KEEL_SIGNING_KEY the deployment does not have still wins, with
+/// a warning (refused with KEEL_STRICT). Also says whether the signer follows
+/// the deployment's keys.
+async fn signer(
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+    persist_in: Option<&Path>,
+) -> anyhow::Result<(Signer, bool)> {
     let explicit = settings.signing_key.as_deref().map(Signer::from_base64).transpose().context("KEEL_SIGNING_KEY")?;
-    let offer = match (&explicit, persist_in) {
-        (Some(signer), _) => signer.clone(),
-        (None, Some(dir)) => dev_key_file(dir)?,
-        (None, None) => Signer::generate()?,
+    let (offer, own) = match (explicit, persist_in) {
+        (Some(signer), _) => (signer, true),
+        (None, Some(dir)) => (dev_key_file(dir)?, false),
+        (None, None) => (Signer::generate()?, false),
     };
-    let stored =
-        store.deployment_signing_key(&offer.secret_base64()).await.context("reading the deployment's signing key")?;
-    let deployment = Signer::from_base64(&stored).context("the signing key stored in Redis")?;
-    match explicit {
-        Some(explicit) if explicit.public_key_base64() != deployment.public_key_base64() => {
+    match keel_worker::signing::signing_keys(store, offer, own)
+        .await
+        .context("reading the deployment's signing keys")?
+    {
+        SigningKeys::Deployment(signer) => Ok((signer, true)),
+        SigningKeys::Own { signer, deployment_public_key } => {
             if settings.strict.unwrap_or(false) {
                 bail!(
-                    "KEEL_SIGNING_KEY differs from the deployment's signing key stored in Redis (public key {}): \
-                     unset it to use the stored key, or unset KEEL_STRICT to sign with it anyway",
-                    deployment.public_key_base64()
+                    "KEEL_SIGNING_KEY is not one of the deployment's signing keys stored in Redis (newest public key \
+                     {deployment_public_key}): unset it to use the stored keys, or unset KEEL_STRICT to sign with it anyway"
                 );
             }
             tracing::warn!(
-                deployment_public_key = %deployment.public_key_base64(),
-                "KEEL_SIGNING_KEY differs from the deployment's signing key in Redis: this process signs with its own, \
-                 which receivers that fetched another server's key will refuse"
+                deployment_public_key = %deployment_public_key,
+                "KEEL_SIGNING_KEY is not one of the deployment's signing keys in Redis: this process signs with its own, \
+                 which receivers that fetched another server's keys will refuse"
             );
-            Ok(explicit)
+            Ok((signer, false))
         }
-        _ => Ok(deployment),
     }
 }
 
@@ -130,13 +135,16 @@ fn built_in_worker(
 async fn serve(
     settings: &Settings,
     store: Arc<dyn Store>,
-    signer: Signer,
+    (signer, follows_deployment_keys): (Signer, bool),
     worker: Option<Worker>,
 ) -> anyhow::Result<()> {
     let listener = StdListener::bind(settings.addr()).with_context(|| format!("listening on {}", settings.addr()))?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let mut state = AppState::new(store.clone(), settings.api_config(), signer);
+    if follows_deployment_keys {
+        state = state.following_deployment_keys();
+    }
     if let Some(worker) = &worker {
         // `keel dev`: a start the caller waits on goes straight to this worker.
         state = state.with_local_worker(worker.handoff());
@@ -192,7 +200,7 @@ pub async fn server(settings: Settings) -> anyhow::Result<()> {
         bail!("keel server needs Redis: set KEEL_REDIS_URL (or --redis-url). `keel dev` runs without one.");
     };
     let store = redis_store(&settings, &url).await?;
-    let signer = signer(&settings, store.as_ref(), None).await?;
+    let signer = signer(&settings, &store, None).await?;
     serve(&settings, store, signer, None).await
 }
 
@@ -204,7 +212,7 @@ pub async fn worker(settings: Settings) -> anyhow::Result<()> {
     let store = redis_store(&settings, &url).await?;
     // The agent signs its calls with the deployment's key, which services
     // verify with /v1/webhooks/signing-key of any server.
-    let signer = signer(&settings, store.as_ref(), None).await?;
+    let (signer, _) = signer(&settings, &store, None).await?;
     built_in_worker(&settings, store, signer)?.build().await?.run_until_signal().await?;
     Ok(())
 }
@@ -268,8 +276,8 @@ pub async fn dev(settings: Settings) -> anyhow::Result<()> {
             ),
         },
     };
-    let signer = signer(&settings, store.as_ref(), Some(&dir)).await?;
-    let worker = built_in_worker(&settings, store.clone(), signer.clone())?.build().await?;
+    let signer = signer(&settings, &store, Some(&dir)).await?;
+    let worker = built_in_worker(&settings, store.clone(), signer.0.clone())?.build().await?;
     let url = format!("http://{}", settings.addr());
     println!("Keel dev: API on {url}, store: {store_note}");
     println!("Workflows: {}", worker.workflows().keys().cloned().collect::<Vec<_>>().join(", "));

@@ -144,10 +144,12 @@ pub async fn send(settings: &CallSettings, info: &StepInfo, request: &CallReques
         let id =
             format!("msg_{}", uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, info.idempotency_key.as_bytes()).simple());
         let timestamp = unix_now();
+        let signature = signer.sign(&id, timestamp, &body);
         builder = builder
             .header("webhook-id", &id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signer.sign(&id, timestamp, &body));
+            .header("webhook-signature", signature.header)
+            .header(keel_net::KEY_IDS_HEADER, signature.key_ids);
     }
     for (name, value) in &request.headers {
         builder = builder.header(name, value);

@@ -74,6 +74,7 @@ mod local;
 mod marks;
 mod retry;
 mod runtime;
+pub mod signing;
 pub mod testing;
 mod workflow;
 

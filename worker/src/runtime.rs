@@ -322,16 +322,27 @@ impl WorkerBuilder {
         let heartbeats = crate::heartbeat::Heartbeats::start(&store).await?;
         let mut calls = self.calls;
         calls.max_response_bytes.get_or_insert(store.config().max_value_bytes);
-        if calls.signer.is_none() {
-            // Without a key of its own, the worker signs calls with the
-            // deployment's (the first process of the deployment made it), so
-            // services verify them with /v1/webhooks/signing-key of any server.
-            let offer = keel_net::Signer::generate().map_err(|e| WorkerError::Setting(format!("signing key: {e}")))?;
-            let stored = store.deployment_signing_key(&offer.secret_base64()).await?;
-            let signer = keel_net::Signer::from_base64(&stored)
-                .map_err(|e| WorkerError::Setting(format!("the deployment's signing key: {e}")))?;
-            calls.signer = Some(signer);
-        }
+        // The worker signs calls with the deployment's keys (the first process
+        // of the deployment made them; rotations reach it within seconds), so
+        // services verify them with /v1/webhooks/signing-key of any server;
+        // or with a KEEL_SIGNING_KEY of its own the deployment does not have.
+        let (offer, own) = match calls.signer.take() {
+            Some(signer) => (signer, true),
+            None => {
+                (keel_net::Signer::generate().map_err(|e| WorkerError::Setting(format!("signing key: {e}")))?, false)
+            }
+        };
+        calls.signer = Some(match crate::signing::signing_keys(&store, offer, own).await? {
+            crate::signing::SigningKeys::Deployment(signer) => signer,
+            crate::signing::SigningKeys::Own { signer, deployment_public_key } => {
+                tracing::warn!(
+                    deployment_public_key = %deployment_public_key,
+                    "KEEL_SIGNING_KEY is not one of the deployment's signing keys: this worker signs calls with its own, \
+                     which services that fetched a server's keys will refuse"
+                );
+                signer
+            }
+        });
         Ok(Worker {
             store,
             workflows,

@@ -98,9 +98,9 @@ pub async fn deliveries(
     Ok(Reply(DeliveryLog { deliveries }))
 }
 
-/// The ed25519 public key that verifies webhook signatures.
+/// The ed25519 public keys that verify webhook and call signatures: the
+/// newest, and every active one with its id (several during a rotation).
 #[utoipa::path(get, path = "/v1/webhooks/signing-key", operation_id = "getSigningKey", tag = "webhooks", responses((status = 200, body = SigningKey)))]
-pub async fn signing_key(State(state): State<AppState>) -> Reply<SigningKey> {
-    let public_key = state.signer().public_key_base64();
-    Reply(SigningKey { algorithm: "ed25519".into(), standard_webhooks: format!("whpk_{public_key}"), public_key })
+pub async fn signing_key(State(state): State<AppState>) -> ApiResult<Reply<SigningKey>> {
+    Ok(Reply(crate::routes::signing_keys::current(&state).await?))
 }

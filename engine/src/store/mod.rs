@@ -439,12 +439,70 @@ pub trait RegistryStore: Send + Sync {
 
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
 
-    /// The deployment's signing key (the secret, base64, as `KEEL_SIGNING_KEY`
-    /// takes it): `candidate` becomes it if there is none yet, atomically (the
-    /// first process of a deployment decides), and the stored one is returned.
-    /// Never logged or answered by the API.
-    async fn deployment_signing_key(&self, candidate: &str) -> Result<String>;
+    /// The deployment's signing keys (secrets as base64, as `KEEL_SIGNING_KEY`
+    /// takes them), oldest first. With `offer`, a deployment that has none gets
+    /// it as its first key, atomically (of concurrent offers, one wins). The
+    /// secrets are never logged or answered by the API.
+    async fn signing_keys(&self, offer: Option<&str>) -> Result<Vec<StoredSigningKey>>;
+
+    /// Add `secret` as the deployment's newest signing key (a rotation); at
+    /// most [`MAX_SIGNING_KEYS`] are active at once.
+    async fn add_signing_key(&self, secret: &str) -> Result<Vec<StoredSigningKey>>;
+
+    /// Retire key `id` (or the oldest): never the last one, and not before the
+    /// newest key that stays has been out for `settle` (every process must
+    /// have picked it up, or what it signs would verify with no listed key).
+    async fn retire_signing_key(&self, id: Option<&str>, settle: Duration) -> Result<Vec<StoredSigningKey>>;
 }
+
+/// At most this many signing keys are active at once: every webhook and
+/// signed call carries one signature per key.
+pub const MAX_SIGNING_KEYS: usize = 3;
+
+/// One of the deployment's signing keys as the store keeps it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredSigningKey {
+    /// `k1`, `k2`, …: given out in order, never reused.
+    pub id: String,
+    /// When it was added (the store's clock, ms since the epoch).
+    pub since_ms: u64,
+    /// The secret, base64.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for StoredSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSigningKey")
+            .field("id", &self.id)
+            .field("since_ms", &self.since_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a signing key could not be retired or added.
+pub(crate) fn signing_key_refusal(code: &str, detail: &str) -> Error {
+    match code {
+        "FULL" => Error::SigningKeys(format!(
+            "the deployment already has {MAX_SIGNING_KEYS} signing keys: retire one first (keel keys retire)"
+        )),
+        "LAST" => {
+            Error::SigningKeys("this is the deployment's only signing key: rotate first (keel keys rotate)".into())
+        }
+        "UNKNOWN" => Error::Invalid(format!("the deployment has no signing key {detail:?}")),
+        "SOON" => Error::SigningKeys(format!(
+            "the newest signing key was added {detail} ms ago: every process picks keys up within a few seconds, \
+             so retire once it is {} s old",
+            SIGNING_KEY_SETTLE.as_secs()
+        )),
+        other => Error::corrupt("signing keys", format!("unknown answer {other}")),
+    }
+}
+
+/// How often every process reads the deployment's signing keys again.
+pub const SIGNING_KEYS_REFRESH: Duration = Duration::from_secs(2);
+
+/// How long a new key must have been out before an older one can be retired.
+pub const SIGNING_KEY_SETTLE: Duration = Duration::from_secs(10);
 
 /// How a batch of journal events changes the run summary. Written once, applied by
 /// both stores, so their summaries agree.

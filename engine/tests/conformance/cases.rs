@@ -1577,18 +1577,59 @@ pub async fn fanning_out_one_outbox_entry_twice_adds_its_jobs_once(f: Fixture) {
 /// process verify against any server's published key).
 pub async fn the_first_signing_key_offered_is_the_deployments(f: Fixture) {
     let s = f.store.clone();
+    assert!(s.signing_keys(None).await.unwrap().is_empty(), "no key before the first offer");
     // Many processes starting at once: one key wins, and all agree on it.
     let offers = (0..20).map(|i| {
         let s = s.clone();
-        tokio::spawn(async move { s.deployment_signing_key(&format!("key-{i}")).await.unwrap() })
+        tokio::spawn(async move { s.signing_keys(Some(&format!("key-{i}"))).await.unwrap() })
     });
     let mut got = Vec::new();
     for offer in offers {
         got.push(offer.await.unwrap());
     }
-    assert!(got.iter().all(|k| *k == got[0]), "{got:?}");
-    assert!(got[0].starts_with("key-"));
-    assert_eq!(s.deployment_signing_key("a-later-key").await.unwrap(), got[0]);
+    assert!(got.iter().all(|ring| *ring == got[0]), "{got:?}");
+    assert_eq!(got[0].len(), 1);
+    assert!(got[0][0].secret.starts_with("key-"));
+    assert_eq!(got[0][0].id, "k1");
+    assert_eq!(s.signing_keys(Some("a-later-key")).await.unwrap(), got[0]);
+    assert_eq!(s.signing_keys(None).await.unwrap(), got[0]);
+    assert!(!format!("{:?}", got[0]).contains("key-"), "Debug shows no secret");
+}
+
+/// Rotation: a key is added as the newest, the oldest retired once the newest
+/// has settled; never the last key, never more than the maximum, and ids are
+/// never reused.
+pub async fn signing_keys_rotate_and_retire_without_ever_leaving_none(f: Fixture) {
+    let s = f.store.as_ref();
+    let first = s.signing_keys(Some("secret-1")).await.unwrap();
+    let err = s.retire_signing_key(None, Duration::ZERO).await.unwrap_err();
+    assert!(err.to_string().contains("only signing key"), "{err}");
+
+    let ring = s.add_signing_key("secret-2").await.unwrap();
+    assert_eq!(ring.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["k1", "k2"]);
+    assert_eq!(ring[0], first[0]);
+    assert!(ring[1].since_ms >= ring[0].since_ms);
+    // Too soon: processes may not have picked the new key up yet.
+    let err = s.retire_signing_key(None, Duration::from_secs(3600)).await.unwrap_err();
+    assert!(err.to_string().contains("ms ago"), "{err}");
+    assert_eq!(s.signing_keys(None).await.unwrap().len(), 2, "a refused retirement changes nothing");
+
+    let ring = s.add_signing_key("secret-3").await.unwrap();
+    assert_eq!(ring.len(), keel_engine::MAX_SIGNING_KEYS);
+    let err = s.add_signing_key("secret-4").await.unwrap_err();
+    assert!(err.to_string().contains("retire one first"), "{err}");
+
+    let err = s.retire_signing_key(Some("k9"), Duration::ZERO).await.unwrap_err();
+    assert!(matches!(err, keel_engine::Error::Invalid(_)), "{err}");
+    // Without an id, the oldest goes; with one, that one.
+    let ring = s.retire_signing_key(None, Duration::ZERO).await.unwrap();
+    assert_eq!(ring.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["k2", "k3"]);
+    let ring = s.retire_signing_key(Some("k3"), Duration::ZERO).await.unwrap();
+    assert_eq!(ring.iter().map(|k| (k.id.as_str(), k.secret.as_str())).collect::<Vec<_>>(), [("k2", "secret-2")]);
+    let ring = s.add_signing_key("secret-5").await.unwrap();
+    assert_eq!(ring.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["k2", "k4"], "ids are not reused");
+    // An offer never adds to a ring that exists.
+    assert_eq!(s.signing_keys(Some("secret-6")).await.unwrap(), ring);
 }
 
 /// A start handed straight to a worker in the same process (`keel dev`): the

@@ -73,6 +73,7 @@ conformance!(
     journal_reads_resume_after_a_sequence_number,
     workers_register_and_expire,
     the_first_signing_key_offered_is_the_deployments,
+    signing_keys_rotate_and_retire_without_ever_leaving_none,
     a_run_created_claimed_is_leased_and_outlives_its_worker,
     a_finished_child_wakes_its_waiting_parent,
     parallel_waits_each_get_their_own_event,

@@ -88,8 +88,8 @@ struct State {
     retention: BTreeSet<(u64, RunId)>,
     dead: Vec<DeadLetter>,
     workers: HashMap<String, (WorkerInfo, u64)>,
-    /// The deployment's signing key, once a process has set it.
-    signing_key: Option<String>,
+    /// The deployment's signing keys.
+    signing_keys: SigningKeyRing,
     webhooks: BTreeMap<String, WebhookSubscription>,
     /// Webhook events not yet fanned out; `outbox_taken` holds the claimed ones.
     outbox: BTreeMap<Sid, OutboxItem>,
@@ -584,5 +584,23 @@ impl Default for MemoryStore {
 impl Store for MemoryStore {
     fn config(&self) -> &StoreConfig {
         &self.config
+    }
+}
+
+/// The deployment's signing keys, oldest first, and the last key number given out.
+#[derive(Debug, Default)]
+struct SigningKeyRing {
+    keys: Vec<crate::store::StoredSigningKey>,
+    last: u64,
+}
+
+impl SigningKeyRing {
+    fn add(&mut self, secret: &str, now_ms: u64) {
+        self.last += 1;
+        self.keys.push(crate::store::StoredSigningKey {
+            id: format!("k{}", self.last),
+            since_ms: now_ms,
+            secret: secret.into(),
+        });
     }
 }

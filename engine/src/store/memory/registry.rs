@@ -2,6 +2,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::store::{MAX_SIGNING_KEYS, StoredSigningKey, signing_key_refusal};
 
 #[async_trait]
 impl RegistryStore for MemoryStore {
@@ -50,7 +51,47 @@ impl RegistryStore for MemoryStore {
         Ok(workers)
     }
 
-    async fn deployment_signing_key(&self, candidate: &str) -> Result<String> {
-        Ok(self.state().signing_key.get_or_insert_with(|| candidate.to_owned()).clone())
+    async fn signing_keys(&self, offer: Option<&str>) -> Result<Vec<StoredSigningKey>> {
+        let now = self.now_ms();
+        let mut state = self.state();
+        let ring = &mut state.signing_keys;
+        if let Some(offer) = offer
+            && ring.keys.is_empty()
+        {
+            ring.add(offer, now);
+        }
+        Ok(ring.keys.clone())
+    }
+
+    async fn add_signing_key(&self, secret: &str) -> Result<Vec<StoredSigningKey>> {
+        let now = self.now_ms();
+        let mut state = self.state();
+        let ring = &mut state.signing_keys;
+        if ring.keys.len() >= MAX_SIGNING_KEYS {
+            return Err(signing_key_refusal("FULL", ""));
+        }
+        ring.add(secret, now);
+        Ok(ring.keys.clone())
+    }
+
+    async fn retire_signing_key(&self, id: Option<&str>, settle: Duration) -> Result<Vec<StoredSigningKey>> {
+        let now = self.now_ms();
+        let mut state = self.state();
+        let ring = &mut state.signing_keys;
+        // Kept oldest first: the oldest is the first.
+        let index = match id {
+            Some(id) => ring.keys.iter().position(|k| k.id == id).ok_or_else(|| signing_key_refusal("UNKNOWN", id))?,
+            None => 0,
+        };
+        if ring.keys.len() <= 1 {
+            return Err(signing_key_refusal("LAST", ""));
+        }
+        let newest = ring.keys.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, k)| k.since_ms).max();
+        let age = now.saturating_sub(newest.unwrap_or(0));
+        if u128::from(age) < settle.as_millis() {
+            return Err(signing_key_refusal("SOON", &age.to_string()));
+        }
+        ring.keys.remove(index);
+        Ok(ring.keys.clone())
     }
 }

@@ -39,6 +39,7 @@ mod partitions;
 mod registry;
 mod runs;
 mod scripts;
+mod signing_keys;
 
 use conn::{Conn, Endpoint};
 pub use conn::{RedisTarget, redact};

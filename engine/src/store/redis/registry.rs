@@ -2,6 +2,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::store::StoredSigningKey;
 
 #[async_trait]
 impl RegistryStore for RedisStore {
@@ -137,16 +138,16 @@ impl RegistryStore for RedisStore {
         Ok(workers)
     }
 
-    /// `SET NX GET`: set only if absent, and say what was there, in one command.
-    async fn deployment_signing_key(&self, candidate: &str) -> Result<String> {
-        let previous: Option<String> = redis::cmd("SET")
-            .arg(self.keys().signing_key())
-            .arg(candidate)
-            .arg("NX")
-            .arg("GET")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(previous.unwrap_or_else(|| candidate.to_owned()))
+    async fn signing_keys(&self, offer: Option<&str>) -> Result<Vec<StoredSigningKey>> {
+        self.read_signing_keys(offer).await
+    }
+
+    async fn add_signing_key(&self, secret: &str) -> Result<Vec<StoredSigningKey>> {
+        self.add_signing_key_to_ring(secret).await
+    }
+
+    async fn retire_signing_key(&self, id: Option<&str>, settle: Duration) -> Result<Vec<StoredSigningKey>> {
+        self.retire_signing_key_from_ring(id, settle).await
     }
 }
 
