@@ -22,6 +22,8 @@ use crate::routes;
         routes::webhooks::create, routes::webhooks::list, routes::webhooks::get_one, routes::webhooks::delete,
         routes::webhooks::deliveries, routes::webhooks::signing_key,
         routes::signing_keys::rotate, routes::signing_keys::retire,
+        routes::schedules::put, routes::schedules::list, routes::schedules::get_one, routes::schedules::delete,
+        routes::schedules::pause, routes::schedules::resume, routes::schedules::trigger,
     ),
     components(schemas(keel_proto::WebhookPayload)),
     modifiers(&BearerAuth),

@@ -1,7 +1,7 @@
 //! The store's periodic duties, safe to run in every process at once: move due
 //! timers to their queues, re-queue runs that lost their task (reconcile),
-//! expire finished runs past retention, and (for a worker) refresh its
-//! registration. `keel server` and every worker run them.
+//! expire finished runs past retention, start the runs of due schedules, and
+//! (for a worker) refresh its registration. `keel server` and every worker run them.
 
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ pub struct Duties {
     pub expire_every: Duration,
     /// A worker's registration, refreshed every 10 s with a 30 s time to live.
     pub registration: Option<WorkerInfo>,
+    /// Start the runs of due schedules (every 200 ms; safe in every process).
+    pub schedules: bool,
 }
 
 impl Default for Duties {
@@ -27,6 +29,7 @@ impl Default for Duties {
             reconcile_every: Duration::from_secs(30),
             expire_every: Duration::from_secs(60),
             registration: None,
+            schedules: true,
         }
     }
 }
@@ -39,6 +42,7 @@ pub async fn run_duties(store: &dyn Store, duties: Duties, stop: impl std::futur
     let (register, reconcile, expire) =
         (every(Duration::from_secs(10)), every(duties.reconcile_every), every(duties.expire_every));
     let unpark = every(Duration::from_secs(1));
+    let schedules = every(Duration::from_millis(200));
     let mut tick = tokio::time::interval(duties.timer_tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
@@ -46,6 +50,12 @@ pub async fn run_duties(store: &dyn Store, duties: Duties, stop: impl std::futur
         tokio::select! { biased; _ = &mut stop => return, _ = tick.tick() => {} }
         if let Err(e) = store.fire_due_timers(500).await {
             tracing::warn!(error = %e, "firing due timers failed");
+        }
+        if duties.schedules
+            && n.is_multiple_of(schedules)
+            && let Err(e) = crate::schedules::fire_due(store, store.wall_ms(), 100).await
+        {
+            tracing::warn!(error = %e, "firing due schedules failed");
         }
         if let Some(info) = &duties.registration
             && n.is_multiple_of(register)

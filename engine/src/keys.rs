@@ -276,6 +276,27 @@ impl Keys {
         format!("{}:signing-key", self.global)
     }
 
+    /// Hash (global): schedule id -> its spec (JSON), written by the API.
+    pub fn schedules(&self) -> String {
+        format!("{}:schedules", self.global)
+    }
+
+    /// Hash (global): schedule id -> the scheduler's state (JSON), written by
+    /// `schedules.lua` as it moves a schedule on.
+    pub fn schedule_states(&self) -> String {
+        format!("{}:schedule-states", self.global)
+    }
+
+    /// Sorted set (global): schedule id by its next tick (ms); a paused schedule is not in it.
+    pub fn schedules_due(&self) -> String {
+        format!("{}:schedules:due", self.global)
+    }
+
+    /// Set (global): the ids of paused schedules.
+    pub fn schedules_paused(&self) -> String {
+        format!("{}:schedules:paused", self.global)
+    }
+
     /// Hash (global): the deployment's signing keys, `k<n>` -> `<since ms>
     /// <secret as base64>`, and `#n`, the last n given out. Made from the
     /// first offer (or from the older single key above, which it replaces);

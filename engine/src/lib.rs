@@ -16,6 +16,7 @@ mod duties;
 mod error;
 pub mod handoff;
 pub mod keys;
+pub mod schedules;
 pub mod signing_keys;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -30,8 +31,8 @@ pub use keel_proto::WorkerInfo;
 pub use store::memory::MemoryStore;
 pub use store::redis::{RedisStore, RedisTarget};
 pub use store::{
-    Appended, CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, EventWait,
-    Finish, Finished, HookStore, Lease, MAX_SIGNING_KEYS, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome,
-    RunQuery, RunStore, SIGNING_KEY_SETTLE, SIGNING_KEYS_REFRESH, STEP_MS_BUCKETS, Stats, Store, StoredSigningKey,
-    Suspension, child_event_key,
+    Appended, CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, DueSchedule,
+    EventWait, Finish, Finished, HookStore, Lease, MAX_SIGNING_KEYS, OutboxItem, PauseOutcome, RegistryStore,
+    ResumeOutcome, RunQuery, RunStore, SIGNING_KEY_SETTLE, SIGNING_KEYS_REFRESH, STEP_MS_BUCKETS, ScheduleStore, Stats,
+    Store, StoredSchedule, StoredSigningKey, Suspension, child_event_key,
 };

@@ -35,6 +35,12 @@ fn check_charset(what: &'static str, s: &str) -> Result<(), IdError> {
     }
 }
 
+/// A name of 1 to `max` characters of `A-Za-z0-9_.-`.
+pub(crate) fn check_name(what: &'static str, s: &str, max: usize) -> Result<(), IdError> {
+    check_length(what, s, max)?;
+    check_charset(what, s)
+}
+
 /// A run's id: chosen by the client (1–128 characters of `A-Za-z0-9_.-`) or a UUIDv7.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]

@@ -11,6 +11,7 @@ pub mod http;
 mod ids;
 mod journal;
 mod run;
+mod schedule;
 mod task;
 mod webhook;
 mod worker;
@@ -18,6 +19,9 @@ mod worker;
 pub use ids::{IdError, RunId, validate_event_key, validate_idempotency_key, validate_workflow_name};
 pub use journal::{ChildOutcome, JOURNAL_VERSION, JournalEntry, JournalEvent, JournalRecord};
 pub use run::{ErrorInfo, ParentRef, RunPage, RunStatus, RunSummary};
+pub use schedule::{
+    CatchUp, Overlap, Schedule, ScheduleList, ScheduleSpec, ScheduleState, scheduled_run_id, validate_schedule_id,
+};
 pub use task::{TASK_VERSION, Task};
 pub use webhook::{
     DeliveryJob, DeliveryTarget, WebhookDelivery, WebhookEventType, WebhookPayload, WebhookSubscription,
@@ -43,6 +47,9 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("http/journal-page.json", schemars::schema_for!(http::JournalPage)),
         ("http/problem.json", schemars::schema_for!(http::Problem)),
         ("http/signing-key.json", schemars::schema_for!(http::SigningKey)),
+        ("http/schedule-spec.json", schemars::schema_for!(ScheduleSpec)),
+        ("http/schedule.json", schemars::schema_for!(Schedule)),
+        ("schedule-state.json", schemars::schema_for!(ScheduleState)),
         ("agent/http-input.json", schemars::schema_for!(agent::AgentHttpInput)),
         ("agent/llm-input.json", schemars::schema_for!(agent::AgentLlmInput)),
         ("agent/plan-request.json", schemars::schema_for!(agent::PlanRequest)),

@@ -3,6 +3,7 @@
 pub mod events;
 pub mod health;
 pub mod runs;
+pub mod schedules;
 pub mod signing_keys;
 pub mod webhooks;
 pub mod workflows;

@@ -163,6 +163,8 @@ pub struct ListQuery {
     status: Option<String>,
     /// `name=value`
     label: Option<String>,
+    /// A schedule's id: its runs (the same as `label=schedule=<id>`)
+    schedule: Option<String>,
     /// 1–1000, default 50
     limit: Option<usize>,
     cursor: Option<String>,
@@ -179,6 +181,13 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>)
         .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .map(|l| l.ok_or_else(|| ApiError::InvalidRequest("label filters look like name=value".into())))
         .transpose()?;
+    let label = match (label, query.schedule) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidRequest("filter by label or by schedule, not both".into()));
+        }
+        (label, None) => label,
+        (None, Some(id)) => Some(("schedule".to_owned(), id)),
+    };
     if query.limit.is_some_and(|l| l == 0 || l > 1000) {
         return Err(ApiError::InvalidRequest("limit must be 1 to 1000".into()));
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keel_proto::{
     DeliveryJob, ErrorInfo, JournalEntry, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus,
-    RunSummary, WebhookDelivery, WebhookSubscription, WorkerInfo,
+    RunSummary, ScheduleSpec, ScheduleState, WebhookDelivery, WebhookSubscription, WorkerInfo,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -274,8 +274,14 @@ pub struct DeadLetter {
 /// The engine's storage: every concern below, on one backend. See the module
 /// documentation.
 #[async_trait]
-pub trait Store: RunStore + HookStore + RegistryStore + fmt::Debug + 'static {
+pub trait Store: RunStore + HookStore + RegistryStore + ScheduleStore + fmt::Debug + 'static {
     fn config(&self) -> &StoreConfig;
+
+    /// The store's clock, ms since the epoch: the wall clock, or a test's
+    /// movable one (the memory store's). Schedules tick by it.
+    fn wall_ms(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
 
     /// Another handle on the same data whose connections are driven by the
     /// runtime this is awaited on (the worker renews leases through one on a
@@ -455,6 +461,58 @@ pub trait RegistryStore: Send + Sync {
     async fn retire_signing_key(&self, id: Option<&str>, settle: Duration) -> Result<Vec<StoredSigningKey>>;
 }
 
+/// Schedules (the scheduler in schedules.rs decides; the store keeps them and
+/// moves them on atomically).
+#[async_trait]
+pub trait ScheduleStore: Send + Sync {
+    /// Create or replace a schedule; a paused one stays paused, its state is
+    /// kept. `next_ms`: its next tick. True when it is new.
+    async fn put_schedule(&self, spec: &ScheduleSpec, next_ms: Option<u64>) -> Result<bool>;
+
+    async fn get_schedule(&self, id: &str) -> Result<Option<StoredSchedule>>;
+
+    /// Every schedule, by id.
+    async fn list_schedules(&self) -> Result<Vec<StoredSchedule>>;
+
+    /// Whether it existed.
+    async fn delete_schedule(&self, id: &str) -> Result<bool>;
+
+    /// Pause (no ticks) or resume from `next_ms`. False when there is no such schedule.
+    async fn pause_schedule(&self, id: &str, paused: bool, next_ms: Option<u64>) -> Result<bool>;
+
+    /// Schedules whose next tick is at or before `now_ms`, soonest first.
+    async fn due_schedules(&self, now_ms: u64, limit: usize) -> Result<Vec<DueSchedule>>;
+
+    /// Move a schedule on from the tick it was due at to `next_ms` (none: it
+    /// never fires again) with `state`, only if it is still due at `from_tick_ms`
+    /// (another server may have moved it, or a client paused it). True when it moved.
+    async fn advance_schedule(
+        &self,
+        id: &str,
+        from_tick_ms: u64,
+        next_ms: Option<u64>,
+        state: &ScheduleState,
+    ) -> Result<bool>;
+}
+
+/// A schedule as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSchedule {
+    pub spec: ScheduleSpec,
+    pub paused: bool,
+    pub state: ScheduleState,
+    /// Its next tick (none while paused, or when the cron never fires again).
+    pub next_ms: Option<u64>,
+}
+
+/// A schedule whose tick has come.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueSchedule {
+    pub spec: ScheduleSpec,
+    pub state: ScheduleState,
+    pub tick_ms: u64,
+}
+
 /// At most this many signing keys are active at once: every webhook and
 /// signed call carries one signature per key.
 pub const MAX_SIGNING_KEYS: usize = 3;
@@ -596,10 +654,16 @@ pub(crate) fn validate_create(req: &CreateRun, config: &StoreConfig) -> Result<(
     if let Some(key) = &req.idempotency_key {
         keel_proto::validate_idempotency_key(key)?;
     }
-    if req.labels.len() > MAX_LABELS {
-        return Err(Error::Invalid(format!("a run has at most {MAX_LABELS} labels, not {}", req.labels.len())));
+    validate_labels(&req.labels)
+}
+
+/// A run's labels: at most [`MAX_LABELS`], names 1-64 bytes without `=` or
+/// control characters, values at most 256 bytes.
+pub(crate) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    if labels.len() > MAX_LABELS {
+        return Err(Error::Invalid(format!("a run has at most {MAX_LABELS} labels, not {}", labels.len())));
     }
-    for (name, value) in &req.labels {
+    for (name, value) in labels {
         if name.is_empty()
             || name.len() > 64
             || value.len() > 256

@@ -1678,3 +1678,54 @@ pub async fn a_run_created_claimed_is_leased_and_outlives_its_worker(f: Fixture)
         assert_eq!(pending, 0);
     }
 }
+
+/// Schedules as the store keeps them: a put keeps pause and state, a pause
+/// takes the schedule out of the due set, and moving a schedule on from a tick
+/// happens once: a second server (or a pause) in between makes it a no-op.
+pub async fn schedules_move_on_from_a_tick_once(f: Fixture) {
+    let s = f.store.as_ref();
+    let spec = |id: &str, cron: &str| -> keel_proto::ScheduleSpec {
+        serde_json::from_value(json!({"id": id, "workflow": "report", "cron": cron})).unwrap()
+    };
+    assert!(s.put_schedule(&spec("b", "* * * * *"), Some(2_000)).await.unwrap(), "new");
+    assert!(s.put_schedule(&spec("a", "* * * * *"), Some(1_000)).await.unwrap());
+    assert!(!s.put_schedule(&spec("a", "*/5 * * * *"), Some(1_000)).await.unwrap(), "replaced");
+    let a = s.get_schedule("a").await.unwrap().unwrap();
+    assert_eq!((a.spec.cron.as_str(), a.next_ms, a.paused), ("*/5 * * * *", Some(1_000), false));
+    assert_eq!(a.spec.timezone, "UTC", "the default zone");
+    assert!(s.get_schedule("nope").await.unwrap().is_none());
+
+    let due = s.due_schedules(1_500, 10).await.unwrap();
+    assert_eq!(due.iter().map(|d| (d.spec.id.as_str(), d.tick_ms)).collect::<Vec<_>>(), [("a", 1_000)]);
+    let due = s.due_schedules(5_000, 10).await.unwrap();
+    assert_eq!(due.iter().map(|d| d.spec.id.as_str()).collect::<Vec<_>>(), ["a", "b"], "soonest first");
+
+    let state = keel_proto::ScheduleState {
+        last_tick_ms: Some(1_000),
+        last_run_id: Some(RunId::new("sched-a-1000").unwrap()),
+        last_skip: None,
+    };
+    assert!(s.advance_schedule("a", 1_000, Some(3_000), &state).await.unwrap());
+    assert!(!s.advance_schedule("a", 1_000, Some(4_000), &state).await.unwrap(), "moved once");
+    let a = s.get_schedule("a").await.unwrap().unwrap();
+    assert_eq!((a.next_ms, &a.state), (Some(3_000), &state));
+
+    // Paused: not due, not moved; a replace keeps it paused; resumed from a new tick.
+    assert!(s.pause_schedule("a", true, None).await.unwrap());
+    assert!(!s.pause_schedule("nope", true, None).await.unwrap());
+    assert!(s.due_schedules(10_000, 10).await.unwrap().iter().all(|d| d.spec.id != "a"));
+    assert!(!s.advance_schedule("a", 3_000, Some(5_000), &state).await.unwrap(), "a paused schedule does not move");
+    s.put_schedule(&spec("a", "* * * * *"), Some(9_000)).await.unwrap();
+    let a = s.get_schedule("a").await.unwrap().unwrap();
+    assert!(a.paused && a.next_ms.is_none(), "{a:?}");
+    assert_eq!(a.state, state, "a replace keeps the state");
+    assert!(s.pause_schedule("a", false, Some(7_000)).await.unwrap());
+    assert_eq!(s.get_schedule("a").await.unwrap().unwrap().next_ms, Some(7_000));
+
+    let all = s.list_schedules().await.unwrap();
+    assert_eq!(all.iter().map(|x| x.spec.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert!(s.delete_schedule("a").await.unwrap());
+    assert!(!s.delete_schedule("a").await.unwrap());
+    assert!(s.get_schedule("a").await.unwrap().is_none());
+    assert_eq!(s.due_schedules(10_000, 10).await.unwrap().len(), 1);
+}

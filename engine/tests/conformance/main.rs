@@ -74,6 +74,7 @@ conformance!(
     workers_register_and_expire,
     the_first_signing_key_offered_is_the_deployments,
     signing_keys_rotate_and_retire_without_ever_leaving_none,
+    schedules_move_on_from_a_tick_once,
     a_run_created_claimed_is_leased_and_outlives_its_worker,
     a_finished_child_wakes_its_waiting_parent,
     parallel_waits_each_get_their_own_event,

@@ -31,6 +31,7 @@ use crate::clock::{Clock, SystemClock};
 mod hooks;
 mod registry;
 mod runs;
+mod schedules;
 use crate::{Error, Result, StoreConfig};
 
 /// A stream id: `(ms, n)`, shown as `ms-n`.
@@ -90,6 +91,8 @@ struct State {
     workers: HashMap<String, (WorkerInfo, u64)>,
     /// The deployment's signing keys.
     signing_keys: SigningKeyRing,
+    /// Schedules by id, and their next ticks.
+    schedules: BTreeMap<String, crate::store::StoredSchedule>,
     webhooks: BTreeMap<String, WebhookSubscription>,
     /// Webhook events not yet fanned out; `outbox_taken` holds the claimed ones.
     outbox: BTreeMap<Sid, OutboxItem>,
@@ -584,6 +587,10 @@ impl Default for MemoryStore {
 impl Store for MemoryStore {
     fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    fn wall_ms(&self) -> u64 {
+        self.now_ms()
     }
 }
 

@@ -38,6 +38,7 @@ mod ops;
 mod partitions;
 mod registry;
 mod runs;
+mod schedules;
 mod scripts;
 mod signing_keys;
 
