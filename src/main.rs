@@ -56,6 +56,8 @@ enum Command {
     Notify(cli::client::NotifyArgs),
     /// The deployment's webhook and call signing keys: list, rotate, retire.
     Keys(cli::client::KeysArgs),
+    /// Schedules: list, show, set, pause, resume, trigger, delete.
+    Schedules(cli::client::SchedulesArgs),
     /// Measure throughput, latency and cost per step.
     Bench(cli::bench::BenchArgs),
     /// Run a mixed workload under injected faults and check that nothing acknowledged was lost.
@@ -118,6 +120,7 @@ fn main() -> std::process::ExitCode {
             Command::Retry(args) => cli::client::action(args, "retry").await.map(|()| 0),
             Command::Notify(args) => cli::client::notify(args).await.map(|()| 0),
             Command::Keys(args) => cli::client::keys(args).await.map(|()| 0),
+            Command::Schedules(args) => cli::client::schedules(args).await.map(|()| 0),
             Command::Bench(args) => cli::bench::bench(args).await,
             Command::Chaos(args) => cli::chaos::chaos(args).await,
         }

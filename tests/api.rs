@@ -972,3 +972,89 @@ async fn a_rotation_during_a_stream_of_deliveries_verifies_every_one() {
         assert!(seen.iter().any(|(seen, _)| seen == ids), "no delivery signed by {ids:?}: {seen:?}");
     }
 }
+
+/// A schedule every 2 s with three servers running the scheduler: one run per
+/// tick and no more (each run's id names its tick; consecutive ticks 2 s
+/// apart, none twice), listed with `?schedule=`; pause stops the ticks,
+/// trigger starts one now, delete removes the schedule and keeps its runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_on_three_servers_starts_one_run_per_tick() {
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("sched");
+    let servers: Vec<Keel> = (0..3).map(|_| Keel::spawn("server", &redis, &ns, &[])).collect();
+    let _worker = Keel::spawn("worker", &redis, &ns, &[]);
+    let http = http();
+    wait_for_workflows(&http, &servers[0], None).await;
+    let url = |i: usize, path: &str| format!("{}{path}", servers[i].url);
+
+    let bad = http
+        .post(url(0, "/v1/schedules"))
+        .json(&json!({"id": "bad", "workflow": "demo", "cron": "*/2 * * * * *", "timezone": "Mars/Olympus"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    assert!(bad.text().await.unwrap().contains("IANA time zone"));
+
+    let created = http
+        .post(url(0, "/v1/schedules"))
+        .json(&json!({"id": "every-2s", "workflow": "demo", "cron": "*/2 * * * * *",
+            "input": {"steps": 1}, "labels": {"team": "core"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let schedule: Value = created.json().await.unwrap();
+    let errors: Vec<String> = schema("http/schedule.json").iter_errors(&schedule).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{schedule}: {errors:?}");
+    let ticks = schedule["next_fire_times"].as_array().unwrap();
+    assert_eq!(ticks.len(), 3);
+    assert_eq!(ticks[1].as_u64().unwrap() - ticks[0].as_u64().unwrap(), 2000);
+
+    let runs_of = |http: reqwest::Client, base: String| async move {
+        let page: Value =
+            http.get(format!("{base}/v1/runs?schedule=every-2s&limit=100")).send().await.unwrap().json().await.unwrap();
+        let mut ticks: Vec<u64> = page["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["run_id"].as_str().unwrap().strip_prefix("sched-every-2s-").unwrap().parse().unwrap())
+            .collect();
+        ticks.sort_unstable();
+        ticks
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    let ticks = loop {
+        let ticks = runs_of(http.clone(), servers[1].url.clone()).await;
+        if ticks.len() >= 4 {
+            break ticks;
+        }
+        assert!(std::time::Instant::now() < deadline, "four ticks never came: {ticks:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for pair in ticks.windows(2) {
+        assert_eq!(pair[1] - pair[0], 2000, "one run per tick, none missed, none twice: {ticks:?}");
+    }
+    assert!(ticks.iter().all(|t| t % 2000 == 0), "{ticks:?}");
+
+    // Pause: no new ticks; trigger: one run now; resume; delete keeps the runs.
+    let paused: Value = http.post(url(2, "/v1/schedules/every-2s/pause")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(paused["paused"], true);
+    assert_eq!(paused["next_fire_times"], json!([]));
+    let before = runs_of(http.clone(), servers[0].url.clone()).await.len();
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let after = runs_of(http.clone(), servers[0].url.clone()).await.len();
+    assert!(after <= before + 1, "a paused schedule does not tick ({before} -> {after}; one may have been in flight)");
+    let triggered = http.post(url(1, "/v1/schedules/every-2s/trigger")).send().await.unwrap();
+    assert_eq!(triggered.status(), 201);
+    let run_id = triggered.json::<Value>().await.unwrap()["run_id"].as_str().unwrap().to_owned();
+    let run: Value = http.get(url(0, &format!("/v1/runs/{run_id}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(run["labels"], json!({"schedule": "every-2s", "team": "core"}));
+    let resumed: Value = http.post(url(0, "/v1/schedules/every-2s/resume")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(resumed["paused"], false);
+    let listed: Value = http.get(url(2, "/v1/schedules")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["schedules"][0]["id"], "every-2s");
+    assert_eq!(http.delete(url(0, "/v1/schedules/every-2s")).send().await.unwrap().status(), 204);
+    assert_eq!(http.get(url(1, "/v1/schedules/every-2s")).send().await.unwrap().status(), 404);
+    assert!(runs_of(http.clone(), servers[0].url.clone()).await.len() > after, "the runs stay");
+}

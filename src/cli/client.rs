@@ -39,13 +39,14 @@ async fn json<T: serde::de::DeserializeOwned>(response: reqwest::Result<reqwest:
     let status = response.status();
     let text = response.text().await?;
     if !status.is_success() {
-        let detail = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["detail"].as_str().map(str::to_owned))
-            .unwrap_or(text);
-        bail!("the server answered {status}: {detail}");
+        bail!("the server answered {status}: {}", detail_of(text));
     }
     serde_json::from_str(&text).with_context(|| format!("unexpected answer: {text}"))
+}
+
+/// What a problem's `detail` says, or the whole answer.
+fn detail_of(text: String) -> String {
+    serde_json::from_str::<Value>(&text).ok().and_then(|v| v["detail"].as_str().map(str::to_owned)).unwrap_or(text)
 }
 
 #[derive(Debug, Args)]
@@ -71,12 +72,17 @@ pub struct RunArgs {
     server: Server,
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let text = match args.input.strip_prefix('@') {
+/// An `--input`: JSON, or `@file` with JSON.
+fn read_json_arg(arg: &str) -> anyhow::Result<Value> {
+    let text = match arg.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
-        None => args.input.clone(),
+        None => arg.to_owned(),
     };
-    let input: Value = serde_json::from_str(&text).context("--input is not JSON")?;
+    serde_json::from_str(&text).context("--input is not JSON")
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let input = read_json_arg(&args.input)?;
     let body = StartRunRequest {
         input,
         run_id: args.run_id,
@@ -293,4 +299,106 @@ fn since(ms: u64) -> String {
         return "the start".into();
     }
     chrono::DateTime::from_timestamp_millis(ms as i64).map_or_else(|| ms.to_string(), |t| t.to_rfc3339())
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulesArgs {
+    #[command(subcommand)]
+    action: Option<SchedulesAction>,
+    #[command(flatten)]
+    server: Server,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum SchedulesAction {
+    /// List the schedules with their next ticks (the default).
+    List,
+    /// Show one schedule.
+    Show { id: String },
+    /// Create or replace a schedule.
+    Set {
+        id: String,
+        /// The workflow each tick starts.
+        #[arg(long)]
+        workflow: String,
+        /// Five fields, or six with seconds first (quote it).
+        #[arg(long)]
+        cron: String,
+        /// An IANA time zone.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// Each run's input: JSON, or @file with JSON.
+        #[arg(long, default_value = "null")]
+        input: String,
+        /// skip, buffer_one or allow_all.
+        #[arg(long, default_value = "skip")]
+        overlap: String,
+        /// skip or run_once.
+        #[arg(long, default_value = "skip")]
+        catch_up: String,
+    },
+    /// Stop a schedule's ticks.
+    Pause { id: String },
+    /// Let a paused schedule tick again.
+    Resume { id: String },
+    /// Start the schedule's workflow now.
+    Trigger { id: String },
+    /// Delete a schedule (its runs stay).
+    Delete { id: String },
+}
+
+pub async fn schedules(args: SchedulesArgs) -> anyhow::Result<()> {
+    let server = &args.server;
+    let post = |path: String| server.request(reqwest::Method::POST, &path);
+    match args.action.unwrap_or(SchedulesAction::List) {
+        SchedulesAction::List => {
+            let list: keel_proto::ScheduleList =
+                json(server.request(reqwest::Method::GET, "/v1/schedules").send().await).await?;
+            for s in &list.schedules {
+                let next = s.next_fire_times.first().map_or_else(|| "-".to_owned(), |ms| since(*ms));
+                let state = if s.paused { "paused" } else { "active" };
+                println!(
+                    "{}\t{}\t{} ({})\t{state}\tnext {next}",
+                    s.spec.id, s.spec.workflow, s.spec.cron, s.spec.timezone
+                );
+            }
+        }
+        SchedulesAction::Show { id } => {
+            let one: Value =
+                json(server.request(reqwest::Method::GET, &format!("/v1/schedules/{id}")).send().await).await?;
+            println!("{}", serde_json::to_string_pretty(&one)?);
+        }
+        SchedulesAction::Set { id, workflow, cron, timezone, input, overlap, catch_up } => {
+            let body = serde_json::json!({"id": id, "workflow": workflow, "cron": cron, "timezone": timezone,
+                "input": read_json_arg(&input)?, "overlap": overlap, "catch_up": catch_up});
+            let one: keel_proto::Schedule = json(post("/v1/schedules".into()).json(&body).send().await).await?;
+            let next: Vec<String> = one.next_fire_times.iter().map(|ms| since(*ms)).collect();
+            println!("schedule {} set; next ticks: {}", one.spec.id, next.join(", "));
+        }
+        SchedulesAction::Pause { id } => {
+            let _: Value = json(post(format!("/v1/schedules/{id}/pause")).send().await).await?;
+            println!("schedule {id} paused");
+        }
+        SchedulesAction::Resume { id } => {
+            let _: Value = json(post(format!("/v1/schedules/{id}/resume")).send().await).await?;
+            println!("schedule {id} resumed");
+        }
+        SchedulesAction::Trigger { id } => {
+            let started: Value = json(post(format!("/v1/schedules/{id}/trigger")).send().await).await?;
+            println!("{}", started["run_id"].as_str().unwrap_or_default());
+        }
+        SchedulesAction::Delete { id } => {
+            let response = server
+                .request(reqwest::Method::DELETE, &format!("/v1/schedules/{id}"))
+                .send()
+                .await
+                .context("could not reach the Keel API (is `keel dev` or `keel server` running? see --url)")?;
+            let status = response.status();
+            if !status.is_success() {
+                bail!("the server answered {status}: {}", detail_of(response.text().await.unwrap_or_default()));
+            }
+            println!("schedule {id} deleted");
+        }
+    }
+    Ok(())
 }
