@@ -22,6 +22,17 @@ async fn start(http: &reqwest::Client, keel: &Keel, workflow: &str, body: Value)
     http.post(format!("{}/v1/workflows/{workflow}/runs", keel.url)).json(&body).send().await.unwrap()
 }
 
+/// Subscribe `url` to webhook events of these types (all when empty).
+async fn subscribe(http: &reqwest::Client, keel: &Keel, url: &str, event_types: Value) {
+    let created = http
+        .post(format!("{}/v1/webhooks", keel.url))
+        .json(&json!({"url": url, "event_types": event_types}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+}
+
 async fn a_run_started_over_http_is_followed_to_completion_by_polling_and_by_sse(redis: &dyn TestRedis) {
     let ns = RedisServer::unique_namespace("e2e");
     // Separate processes: the API server and a worker.
@@ -183,13 +194,7 @@ async fn signed_webhooks_arrive_retry_with_the_same_id_and_410_disables(redis: &
     let flaky = Receiver::start(vec![(500, None), (500, None)]).await;
     let gone = Receiver::start(vec![(410, None)]).await;
     for (receiver, types) in [(&flaky, json!(["run.completed"])), (&gone, json!([]))] {
-        let created = http
-            .post(format!("{}/v1/webhooks", keel.url))
-            .json(&json!({"url": receiver.url, "event_types": types}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(created.status(), 201);
+        subscribe(&http, &keel, &receiver.url, types).await;
     }
     let run: Value = start(&http, &keel, "demo", json!({"input": {"steps": 1}})).await.json().await.unwrap();
     let run_id = run["run_id"].as_str().unwrap().to_owned();
@@ -774,13 +779,7 @@ async fn servers_and_workers_without_a_signing_key_share_the_deployments() {
     assert_eq!(published[0], published[1], "one key for the deployment");
 
     let receiver = Receiver::start(Vec::new()).await;
-    let created = http
-        .post(format!("{}/v1/webhooks", a.url))
-        .json(&json!({"url": receiver.url, "event_types": ["run.completed"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    subscribe(&http, &a, &receiver.url, json!(["run.completed"])).await;
     for keel in [&a, &b, &a, &b] {
         assert!(start(&http, keel, "demo", json!({"input": {"steps": 1}})).await.status().is_success());
     }
@@ -896,13 +895,7 @@ async fn a_rotation_during_a_stream_of_deliveries_verifies_every_one() {
     let http = http();
     wait_for_workflows(&http, &a, None).await;
     let receiver = VerifyingReceiver::start(vec![a.url.clone(), b.url.clone()]).await;
-    let created = http
-        .post(format!("{}/v1/webhooks", a.url))
-        .json(&json!({"url": receiver.url, "event_types": ["run.completed"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    subscribe(&http, &a, &receiver.url, json!(["run.completed"])).await;
 
     // A stream of runs through both servers until told to stop.
     let stop = tokio_util::sync::CancellationToken::new();

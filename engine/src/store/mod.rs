@@ -547,11 +547,16 @@ pub(crate) fn signing_key_refusal(code: &str, detail: &str) -> Error {
             Error::SigningKeys("this is the deployment's only signing key: rotate first (keel keys rotate)".into())
         }
         "UNKNOWN" => Error::Invalid(format!("the deployment has no signing key {detail:?}")),
-        "SOON" => Error::SigningKeys(format!(
-            "the newest signing key was added {detail} ms ago: every process picks keys up within a few seconds, \
-             so retire once it is {} s old",
-            SIGNING_KEY_SETTLE.as_secs()
-        )),
+        "SOON" => {
+            let age_ms: u64 = detail.parse().unwrap_or(0);
+            let wait_ms = (SIGNING_KEY_SETTLE.as_millis() as u64).saturating_sub(age_ms).max(1);
+            Error::SigningKeys(format!(
+                "the newest signing key was added {age_ms} ms ago: every process picks keys up within a few \
+                 seconds, so retire once it is {} s old (in {:.1} s)",
+                SIGNING_KEY_SETTLE.as_secs(),
+                wait_ms as f64 / 1000.0
+            ))
+        }
         other => Error::corrupt("signing keys", format!("unknown answer {other}")),
     }
 }
