@@ -192,11 +192,19 @@ pub async fn start_tick(
     Ok(Ok(run_id))
 }
 
+/// At most this many schedules per deployment: every server reads them all
+/// (the list, the due set), so a client cannot grow that without bound.
+pub const MAX_SCHEDULES: usize = 1000;
+
+/// A schedule's input is kept with it and shown in every list: at most this
+/// many bytes of JSON (or the store's value limit, if lower).
+pub const MAX_SCHEDULE_INPUT_BYTES: usize = 64 * 1024;
+
 /// Check a spec as a client sent it; its cadence.
 pub fn validate(spec: &ScheduleSpec, config: &crate::StoreConfig) -> Result<Cadence> {
     keel_proto::validate_schedule_id(&spec.id)?;
     keel_proto::validate_workflow_name(&spec.workflow)?;
-    crate::check_value_size("schedule's input", &spec.input, config.max_value_bytes)?;
+    crate::check_value_size("schedule's input", &spec.input, config.max_value_bytes.min(MAX_SCHEDULE_INPUT_BYTES))?;
     let mut labels = spec.labels.clone();
     labels.insert("schedule".into(), spec.id.clone());
     crate::store::validate_labels(&labels)?;

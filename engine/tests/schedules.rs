@@ -171,3 +171,19 @@ async fn missed_ticks_are_skipped_or_run_once_as_catch_up_says() {
         assert_eq!(s.next_ms, Some(ms(2027, 6, 1, 0, 1, 10)), "{id} goes on from now");
     }
 }
+
+#[tokio::test]
+async fn schedules_are_bounded_in_number_and_input_size() {
+    let (store, _clock) = store_at(ms(2027, 1, 1, 0, 0, 0)).await;
+    for i in 0..keel_engine::schedules::MAX_SCHEDULES {
+        put(&store, &spec(&format!("s{i}"), "0 * * * *", "UTC")).await;
+    }
+    let extra = spec("one-too-many", "0 * * * *", "UTC");
+    let err = store.put_schedule(&extra, Some(1)).await.unwrap_err();
+    assert!(err.to_string().contains("at most 1000 schedules"), "{err}");
+    put(&store, &spec("s0", "*/5 * * * *", "UTC")).await; // a replace is not a new one
+    let mut big = spec("big", "0 * * * *", "UTC");
+    big.input = json!("x".repeat(70 * 1024));
+    let err = keel_engine::schedules::validate(&big, &StoreConfig::default()).unwrap_err();
+    assert!(err.to_string().contains("schedule's input"), "{err}");
+}

@@ -466,7 +466,8 @@ pub trait RegistryStore: Send + Sync {
 #[async_trait]
 pub trait ScheduleStore: Send + Sync {
     /// Create or replace a schedule; a paused one stays paused, its state is
-    /// kept. `next_ms`: its next tick. True when it is new.
+    /// kept. `next_ms`: its next tick. True when it is new. A new one past
+    /// [`MAX_SCHEDULES`](crate::schedules::MAX_SCHEDULES) is refused.
     async fn put_schedule(&self, spec: &ScheduleSpec, next_ms: Option<u64>) -> Result<bool>;
 
     async fn get_schedule(&self, id: &str) -> Result<Option<StoredSchedule>>;
@@ -537,8 +538,8 @@ impl std::fmt::Debug for StoredSigningKey {
     }
 }
 
-/// Why a signing key could not be retired or added.
-pub(crate) fn signing_key_refusal(code: &str, detail: &str) -> Error {
+/// A store script's refusal (a code and a detail) as the error callers see.
+pub(crate) fn refusal(code: &str, detail: &str) -> Error {
     match code {
         "FULL" => Error::SigningKeys(format!(
             "the deployment already has {MAX_SIGNING_KEYS} signing keys: retire one first (keel keys retire)"
@@ -547,6 +548,10 @@ pub(crate) fn signing_key_refusal(code: &str, detail: &str) -> Error {
             Error::SigningKeys("this is the deployment's only signing key: rotate first (keel keys rotate)".into())
         }
         "UNKNOWN" => Error::Invalid(format!("the deployment has no signing key {detail:?}")),
+        "FULL_SCHEDULES" => Error::Invalid(format!(
+            "a deployment has at most {} schedules: delete one first",
+            crate::schedules::MAX_SCHEDULES
+        )),
         "SOON" => {
             let age_ms: u64 = detail.parse().unwrap_or(0);
             let wait_ms = (SIGNING_KEY_SETTLE.as_millis() as u64).saturating_sub(age_ms).max(1);

@@ -1728,4 +1728,12 @@ pub async fn schedules_move_on_from_a_tick_once(f: Fixture) {
     assert!(!s.delete_schedule("a").await.unwrap());
     assert!(s.get_schedule("a").await.unwrap().is_none());
     assert_eq!(s.due_schedules(10_000, 10).await.unwrap().len(), 1);
+
+    // A client cannot grow the schedules without bound.
+    for i in 1..keel_engine::schedules::MAX_SCHEDULES {
+        s.put_schedule(&spec(&format!("n{i}"), "* * * * *"), None).await.unwrap();
+    }
+    let err = s.put_schedule(&spec("one-more", "* * * * *"), None).await.unwrap_err();
+    assert!(matches!(err, keel_engine::Error::Invalid(_)), "{err}");
+    assert!(!s.put_schedule(&spec("b", "*/2 * * * *"), None).await.unwrap(), "a replace still goes");
 }

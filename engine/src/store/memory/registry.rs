@@ -2,7 +2,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
-use crate::store::{MAX_SIGNING_KEYS, StoredSigningKey, signing_key_refusal};
+use crate::store::{MAX_SIGNING_KEYS, StoredSigningKey, refusal};
 
 #[async_trait]
 impl RegistryStore for MemoryStore {
@@ -68,7 +68,7 @@ impl RegistryStore for MemoryStore {
         let mut state = self.state();
         let ring = &mut state.signing_keys;
         if ring.keys.len() >= MAX_SIGNING_KEYS {
-            return Err(signing_key_refusal("FULL", ""));
+            return Err(refusal("FULL", ""));
         }
         ring.add(secret, now);
         Ok(ring.keys.clone())
@@ -80,16 +80,16 @@ impl RegistryStore for MemoryStore {
         let ring = &mut state.signing_keys;
         // Kept oldest first: the oldest is the first.
         let index = match id {
-            Some(id) => ring.keys.iter().position(|k| k.id == id).ok_or_else(|| signing_key_refusal("UNKNOWN", id))?,
+            Some(id) => ring.keys.iter().position(|k| k.id == id).ok_or_else(|| refusal("UNKNOWN", id))?,
             None => 0,
         };
         if ring.keys.len() <= 1 {
-            return Err(signing_key_refusal("LAST", ""));
+            return Err(refusal("LAST", ""));
         }
         let newest = ring.keys.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, k)| k.since_ms).max();
         let age = now.saturating_sub(newest.unwrap_or(0));
         if u128::from(age) < settle.as_millis() {
-            return Err(signing_key_refusal("SOON", &age.to_string()));
+            return Err(refusal("SOON", &age.to_string()));
         }
         ring.keys.remove(index);
         Ok(ring.keys.clone())

@@ -18,6 +18,9 @@ impl ScheduleStore for MemoryStore {
                 Ok(false)
             }
             None => {
+                if state.schedules.len() >= crate::schedules::MAX_SCHEDULES {
+                    return Err(crate::store::refusal("FULL_SCHEDULES", ""));
+                }
                 let schedule =
                     StoredSchedule { spec: spec.clone(), paused: false, state: ScheduleState::default(), next_ms };
                 state.schedules.insert(spec.id.clone(), schedule);

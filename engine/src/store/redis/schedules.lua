@@ -3,7 +3,8 @@
 -- KEYS[1]: specs (hash id -> spec JSON), KEYS[2]: states (hash id -> state JSON),
 -- KEYS[3]: due (zset id by next tick ms), KEYS[4]: paused (set of ids).
 -- ARGV[1]: the operation, ARGV[2]: the schedule id, then per operation:
---   put: spec JSON, next ms ('' = never)      -> 1 when new, else 0
+--   put: spec JSON, next ms ('' = never), the most schedules
+--                                              -> 1 when new, 0 replaced, -1 full
 --   delete                                     -> 1 when it existed
 --   pause: '1' to pause or '0' to resume, next ms ('' = never) -> 0 when unknown
 --   advance: from tick ms, next ms ('' = never), state JSON
@@ -16,6 +17,7 @@ local function set_next(next)
 end
 
 if op == 'put' then
+  if redis.call('HEXISTS', specs, id) == 0 and redis.call('HLEN', specs) >= tonumber(ARGV[5]) then return -1 end
   local new = redis.call('HSET', specs, id, ARGV[3])
   if redis.call('SISMEMBER', paused, id) == 0 then set_next(ARGV[4]) end
   return new

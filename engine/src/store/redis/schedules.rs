@@ -43,7 +43,11 @@ fn state_of(text: Option<&String>) -> Result<ScheduleState> {
 impl ScheduleStore for RedisStore {
     async fn put_schedule(&self, spec: &ScheduleSpec, next_ms: Option<u64>) -> Result<bool> {
         let json = to_json(spec)?;
-        Ok(self.schedules_script(&["put", &spec.id, &json, &next_arg(next_ms)]).await? == 1)
+        let max = crate::schedules::MAX_SCHEDULES.to_string();
+        match self.schedules_script(&["put", &spec.id, &json, &next_arg(next_ms), &max]).await? {
+            -1 => Err(crate::store::refusal("FULL_SCHEDULES", "")),
+            n => Ok(n == 1),
+        }
     }
 
     async fn get_schedule(&self, id: &str) -> Result<Option<StoredSchedule>> {

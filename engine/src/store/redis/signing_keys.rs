@@ -7,7 +7,7 @@ use std::time::Duration;
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
-use crate::store::{MAX_SIGNING_KEYS, StoredSigningKey, signing_key_refusal};
+use crate::store::{MAX_SIGNING_KEYS, StoredSigningKey, refusal};
 
 static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("signing_keys.lua")));
 
@@ -22,7 +22,7 @@ impl RedisStore {
         let reply: Vec<String> = invocation.invoke_async(&mut self.conn.clone()).await?;
         match reply.split_first() {
             Some((status, ring)) if status == "OK" => ring_of(ring),
-            Some((status, detail)) => Err(signing_key_refusal(status, detail.first().map_or("", String::as_str))),
+            Some((status, detail)) => Err(refusal(status, detail.first().map_or("", String::as_str))),
             None => Err(Error::corrupt("signing keys", "an empty answer")),
         }
     }
