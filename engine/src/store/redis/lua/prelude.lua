@@ -83,10 +83,21 @@ local function KN(kind, name)
   if type(i) ~= 'number' then undeclared(kind, name) end
   return KEYS_[i]
 end
-local function k_run(id) return KN('run', id) end
-local function k_journal(id) return KN('journal', id) end
-local function k_lease(id) return KN('lease', id) end
-local function k_watch(id) return KN('watch', id) end
+-- A run's own keys: named one by one, or as a run block (`rb`: the index of
+-- its summary key, with its journal, lease and watch keys right after it).
+local function k_own(kind, offset, id)
+  local t = KI[kind]
+  local i = t and t[id]
+  if type(i) == 'number' then return KEYS_[i] end
+  local rb = KI.rb
+  i = rb and rb[id]
+  if type(i) ~= 'number' then undeclared(kind, id) end
+  return KEYS_[i + offset]
+end
+local function k_run(id) return k_own('run', 0, id) end
+local function k_journal(id) return k_own('journal', 1, id) end
+local function k_lease(id) return k_own('lease', 2, id) end
+local function k_watch(id) return k_own('watch', 3, id) end
 local function k_queue(wf) return KN('queue', wf) end
 local function k_runs_wf(wf) return KN('runs_wf', wf) end
 local function k_runs_status(st) return KN('status', st) end

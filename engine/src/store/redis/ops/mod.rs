@@ -89,6 +89,10 @@ impl<'k> Declared<'k> {
     pub fn named(&mut self, kind: &'static str, name: impl Into<Cow<'k, str>>, key: String) -> &mut Self {
         let name = name.into();
         let i = self.index(key);
+        self.push_name(kind, name, i)
+    }
+
+    fn push_name(&mut self, kind: &'static str, name: Cow<'k, str>, i: usize) -> &mut Self {
         let names = match self.named.iter().position(|(k, _)| *k == kind) {
             Some(at) => &mut self.named[at].1,
             None => {
@@ -102,13 +106,23 @@ impl<'k> Declared<'k> {
         self
     }
 
-    /// A run's own keys: summary, journal, lease, watch mark.
+    /// A run's own keys: summary, journal, lease, watch mark. Declared for the
+    /// first time, they go into KEYS side by side and the map names only the
+    /// first (`rb`, a run block: Lua finds the other three after it), which
+    /// keeps the argument every hot call decodes short.
     pub fn run(&mut self, id: &'k RunId) -> &mut Self {
         let k = self.keys;
-        self.named("run", id.as_str(), k.run(id))
-            .named("journal", id.as_str(), k.journal(id))
-            .named("lease", id.as_str(), k.lease(id))
-            .named("watch", id.as_str(), k.watch(id))
+        let own = [k.run(id), k.journal(id), k.lease(id), k.watch(id)];
+        if own.iter().all(|key| !self.list.contains(key)) {
+            let first = self.list.len() + 1;
+            self.list.extend(own);
+            return self.push_name("rb", id.as_str().into(), first);
+        }
+        let [run, journal, lease, watch] = own;
+        self.named("run", id.as_str(), run)
+            .named("journal", id.as_str(), journal)
+            .named("lease", id.as_str(), lease)
+            .named("watch", id.as_str(), watch)
     }
 
     /// What writing a journal entry may touch besides the run: the outbox
