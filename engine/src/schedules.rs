@@ -119,9 +119,13 @@ async fn fire_one(store: &dyn Store, due: &DueSchedule, now_ms: u64) -> Result<O
         Decision::Skip(format!("missed tick at {tick} ms (catch_up: skip)"))
     } else {
         let tick = if missed { cadence.latest_at_or_before(now_ms).unwrap_or(tick) } else { tick };
+        // A server that died between starting this tick's run and moving the
+        // schedule on left the run behind: it is this tick's, whatever the
+        // last run is doing (and the overlap check must not skip it).
+        let started_before = store.get_run(&scheduled_run_id(&spec.id, tick)?).await?.is_some();
         let live = match &due.state.last_run_id {
-            Some(run) => store.get_run(run).await?.is_some_and(|r| !r.status.is_final()),
-            None => false,
+            Some(run) if !started_before => store.get_run(run).await?.is_some_and(|r| !r.status.is_final()),
+            _ => false,
         };
         match (live, spec.overlap) {
             (true, Overlap::Skip) => Decision::Skip(format!(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{TimeZone as _, Utc};
 use keel_engine::proto::{CatchUp, Overlap, RunStatus, ScheduleSpec, WorkerInfo};
-use keel_engine::schedules::{Cadence, fire_due};
+use keel_engine::schedules::{Cadence, fire_due, start_tick};
 use keel_engine::{ManualClock, MemoryStore, RegistryStore, RunStore, ScheduleStore, Store, StoreConfig};
 use serde_json::json;
 
@@ -186,4 +186,31 @@ async fn schedules_are_bounded_in_number_and_input_size() {
     big.input = json!("x".repeat(70 * 1024));
     let err = keel_engine::schedules::validate(&big, &StoreConfig::default()).unwrap_err();
     assert!(err.to_string().contains("schedule's input"), "{err}");
+}
+
+/// A server that started a tick's run and died before moving the schedule on:
+/// the next pass takes that run as the tick's (recorded as the last run, not
+/// skipped because the run before it is still live), and starts nothing twice.
+#[tokio::test]
+async fn a_crash_between_starting_a_ticks_run_and_moving_on_loses_and_duplicates_nothing() {
+    let (store, clock) = store_at(ms(2027, 5, 1, 12, 0, 0) + 100).await;
+    let every = spec("every-second", "* * * * * *", "UTC");
+    put(&store, &every).await;
+    set(&store, &clock, ms(2027, 5, 1, 12, 0, 1) + 300);
+    let first = fire_due(store.as_ref(), store.wall_ms(), 10).await.unwrap();
+    assert_eq!(first.len(), 1, "the first tick's run, still pending (live)");
+
+    // The next tick: a server creates its run, then dies before `advance`.
+    let tick = ms(2027, 5, 1, 12, 0, 2);
+    set(&store, &clock, tick + 300);
+    let orphan = start_tick(store.as_ref(), &every, tick).await.unwrap().unwrap();
+    let before = store.list_runs(&Default::default()).await.unwrap().runs.len();
+
+    let again = fire_due(store.as_ref(), store.wall_ms(), 10).await.unwrap();
+    assert_eq!(again, std::slice::from_ref(&orphan), "the orphan is the tick's run");
+    assert_eq!(store.list_runs(&Default::default()).await.unwrap().runs.len(), before, "no second run");
+    let stored = store.get_schedule("every-second").await.unwrap().unwrap();
+    assert_eq!(stored.state.last_run_id.as_ref(), Some(&orphan));
+    assert_eq!(stored.state.last_skip, None);
+    assert_eq!(stored.next_ms, Some(ms(2027, 5, 1, 12, 0, 3)));
 }
