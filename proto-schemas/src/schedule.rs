@@ -91,6 +91,13 @@ pub struct Schedule {
     pub paused: bool,
     /// The next ticks (ms since the Unix epoch), soonest first; empty while paused.
     pub next_fire_times: Vec<u64>,
+    #[serde(flatten)]
+    pub state: ScheduleState,
+}
+
+/// What the scheduler keeps between ticks (shown with the schedule).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct ScheduleState {
     /// The last tick handled (started, skipped or failed to start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_tick_ms: Option<u64>,
@@ -98,17 +105,6 @@ pub struct Schedule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run_id: Option<RunId>,
     /// Why the last tick started nothing, when it did not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_skip: Option<String>,
-}
-
-/// What the scheduler keeps between ticks.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct ScheduleState {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_tick_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_run_id: Option<RunId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_skip: Option<String>,
 }

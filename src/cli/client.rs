@@ -288,13 +288,13 @@ pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
     };
     let answer: keel_proto::http::SigningKey = json(request.send().await).await?;
     for key in &answer.keys {
-        println!("{}\t{}\tsince {}", key.id, key.standard_webhooks, since(key.since_ms));
+        println!("{}\t{}\tsince {}", key.id, key.standard_webhooks, utc_time(key.since_ms));
     }
     Ok(())
 }
 
-/// A key's start as an RFC 3339 time (UTC), or "the start" for a key of unknown age.
-fn since(ms: u64) -> String {
+/// Ms since the epoch as an RFC 3339 time (UTC); 0 (a key of unknown age) as "the start".
+fn utc_time(ms: u64) -> String {
     if ms == 0 {
         return "the start".into();
     }
@@ -355,7 +355,7 @@ pub async fn schedules(args: SchedulesArgs) -> anyhow::Result<()> {
             let list: keel_proto::ScheduleList =
                 json(server.request(reqwest::Method::GET, "/v1/schedules").send().await).await?;
             for s in &list.schedules {
-                let next = s.next_fire_times.first().map_or_else(|| "-".to_owned(), |ms| since(*ms));
+                let next = s.next_fire_times.first().map_or_else(|| "-".to_owned(), |ms| utc_time(*ms));
                 let state = if s.paused { "paused" } else { "active" };
                 println!(
                     "{}\t{}\t{} ({})\t{state}\tnext {next}",
@@ -372,7 +372,7 @@ pub async fn schedules(args: SchedulesArgs) -> anyhow::Result<()> {
             let body = serde_json::json!({"id": id, "workflow": workflow, "cron": cron, "timezone": timezone,
                 "input": read_json_arg(&input)?, "overlap": overlap, "catch_up": catch_up});
             let one: keel_proto::Schedule = json(post("/v1/schedules".into()).json(&body).send().await).await?;
-            let next: Vec<String> = one.next_fire_times.iter().map(|ms| since(*ms)).collect();
+            let next: Vec<String> = one.next_fire_times.iter().map(|ms| utc_time(*ms)).collect();
             println!("schedule {} set; next ticks: {}", one.spec.id, next.join(", "));
         }
         SchedulesAction::Pause { id } => {

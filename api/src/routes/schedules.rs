@@ -26,14 +26,7 @@ fn view(stored: StoredSchedule) -> Schedule {
         }
         _ => Vec::new(),
     };
-    Schedule {
-        spec: stored.spec,
-        paused: stored.paused,
-        next_fire_times,
-        last_tick_ms: stored.state.last_tick_ms,
-        last_run_id: stored.state.last_run_id,
-        last_skip: stored.state.last_skip,
-    }
+    Schedule { spec: stored.spec, paused: stored.paused, next_fire_times, state: stored.state }
 }
 
 async fn find(state: &AppState, id: &str) -> ApiResult<StoredSchedule> {

@@ -280,7 +280,7 @@ pub trait Store: RunStore + HookStore + RegistryStore + ScheduleStore + fmt::Deb
     /// The store's clock, ms since the epoch: the wall clock, or a test's
     /// movable one (the memory store's). Schedules tick by it.
     fn wall_ms(&self) -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        crate::Clock::now_ms(&crate::SystemClock)
     }
 
     /// Another handle on the same data whose connections are driven by the
