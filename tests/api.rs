@@ -1040,7 +1040,9 @@ async fn a_schedule_on_three_servers_starts_one_run_per_tick() {
     assert!(after <= before + 1, "a paused schedule does not tick ({before} -> {after}; one may have been in flight)");
     let triggered = http.post(url(1, "/v1/schedules/every-2s/trigger")).send().await.unwrap();
     assert_eq!(triggered.status(), 201);
-    let run_id = triggered.json::<Value>().await.unwrap()["run_id"].as_str().unwrap().to_owned();
+    let triggered: Value = triggered.json().await.unwrap();
+    assert!(schema("http/triggered-run.json").is_valid(&triggered), "{triggered}");
+    let run_id = triggered["run_id"].as_str().unwrap().to_owned();
     let run: Value = http.get(url(0, &format!("/v1/runs/{run_id}"))).send().await.unwrap().json().await.unwrap();
     assert_eq!(run["labels"], json!({"schedule": "every-2s", "team": "core"}));
     let resumed: Value = http.post(url(0, "/v1/schedules/every-2s/resume")).send().await.unwrap().json().await.unwrap();

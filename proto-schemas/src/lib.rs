@@ -20,7 +20,8 @@ pub use ids::{IdError, RunId, validate_event_key, validate_idempotency_key, vali
 pub use journal::{ChildOutcome, JOURNAL_VERSION, JournalEntry, JournalEvent, JournalRecord};
 pub use run::{ErrorInfo, ParentRef, RunPage, RunStatus, RunSummary};
 pub use schedule::{
-    CatchUp, Overlap, Schedule, ScheduleList, ScheduleSpec, ScheduleState, scheduled_run_id, validate_schedule_id,
+    CatchUp, Overlap, Schedule, ScheduleList, ScheduleSpec, ScheduleState, TriggeredRun, scheduled_run_id,
+    validate_schedule_id,
 };
 pub use task::{TASK_VERSION, Task};
 pub use webhook::{
@@ -50,6 +51,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("http/schedule-spec.json", schemars::schema_for!(ScheduleSpec)),
         ("http/schedule.json", schemars::schema_for!(Schedule)),
         ("schedule-state.json", schemars::schema_for!(ScheduleState)),
+        ("http/triggered-run.json", schemars::schema_for!(TriggeredRun)),
         ("agent/http-input.json", schemars::schema_for!(agent::AgentHttpInput)),
         ("agent/llm-input.json", schemars::schema_for!(agent::AgentLlmInput)),
         ("agent/plan-request.json", schemars::schema_for!(agent::PlanRequest)),

@@ -109,6 +109,12 @@ pub struct ScheduleState {
     pub last_skip: Option<String>,
 }
 
+/// `POST /v1/schedules/{id}/trigger`: the run it started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+pub struct TriggeredRun {
+    pub run_id: RunId,
+}
+
 /// `GET /v1/schedules`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct ScheduleList {

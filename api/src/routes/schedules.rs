@@ -7,8 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use keel_engine::StoredSchedule;
 use keel_engine::schedules::{Cadence, start_tick, validate};
-use keel_proto::{Schedule, ScheduleList, ScheduleSpec};
-use serde::Serialize;
+use keel_proto::{Schedule, ScheduleList, ScheduleSpec, TriggeredRun};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -106,25 +105,19 @@ pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Ap
     set_paused(&state, &id, false).await
 }
 
-/// The run a trigger started.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Triggered {
-    pub run_id: keel_proto::RunId,
-}
-
 /// Start the schedule's workflow now (paused or not), as a tick at this
 /// millisecond would; the schedule's own ticks go on unchanged.
 #[utoipa::path(post, path = "/v1/schedules/{id}/trigger", operation_id = "triggerSchedule", tag = "schedules",
     params(("id" = String, Path)),
-    responses((status = 201, body = Triggered),
+    responses((status = 201, body = TriggeredRun),
         (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn trigger(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Reply<Triggered>)> {
+) -> ApiResult<(StatusCode, Reply<TriggeredRun>)> {
     let stored = find(&state, &id).await?;
     match start_tick(state.store().as_ref(), &stored.spec, state.store().wall_ms()).await? {
-        Ok(run_id) => Ok((StatusCode::CREATED, Reply(Triggered { run_id }))),
+        Ok(run_id) => Ok((StatusCode::CREATED, Reply(TriggeredRun { run_id }))),
         Err(why) => Err(ApiError::UnknownWorkflow(why)),
     }
 }
