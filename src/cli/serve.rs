@@ -120,7 +120,7 @@ fn built_in_worker(
         .store(store)
         .lease(settings.lease()?)
         .concurrency(settings.concurrency.unwrap_or(32))
-        .signing_key(signer)
+        .decided_signing_keys(signer)
         .allow_private_targets(settings.allow_private_targets.unwrap_or(false));
     for workflow in keel_workflows::all() {
         builder = builder.register(workflow);

@@ -110,6 +110,9 @@ pub struct WorkerBuilder {
     default_retry: Option<RetryPolicy>,
     interceptor: Option<Interceptor>,
     calls: crate::CallSettings,
+    /// The caller decided the signer against the deployment's keys (and
+    /// follows them): build uses it as it is (see `decided_signing_keys`).
+    signer_decided: bool,
     max_value_bytes: Option<usize>,
     partitions: Option<u16>,
     wait_replicas: Option<u32>,
@@ -274,6 +277,15 @@ impl WorkerBuilder {
         self
     }
 
+    /// Sign with what [`crate::signing::signing_keys`] already decided in this
+    /// process (`keel dev`, `keel worker`): the worker shares that signer, and
+    /// its follower, instead of deciding and following again.
+    pub fn decided_signing_keys(mut self, signer: keel_net::Signer) -> Self {
+        self.calls.signer = Some(signer);
+        self.signer_decided = true;
+        self
+    }
+
     /// Let `ctx.call` reach private and loopback addresses (off by default).
     pub fn allow_private_targets(mut self, allow: bool) -> Self {
         self.calls.allow_private_targets = allow;
@@ -326,23 +338,30 @@ impl WorkerBuilder {
         // of the deployment made them; rotations reach it within seconds), so
         // services verify them with /v1/webhooks/signing-key of any server;
         // or with a KEEL_SIGNING_KEY of its own the deployment does not have.
-        let (offer, own) = match calls.signer.take() {
-            Some(signer) => (signer, true),
-            None => {
-                (keel_net::Signer::generate().map_err(|e| WorkerError::Setting(format!("signing key: {e}")))?, false)
+        let signer = match calls.signer.take() {
+            Some(decided) if self.signer_decided => decided,
+            given => {
+                let (offer, own) = match given {
+                    Some(signer) => (signer, true),
+                    None => (
+                        keel_net::Signer::generate().map_err(|e| WorkerError::Setting(format!("signing key: {e}")))?,
+                        false,
+                    ),
+                };
+                match crate::signing::signing_keys(&store, offer, own).await? {
+                    crate::signing::SigningKeys::Deployment(signer) => signer,
+                    crate::signing::SigningKeys::Own { signer, deployment_public_key } => {
+                        tracing::warn!(
+                            deployment_public_key = %deployment_public_key,
+                            "KEEL_SIGNING_KEY is not one of the deployment's signing keys: this worker signs calls \
+                             with its own, which services that fetched a server's keys will refuse"
+                        );
+                        signer
+                    }
+                }
             }
         };
-        calls.signer = Some(match crate::signing::signing_keys(&store, offer, own).await? {
-            crate::signing::SigningKeys::Deployment(signer) => signer,
-            crate::signing::SigningKeys::Own { signer, deployment_public_key } => {
-                tracing::warn!(
-                    deployment_public_key = %deployment_public_key,
-                    "KEEL_SIGNING_KEY is not one of the deployment's signing keys: this worker signs calls with its own, \
-                     which services that fetched a server's keys will refuse"
-                );
-                signer
-            }
-        });
+        calls.signer = Some(signer);
         Ok(Worker {
             store,
             workflows,
