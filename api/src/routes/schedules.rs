@@ -44,7 +44,14 @@ pub async fn put(
     State(state): State<AppState>,
     Json(spec): Json<ScheduleSpec>,
 ) -> ApiResult<(StatusCode, Reply<Schedule>)> {
-    let cadence = validate(&spec, state.store().config())?;
+    // A cron that never matches (30 February) is only known after a search
+    // of years ahead: off the async threads.
+    let (spec, cadence) = {
+        let config = state.store().config().clone();
+        tokio::task::spawn_blocking(move || validate(&spec, &config).map(|cadence| (spec, cadence)))
+            .await
+            .map_err(|e| ApiError::Internal(format!("validating a schedule: {e}")))??
+    };
     let next = cadence.next_after(state.store().wall_ms());
     let created = state.store().put_schedule(&spec, next).await?;
     let stored = find(&state, &spec.id).await?;
