@@ -175,6 +175,18 @@ impl Keys {
         format!("{}:queue:{workflow}", self.prefix)
     }
 
+    /// The queue of a workflow's runs of one priority: the default priority's
+    /// is [`queue`](Self::queue) itself (deployments that never set one have
+    /// one queue per workflow, as before priorities), the others `…:p<n>`
+    /// (workflow names have no `:`).
+    pub fn queue_at(&self, workflow: &str, priority: u8) -> String {
+        if priority == keel_proto::DEFAULT_PRIORITY {
+            self.queue(workflow)
+        } else {
+            format!("{}:queue:{workflow}:p{priority}", self.prefix)
+        }
+    }
+
     /// Sorted set: every run by creation time.
     pub fn runs(&self) -> String {
         format!("{}:runs", self.prefix)

@@ -191,6 +191,7 @@ pub async fn start_tick(
             labels,
             parent: None,
             callback_url: None,
+            priority: None,
         })
         .await?;
     Ok(Ok(run_id))

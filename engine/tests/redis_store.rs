@@ -196,7 +196,7 @@ async fn scripts_are_reloaded_after_a_script_flush() {
     let task = store.claim(&claim_req("w")).await.unwrap();
     assert_eq!(task.len(), 1);
     let info: String = redis::cmd("INFO").arg("memory").query_async(&mut raw).await.unwrap();
-    assert!(info.contains("number_of_cached_scripts:2"), "create and claim were reloaded by SHA: {info}");
+    assert!(info.contains("number_of_cached_scripts:3"), "create, read and claim were reloaded by SHA: {info}");
 }
 
 /// Retry an operation while the store reconnects to a restarted Redis (bounded).

@@ -27,6 +27,13 @@ pub struct StartRunRequest {
     pub callback_url: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// 1 to 5 (default 3): among the workflow's queued runs, higher is claimed
+    /// first; equal priorities keep arrival order. Lower ones are never starved:
+    /// at least one claim in ten serves the lowest waiting priority first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 5))]
+    #[schema(minimum = 1, maximum = 5)]
+    pub priority: Option<u8>,
 }
 
 /// The answer to a start (and to a long-poll for a result).

@@ -18,7 +18,7 @@ mod worker;
 
 pub use ids::{IdError, RunId, validate_event_key, validate_idempotency_key, validate_workflow_name};
 pub use journal::{ChildOutcome, JOURNAL_VERSION, JournalEntry, JournalEvent, JournalRecord};
-pub use run::{ErrorInfo, ParentRef, RunPage, RunStatus, RunSummary};
+pub use run::{DEFAULT_PRIORITY, ErrorInfo, PRIORITIES, ParentRef, RunPage, RunStatus, RunSummary, validate_priority};
 pub use schedule::{
     CatchUp, Overlap, Schedule, ScheduleList, ScheduleSpec, ScheduleState, TriggeredRun, scheduled_run_id,
     validate_schedule_id,

@@ -10,6 +10,28 @@ use serde_json::Value;
 
 use crate::RunId;
 
+/// A run's priority when none is given: the middle of [`PRIORITIES`].
+pub const DEFAULT_PRIORITY: u8 = 3;
+/// The priorities a run may have: 5 is claimed first, 1 last.
+pub const PRIORITIES: std::ops::RangeInclusive<u8> = 1..=5;
+
+/// Whether `priority` is one of [`PRIORITIES`]; the message says what is.
+pub fn validate_priority(priority: u8) -> Result<(), String> {
+    if PRIORITIES.contains(&priority) {
+        Ok(())
+    } else {
+        Err(format!(
+            "priority must be {} to {} (higher is claimed first; {DEFAULT_PRIORITY} unless given), got {priority}",
+            PRIORITIES.start(),
+            PRIORITIES.end()
+        ))
+    }
+}
+
+fn default_priority() -> u8 {
+    DEFAULT_PRIORITY
+}
+
 /// Where a run stands.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
@@ -111,6 +133,11 @@ pub struct RunSummary {
     pub workflow: String,
     pub version: u32,
     pub status: RunStatus,
+    /// 1 to 5: among queued runs of a workflow, higher is claimed first.
+    #[serde(default = "default_priority")]
+    #[schemars(range(min = 1, max = 5))]
+    #[schema(minimum = 1, maximum = 5)]
+    pub priority: u8,
     /// Unix milliseconds, server time.
     pub created_at_ms: u64,
     pub updated_at_ms: u64,

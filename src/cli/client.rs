@@ -68,6 +68,9 @@ pub struct RunArgs {
     /// Start later (e.g. 30s).
     #[arg(long)]
     delay: Option<String>,
+    /// 1 to 5 (default 3): among queued runs of the workflow, higher is claimed first.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+    priority: Option<u8>,
     #[command(flatten)]
     server: Server,
 }
@@ -89,6 +92,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         delay: args.delay,
         callback_url: None,
         labels: Default::default(),
+        priority: args.priority,
     };
     let mut request =
         args.server.request(reqwest::Method::POST, &format!("/v1/workflows/{}/runs", args.workflow)).json(&body);

@@ -47,6 +47,8 @@ pub struct StartOptions {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Also send this run's webhook events here.
     pub callback_url: Option<String>,
+    /// 1 to 5 (default 3): among queued runs of the workflow, higher is claimed first.
+    pub priority: Option<u8>,
 }
 
 /// A client of one Keel server.
@@ -131,6 +133,7 @@ impl Client {
             delay: options.delay,
             callback_url: options.callback_url,
             labels: options.labels,
+            priority: options.priority,
         };
         let mut request = self.request(reqwest::Method::POST, &format!("/v1/workflows/{workflow}/runs")).json(&body);
         if let Some(key) = &options.idempotency_key {

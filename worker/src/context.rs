@@ -741,6 +741,8 @@ impl Context {
                         input,
                         run_id: Some(child_run_id.clone()),
                         parent: Some(ParentRef { run_id: core.lease.run_id.clone(), step_id: step_id.clone() }),
+                        // A child is as urgent as the run waiting for it.
+                        priority: Some(core.lease.priority),
                         ..Default::default()
                     })
                     .await;

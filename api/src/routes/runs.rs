@@ -70,6 +70,9 @@ pub async fn start(
             .await
             .map_err(|e| ApiError::TargetRefused(e.to_string()))?;
     }
+    if let Some(priority) = body.priority {
+        keel_proto::validate_priority(priority).map_err(ApiError::InvalidRequest)?;
+    }
     let idempotency_key = crate::util::idempotency_key(&headers)?;
     let version = workflow.versions.iter().max().copied().unwrap_or(1);
     let req = CreateRun {
@@ -82,6 +85,7 @@ pub async fn start(
         labels: body.labels,
         parent: None,
         callback_url: body.callback_url,
+        priority: body.priority,
     };
     // A caller that waits, with a worker in this process free to run it now:
     // the run is created leased to that worker (keel_engine::handoff).

@@ -39,6 +39,17 @@ pub struct CreateRun {
     pub parent: Option<ParentRef>,
     /// Also send this run's webhook events to this URL.
     pub callback_url: Option<String>,
+    /// 1 to 5, higher claimed first ([`keel_proto::DEFAULT_PRIORITY`] when
+    /// `None`). Not part of the run's fingerprint: a repeated start that only
+    /// changes the priority is the same run.
+    pub priority: Option<u8>,
+}
+
+impl CreateRun {
+    /// The priority the run gets.
+    pub fn priority(&self) -> u8 {
+        self.priority.unwrap_or(keel_proto::DEFAULT_PRIORITY)
+    }
 }
 
 /// Who gets a run [`RunStore::create_claimed`] creates.
@@ -84,6 +95,13 @@ pub struct Lease {
     pub epoch: u64,
     /// The queue entry this lease came from; acked when the lease ends.
     pub task_id: String,
+    /// The run's priority: which of the workflow's queues `task_id` is in.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+}
+
+fn default_priority() -> u8 {
+    keel_proto::DEFAULT_PRIORITY
 }
 
 /// A claimed task: the lease, and what the worker needs to replay the run.
@@ -660,6 +678,9 @@ pub(crate) const DELIVERY_LOG_LEN: usize = 100;
 
 pub(crate) fn validate_create(req: &CreateRun, config: &StoreConfig) -> Result<()> {
     keel_proto::validate_workflow_name(&req.workflow)?;
+    if let Some(priority) = req.priority {
+        keel_proto::validate_priority(priority).map_err(Error::Invalid)?;
+    }
     crate::check_value_size("run's input", &req.input, config.max_value_bytes)?;
     if let Some(key) = &req.idempotency_key {
         keel_proto::validate_idempotency_key(key)?;

@@ -1737,3 +1737,142 @@ pub async fn schedules_move_on_from_a_tick_once(f: Fixture) {
     assert!(matches!(err, keel_engine::Error::Invalid(_)), "{err}");
     assert!(!s.put_schedule(&spec("b", "*/2 * * * *"), None).await.unwrap(), "a replace still goes");
 }
+
+/// Run ids that all live in one partition (a partitioned store orders claims
+/// by priority within each partition: it takes from partitions in turn).
+fn ids_in_one_partition(f: &Fixture, prefix: &str, n: usize) -> Vec<RunId> {
+    let parts = f.partitions();
+    let home = keel_engine::keys::partition_of("home", parts);
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|id| keel_engine::keys::partition_of(id, parts) == home)
+        .take(n)
+        .map(|id| RunId::new(id).unwrap())
+        .collect()
+}
+
+pub async fn priorities_order_claims_and_the_lowest_still_gets_its_turn(f: Fixture) {
+    let s = f.store.as_ref();
+    for bad in [0, 6, 255] {
+        let refused = s.create_run(CreateRun { priority: Some(bad), ..start(json!(1)) }).await;
+        assert!(matches!(refused, Err(Error::Invalid(ref m)) if m.contains("priority must be 1 to 5")), "{refused:?}");
+    }
+    // Created interleaved: 1, 3 (the default), 5, 1, 3, 5, …
+    let ids = ids_in_one_partition(&f, "prio", 9);
+    let level = |i: usize| [Some(1), None, Some(5)][i % 3];
+    for (i, id) in ids.iter().enumerate() {
+        let req = CreateRun { run_id: Some(id.clone()), priority: level(i), ..start(json!(i)) };
+        s.create_run(req).await.unwrap();
+    }
+    let summary = s.get_run(&ids[2]).await.unwrap().unwrap();
+    assert_eq!(summary.priority, 5);
+    assert_eq!(s.get_run(&ids[1]).await.unwrap().unwrap().priority, 3, "the default");
+    let of_level = |p: u8| -> Vec<RunId> {
+        ids.iter().enumerate().filter(|(i, _)| level(*i).unwrap_or(3) == p).map(|(_, id)| id.clone()).collect()
+    };
+    let claim3 = || Claim { max: 3, ..claim_req("w", 30_000, 0) };
+    // Highest first; equal priorities in arrival order.
+    let fives = s.claim(&claim3()).await.unwrap();
+    let got: Vec<RunId> = fives.iter().map(|t| t.lease.run_id.clone()).collect();
+    assert_eq!(got, of_level(5), "priority 5 first, in creation order");
+    // A released priority-5 run goes back to its own queue: ahead of the rest again.
+    s.finish(&fives[0].lease, &[], Finish::Release).await.unwrap();
+    let again = s.claim(&Claim { max: 1, ..claim3() }).await.unwrap();
+    assert_eq!(again[0].lease.run_id, ids[2], "released, it is still priority 5");
+    let threes: Vec<RunId> = s.claim(&claim3()).await.unwrap().iter().map(|t| t.lease.run_id.clone()).collect();
+    assert_eq!(threes, of_level(3));
+    let ones: Vec<RunId> = s.claim(&claim3()).await.unwrap().iter().map(|t| t.lease.run_id.clone()).collect();
+    assert_eq!(ones, of_level(1));
+
+    // A steady supply of priority 5 cannot starve priority 1: with one run of
+    // priority 1 queued behind ten of priority 5, it is claimed within ten
+    // claims (one claim in ten serves the lowest priority first).
+    let more = ids_in_one_partition(&f, "flood", 11);
+    let refills = ids_in_one_partition(&f, "refill", 10);
+    let low = more[10].clone();
+    for id in &more[..10] {
+        s.create_run(CreateRun { run_id: Some(id.clone()), priority: Some(5), ..start(json!(id.as_str())) })
+            .await
+            .unwrap();
+    }
+    s.create_run(CreateRun { run_id: Some(low.clone()), priority: Some(1), ..start(json!("low")) }).await.unwrap();
+    let mut turn = None;
+    for n in 1..=10 {
+        let task = s.claim(&Claim { max: 1, ..claim3() }).await.unwrap().pop().expect("a task");
+        if task.lease.run_id == low {
+            turn = Some(n);
+            break;
+        }
+        // Another priority-5 run arrives for each one taken: the flood never ebbs.
+        let next = refills[n - 1].clone();
+        s.create_run(CreateRun { run_id: Some(next), priority: Some(5), ..start(json!(n)) }).await.unwrap();
+    }
+    assert!(turn.is_some(), "priority 1 got no claim in ten under a flood of priority 5");
+}
+
+/// Every path that queues a run again (a timer, an event, resume, retry,
+/// unpark) puts it in its own priority's queue, and a cancel withdraws it from
+/// there: each time, a queued priority-1 run waits while it is taken first.
+pub async fn a_runs_priority_holds_on_every_way_back_to_its_queue(f: Fixture) {
+    let s = f.store.as_ref();
+    let [low, high]: [RunId; 2] = ids_in_one_partition(&f, "way", 2).try_into().unwrap();
+    s.create_run(CreateRun { run_id: Some(low.clone()), priority: Some(1), ..start(json!("low")) }).await.unwrap();
+    s.create_run(CreateRun { run_id: Some(high.clone()), priority: Some(5), ..start(json!("high")) }).await.unwrap();
+    let one = || Claim { max: 1, ..claim_req("w", 30_000, 0) };
+    let next = || async { s.claim(&one()).await.unwrap().pop().expect("a task") };
+    let task = next().await;
+    assert_eq!(task.lease.run_id, high);
+
+    // A timer.
+    let sleep = Suspension { wake_at_ms: Some(task.now_ms), waits: vec![] };
+    s.finish(&task.lease, &[], Finish::Suspend(sleep)).await.unwrap();
+    assert_eq!(s.fire_due_timers(10).await.unwrap(), vec![high.clone()]);
+    let task = next().await;
+    assert_eq!(task.lease.run_id, high, "woken by its timer");
+
+    // An event.
+    let wait = EventWait { step_id: "go".into(), keys: vec!["prio:go".into()], since_ms: task.now_ms };
+    s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: None, waits: vec![wait] })).await.unwrap();
+    assert_eq!(s.deliver_event("prio:go", &json!(1)).await.unwrap().woken, vec![high.clone()]);
+    let task = next().await;
+    assert_eq!(task.lease.run_id, high, "woken by an event");
+
+    // Pause while queued, resume.
+    s.finish(&task.lease, &[], Finish::Release).await.unwrap();
+    assert_eq!(s.pause(&high).await.unwrap(), keel_engine::PauseOutcome::Paused);
+    assert_eq!(s.resume(&high).await.unwrap(), keel_engine::ResumeOutcome::Resumed);
+    let task = next().await;
+    assert_eq!(task.lease.run_id, high, "resumed");
+
+    // Fail, retry.
+    s.finish(&task.lease, &[], Finish::Fail { error: ErrorInfo::new("step_failed", "no") }).await.unwrap();
+    s.retry(&high).await.unwrap();
+    let task = next().await;
+    assert_eq!(task.lease.run_id, high, "retried");
+
+    // Parked for want of its version, unparked.
+    s.finish(&task.lease, &[], Finish::Release).await.unwrap();
+    let other_version = Claim { versions: [(WF.to_owned(), vec![2])].into(), max: 10, ..one() };
+    assert!(s.claim(&other_version).await.unwrap().is_empty(), "both parked");
+    let mut unparked = s.unpark(WF, &[1]).await.unwrap();
+    unparked.sort();
+    assert_eq!(unparked.len(), 2);
+    let task = next().await;
+    assert_eq!(task.lease.run_id, high, "unparked");
+
+    // Its task lost (as after Redis lost its last writes), queued again by the repair.
+    s.finish(&task.lease, &[], Finish::Release).await.unwrap();
+    f.lose_queued_tasks(WF).await;
+    let mut fixed = s.reconcile(100).await.unwrap();
+    fixed.sort();
+    assert!(fixed.contains(&high), "{fixed:?}");
+    let task = next().await;
+    assert_eq!(task.lease.run_id, high, "queued again by the repair");
+
+    // Cancelled while queued: its task leaves its queue.
+    s.finish(&task.lease, &[], Finish::Release).await.unwrap();
+    assert_eq!(s.request_cancel(&high, None).await.unwrap(), CancelOutcome::Cancelled);
+    let task = next().await;
+    assert_eq!(task.lease.run_id, low, "only the priority-1 run is left");
+    assert!(s.claim(&one()).await.unwrap().is_empty(), "nothing else queued");
+}

@@ -113,6 +113,11 @@ impl Fixture {
         !matches!(self.backend, Backend::Cluster { .. })
     }
 
+    /// How many partitions the store's namespace has.
+    pub fn partitions(&self) -> u16 {
+        if matches!(self.backend, Backend::Cluster { .. }) { CLUSTER_PARTITIONS } else { 1 }
+    }
+
     pub fn is_redis(&self) -> bool {
         !matches!(self.backend, Backend::Memory(_))
     }
@@ -171,7 +176,10 @@ impl Fixture {
             Backend::Memory(store) => store.lose_queued_tasks(),
             Backend::Redis { store, .. } | Backend::Cluster { store, .. } => {
                 for keys in store.partition_keys() {
-                    let _: Option<()> = self.raw_query(redis::cmd("DEL").arg(keys.queue(workflow))).await;
+                    for priority in keel_engine::proto::PRIORITIES {
+                        let queue = keys.queue_at(workflow, priority);
+                        let _: Option<()> = self.raw_query(redis::cmd("DEL").arg(queue)).await;
+                    }
                 }
             }
         }

@@ -75,6 +75,8 @@ conformance!(
     the_first_signing_key_offered_is_the_deployments,
     signing_keys_rotate_and_retire_without_ever_leaving_none,
     schedules_move_on_from_a_tick_once,
+    priorities_order_claims_and_the_lowest_still_gets_its_turn,
+    a_runs_priority_holds_on_every_way_back_to_its_queue,
     a_run_created_claimed_is_leased_and_outlives_its_worker,
     a_finished_child_wakes_its_waiting_parent,
     parallel_waits_each_get_their_own_event,

@@ -58,6 +58,12 @@ fn parse_sid(s: &str) -> Result<Sid> {
         .ok_or_else(|| Error::Invalid(format!("{s:?} is not a journal sequence number (<ms>-<n>)")))
 }
 
+/// A queue's name: a workflow's runs of one priority (the Redis store's
+/// `queue_at`: the default priority's is the workflow's name).
+fn queue_name(workflow: &str, priority: u8) -> String {
+    if priority == keel_proto::DEFAULT_PRIORITY { workflow.to_owned() } else { format!("{workflow}:p{priority}") }
+}
+
 /// The in-process [`Store`].
 pub struct MemoryStore {
     config: StoreConfig,
@@ -67,6 +73,8 @@ pub struct MemoryStore {
     queued: Notify,
     /// Woken whenever a journal grows (watchers, the outbox).
     appended: Notify,
+    /// Claim reads made: every tenth goes lowest priority first (as in Redis).
+    reads: std::sync::atomic::AtomicUsize,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -81,6 +89,7 @@ struct State {
     /// (event key, client id) -> the event id it got, and until when it counts.
     event_ids: HashMap<(String, String), (String, u64)>,
     runs: HashMap<RunId, Run>,
+    /// By [`queue_name`]: a workflow's runs of one priority.
     queues: HashMap<String, Queue>,
     timers: BTreeSet<(u64, RunId)>,
     waiters: HashMap<String, BTreeSet<RunId>>,
@@ -108,6 +117,7 @@ struct State {
 struct Run {
     workflow: String,
     version: u32,
+    priority: u8,
     status: RunStatus,
     created: u64,
     updated: u64,
@@ -146,6 +156,7 @@ impl Run {
             workflow: self.workflow.clone(),
             version: self.version,
             status: self.status,
+            priority: self.priority,
             created_at_ms: self.created,
             updated_at_ms: self.updated,
             finished_at_ms: self.finished,
@@ -216,13 +227,14 @@ impl State {
         let tid = self.next_id(now);
         let run = self.run_mut(id)?;
         run.task = Some(tid);
-        let workflow = run.workflow.clone();
-        self.queues.entry(workflow).or_default().entries.insert(tid, id.clone());
+        let queue = queue_name(&run.workflow, run.priority);
+        self.queues.entry(queue).or_default().entries.insert(tid, id.clone());
         Ok(())
     }
 
-    fn ack(&mut self, workflow: &str, tid: Option<Sid>) {
-        if let (Some(tid), Some(queue)) = (tid, self.queues.get_mut(workflow)) {
+    /// Ack and drop entry `tid` of queue `queue` ([`queue_name`]).
+    fn ack(&mut self, queue: &str, tid: Option<Sid>) {
+        if let (Some(tid), Some(queue)) = (tid, self.queues.get_mut(queue)) {
             queue.entries.remove(&tid);
             queue.pending.remove(&tid);
         }
@@ -393,10 +405,12 @@ impl State {
         config: &StoreConfig,
         req: &Claim,
         workflow: &str,
+        priority: u8,
         tid: Sid,
         now: u64,
     ) -> Result<Option<ClaimedTask>> {
-        let Some(queue) = self.queues.get(workflow) else { return Ok(None) };
+        let queue_name = queue_name(workflow, priority);
+        let Some(queue) = self.queues.get(&queue_name) else { return Ok(None) };
         let (Some(pending), Some(run_id)) = (queue.pending.get(&tid), queue.entries.get(&tid)) else {
             return Ok(None);
         };
@@ -406,11 +420,11 @@ impl State {
         let deliveries = pending.deliveries;
         let run_id = run_id.clone();
         let Some(run) = self.runs.get(&run_id) else {
-            self.ack(workflow, Some(tid));
+            self.ack(&queue_name, Some(tid));
             return Ok(None);
         };
         if run.status.is_final() || run.task != Some(tid) {
-            self.ack(workflow, Some(tid));
+            self.ack(&queue_name, Some(tid));
             return Ok(None);
         }
         if run.live_lease(now).is_some() {
@@ -420,7 +434,7 @@ impl State {
             && !versions.contains(&run.version)
         {
             let reason = format!("no live worker has {workflow} v{}", run.version);
-            self.ack(workflow, Some(tid));
+            self.ack(&queue_name, Some(tid));
             let run = self.run_mut(&run_id)?;
             run.task = None;
             run.status = RunStatus::Pending;
@@ -442,7 +456,7 @@ impl State {
             self.append(&run_id, vec![entry], now)?;
             self.run_mut(&run_id)?.error = Some(error.clone());
             self.finalize(&run_id, RunStatus::Failed, now, config.retention)?;
-            self.ack(workflow, Some(tid));
+            self.ack(&queue_name, Some(tid));
             self.notify_parent(config, &run_id, &ChildOutcome::Failed { error }, now)?;
             return Ok(None);
         }
@@ -460,6 +474,7 @@ impl State {
                 worker_id: req.worker_id.clone(),
                 epoch: run.epoch,
                 task_id: sid_text(tid),
+                priority,
             },
             run: run.summary(&run_id),
             journal,
@@ -476,7 +491,14 @@ impl MemoryStore {
 
     /// A store whose time is `clock` (a [`ManualClock`](crate::ManualClock) lets tests skip time).
     pub fn with_clock(config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
-        Self { config, clock, state: Mutex::new(State::default()), queued: Notify::new(), appended: Notify::new() }
+        Self {
+            config,
+            clock,
+            state: Mutex::new(State::default()),
+            queued: Notify::new(),
+            appended: Notify::new(),
+            reads: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -492,12 +514,12 @@ impl MemoryStore {
         }
     }
 
-    fn try_claim_new(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
+    fn try_claim_new(&self, req: &Claim, order: &[(&String, u8)]) -> Result<Vec<ClaimedTask>> {
         let now = self.now_ms();
         let mut state = self.state();
         let mut delivered = Vec::new();
-        for workflow in &req.workflows {
-            let queue = state.queues.entry(workflow.clone()).or_default();
+        for &(workflow, priority) in order {
+            let queue = state.queues.entry(queue_name(workflow, priority)).or_default();
             let fresh: Vec<Sid> = queue
                 .entries
                 .range((std::ops::Bound::Excluded(queue.last_delivered), std::ops::Bound::Unbounded))
@@ -509,23 +531,34 @@ impl MemoryStore {
                 queue
                     .pending
                     .insert(tid, Pending { consumer: req.worker_id.clone(), delivered_at: now, deliveries: 1 });
-                delivered.push((workflow.clone(), tid));
+                delivered.push((workflow.clone(), priority, tid));
             }
             if delivered.len() >= req.max.max(1) {
                 break;
             }
         }
         let mut claimed = Vec::new();
-        for (workflow, tid) in delivered {
-            claimed.extend(state.claim_one(&self.config, req, &workflow, tid, now)?);
+        for (workflow, priority, tid) in delivered {
+            claimed.extend(state.claim_one(&self.config, req, &workflow, priority, tid, now)?);
         }
         Ok(claimed)
     }
 
+    /// The queues a claim reads, in order (as the Redis store: redis/claims.rs):
+    /// highest priority first, every tenth claim lowest first.
+    fn queue_order<'a>(&self, workflows: &'a [String]) -> Vec<(&'a String, u8)> {
+        let n = self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut levels: Vec<u8> = keel_proto::PRIORITIES.rev().collect();
+        if n % 10 == 9 {
+            levels.reverse();
+        }
+        levels.into_iter().flat_map(|pr| workflows.iter().map(move |wf| (wf, pr))).collect()
+    }
+
     fn queued_any(&self, req: &Claim) -> bool {
         let state = self.state();
-        req.workflows.iter().any(|wf| {
-            state.queues.get(wf).is_some_and(|q| {
+        req.workflows.iter().flat_map(|wf| keel_proto::PRIORITIES.map(move |pr| queue_name(wf, pr))).any(|name| {
+            state.queues.get(&name).is_some_and(|q| {
                 q.entries
                     .range((std::ops::Bound::Excluded(q.last_delivered), std::ops::Bound::Unbounded))
                     .next()

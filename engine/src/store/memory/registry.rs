@@ -18,11 +18,10 @@ impl RegistryStore for MemoryStore {
             stats.runs_by_status.insert(status, state.runs.values().filter(|r| r.status == status).count() as u64);
         }
         for workflow in workflows {
-            let (queued, in_flight) = state
-                .queues
-                .get(workflow)
+            let (queued, in_flight) = keel_proto::PRIORITIES
+                .filter_map(|pr| state.queues.get(&super::queue_name(workflow, pr)))
                 .map(|q| ((q.entries.len() - q.pending.len()) as u64, q.pending.len() as u64))
-                .unwrap_or((0, 0));
+                .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
             stats.queued.insert(workflow.clone(), queued);
             stats.in_flight.insert(workflow.clone(), in_flight);
         }

@@ -19,12 +19,13 @@ impl RunStore for MemoryStore {
     async fn claim(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
         validate_claim(req)?;
         let deadline = tokio::time::Instant::now() + req.block;
+        let order = self.queue_order(&req.workflows);
         loop {
             let notified = self.queued.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.queued_any(req) {
-                let claimed = self.try_claim_new(req)?;
+                let claimed = self.try_claim_new(req, &order)?;
                 if !claimed.is_empty() {
                     return Ok(claimed);
                 }
@@ -43,8 +44,8 @@ impl RunStore for MemoryStore {
         let min_idle = req.lease.as_millis() as u64;
         let mut state = self.state();
         let mut taken = Vec::new();
-        for workflow in &req.workflows {
-            let Some(queue) = state.queues.get_mut(workflow) else { continue };
+        for (workflow, priority) in self.queue_order(&req.workflows) {
+            let Some(queue) = state.queues.get_mut(&queue_name(workflow, priority)) else { continue };
             let mut idle: Vec<Sid> = queue
                 .pending
                 .iter()
@@ -57,13 +58,13 @@ impl RunStore for MemoryStore {
                     p.consumer = req.worker_id.clone();
                     p.delivered_at = now;
                     p.deliveries += 1;
-                    taken.push((workflow.clone(), tid));
+                    taken.push((workflow.clone(), priority, tid));
                 }
             }
         }
         let mut claimed = Vec::new();
-        for (workflow, tid) in taken {
-            claimed.extend(state.claim_one(&self.config, req, &workflow, tid, now)?);
+        for (workflow, priority, tid) in taken {
+            claimed.extend(state.claim_one(&self.config, req, &workflow, priority, tid, now)?);
         }
         Ok(claimed)
     }
@@ -73,7 +74,8 @@ impl RunStore for MemoryStore {
         let mut state = self.state();
         let run = state.fenced(lease, now)?;
         run.lease = Some((format!("{}:{}", lease.worker_id, lease.epoch), now + ttl.as_millis().max(1) as u64));
-        if let (Some(queue), Ok(tid)) = (state.queues.get_mut(&lease.workflow), parse_sid(&lease.task_id))
+        if let (Some(queue), Ok(tid)) =
+            (state.queues.get_mut(&queue_name(&lease.workflow, lease.priority)), parse_sid(&lease.task_id))
             && let Some(p) = queue.pending.get_mut(&tid)
         {
             p.consumer = lease.worker_id.clone();
@@ -131,7 +133,7 @@ impl RunStore for MemoryStore {
                 Some(RunStatus::Cancelled)
             }
             Finish::Release => {
-                state.ack(&lease.workflow, task);
+                state.ack(&queue_name(&lease.workflow, lease.priority), task);
                 let run = state.run_mut(id)?;
                 run.lease = None;
                 run.task = None;
@@ -144,7 +146,7 @@ impl RunStore for MemoryStore {
             Finish::Suspend(_) if cancel_requested => {
                 state.append(id, vec![encode_event(&JournalEvent::RunCancelled { reason: None })?], now)?;
                 state.finalize(id, RunStatus::Cancelled, now, retention)?;
-                state.ack(&lease.workflow, task);
+                state.ack(&queue_name(&lease.workflow, lease.priority), task);
                 state.notify_parent(&self.config, id, &ChildOutcome::Cancelled, now)?;
                 drop(state);
                 self.queued.notify_waiters();
@@ -154,7 +156,7 @@ impl RunStore for MemoryStore {
         };
         if let Some(status) = final_status {
             state.finalize(id, status, now, retention)?;
-            state.ack(&lease.workflow, task);
+            state.ack(&queue_name(&lease.workflow, lease.priority), task);
             let outcome = match &how {
                 Finish::Complete { output } => ChildOutcome::Completed { output: output.clone() },
                 Finish::Fail { error } => ChildOutcome::Failed { error: error.clone() },
@@ -211,7 +213,7 @@ impl RunStore for MemoryStore {
             }
             state.timers.insert((at, id.clone()));
         }
-        state.ack(&lease.workflow, task);
+        state.ack(&queue_name(&lease.workflow, lease.priority), task);
         let run = state.run_mut(id)?;
         run.task = None;
         run.lease = None;
@@ -282,10 +284,10 @@ impl RunStore for MemoryStore {
             }
             return Ok(CancelOutcome::Requested);
         }
-        let (workflow, task) = (run.workflow.clone(), run.task);
+        let (queue, task) = (queue_name(&run.workflow, run.priority), run.task);
         state.append(run_id, vec![requested, cancelled], now)?;
         state.clear_wait(run_id)?;
-        state.ack(&workflow, task);
+        state.ack(&queue, task);
         state.finalize(run_id, RunStatus::Cancelled, now, self.config.retention)?;
         state.notify_parent(&self.config, run_id, &ChildOutcome::Cancelled, now)?;
         drop(state);
@@ -370,9 +372,12 @@ impl RunStore for MemoryStore {
             match run.status {
                 // Parked runs have no task on purpose: unpark queues them.
                 RunStatus::Pending | RunStatus::Running if run.blocked.is_none() => {
-                    let queued = run
-                        .task
-                        .is_some_and(|t| state.queues.get(&run.workflow).is_some_and(|q| q.entries.contains_key(&t)));
+                    let queued = run.task.is_some_and(|t| {
+                        state
+                            .queues
+                            .get(&queue_name(&run.workflow, run.priority))
+                            .is_some_and(|q| q.entries.contains_key(&t))
+                    });
                     if !queued && run.live_lease(now).is_none() {
                         stuck.push(id.clone());
                     }
@@ -416,8 +421,8 @@ impl RunStore for MemoryStore {
         let unheld =
             run.status == RunStatus::Pending || (run.status == RunStatus::Running && run.live_lease(now).is_none());
         if unheld {
-            let (workflow, task) = (run.workflow.clone(), run.task);
-            state.ack(&workflow, task);
+            let (queue, task) = (queue_name(&run.workflow, run.priority), run.task);
+            state.ack(&queue, task);
             let run = state.run_mut(run_id)?;
             run.task = None;
             run.lease = None;
@@ -570,6 +575,7 @@ impl MemoryStore {
         state.runs.insert(
             id.clone(),
             Run {
+                priority: req.priority(),
                 workflow: req.workflow,
                 version: req.version,
                 status: if delay > 0 { RunStatus::Sleeping } else { RunStatus::Pending },
@@ -625,6 +631,7 @@ impl MemoryStore {
                     worker_id: claim.worker_id.clone(),
                     epoch: 1,
                     task_id: String::new(),
+                    priority: run.priority,
                 },
                 run: run.summary(&id),
                 journal,

@@ -5,87 +5,80 @@
 use super::*;
 
 impl RedisStore {
-    /// XREADGROUP on every queue of the claim in one partition: new entries only.
-    pub(super) async fn read_new(&self, keys: &Keys, req: &Claim) -> Result<Vec<Delivery>> {
-        let queues: Vec<String> = req.workflows.iter().map(|wf| keys.queue(wf)).collect();
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(GROUP).arg(&req.worker_id).arg("COUNT").arg(req.max.max(1));
-        if !req.block.is_zero() {
-            cmd.arg("BLOCK").arg(req.block.as_millis().max(1) as u64);
+    /// The queues a claim reads, in order: every workflow's queue of the
+    /// highest priority, then the next priority, and so on. One claim in
+    /// [`LOWEST_FIRST_EVERY`] goes lowest priority first, so a steady flood of
+    /// high-priority runs cannot starve the low ones for ever. (Per partition:
+    /// a claim takes from the partitions in turn, each in this order.)
+    pub(super) fn queue_order<'a>(&self, workflows: &'a [String]) -> Vec<ops::read::Queue<'a>> {
+        let n = self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let lowest_first = n % LOWEST_FIRST_EVERY == LOWEST_FIRST_EVERY - 1;
+        let mut levels: Vec<u8> = keel_proto::PRIORITIES.rev().collect();
+        if lowest_first {
+            levels.reverse();
         }
-        cmd.arg("STREAMS").arg(&queues);
-        for _ in &queues {
-            cmd.arg(">");
-        }
-        let reply = self.blocking_query(cmd, req.block).await?;
-        let mut out = Vec::new();
-        if let Value::Nil = reply {
-            return Ok(out);
-        }
-        for stream in array(&reply)? {
-            let stream = array(stream)?;
-            let queue = text(stream.first().ok_or_else(|| Error::corrupt("XREADGROUP reply", "empty"))?)?;
-            let workflow = req
-                .workflows
-                .iter()
-                .find(|wf| keys.queue(wf) == queue)
-                .ok_or_else(|| Error::corrupt("XREADGROUP reply", format!("unasked queue {queue}")))?;
-            for entry in array(stream.get(1).unwrap_or(&Value::Nil))? {
-                out.push(Delivery::parse(keys.index(), workflow, entry)?);
-            }
-        }
-        Ok(out)
+        levels.into_iter().flat_map(|pr| workflows.iter().map(move |wf| ops::read::Queue::new(wf, pr))).collect()
     }
 
-    /// XAUTOCLAIM on every queue of every partition: entries idle longer than the lease.
+    /// New entries of one partition's queues, at most `req.max`, highest
+    /// priority first; with `wait`, also where to block from when none.
+    pub(super) async fn read_new(
+        &self,
+        keys: &Keys,
+        req: &Claim,
+        queues: &[ops::read::Queue<'_>],
+        wait: bool,
+    ) -> Result<ops::read::Found> {
+        ops::read::call(self, keys, &req.worker_id, req.max, queues, ops::read::Read::New { wait }).await
+    }
+
+    /// Block up to `block` until any of one partition's queues gets an entry
+    /// newer than its `last` id (what [`read_new`](Self::read_new) saw: queue
+    /// key, id). A plain XREAD, not XREADGROUP: it takes nothing, so the read
+    /// that follows takes entries in priority order and no more than the
+    /// worker has room for.
+    pub(super) async fn wait_for_new(&self, last: &[(String, String)], block: Duration) -> Result<()> {
+        if last.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(1).arg("BLOCK").arg(block.as_millis().max(1) as u64).arg("STREAMS");
+        for (key, _) in last {
+            cmd.arg(key);
+        }
+        for (_, id) in last {
+            cmd.arg(id);
+        }
+        self.blocking_query(cmd, block).await?;
+        Ok(())
+    }
+
+    /// Entries idle longer than the lease, every partition's, at most `req.max`.
     pub(super) async fn read_expired(&self, req: &Claim) -> Result<Vec<Delivery>> {
         let mut out = Vec::new();
-        let mut conn = self.conn.clone();
-        let min_idle = req.lease.as_millis() as u64;
-        let queues: Vec<(&Keys, &String)> =
-            self.parts.iter().flat_map(|keys| req.workflows.iter().map(move |wf| (keys, wf))).collect();
-        for (keys, workflow) in queues {
-            let queue = keys.queue(workflow);
-            let mut cursor = "0-0".to_owned();
-            // Each call scans at most COUNT*10 pending entries; a few calls cover a
-            // large backlog, and the next reclaim goes on from the start again.
-            for _ in 0..8 {
-                let reply: Value = redis::cmd("XAUTOCLAIM")
-                    .arg(&queue)
-                    .arg(GROUP)
-                    .arg(&req.worker_id)
-                    .arg(min_idle)
-                    .arg(&cursor)
-                    .arg("COUNT")
-                    .arg(req.max.max(1))
-                    .query_async(&mut conn)
-                    .await?;
-                let reply = array(&reply)?;
-                cursor = text(reply.first().unwrap_or(&Value::Nil))?;
-                for entry in array(reply.get(1).unwrap_or(&Value::Nil))? {
-                    if !matches!(entry, Value::Nil) {
-                        out.push(Delivery::parse(keys.index(), workflow, entry)?);
-                    }
-                }
-                if let Some(deleted) = reply.get(2)
-                    && !array(deleted)?.is_empty()
-                {
-                    // A pending entry trimmed away is a task lost; the reconciler re-queues its run.
-                    tracing::warn!(queue = %queue, "XAUTOCLAIM found pending tasks deleted from the stream");
-                }
-                if cursor == "0-0" || out.len() >= req.max.max(1) {
-                    break;
-                }
+        let idle_ms = req.lease.as_millis() as u64;
+        let queues = self.queue_order(&req.workflows);
+        for keys in &self.parts {
+            let left = req.max.max(1).saturating_sub(out.len());
+            if left == 0 {
+                break;
             }
+            let read = ops::read::Read::Expired { idle_ms };
+            out.extend(ops::read::call(self, keys, &req.worker_id, left, &queues, read).await?.deliveries);
         }
         Ok(out)
     }
 
     /// The fast path: new tasks of one partition, read without blocking and
     /// claimed.
-    pub(super) async fn claim_batch(&self, keys: &Keys, req: &Claim) -> Result<Vec<ClaimedTask>> {
-        let deliveries = self.read_new(keys, &Claim { block: Duration::ZERO, ..req.clone() }).await?;
-        self.claim_deliveries(req, deliveries).await
+    pub(super) async fn claim_batch(
+        &self,
+        keys: &Keys,
+        req: &Claim,
+        queues: &[ops::read::Queue<'_>],
+    ) -> Result<Vec<ClaimedTask>> {
+        let found = self.read_new(keys, req, queues, false).await?;
+        self.claim_deliveries(req, found.deliveries).await
     }
 
     /// Claim deliveries, one script per partition they are in.
@@ -94,6 +87,7 @@ impl RedisStore {
         for d in deliveries {
             by_partition.entry(d.partition).or_default().push(ops::claim::Delivery {
                 workflow: d.workflow,
+                priority: d.priority,
                 task_id: d.task_id,
                 run_id: d.run_id,
             });
@@ -106,21 +100,15 @@ impl RedisStore {
     }
 }
 
+/// How often a claim's read goes lowest priority first (one in this many).
+const LOWEST_FIRST_EVERY: usize = 10;
+
 /// One queue entry handed to this worker.
 pub(super) struct Delivery {
-    partition: u16,
-    workflow: String,
-    task_id: String,
-    run_id: RunId,
-}
-
-impl Delivery {
-    pub(super) fn parse(partition: u16, workflow: &str, entry: &Value) -> Result<Self> {
-        let entry = array(entry)?;
-        let task_id = text(entry.first().unwrap_or(&Value::Nil))?;
-        let fields = pairs(entry.get(1).unwrap_or(&Value::Nil))?;
-        let run_id =
-            fields.get("run_id").ok_or_else(|| Error::corrupt(format!("task {task_id}"), "no run_id field"))?;
-        Ok(Self { partition, workflow: workflow.to_owned(), task_id, run_id: RunId::new(run_id.clone())? })
-    }
+    pub partition: u16,
+    pub workflow: String,
+    /// Which of the workflow's queues it is in.
+    pub priority: u8,
+    pub task_id: String,
+    pub run_id: RunId,
 }

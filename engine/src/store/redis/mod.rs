@@ -77,6 +77,8 @@ pub struct RedisStore {
     part_index: HashMap<String, u16>,
     /// Where the next claim or outbox read starts its sweep over partitions.
     sweep: std::sync::atomic::AtomicUsize,
+    /// Claim reads made: every tenth goes lowest priority first (claims.rs).
+    reads: std::sync::atomic::AtomicUsize,
     config: StoreConfig,
     scripts: Scripts,
     /// Whether the operations run as Redis Functions (FCALL), not EVALSHA.
@@ -247,6 +249,7 @@ impl RedisStore {
             blocking: Mutex::new(Vec::new()),
             part_index: parts.iter().map(|k| (k.prefix().to_owned(), k.index())).collect(),
             sweep: std::sync::atomic::AtomicUsize::new(0),
+            reads: std::sync::atomic::AtomicUsize::new(0),
             parts,
             config,
             scripts,
@@ -351,21 +354,23 @@ impl RedisStore {
         ops::watch::call(self, run_id, ttl).await
     }
 
-    /// Create the consumer group of each queue (at id 0, with MKSTREAM) unless this
-    /// process already did. Recreating at 0 after a Redis restart may redeliver
-    /// tasks; the fenced claim makes that harmless.
+    /// Create the consumer group of each queue, every priority's (at id 0, with
+    /// MKSTREAM) unless this process already did. Recreating at 0 after a Redis
+    /// restart may redeliver tasks; the fenced claim makes that harmless. (The
+    /// queue of a priority is also made by the first enqueue at it: prelude.lua.)
     async fn ensure_groups(&self, workflows: &[String]) -> Result<()> {
         let missing: Vec<String> = {
             let known = self.groups.lock().map_err(|_| Error::Invalid("group cache poisoned".into()))?;
             self.parts
                 .iter()
-                .flat_map(|keys| workflows.iter().map(|wf| keys.queue(wf)))
+                .flat_map(|keys| {
+                    workflows.iter().flat_map(move |wf| keel_proto::PRIORITIES.map(move |pr| keys.queue_at(wf, pr)))
+                })
                 .filter(|q| !known.contains(&format!("{q}\u{0}{GROUP}")))
                 .collect()
         };
-        for queue in missing {
-            self.ensure_group(&queue, GROUP).await?;
-        }
+        // All at once: the connection pipelines them.
+        futures::future::try_join_all(missing.iter().map(|queue| self.ensure_group(queue, GROUP))).await?;
         Ok(())
     }
 
@@ -600,6 +605,7 @@ fn summary_from_hash(run_id: &RunId, hash: HashMap<String, String>) -> Result<Ru
         workflow: field("wf").cloned().ok_or_else(|| Error::corrupt(what(), "no workflow"))?,
         version: num("ver")?.unwrap_or(0) as u32,
         status,
+        priority: ops::priority_of(field("pr").map(String::as_str)),
         created_at_ms: num("ca")?.unwrap_or(0),
         updated_at_ms: num("ua")?.unwrap_or(0),
         finished_at_ms: num("fa")?,

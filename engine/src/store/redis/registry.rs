@@ -56,8 +56,10 @@ impl RegistryStore for RedisStore {
                 pipe.cmd("ZCARD").arg(keys.runs_by_status(status));
             }
             for workflow in workflows {
-                pipe.cmd("XLEN").arg(keys.queue(workflow));
-                pipe.cmd("XPENDING").arg(keys.queue(workflow)).arg(GROUP);
+                for priority in keel_proto::PRIORITIES {
+                    pipe.cmd("XLEN").arg(keys.queue_at(workflow, priority));
+                    pipe.cmd("XPENDING").arg(keys.queue_at(workflow, priority)).arg(GROUP);
+                }
             }
             let mut conn = self.conn.clone();
             async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
@@ -171,7 +173,8 @@ fn add_partition_stats(stats: &mut Stats, workflows: &[String], replies: &[Value
         *stats.runs_by_status.entry(status).or_default() += int(&replies[2 + i])? as u64;
     }
     let base = 2 + RunStatus::ALL.len();
-    for (i, workflow) in workflows.iter().enumerate() {
+    let levels = keel_proto::PRIORITIES.count();
+    for (i, workflow) in workflows.iter().flat_map(|wf| std::iter::repeat_n(wf, levels)).enumerate() {
         let length = int(&replies[base + 2 * i])? as u64;
         let pending = array(&replies[base + 2 * i + 1])?.first().map(int).transpose()?.unwrap_or(0) as u64;
         *stats.in_flight.entry(workflow.clone()).or_default() += pending;

@@ -32,11 +32,13 @@ impl RunStore for RedisStore {
     /// [`SWEEP_BLOCK`]).
     async fn claim(&self, req: &Claim) -> Result<Vec<ClaimedTask>> {
         validate_claim(req)?;
+        let queues = self.queue_order(&req.workflows);
+        let queues = &queues;
         let mut claimed = Vec::new();
         let order: Vec<&Keys> = self.sweep_order().collect();
         for keys in &order {
             let left = Claim { max: req.max.max(1) - claimed.len(), ..req.clone() };
-            claimed.extend(self.with_groups(&req.workflows, || self.claim_batch(keys, &left)).await?);
+            claimed.extend(self.with_groups(&req.workflows, || self.claim_batch(keys, &left, queues)).await?);
             if claimed.len() >= req.max.max(1) {
                 break;
             }
@@ -50,18 +52,22 @@ impl RunStore for RedisStore {
         let mut order = order;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let blocking = Claim { block: self.sweep_block(left).max(Duration::from_millis(1)), ..req.clone() };
-            let deliveries = self.with_groups(&req.workflows, || self.read_new(order[0], &blocking)).await?;
-            let claimed = self.claim_deliveries(req, deliveries).await?;
-            if !claimed.is_empty() || left <= blocking.block {
+            let block = self.sweep_block(left).max(Duration::from_millis(1));
+            let found = self.with_groups(&req.workflows, || self.read_new(order[0], req, queues, true)).await?;
+            let claimed = self.claim_deliveries(req, found.deliveries).await?;
+            if !claimed.is_empty() {
                 return Ok(claimed);
             }
+            self.wait_for_new(&found.last, block).await?;
             order = self.sweep_order().collect();
             for keys in &order {
-                let claimed = self.with_groups(&req.workflows, || self.claim_batch(keys, req)).await?;
+                let claimed = self.with_groups(&req.workflows, || self.claim_batch(keys, req, queues)).await?;
                 if !claimed.is_empty() {
                     return Ok(claimed);
                 }
+            }
+            if left <= block {
+                return Ok(Vec::new());
             }
         }
     }

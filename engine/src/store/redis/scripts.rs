@@ -23,12 +23,13 @@ pub(super) fn shared_constants(check_keys: bool) -> String {
     format!(
         "-- Generated from Rust (scripts.rs).\nlocal CHECK_KEYS = {check_keys}\nlocal GROUP = {}\n\
          local DISPATCH_GROUP = {}\nlocal CHILD_KEY_PREFIX = {}\nlocal CHILD_CANCELLED = {}\n\
-         local HOOKS = {{ {} }}\nlocal STATS = {{ {} }}\nlocal STEP_MS_BUCKETS = {{ {} }}\n\
+         local DEFAULT_PRIORITY = '{}'\nlocal HOOKS = {{ {} }}\nlocal STATS = {{ {} }}\nlocal STEP_MS_BUCKETS = {{ {} }}\n\
          local RUN_PAUSED = {}\nlocal RUN_RESUMED = {}\nlocal RUN_RETRIED = {}\nlocal EVENT_RECEIVED = {{ {} }}\n",
         lua_string(GROUP),
         lua_string(DISPATCH_GROUP),
         lua_string(CHILD_EVENT_KEY_PREFIX),
         lua_string(&cancelled),
+        keel_proto::DEFAULT_PRIORITY,
         hooks.join(", "),
         stats.join(", "),
         buckets.join(", "),
@@ -80,7 +81,7 @@ fn lua_string(text: &str) -> String {
 }
 
 /// The scripts' sources, by file name.
-const SOURCES: [(&str, &str); 19] = [
+const SOURCES: [(&str, &str); 20] = [
     ("append.lua", include_str!("lua/append.lua")),
     ("cancel.lua", include_str!("lua/cancel.lua")),
     ("claim.lua", include_str!("lua/claim.lua")),
@@ -93,6 +94,7 @@ const SOURCES: [(&str, &str); 19] = [
     ("job_update.lua", include_str!("lua/job_update.lua")),
     ("jobs_due.lua", include_str!("lua/jobs_due.lua")),
     ("pause.lua", include_str!("lua/pause.lua")),
+    ("read.lua", include_str!("lua/read.lua")),
     ("reconcile.lua", include_str!("lua/reconcile.lua")),
     ("renew.lua", include_str!("lua/renew.lua")),
     ("resume.lua", include_str!("lua/resume.lua")),
@@ -141,6 +143,7 @@ pub(super) struct Scripts {
     pub resume: Op,
     pub retry: Op,
     pub timers: Op,
+    pub read: Op,
     pub unpark: Op,
     pub watch: Op,
     /// The library's source (`FUNCTION LOAD`).
@@ -168,6 +171,7 @@ impl Scripts {
             &self.resume,
             &self.retry,
             &self.timers,
+            &self.read,
             &self.unpark,
             &self.watch,
         ]
@@ -224,6 +228,7 @@ impl Scripts {
             resume: op("resume.lua"),
             retry: op("retry.lua"),
             timers: op("timers.lua"),
+            read: op("read.lua"),
             unpark: op("unpark.lua"),
             watch: op("watch.lua"),
             library: format!("#!lua name={library}\n{code}{registrations}"),
@@ -298,7 +303,7 @@ mod tests {
         for (name, body) in SOURCES.iter().chain([("prelude.lua", PRELUDE)].iter()) {
             for line in body.lines().filter(|l| !l.trim_start().starts_with("--")) {
                 assert!(
-                    !(line.contains("XREVRANGE") || (line.contains("XRANGE") && line.contains("k_journal"))),
+                    !((line.contains("XRANGE") || line.contains("XREVRANGE")) && line.contains("k_journal")),
                     "{name} reads a journal: {line}"
                 );
             }

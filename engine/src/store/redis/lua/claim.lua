@@ -5,7 +5,7 @@
 -- no step result of an earlier attempt can land after that read, and a long
 -- journal is never re-read (and JSON-encoded) inside Lua.
 -- One partition's entries per call.
--- A: tasks ({ wf, tid, id } each), worker, lease_ms, max_deliveries,
+-- A: tasks ({ wf, pr? (the queue's priority), tid, id } each), worker, lease_ms, max_deliveries,
 --    reason, failed (run_failed entry), error (json), retention_ms,
 --    child_outcome (json, for a parent), versions? ({ wf = { '1', ... } }:
 --    the versions the claimer runs; absent: any)
@@ -21,8 +21,8 @@ local function allowed_versions()
 end
 local VERSIONS = allowed_versions()
 
-local function claim_one(wf, tid, id)
-  local q = k_queue(wf)
+local function claim_one(wf, pr, tid, id)
+  local q = k_queue(wf, pr)
   -- The delivery must be ours: a reclaimer may have taken it since, or the holder
   -- taken it back with a heartbeat.
   local pend = call('XPENDING', q, GROUP, tid, tid, 1)
@@ -31,11 +31,11 @@ local function claim_one(wf, tid, id)
   local deliveries = tonumber(pend[1][4])
 
   local h = call('HMGET', k_run(id), 'st', 'task', 'ca', 'wf', 'ver')
-  if not h[1] then ack(wf, tid); return { r = 'SKIP', why = 'run no longer exists' } end
+  if not h[1] then ack(wf, pr, tid); return { r = 'SKIP', why = 'run no longer exists' } end
   local st = h[1]
   WORKFLOW_OF[id] = h[4]
-  if FINAL[st] then ack(wf, tid); return { r = 'SKIP', why = 'run is ' .. st } end
-  if h[2] ~= tid then ack(wf, tid); return { r = 'SKIP', why = 'not the run\'s current task (duplicate)' } end
+  if FINAL[st] then ack(wf, pr, tid); return { r = 'SKIP', why = 'run is ' .. st } end
+  if h[2] ~= tid then ack(wf, pr, tid); return { r = 'SKIP', why = 'not the run\'s current task (duplicate)' } end
   if call('EXISTS', k_lease(id)) == 1 then
     -- Its holder is alive (it heartbeated after the reclaimer picked the entry).
     return { r = 'BUSY', why = 'lease still held' }
@@ -45,7 +45,7 @@ local function claim_one(wf, tid, id)
   -- until a worker that has it registers (unpark.lua), instead of handing it out.
   local allowed = VERSIONS and VERSIONS[wf]
   if allowed and not allowed[h[5]] then
-    ack(wf, tid)
+    ack(wf, pr, tid)
     call('HSET', k_run(id), 'task', '', 'blk', 'no live worker has ' .. wf .. ' v' .. h[5])
     set_status(id, st, 'pending', h[3])
     call('ZADD', k_parked(wf), h[5], id)
@@ -59,7 +59,7 @@ local function claim_one(wf, tid, id)
     journal_add(id, A.failed)
     call('HSET', k_run(id), 'err', A.error)
     finalize(id, st, 'failed', h[3], now)
-    ack(wf, tid)
+    ack(wf, pr, tid)
     notify_parent(id, A.child_outcome)
     return { r = 'DEAD' }
   end
@@ -69,9 +69,9 @@ local function claim_one(wf, tid, id)
   set_status(id, st, 'running', h[3])
   call('HSET', k_run(id), 'ua', n2s(now))
   return { r = 'CLAIMED', epoch = epoch, deliveries = deliveries, now = n2s(now), hash = call('HGETALL', k_run(id)),
-    id = id, tid = tid, wf = wf }
+    id = id, tid = tid, wf = wf, pr = pr }
 end
 
 local out = {}
-for i, task in ipairs(A.tasks) do out[i] = claim_one(task.wf, task.tid, task.id) end
+for i, task in ipairs(A.tasks) do out[i] = claim_one(task.wf, task.pr, task.tid, task.id) end
 return reply({ r = 'OK', tasks = out })

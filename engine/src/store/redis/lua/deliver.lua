@@ -6,7 +6,7 @@
 -- With a client's event id (`once`, its key declared as `event_id`), a repeat
 -- is answered with the first delivery's id and delivered to nobody.
 -- A: key, data (json), lookback_ms, max_len, gid?, once (bool), once_ttl_ms,
---    runs ({ [id] = { wf?, wk? } }: the waiters the caller read; their keys
+--    runs ({ [id] = { wf?, wk?, pr? } }: the waiters the caller read; their keys
 --    are declared. A waiter it did not see, or that changed: RETRY.)
 if A.once then
   local first = call('GET', K('event_id'))
@@ -18,13 +18,14 @@ local plan = {}
 for _, id in ipairs(call('SMEMBERS', k_waiters(A.key))) do
   local seen = A.runs[id]
   if not seen then return reply({ r = 'RETRY' }) end
-  local h = call('HMGET', k_run(id), 'st', 'wf', 'ca', 'wk', 'ws')
+  local h = call('HMGET', k_run(id), 'st', 'wf', 'ca', 'wk', 'ws', 'pr')
   -- The step waiting on this key (the first, if several wait on it).
   local step
   local steps = split_lines(h[5])
   for i, k in ipairs(split_lines(h[4])) do if k == A.key and not step then step = steps[i] end end
   if h[1] == 'waiting' and step then
-    if not same(h[2], seen.wf) or not same(h[4], seen.wk) then return reply({ r = 'RETRY' }) end
+    if not same(h[2], seen.wf) or not same(h[4], seen.wk) or not same(h[6], seen.pr) then return reply({ r = 'RETRY' }) end
+    PRIORITY_OF[id] = h[6]
     plan[#plan + 1] = { id = id, step = step, wf = h[2], ca = h[3], wk = h[4] }
   else
     plan[#plan + 1] = { id = id }

@@ -21,7 +21,7 @@ local function final(status, field)
     patch[#patch + 1] = A.payload
   end
   finalize(id, st, status, created, now, patch)
-  ack(wf, tid)
+  ack(wf, h[10], tid)
   notify_parent(id, A.child_outcome)
   return reply({ r = 'DONE' })
 end
@@ -32,7 +32,7 @@ if how == 'cancel' then return final('cancelled', nil) end
 call('HSET', k_run(id), unpack(patch))
 
 if how == 'release' then
-  ack(wf, tid)
+  ack(wf, h[10], tid)
   call('DEL', k_lease(id))
   call('HSET', k_run(id), 'task', '')
   -- Handed back at a step boundary: paused there if a pause was asked for.
@@ -44,7 +44,7 @@ end
 if cr == '1' then
   journal_add(id, A.cancelled)
   finalize(id, st, 'cancelled', created, now)
-  ack(wf, tid)
+  ack(wf, h[10], tid)
   notify_parent(id, CHILD_CANCELLED)
   return reply({ r = 'CANCELLED' })
 end
@@ -84,7 +84,7 @@ if A.wake_at then
   call('HSET', k_run(id), 'wake', A.wake_at)
   call('ZADD', K('timers'), A.wake_at, id)
 end
-ack(wf, tid)
+ack(wf, h[10], tid)
 call('HSET', k_run(id), 'task', '')
 call('DEL', k_lease(id))
 if #waits > 0 then set_status(id, st, 'waiting', created) else set_status(id, st, 'sleeping', created) end

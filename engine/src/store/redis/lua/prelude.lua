@@ -13,6 +13,9 @@
 local A, KI, P, KEYS_
 -- The workflow of each run touched by this call, read once.
 local WORKFLOW_OF
+-- The priority of each run touched by this call (`pr`, absent for the
+-- default), read once: which of its workflow's queues holds its task.
+local PRIORITY_OF
 -- Whether each run is watched (see notify_watchers), read once.
 local WATCHED
 -- Whether each run has a callback URL, read once.
@@ -36,17 +39,33 @@ if CHECK_KEYS then
   -- Which arguments of each command the operations use are keys.
   local FIRST = { GET = 1, SET = 1, HGET = 1, HSET = 1, HMGET = 1, HDEL = 1, HINCRBY = 1, HEXISTS = 1,
     HGETALL = 1, ZADD = 1, ZREM = 1, ZRANGE = 1, ZRANGEBYSCORE = 1, ZSCORE = 1, SADD = 1, SREM = 1,
-    SMEMBERS = 1, XADD = 1, XACK = 1, XDEL = 1, XRANGE = 1, XPENDING = 1, XCLAIM = 1, PEXPIRE = 1 }
+    SMEMBERS = 1, XADD = 1, XACK = 1, XDEL = 1, XRANGE = 1, XPENDING = 1, XCLAIM = 1, XAUTOCLAIM = 1, XREVRANGE = 1,
+    PEXPIRE = 1 }
   local ALL = { DEL = 1, EXISTS = 1 }
+  -- XGROUP CREATE <key> …; XREADGROUP … STREAMS <keys…> <ids…>.
+  local SECOND = { XGROUP = 1 }
   local NONE = { TIME = 1, PUBLISH = 1 }
   local function check(cmd, ...)
     local c = string.upper(cmd)
     if NONE[c] then return end
     local args = { ... }
     local last
+    if c == 'XREADGROUP' then
+      for i, a in ipairs(args) do
+        if string.upper(a) == 'STREAMS' then
+          local n = (#args - i) / 2
+          for j = i + 1, i + n do
+            if not DECLARED[args[j]] then error('keel key check: XREADGROUP touches undeclared key ' .. tostring(args[j])) end
+          end
+        end
+      end
+      return
+    end
+    local first = 1
     if FIRST[c] then last = 1 elseif ALL[c] then last = #args
+    elseif SECOND[c] then first, last = 2, 2
     else error('keel key check: ' .. c .. ' is not a command the key check knows; add it') end
-    for i = 1, last do
+    for i = first, last do
       if not DECLARED[args[i]] then error('keel key check: ' .. c .. ' touches undeclared key ' .. tostring(args[i])) end
     end
   end
@@ -57,7 +76,7 @@ end
 local function begin(keys, args)
   KEYS_, A = keys, cjson.decode(args[1])
   KI, P = A.k or {}, keys[1]
-  WORKFLOW_OF, WATCHED, HAS_CALLBACK, HOOKS_EXIST, RELAYED = {}, {}, {}, nil, false
+  WORKFLOW_OF, PRIORITY_OF, WATCHED, HAS_CALLBACK, HOOKS_EXIST, RELAYED = {}, {}, {}, {}, nil, false
   COUNTS, HAS_COUNTS = {}, false
   if CHECK_KEYS then
     call, pcall_ = checked_call, checked_pcall
@@ -98,7 +117,13 @@ local function k_run(id) return k_own('run', 0, id) end
 local function k_journal(id) return k_own('journal', 1, id) end
 local function k_lease(id) return k_own('lease', 2, id) end
 local function k_watch(id) return k_own('watch', 3, id) end
-local function k_queue(wf) return KN('queue', wf) end
+-- A workflow's queue of priority `pr` (a number or text; absent, false or
+-- the default: the workflow's first queue), declared as `<wf>\n<pr>`.
+local function k_queue(wf, pr)
+  pr = pr and tostring(pr) or ''
+  if pr == '' or pr == DEFAULT_PRIORITY then return KN('queue', wf) end
+  return KN('queue', wf .. '\n' .. pr)
+end
 local function k_runs_wf(wf) return KN('runs_wf', wf) end
 local function k_runs_status(st) return KN('status', st) end
 local function k_runs_wf_status(wf, st) return KN('wf_status', wf .. '\n' .. st) end
@@ -239,19 +264,36 @@ local function index_labels(id, labels_json, created, add)
   end
 end
 
+-- A run's priority (`pr`), read once per call unless the caller knew it.
+local function priority_of(id)
+  local pr = PRIORITY_OF[id]
+  if pr == nil then
+    pr = call('HGET', k_run(id), 'pr') or false
+    PRIORITY_OF[id] = pr
+  end
+  return pr
+end
+
 local function enqueue(id, wf)
-  local tid = call('XADD', k_queue(wf), '*', 'v', '1', 'run_id', id)
+  local pr = priority_of(id)
+  local q = k_queue(wf, pr)
+  -- A queue of another priority than the default is made on first use: its
+  -- consumer group too (workers create the default queues' groups).
+  if pr and tostring(pr) ~= DEFAULT_PRIORITY then pcall_('XGROUP', 'CREATE', q, GROUP, '0', 'MKSTREAM') end
+  local tid = call('XADD', q, '*', 'v', '1', 'run_id', id)
   call('HSET', k_run(id), 'task', tid)
   return tid
 end
 
 -- Ack and delete a task entry: an acked task never stays in the stream, so the
 -- queue's length is exactly the work not yet finished.
-local function ack(wf, tid)
+-- `pr`: the priority of the queue the entry is in.
+local function ack(wf, pr, tid)
   if tid and tid ~= '' then
+    local q = k_queue(wf, pr)
     -- NOGROUP (Redis lost the group) is not an error here: nobody holds the entry.
-    pcall_('XACK', k_queue(wf), GROUP, tid)
-    call('XDEL', k_queue(wf), tid)
+    pcall_('XACK', q, GROUP, tid)
+    call('XDEL', q, tid)
   end
 end
 
@@ -316,9 +358,10 @@ end
 -- bumps the epoch in the same script, so a lease of this epoch is this
 -- worker's (`worker` names the holder in the lease key, for operators).
 local function fenced(id, worker, epoch)
-  local h = call('HMGET', k_run(id), 'ep', 'st', 'wf', 'ca', 'cr', 'task', 'pz', 'cb', 'cs')
+  local h = call('HMGET', k_run(id), 'ep', 'st', 'wf', 'ca', 'cr', 'task', 'pz', 'cb', 'cs', 'pr')
   if h[1] ~= tostring(epoch) or h[2] ~= 'running' then return nil end
   WORKFLOW_OF[id] = h[3]
+  PRIORITY_OF[id] = h[10]
   HAS_CALLBACK[id] = h[8] ~= false
   return h
 end

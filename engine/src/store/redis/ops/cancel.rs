@@ -10,6 +10,8 @@ struct Args<'a> {
     wf: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     wk: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pr: Option<&'a str>,
     requested: Entry,
     cancelled: Entry,
     retention_ms: u64,
@@ -42,18 +44,20 @@ pub(in crate::store::redis) async fn call(
     let (requested, cancelled) = (&requested, &cancelled);
     let retention_ms = store.config.retention.as_millis() as u64;
     let reply = retrying("cancel a run", || async move {
-        let facts = read_fields(store, keys, std::slice::from_ref(run_id), &["wf", "wk"]).await?;
-        let (wf, wk) = (facts[0][0].as_deref(), facts[0][1].as_deref());
+        let facts = read_fields(store, keys, std::slice::from_ref(run_id), &SEEN_FIELDS).await?;
+        let seen = Seen::of(&facts[0]);
+        let (wf, wk, pr) = (seen.wf, seen.wk, seen.pr);
         let mut d = Declared::new(keys);
         d.run(run_id).journal_writes().one("timers", keys.timers()).one("retention", keys.retention());
         d.one("relay", keys.relay());
         if let Some(wf) = wf {
-            d.workflow(wf, &RunStatus::ALL).waiters_of(wk);
+            d.workflow(wf, seen.priority(), &RunStatus::ALL).waiters_of(wk);
         }
         let args = Args {
             id: run_id.as_str(),
             wf,
             wk,
+            pr,
             requested: Entry::of(requested)?,
             cancelled: Entry::of(cancelled)?,
             retention_ms,

@@ -10,6 +10,8 @@ use crate::store::{Claim, ClaimedTask, Lease};
 /// One queue entry handed to this worker.
 pub(in crate::store::redis) struct Delivery {
     pub workflow: String,
+    /// Which of the workflow's queues it came from.
+    pub priority: u8,
     pub task_id: String,
     pub run_id: RunId,
 }
@@ -17,6 +19,8 @@ pub(in crate::store::redis) struct Delivery {
 #[derive(Serialize)]
 struct Task<'a> {
     wf: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pr: Option<u8>,
     tid: &'a str,
     id: &'a str,
 }
@@ -65,6 +69,8 @@ struct Outcome {
     #[serde(default)]
     wf: String,
     #[serde(default)]
+    pr: Option<u8>,
+    #[serde(default)]
     why: String,
     #[serde(default)]
     version: String,
@@ -87,11 +93,23 @@ pub(in crate::store::redis) async fn call(
     d.journal_writes().one("dead", keys.dead_letters()).one("retention", keys.retention()).one("relay", keys.relay());
     for delivery in deliveries {
         d.run(&delivery.run_id)
-            .workflow(&delivery.workflow, &[RunStatus::Pending, RunStatus::Running, RunStatus::Failed])
+            .workflow(
+                &delivery.workflow,
+                delivery.priority,
+                &[RunStatus::Pending, RunStatus::Running, RunStatus::Failed],
+            )
             .named("parked", &delivery.workflow, keys.parked(&delivery.workflow));
     }
     let args = Args {
-        tasks: deliveries.iter().map(|t| Task { wf: &t.workflow, tid: &t.task_id, id: t.run_id.as_str() }).collect(),
+        tasks: deliveries
+            .iter()
+            .map(|t| Task {
+                wf: &t.workflow,
+                pr: (t.priority != keel_proto::DEFAULT_PRIORITY).then_some(t.priority),
+                tid: &t.task_id,
+                id: t.run_id.as_str(),
+            })
+            .collect(),
         worker: &req.worker_id,
         lease_ms: req.lease.as_millis() as u64,
         max_deliveries: config.max_deliveries,
@@ -156,6 +174,13 @@ fn claimed_task(worker_id: &str, o: Outcome, journal: &redis::Value) -> Result<C
         journal,
         deliveries: o.deliveries,
         now_ms: o.now.parse().map_err(|e| Error::corrupt("claim time", e))?,
-        lease: Lease { run_id, workflow: o.wf, worker_id: worker_id.to_owned(), epoch: o.epoch, task_id: o.tid },
+        lease: Lease {
+            run_id,
+            workflow: o.wf,
+            worker_id: worker_id.to_owned(),
+            epoch: o.epoch,
+            task_id: o.tid,
+            priority: o.pr.unwrap_or(keel_proto::DEFAULT_PRIORITY),
+        },
     })
 }

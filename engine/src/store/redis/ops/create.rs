@@ -25,6 +25,9 @@ struct Args<'a> {
     pp: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     existing: Option<&'a str>,
+    /// A priority other than the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pr: Option<u8>,
     retention_ms: u64,
     /// Create it leased to this worker instead of queueing a task.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,9 +90,11 @@ pub(in crate::store::redis) async fn call(
         };
         let existing = existing.map(RunId::new).transpose()?;
         let mut d = Declared::new(keys);
-        d.run(run_id)
-            .journal_writes()
-            .workflow(&req.workflow, &[RunStatus::Pending, RunStatus::Sleeping, RunStatus::Running]);
+        d.run(run_id).journal_writes().workflow(
+            &req.workflow,
+            req.priority(),
+            &[RunStatus::Pending, RunStatus::Sleeping, RunStatus::Running],
+        );
         d.named("runs_wf", &req.workflow, keys.runs_by_workflow(&req.workflow));
         d.one("runs", keys.runs()).one("timers", keys.timers());
         for (name, value) in &req.labels {
@@ -117,6 +122,7 @@ pub(in crate::store::redis) async fn call(
             cb: req.callback_url.as_deref(),
             pp: req.parent.as_ref().map(|p| store.keys_of(&p.run_id).prefix()),
             existing: existing.as_ref().map(RunId::as_str),
+            pr: (req.priority() != keel_proto::DEFAULT_PRIORITY).then_some(req.priority()),
             retention_ms: config.retention.as_millis() as u64,
             claim: claim.map(|c| ClaimArgs { worker: &c.worker_id, lease_ms: c.lease.as_millis().max(1) as u64 }),
         };
@@ -136,6 +142,7 @@ pub(in crate::store::redis) async fn call(
                         worker_id: claim.map(|c| c.worker_id.clone()).unwrap_or_default(),
                         epoch: 1,
                         task_id: String::new(),
+                        priority: req.priority(),
                     },
                 };
                 Some((Created { run_id, created: true }, Some(task)))

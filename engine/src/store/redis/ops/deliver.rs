@@ -46,7 +46,7 @@ pub(in crate::store::redis) async fn call(
         let members: Vec<String> =
             redis::cmd("SMEMBERS").arg(keys.waiters(key)).query_async(&mut store.conn.clone()).await?;
         let ids = run_ids(members)?;
-        let facts = read_fields(store, keys, &ids, &["wf", "wk"]).await?;
+        let facts = read_fields(store, keys, &ids, &SEEN_FIELDS).await?;
         let mut d = Declared::new(keys);
         d.named("waiters", key, keys.waiters(key)).named("events", key, keys.events(key));
         if let Some(client_id) = client_id {

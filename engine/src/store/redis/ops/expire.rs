@@ -41,7 +41,7 @@ pub(in crate::store::redis) async fn call(store: &RedisStore, keys: &Keys, limit
         d.run(id);
         if let (Some(wf), Some(st)) = (&f[0], &f[1]) {
             let status: RunStatus = st.parse().map_err(|e: String| Error::corrupt(format!("run {id}"), e))?;
-            d.workflow(wf, &[status]).named("runs_wf", wf, keys.runs_by_workflow(wf));
+            d.statuses(wf, &[status]).named("runs_wf", wf, keys.runs_by_workflow(wf));
         }
         if let Some(idem) = &f[2] {
             d.named("idem", idem, keys.idempotency(idem));

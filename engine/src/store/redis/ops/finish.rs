@@ -91,7 +91,7 @@ pub(in crate::store::redis) async fn call(
         Finish::Release => &[RunStatus::Running, RunStatus::Pending, RunStatus::Paused],
         Finish::Suspend(_) => &[RunStatus::Running, RunStatus::Cancelled, RunStatus::Waiting, RunStatus::Sleeping],
     };
-    d.workflow(&lease.workflow, statuses).one("retention", keys.retention()).one("relay", keys.relay());
+    d.workflow(&lease.workflow, lease.priority, statuses).one("retention", keys.retention()).one("relay", keys.relay());
     if wake_at.is_some() {
         d.one("timers", keys.timers());
     }

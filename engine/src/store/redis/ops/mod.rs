@@ -35,6 +35,7 @@ pub(super) mod finish;
 pub(super) mod job_update;
 pub(super) mod jobs_due;
 pub(super) mod pause;
+pub(super) mod read;
 pub(super) mod reconcile;
 pub(super) mod renew;
 pub(super) mod resume;
@@ -132,11 +133,26 @@ impl<'k> Declared<'k> {
         self.one("outbox", k.outbox()).one("hooks", k.hooks_flag())
     }
 
-    /// A workflow's queue and the status indexes (all runs' and the
-    /// workflow's) of `statuses`, for a run moving between them.
-    pub fn workflow(&mut self, wf: &'k str, statuses: &[RunStatus]) -> &mut Self {
+    /// A workflow's queue of one priority, named as prelude.lua's `k_queue`
+    /// looks it up (`<wf>` for the default priority, else `<wf>\n<priority>`).
+    pub fn queue(&mut self, wf: &'k str, priority: u8) -> &mut Self {
+        let key = self.keys.queue_at(wf, priority);
+        if priority == keel_proto::DEFAULT_PRIORITY {
+            self.named("queue", wf, key)
+        } else {
+            self.named("queue", format!("{wf}\n{priority}"), key)
+        }
+    }
+
+    /// A workflow's queue of `priority` and the status indexes (all runs' and
+    /// the workflow's) of `statuses`, for a run moving between them.
+    pub fn workflow(&mut self, wf: &'k str, priority: u8, statuses: &[RunStatus]) -> &mut Self {
+        self.queue(wf, priority).statuses(wf, statuses)
+    }
+
+    /// The status indexes (all runs' and the workflow's) of `statuses`.
+    pub fn statuses(&mut self, wf: &'k str, statuses: &[RunStatus]) -> &mut Self {
         let k = self.keys;
-        self.named("queue", wf, k.queue(wf));
         for &st in statuses {
             self.named("status", st.as_str(), k.runs_by_status(st));
             self.named("wf_status", format!("{wf}\n{st}"), k.runs_by_workflow_status(wf, st));
@@ -151,7 +167,7 @@ impl<'k> Declared<'k> {
         let k = self.keys;
         self.named("run", id.as_str(), k.run(id));
         if let Some(wf) = seen.wf {
-            self.run(id).workflow(wf, statuses).waiters_of(seen.wk);
+            self.run(id).workflow(wf, seen.priority(), statuses).waiters_of(seen.wk);
         }
         self
     }
@@ -187,22 +203,37 @@ impl Serialize for Declared<'_> {
     }
 }
 
-/// A run's workflow and wait keys as the caller read them (`HMGET wf wk`):
-/// the script compares them with what it finds and leaves (or RETRYs) a run
-/// that changed.
+/// A run's workflow, wait keys and priority as the caller read them
+/// ([`SEEN_FIELDS`]): the script compares them with what it finds and leaves
+/// (or RETRYs) a run that changed.
 #[derive(Serialize)]
 pub(super) struct Seen<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wf: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wk: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pr: Option<&'a str>,
 }
 
+/// The run fields [`Seen`] is read from.
+pub(super) const SEEN_FIELDS: [&str; 3] = ["wf", "wk", "pr"];
+
 impl<'a> Seen<'a> {
-    /// From a `read_fields(.., &["wf", "wk"])` row.
+    /// From a `read_fields(.., &SEEN_FIELDS)` row.
     pub fn of(fields: &'a [Option<String>]) -> Self {
-        Self { wf: fields[0].as_deref(), wk: fields[1].as_deref() }
+        Self { wf: fields[0].as_deref(), wk: fields[1].as_deref(), pr: fields[2].as_deref() }
     }
+
+    /// The run's priority (its queue).
+    pub fn priority(&self) -> u8 {
+        priority_of(self.pr)
+    }
+}
+
+/// A run's priority from its `pr` field (absent: the default).
+pub(super) fn priority_of(pr: Option<&str>) -> u8 {
+    pr.and_then(|p| p.parse().ok()).unwrap_or(keel_proto::DEFAULT_PRIORITY)
 }
 
 /// A run id with what the caller saw of it.

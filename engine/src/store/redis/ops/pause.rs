@@ -29,9 +29,11 @@ struct Args<'a> {
     id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     wf: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pr: Option<&'a str>,
 }
 
-/// pause, resume, retry: read the run's workflow, declare its run, queue,
+/// pause, resume, retry: read the run's workflow and priority, declare its run, queue,
 /// the status indexes it may move between and the journal's keys, call.
 pub(super) async fn on_run<R: DeserializeOwned>(
     store: &RedisStore,
@@ -44,14 +46,14 @@ pub(super) async fn on_run<R: DeserializeOwned>(
     let keys = store.keys_of(run_id);
     let is_retry = &is_retry;
     retrying(what, || async move {
-        let facts = read_fields(store, keys, std::slice::from_ref(run_id), &["wf"]).await?;
-        let wf = facts[0][0].as_deref();
+        let facts = read_fields(store, keys, std::slice::from_ref(run_id), &["wf", "pr"]).await?;
+        let (wf, pr) = (facts[0][0].as_deref(), facts[0][1].as_deref());
         let mut d = Declared::new(keys);
         d.run(run_id).journal_writes().one("retention", keys.retention());
         if let Some(wf) = wf {
-            d.workflow(wf, statuses);
+            d.workflow(wf, priority_of(pr), statuses);
         }
-        let reply: R = run_script(store, script, &d, Args { id: run_id.as_str(), wf }, true).await?;
+        let reply: R = run_script(store, script, &d, Args { id: run_id.as_str(), wf, pr }, true).await?;
         Ok((!is_retry(&reply)).then_some(reply))
     })
     .await

@@ -69,7 +69,7 @@ pub(in crate::store::redis) async fn call(store: &RedisStore, keys: &Keys, limit
         }
     }
     let ids: Vec<RunId> = runs.iter().map(|(id, _)| id.clone()).collect();
-    let facts = read_fields(store, keys, &ids, &["wf", "wk"]).await?;
+    let facts = read_fields(store, keys, &ids, &SEEN_FIELDS).await?;
     let mut d = Declared::new(keys);
     d.one("reconcile", keys.reconcile()).one("timers", keys.timers());
     for (id, f) in ids.iter().zip(&facts) {

@@ -19,7 +19,7 @@ pub(in crate::store::redis) async fn call(store: &RedisStore, keys: &Keys, limit
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let facts = read_fields(store, keys, &ids, &["wf", "wk"]).await?;
+    let facts = read_fields(store, keys, &ids, &SEEN_FIELDS).await?;
     let mut d = Declared::new(keys);
     d.one("timers", keys.timers()).journal_writes();
     let statuses = [RunStatus::Sleeping, RunStatus::Waiting, RunStatus::Pending, RunStatus::Paused];

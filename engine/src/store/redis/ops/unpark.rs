@@ -7,6 +7,8 @@ struct Args<'a> {
     wf: &'a str,
     versions: &'a [u32],
     ids: Vec<&'a str>,
+    /// Each run's priority as read (absent: the default).
+    prs: HashMap<&'a str, &'a str>,
 }
 
 #[derive(Deserialize)]
@@ -32,14 +34,19 @@ pub(in crate::store::redis) async fn call(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    let priorities = read_fields(store, keys, &ids, &["pr"]).await?;
+    let statuses = [RunStatus::Pending, RunStatus::Running, RunStatus::Paused];
     let mut d = Declared::new(keys);
-    d.named("parked", workflow, keys.parked(workflow))
-        .workflow(workflow, &[RunStatus::Pending, RunStatus::Running, RunStatus::Paused])
-        .journal_writes();
-    for id in &ids {
-        d.run(id);
+    d.named("parked", workflow, keys.parked(workflow)).journal_writes();
+    let mut prs = HashMap::new();
+    for (id, pr) in ids.iter().zip(&priorities) {
+        let pr = pr[0].as_deref();
+        d.run(id).workflow(workflow, priority_of(pr), &statuses);
+        if let Some(pr) = pr {
+            prs.insert(id.as_str(), pr);
+        }
     }
-    let args = Args { wf: workflow, versions, ids: ids.iter().map(RunId::as_str).collect() };
+    let args = Args { wf: workflow, versions, ids: ids.iter().map(RunId::as_str).collect(), prs };
     let reply: Reply = run_script(store, &store.scripts.unpark, &d, args, true).await?;
     run_ids(reply.ids)
 }
