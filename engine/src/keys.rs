@@ -309,6 +309,29 @@ impl Keys {
         format!("{}:schedules:paused", self.global)
     }
 
+    /// One flow-control key's five keys, under a hash tag of their own
+    /// (`{<namespace>:fc:<key>}`: flow keys hold no `{` or `}`): its conf
+    /// (hash), slots, starts, queue and alive (sorted sets). See flow_control.lua.
+    pub fn flow(&self, key: &str) -> [String; 5] {
+        let tag = format!("{{{}:fc:{key}}}", self.namespace);
+        ["conf", "slots", "starts", "queue", "alive"].map(|part| format!("{tag}:{part}"))
+    }
+
+    /// Sorted set (global): flow-control keys by last use (ms), for the listing.
+    pub fn flow_keys(&self) -> String {
+        format!("{}:flow-keys", self.global)
+    }
+
+    /// Set (global): flow-control keys with limits set on the server.
+    pub fn flow_configured(&self) -> String {
+        format!("{}:flow-keys:configured", self.global)
+    }
+
+    /// Set (global): paused flow-control keys.
+    pub fn flow_paused(&self) -> String {
+        format!("{}:flow-keys:paused", self.global)
+    }
+
     /// Hash (global): the deployment's signing keys, `k<n>` -> `<since ms>
     /// <secret as base64>`, and `#n`, the last n given out. Made from the
     /// first offer (or from the older single key above, which it replaces);

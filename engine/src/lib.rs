@@ -14,6 +14,7 @@ mod clock;
 mod config;
 mod duties;
 mod error;
+pub mod flow;
 pub mod handoff;
 pub mod keys;
 pub mod schedules;

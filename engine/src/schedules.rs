@@ -192,6 +192,7 @@ pub async fn start_tick(
             parent: None,
             callback_url: None,
             priority: None,
+            flow_control: None,
         })
         .await?;
     Ok(Ok(run_id))

@@ -114,6 +114,7 @@ async fn stored_messages_match_the_committed_wire_schemas() {
             Finish::Suspend(Suspension {
                 wake_at_ms: None,
                 waits: vec![EventWait { step_id: "ok/1".into(), keys: vec!["go\"key".into()], since_ms: task.now_ms }],
+                blocked: None,
             }),
         )
         .await
@@ -129,6 +130,7 @@ async fn stored_messages_match_the_committed_wire_schemas() {
             Finish::Suspend(Suspension {
                 wake_at_ms: Some(task.now_ms + 60_000),
                 waits: vec![EventWait { step_id: "early".into(), keys: vec!["early".into()], since_ms: task.now_ms }],
+                blocked: None,
             }),
         )
         .await

@@ -34,6 +34,11 @@ pub struct StartRunRequest {
     #[schemars(range(min = 1, max = 5))]
     #[schema(minimum = 1, maximum = 5)]
     pub priority: Option<u8>,
+    /// Every step of the run executes under this flow-control key: at most
+    /// `parallelism` at once and `rate` starts per `period`, across every run
+    /// that uses the key (limits set on the server for the key win).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_control: Option<crate::FlowControl>,
 }
 
 /// The answer to a start (and to a long-poll for a result).

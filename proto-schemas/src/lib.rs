@@ -7,6 +7,7 @@
 //! `KEEL_BLESS=1 cargo test -p keel-proto --test schemas`.
 
 pub mod agent;
+pub mod flow;
 pub mod http;
 mod ids;
 mod journal;
@@ -16,6 +17,9 @@ mod task;
 mod webhook;
 mod worker;
 
+pub use flow::{
+    FLOW_KEY_MAX, FlowControl, FlowKeyList, FlowKeyStatus, FlowLimits, PARALLELISM_MAX, RATE_MAX, validate_flow_key,
+};
 pub use ids::{IdError, RunId, validate_event_key, validate_idempotency_key, validate_workflow_name};
 pub use journal::{ChildOutcome, JOURNAL_VERSION, JournalEntry, JournalEvent, JournalRecord};
 pub use run::{DEFAULT_PRIORITY, ErrorInfo, PRIORITIES, ParentRef, RunPage, RunStatus, RunSummary, validate_priority};
@@ -52,6 +56,9 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("http/schedule.json", schemars::schema_for!(Schedule)),
         ("schedule-state.json", schemars::schema_for!(ScheduleState)),
         ("http/triggered-run.json", schemars::schema_for!(TriggeredRun)),
+        ("http/flow-limits.json", schemars::schema_for!(FlowLimits)),
+        ("http/flow-key.json", schemars::schema_for!(FlowKeyStatus)),
+        ("http/flow-key-list.json", schemars::schema_for!(FlowKeyList)),
         ("agent/http-input.json", schemars::schema_for!(agent::AgentHttpInput)),
         ("agent/llm-input.json", schemars::schema_for!(agent::AgentLlmInput)),
         ("agent/plan-request.json", schemars::schema_for!(agent::PlanRequest)),

@@ -171,6 +171,9 @@ pub struct RunSummary {
     /// Where this run's webhook events are also sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// The flow-control key every step of the run executes under, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_control: Option<crate::FlowControl>,
     /// Why the run waits without being worked on (e.g. `no live worker has demo
     /// v1`); it goes on by itself once that changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -93,6 +93,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         callback_url: None,
         labels: Default::default(),
         priority: args.priority,
+        flow_control: None,
     };
     let mut request =
         args.server.request(reqwest::Method::POST, &format!("/v1/workflows/{}/runs", args.workflow)).json(&body);

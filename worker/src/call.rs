@@ -35,6 +35,7 @@ pub struct CallRequest {
     timeout: Duration,
     retry: RetryPolicy,
     sign: bool,
+    flow: Option<keel_proto::FlowControl>,
 }
 
 impl CallRequest {
@@ -47,6 +48,7 @@ impl CallRequest {
             timeout: Duration::from_secs(30),
             retry: RetryPolicy::attempts(5),
             sign: false,
+            flow: None,
         }
     }
 
@@ -81,6 +83,18 @@ impl CallRequest {
     pub fn signed(mut self) -> Self {
         self.sign = true;
         self
+    }
+
+    /// Each attempt sends under flow-control key `key` (see
+    /// [`Step::flow_control`](crate::Step::flow_control)): e.g. a model
+    /// provider's limits per API key.
+    pub fn flow_control(mut self, key: impl Into<String>, limits: keel_proto::FlowLimits) -> Self {
+        self.flow = Some(keel_proto::FlowControl { key: key.into(), limits });
+        self
+    }
+
+    pub(crate) fn flow(&self) -> Option<&keel_proto::FlowControl> {
+        self.flow.as_ref()
     }
 
     pub fn method(&self) -> &str {

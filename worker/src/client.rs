@@ -49,6 +49,8 @@ pub struct StartOptions {
     pub callback_url: Option<String>,
     /// 1 to 5 (default 3): among queued runs of the workflow, higher is claimed first.
     pub priority: Option<u8>,
+    /// Every step of the run executes under this flow-control key.
+    pub flow_control: Option<keel_proto::FlowControl>,
 }
 
 /// A client of one Keel server.
@@ -134,6 +136,7 @@ impl Client {
             callback_url: options.callback_url,
             labels: options.labels,
             priority: options.priority,
+            flow_control: options.flow_control,
         };
         let mut request = self.request(reqwest::Method::POST, &format!("/v1/workflows/{workflow}/runs")).json(&body);
         if let Some(key) = &options.idempotency_key {

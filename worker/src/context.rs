@@ -73,6 +73,8 @@ pub(crate) struct Settings {
     pub calls: crate::CallSettings,
     /// Lease renewals and the started marks of long attempts, on their own thread.
     pub heartbeats: crate::heartbeat::Heartbeats,
+    /// Flow-control slots: asked for before attempts, given back after.
+    pub flow: Arc<crate::flow::FlowGate>,
 }
 
 /// Why the run must stop being driven.
@@ -86,6 +88,17 @@ pub(crate) enum Stop {
     Fail(ErrorInfo),
     /// The lease is gone or the store failed: drop everything, record nothing.
     Abandon(String),
+}
+
+/// What every execution of one claimed run shares (the run may replay
+/// several times under one lease: a failure handler, a suspension that found
+/// its event already there).
+#[derive(Clone)]
+pub(crate) struct Shared {
+    /// Attempts whose started mark the heartbeat thread may have to write.
+    pub board: Arc<AttemptBoard>,
+    /// The flow-control key every step of the run executes under (its start's).
+    pub flow: Option<crate::flow::FlowAsk>,
 }
 
 /// Everything one execution of a run (one lease) shares between its branches.
@@ -108,6 +121,8 @@ pub(crate) struct RunCore {
     deferred: Mutex<Vec<JournalEvent>>,
     /// Attempts whose started mark the heartbeat thread may have to write.
     pub board: Arc<AttemptBoard>,
+    /// The flow-control key every step of the run executes under (its start's).
+    pub flow: Option<crate::flow::FlowAsk>,
 }
 
 pub(crate) struct RunState {
@@ -124,6 +139,8 @@ pub(crate) struct RunState {
     /// Branches blocked on events, with their timeouts.
     pub waits: Vec<(EventWait, Option<u64>)>,
     pub stop: Option<Stop>,
+    /// A branch waits for a flow-control slot: the run's status says which key.
+    pub flow_blocked: Option<String>,
 }
 
 impl RunCore {
@@ -134,8 +151,9 @@ impl RunCore {
         journal: Vec<JournalRecord>,
         now_ms: u64,
         stop: Option<Stop>,
-        board: Arc<AttemptBoard>,
+        shared: Shared,
     ) -> Arc<Self> {
+        let Shared { board, flow } = shared;
         let history = History::new(&journal);
         let run_start_ms = journal.first().map_or(now_ms, |r| r.at_ms);
         Arc::new(Self {
@@ -154,10 +172,12 @@ impl RunCore {
                 blocked_until: Vec::new(),
                 waits: Vec::new(),
                 stop,
+                flow_blocked: None,
             }),
             writes: tokio::sync::Mutex::new(()),
             deferred: Mutex::new(Vec::new()),
             board,
+            flow,
         })
     }
 
@@ -470,7 +490,7 @@ impl Context {
     /// # Ok(n) }
     /// ```
     pub fn step(&self, name: impl Into<String>) -> Step {
-        Step { ctx: self.clone(), name: name.into(), retry: None, timeout: None }
+        Step { ctx: self.clone(), name: name.into(), retry: None, timeout: None, flow: None }
     }
 
     /// Run futures (usually steps) in parallel, each as its own branch, and wait
@@ -839,11 +859,11 @@ impl Context {
         let (policy, timeout) = request.policy();
         let settings = self.core.settings.calls.clone();
         // The step's own limit leaves the request's timeout room to report itself.
-        self.step(name)
-            .retry(policy)
-            .timeout(timeout + Duration::from_secs(5))
-            .run_with(move |info| async move { crate::call::send(&settings, &info, &request).await })
-            .await
+        let mut step = self.step(name).retry(policy).timeout(timeout + Duration::from_secs(5));
+        if let Some(fc) = request.flow() {
+            step = step.flow_control(fc.key.clone(), fc.limits.clone());
+        }
+        step.run_with(move |info| async move { crate::call::send(&settings, &info, &request).await }).await
     }
 
     /// The worker's call settings (signing key, private targets), for handlers
@@ -896,6 +916,7 @@ pub struct Step {
     name: String,
     retry: Option<RetryPolicy>,
     timeout: Option<Duration>,
+    flow: Option<keel_proto::FlowControl>,
 }
 
 impl std::fmt::Debug for Step {
@@ -904,6 +925,7 @@ impl std::fmt::Debug for Step {
             .field("name", &self.name)
             .field("retry", &self.retry)
             .field("timeout", &self.timeout)
+            .field("flow_control", &self.flow)
             .finish()
     }
 }
@@ -934,6 +956,25 @@ impl Step {
     /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Each attempt executes under flow-control key `key`: at most
+    /// `parallelism` steps of the key at once and `rate` starts per `period`,
+    /// across every run, worker and server (limits set on the server for the
+    /// key win). Without a slot the run suspends, holding no worker slot, and
+    /// goes on when one frees, in arrival order. Instead of the run's own key.
+    ///
+    /// ```
+    /// # use keel_worker::{Context, Result, StepError};
+    /// # async fn f(ctx: Context) -> Result<()> {
+    /// use keel_worker::FlowLimits;
+    /// let limits = FlowLimits { parallelism: Some(4), rate: Some(60), period: Some("1m".into()) };
+    /// ctx.step("plan").flow_control("openai", limits).run(|| async { Ok::<_, StepError>(()) }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn flow_control(mut self, key: impl Into<String>, limits: keel_proto::FlowLimits) -> Self {
+        self.flow = Some(keel_proto::FlowControl { key: key.into(), limits });
         self
     }
 
@@ -1023,6 +1064,47 @@ impl Step {
             }
             return Err(Error::from_info(error));
         }
+        // A slot of the step's (or the run's) flow-control key before the
+        // attempt; none free: the run waits for one, holding no worker slot.
+        let flow = match &self.flow {
+            Some(fc) => match crate::flow::FlowAsk::of(fc) {
+                Ok(ask) => Some(ask),
+                Err(e) => {
+                    let error = ErrorInfo::new("invalid_flow_control", e.to_string()).in_step(&step_id);
+                    let failed = JournalEvent::StepFailed {
+                        step_id,
+                        attempt,
+                        error: error.clone(),
+                        retry_at_ms: None,
+                        pos: None,
+                    };
+                    if core.append(vec![failed]).await.is_none() {
+                        return active.halt().await;
+                    }
+                    return Err(Error::from_info(error));
+                }
+            },
+            None => core.flow.clone(),
+        };
+        let slot = match &flow {
+            Some(ask) => {
+                let holder = keel_engine::flow::holder(&core.lease.run_id, &step_id);
+                match core.settings.flow.acquire(&ask.key, &holder, ask.rule).await {
+                    Ok(keel_engine::flow::Slot::Acquired) => {
+                        Some(crate::flow::SlotGuard::new(core.settings.flow.clone(), &ask.key, &holder))
+                    }
+                    Ok(keel_engine::flow::Slot::Wait { retry_at_ms, paused }) => {
+                        core.state().flow_blocked = Some(keel_engine::flow::waiting_reason(&ask.key, paused));
+                        return active.block_until(retry_at_ms).await;
+                    }
+                    Err(e) => {
+                        core.halt(Stop::Abandon(format!("asking for a flow-control slot failed: {e}")));
+                        return active.halt().await;
+                    }
+                }
+            }
+            None => None,
+        };
         let run_id = core.lease.run_id.clone();
         let info =
             StepInfo { idempotency_key: format!("{run_id}:{step_id}"), run_id, step_id: step_id.clone(), attempt };
@@ -1067,6 +1149,8 @@ impl Step {
                 }
             }
         };
+        // The attempt is over: its slot goes back (its result is written at the next boundary).
+        drop(slot);
         let pos = (attempt == 1 && !started).then(|| active.pos.clone());
         match outcome {
             Ok((value, took)) => {

@@ -69,6 +69,15 @@ impl Heartbeats {
         Ok(Self { handle, store: own.unwrap_or_else(|| store.clone()), _alive: Arc::new(alive) })
     }
 
+    /// Run what `task` makes of the thread's own store on the heartbeat thread,
+    /// for as long as the thread lives.
+    pub fn spawn_with_store<F: std::future::Future<Output = ()> + Send + 'static>(
+        &self,
+        task: impl FnOnce(Arc<dyn Store>) -> F,
+    ) {
+        self.handle.spawn(task(self.store.clone()));
+    }
+
     /// Run `fut` on the heartbeat thread; it is aborted when the guard drops.
     pub fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) -> AbortOnDrop {
         AbortOnDrop(self.handle.spawn(fut))

@@ -332,6 +332,10 @@ impl WorkerBuilder {
             .collect();
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
         let heartbeats = crate::heartbeat::Heartbeats::start(&store).await?;
+        let lease = self.lease.unwrap_or(Duration::from_secs(30));
+        let flow = crate::flow::FlowGate::new(store.clone(), lease);
+        let weak = Arc::downgrade(&flow);
+        heartbeats.spawn_with_store(move |own| crate::flow::FlowGate::send(weak, own, lease));
         let mut calls = self.calls;
         calls.max_response_bytes.get_or_insert(store.config().max_value_bytes);
         // The worker signs calls with the deployment's keys (the first process
@@ -371,11 +375,12 @@ impl WorkerBuilder {
                 versions,
                 calls,
                 heartbeats,
+                flow,
             }),
             config: WorkerConfig {
                 worker_id,
                 concurrency: self.concurrency.unwrap_or(32),
-                lease: self.lease.unwrap_or(Duration::from_secs(30)),
+                lease,
                 claim_block: Duration::from_secs(1),
                 timer_tick: self.timer_tick.unwrap_or(Duration::from_millis(100)),
                 grace: self.grace.unwrap_or(Duration::from_secs(10)),
@@ -616,6 +621,15 @@ impl Worker {
             return None;
         };
 
+        // Every step of the run under its start's flow-control key (checked
+        // when it started; one that no longer checks runs without).
+        let flow = task.run.flow_control.as_ref().and_then(|fc| match crate::flow::FlowAsk::of(fc) {
+            Ok(ask) => Some(ask),
+            Err(e) => {
+                tracing::warn!(error = %e, "the run's flow control does not check; its steps run without");
+                None
+            }
+        });
         // Renewals end when this guard drops: on every way out of here, panics included.
         let board = Arc::new(crate::marks::AttemptBoard::default());
         let (_renewals, lost) = self.settings.heartbeats.keep(lease.clone(), self.config.lease, board.clone());
@@ -637,7 +651,7 @@ impl Worker {
                 std::mem::take(&mut journal),
                 now(),
                 stop.clone(),
-                board.clone(),
+                crate::context::Shared { board: board.clone(), flow: flow.clone() },
             );
             let ctx = Context::new(core.clone());
             let outcome = self.drive(core.clone(), (workflow.handler)(ctx, input.clone()), &lost, &handback).await;
@@ -739,7 +753,7 @@ impl Worker {
             journal,
             core.now_ms(),
             None,
-            core.board.clone(),
+            crate::context::Shared { board: core.board.clone(), flow: core.flow.clone() },
         );
         let ctx = Context::new(fresh.clone());
         let (input, reported) = (input.clone(), error.clone());
@@ -872,7 +886,8 @@ impl<F: Future<Output = crate::Result<Value>>> Future for Driver<F> {
             let timeouts = state.waits.iter().filter_map(|(_, timeout)| *timeout);
             let wake_at_ms = state.blocked_until.iter().copied().chain(timeouts).min();
             let waits = state.waits.iter().map(|(wait, _)| wait.clone()).collect();
-            return Poll::Ready(Outcome::Suspend(Suspension { wake_at_ms, waits }));
+            let blocked = state.flow_blocked.clone();
+            return Poll::Ready(Outcome::Suspend(Suspension { wake_at_ms, waits, blocked }));
         }
         Poll::Pending
     }

@@ -73,6 +73,9 @@ pub async fn start(
     if let Some(priority) = body.priority {
         keel_proto::validate_priority(priority).map_err(ApiError::InvalidRequest)?;
     }
+    if let Some(fc) = &body.flow_control {
+        keel_engine::flow::check(&fc.key, &fc.limits).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    }
     let idempotency_key = crate::util::idempotency_key(&headers)?;
     let version = workflow.versions.iter().max().copied().unwrap_or(1);
     let req = CreateRun {
@@ -86,6 +89,7 @@ pub async fn start(
         parent: None,
         callback_url: body.callback_url,
         priority: body.priority,
+        flow_control: body.flow_control,
     };
     // A caller that waits, with a worker in this process free to run it now:
     // the run is created leased to that worker (keel_engine::handoff).

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_proto::{
-    DeliveryJob, ErrorInfo, JournalEntry, JournalEvent, JournalRecord, ParentRef, RunId, RunPage, RunStatus,
-    RunSummary, ScheduleSpec, ScheduleState, WebhookDelivery, WebhookSubscription, WorkerInfo,
+    DeliveryJob, ErrorInfo, FlowControl, FlowKeyStatus, JournalEntry, JournalEvent, JournalRecord, ParentRef, RunId,
+    RunPage, RunStatus, RunSummary, ScheduleSpec, ScheduleState, WebhookDelivery, WebhookSubscription, WorkerInfo,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::flow::{FlowRule, SlotAnswer, SlotRequest};
 use crate::{Error, Result, StoreConfig};
 
 pub mod memory;
@@ -43,6 +44,8 @@ pub struct CreateRun {
     /// `None`). Not part of the run's fingerprint: a repeated start that only
     /// changes the priority is the same run.
     pub priority: Option<u8>,
+    /// Every step of the run executes under this flow-control key.
+    pub flow_control: Option<FlowControl>,
 }
 
 impl CreateRun {
@@ -154,6 +157,9 @@ pub struct Suspension {
     pub wake_at_ms: Option<u64>,
     /// One per step waiting (parallel branches may wait at once).
     pub waits: Vec<EventWait>,
+    /// Why the run waits, for its status (e.g. `waiting for flow-control key
+    /// "openai"`): the run shows as waiting, its timer wakes it.
+    pub blocked: Option<String>,
 }
 
 /// One step waits for the first event on any of `keys`.
@@ -292,7 +298,7 @@ pub struct DeadLetter {
 /// The engine's storage: every concern below, on one backend. See the module
 /// documentation.
 #[async_trait]
-pub trait Store: RunStore + HookStore + RegistryStore + ScheduleStore + fmt::Debug + 'static {
+pub trait Store: RunStore + HookStore + RegistryStore + ScheduleStore + FlowStore + fmt::Debug + 'static {
     fn config(&self) -> &StoreConfig;
 
     /// The store's clock, ms since the epoch: the wall clock, or a test's
@@ -477,6 +483,41 @@ pub trait RegistryStore: Send + Sync {
     /// newest key that stays has been out for `settle` (every process must
     /// have picked it up, or what it signs would verify with no listed key).
     async fn retire_signing_key(&self, id: Option<&str>, settle: Duration) -> Result<Vec<StoredSigningKey>>;
+}
+
+/// Flow control: slots, windows and waiters of flow-control keys, shared by
+/// every run, worker and server (flow.rs has the rules).
+#[async_trait]
+pub trait FlowStore: Send + Sync {
+    /// Release `req.releases`, then take a slot for `req.holder` if the key's
+    /// limits (the server's, else `req.rule`) leave room for it, waiters that
+    /// came earlier first; else queue it (keeping its place) and say when to
+    /// ask again.
+    async fn acquire_slot(&self, req: &SlotRequest<'_>) -> Result<SlotAnswer>;
+
+    /// Release these holders' slots; the waiting runs that now have room.
+    async fn release_slots(&self, key: &str, holders: &[String]) -> Result<Vec<RunId>>;
+
+    /// Extend the slots these holders still have by `lease` from now.
+    async fn renew_slots(&self, key: &str, holders: &[String], lease: Duration) -> Result<()>;
+
+    /// Wake a run that waits for a flow-control slot now (its timer fires at
+    /// the next timer tick); nothing if it waits for something else.
+    async fn wake_flow_waiter(&self, run_id: &RunId) -> Result<()>;
+
+    /// Set (or with `None` clear) the server's limits of `key`; they win over
+    /// what runs ask for. A new key past
+    /// [`MAX_CONFIGURED_KEYS`](crate::flow::MAX_CONFIGURED_KEYS) is refused.
+    async fn set_flow_limits(&self, key: &str, rule: Option<FlowRule>) -> Result<()>;
+
+    /// Pause (no step of the key starts) or resume; resuming wakes the waiters it has room for.
+    async fn pause_flow_key(&self, key: &str, paused: bool) -> Result<Vec<RunId>>;
+
+    /// One key as it stands (None when nothing ever used or configured it).
+    async fn flow_key(&self, key: &str) -> Result<Option<FlowKeyStatus>>;
+
+    /// Keys configured on the server or used in the last day, by name.
+    async fn flow_keys(&self) -> Result<Vec<FlowKeyStatus>>;
 }
 
 /// Schedules (the scheduler in schedules.rs decides; the store keeps them and
@@ -681,6 +722,9 @@ pub(crate) fn validate_create(req: &CreateRun, config: &StoreConfig) -> Result<(
     if let Some(priority) = req.priority {
         keel_proto::validate_priority(priority).map_err(Error::Invalid)?;
     }
+    if let Some(fc) = &req.flow_control {
+        crate::flow::check(&fc.key, &fc.limits)?;
+    }
     crate::check_value_size("run's input", &req.input, config.max_value_bytes)?;
     if let Some(key) = &req.idempotency_key {
         keel_proto::validate_idempotency_key(key)?;
@@ -753,6 +797,11 @@ pub(crate) fn validate_claim(req: &Claim) -> Result<()> {
 pub(crate) fn validate_suspension(s: &Suspension) -> Result<()> {
     if s.waits.is_empty() && s.wake_at_ms.is_none() {
         return Err(Error::Invalid("a suspension needs a wake-up time, an event wait, or both".into()));
+    }
+    if let Some(why) = &s.blocked
+        && (s.wake_at_ms.is_none() || why.is_empty() || why.len() > 300)
+    {
+        return Err(Error::Invalid("a blocked suspension needs a wake-up time and a reason of 1-300 bytes".into()));
     }
     for wait in &s.waits {
         if wait.keys.is_empty() {

@@ -13,6 +13,7 @@ use keel_engine::{
 use serde_json::json;
 
 use crate::fixture::{Fixture, Opts};
+use keel_engine::flow::{FlowRule, Slot, SlotAnswer, SlotRequest};
 
 const WF: &str = "orders";
 
@@ -354,7 +355,7 @@ pub async fn stale_lease_is_fenced_out_and_changes_nothing(f: Fixture) {
     assert!(lost(s.finish(&zombie.lease, &[], Finish::Complete { output: json!("zombie") }).await.map(|_| ())));
     assert!(lost(s.finish(&zombie.lease, &[], Finish::Release).await.map(|_| ())));
     assert!(lost(
-        s.finish(&zombie.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(1), waits: vec![] }))
+        s.finish(&zombie.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(1), waits: vec![], blocked: None }))
             .await
             .map(|_| ())
     ));
@@ -479,8 +480,13 @@ pub async fn sleep_suspends_until_the_timer_fires(f: Fixture) {
     let task = claim_one(s, "w").await;
     let wake = task.now_ms + 800;
     let sleep = JournalEvent::TimerScheduled { step_id: "cool-down".into(), fire_at_ms: wake, pos: None };
-    let outcome =
-        s.finish(&task.lease, &[sleep], Finish::Suspend(Suspension { wake_at_ms: Some(wake), waits: vec![] })).await;
+    let outcome = s
+        .finish(
+            &task.lease,
+            &[sleep],
+            Finish::Suspend(Suspension { wake_at_ms: Some(wake), waits: vec![], blocked: None }),
+        )
+        .await;
     assert_eq!(outcome.unwrap(), Finished::Done);
     let run = s.get_run(&id).await.unwrap().unwrap();
     assert_eq!((run.status, run.wake_at_ms), (RunStatus::Sleeping, Some(wake)));
@@ -552,7 +558,11 @@ async fn suspend_waiting(s: &dyn Store, task: &ClaimedTask, keys: &[&str], timeo
     s.finish(
         &task.lease,
         &[started],
-        Finish::Suspend(Suspension { wake_at_ms: timeout_ms.map(|t| task.now_ms + t), waits: vec![wait] }),
+        Finish::Suspend(Suspension {
+            wake_at_ms: timeout_ms.map(|t| task.now_ms + t),
+            waits: vec![wait],
+            blocked: None,
+        }),
     )
     .await
     .expect("suspend")
@@ -637,6 +647,7 @@ pub async fn event_within_lookback_reaches_a_late_waiter(f: Fixture) {
                     keys: vec!["doc-7:signed".into()],
                     since_ms: wait_began,
                 }],
+                blocked: None,
             }),
         )
         .await
@@ -683,7 +694,9 @@ pub async fn event_older_than_lookback_or_consumed_is_not_reused(f: Fixture) {
     // The wait began 450 ms after the event: outside the 300 ms lookback.
 
     let wait = EventWait { step_id: "s".into(), keys: vec!["old".into()], since_ms: delivered_at + 450 };
-    let outcome = s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: None, waits: vec![wait] })).await;
+    let outcome = s
+        .finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: None, waits: vec![wait], blocked: None }))
+        .await;
     assert_eq!(outcome.unwrap(), Finished::Done, "an event older than the lookback window does not count");
     assert_eq!(status(s, &other).await, RunStatus::Waiting);
 }
@@ -722,9 +735,13 @@ pub async fn cancel_depends_on_where_the_run_stands(f: Fixture) {
     // Sleeping: cancelled at once, its timer gone.
     let sleeping = s.create_run(start(json!("sleeping"))).await.unwrap().run_id;
     let task = claim_one(s, "w").await;
-    s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 200), waits: vec![] }))
-        .await
-        .unwrap();
+    s.finish(
+        &task.lease,
+        &[],
+        Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 200), waits: vec![], blocked: None }),
+    )
+    .await
+    .unwrap();
     assert_eq!(s.request_cancel(&sleeping, None).await.unwrap(), CancelOutcome::Cancelled);
     sleep_ms(300).await;
     assert!(s.fire_due_timers(10).await.unwrap().is_empty(), "the cancelled run's timer is gone");
@@ -762,7 +779,11 @@ pub async fn suspend_after_cancel_request_cancels(f: Fixture) {
     let task = claim_one(s, "w").await;
     s.request_cancel(&id, None).await.unwrap();
     let outcome = s
-        .finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 100), waits: vec![] }))
+        .finish(
+            &task.lease,
+            &[],
+            Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 100), waits: vec![], blocked: None }),
+        )
         .await
         .unwrap();
     assert_eq!(outcome, Finished::Cancelled);
@@ -1024,6 +1045,7 @@ pub async fn consuming_one_key_does_not_hide_an_earlier_event_on_another(f: Fixt
         Finish::Suspend(Suspension {
             wake_at_ms: None,
             waits: vec![EventWait { step_id: format!("on-{key}"), keys: vec![key.into()], since_ms: task.now_ms }],
+            blocked: None,
         })
     };
     let got_a = s.finish(&task.lease, &[], wait("a")).await.unwrap();
@@ -1060,6 +1082,7 @@ pub async fn a_finished_child_wakes_its_waiting_parent(f: Fixture) {
         Finish::Suspend(Suspension {
             wake_at_ms: None,
             waits: vec![EventWait { step_id: step.into(), keys: vec![keel_engine::child_event_key(child)], since_ms }],
+            blocked: None,
         })
     };
     assert_eq!(s.finish(&held.lease, &[], wait_for(&children[0], "ok", held.now_ms)).await.unwrap(), Finished::Done);
@@ -1104,6 +1127,7 @@ pub async fn parallel_waits_each_get_their_own_event(f: Fixture) {
                 EventWait { step_id: "left".into(), keys: vec!["l".into()], since_ms },
                 EventWait { step_id: "right".into(), keys: vec!["r1".into(), "r2".into()], since_ms },
             ],
+            blocked: None,
         })
     };
     assert_eq!(s.finish(&task.lease, &[], both(task.now_ms)).await.unwrap(), Finished::Done);
@@ -1119,6 +1143,7 @@ pub async fn parallel_waits_each_get_their_own_event(f: Fixture) {
     let left_only = Finish::Suspend(Suspension {
         wake_at_ms: None,
         waits: vec![EventWait { step_id: "left".into(), keys: vec!["l".into()], since_ms: task.now_ms - 1000 }],
+        blocked: None,
     });
     let got = s.finish(&task.lease, &[], left_only).await.unwrap();
     assert!(
@@ -1163,9 +1188,13 @@ pub async fn pause_holds_a_run_between_steps_until_resumed(f: Fixture) {
     // Sleeping: becomes paused when its timer fires, not runnable.
     let sleeper = s.create_run(start(json!("sleeping"))).await.unwrap().run_id;
     let task = claim_one(s, "w").await;
-    s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 100), waits: vec![] }))
-        .await
-        .unwrap();
+    s.finish(
+        &task.lease,
+        &[],
+        Finish::Suspend(Suspension { wake_at_ms: Some(task.now_ms + 100), waits: vec![], blocked: None }),
+    )
+    .await
+    .unwrap();
     assert_eq!(s.pause(&sleeper).await.unwrap(), PauseOutcome::Requested);
     sleep_ms(200).await;
     assert_eq!(s.fire_due_timers(10).await.unwrap(), vec![sleeper.clone()]);
@@ -1824,7 +1853,7 @@ pub async fn a_runs_priority_holds_on_every_way_back_to_its_queue(f: Fixture) {
     assert_eq!(task.lease.run_id, high);
 
     // A timer.
-    let sleep = Suspension { wake_at_ms: Some(task.now_ms), waits: vec![] };
+    let sleep = Suspension { wake_at_ms: Some(task.now_ms), waits: vec![], blocked: None };
     s.finish(&task.lease, &[], Finish::Suspend(sleep)).await.unwrap();
     assert_eq!(s.fire_due_timers(10).await.unwrap(), vec![high.clone()]);
     let task = next().await;
@@ -1832,7 +1861,9 @@ pub async fn a_runs_priority_holds_on_every_way_back_to_its_queue(f: Fixture) {
 
     // An event.
     let wait = EventWait { step_id: "go".into(), keys: vec!["prio:go".into()], since_ms: task.now_ms };
-    s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: None, waits: vec![wait] })).await.unwrap();
+    s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: None, waits: vec![wait], blocked: None }))
+        .await
+        .unwrap();
     assert_eq!(s.deliver_event("prio:go", &json!(1)).await.unwrap().woken, vec![high.clone()]);
     let task = next().await;
     assert_eq!(task.lease.run_id, high, "woken by an event");
@@ -1875,4 +1906,122 @@ pub async fn a_runs_priority_holds_on_every_way_back_to_its_queue(f: Fixture) {
     let task = next().await;
     assert_eq!(task.lease.run_id, low, "only the priority-1 run is left");
     assert!(s.claim(&one()).await.unwrap().is_empty(), "nothing else queued");
+}
+
+fn slot_req<'a>(key: &'a str, holder: &'a str, rule: FlowRule, releases: &'a [String]) -> SlotRequest<'a> {
+    SlotRequest { key, holder, rule, lease: Duration::from_secs(30), releases }
+}
+
+fn parallel(n: u32) -> FlowRule {
+    FlowRule { parallelism: Some(n), rate: None, period_ms: 1000 }
+}
+
+/// Slots across holders, arrival order among waiters, a rate's window, the
+/// server's limits winning, pause and resume, a dead holder's slot lapsing.
+pub async fn flow_control_slots_windows_and_waiters(f: Fixture) {
+    let s = f.store.as_ref();
+    let acquired = |a: &SlotAnswer| a.slot == Slot::Acquired;
+    let key = "llm:team-7";
+    let run = |n: u32| RunId::new(format!("fc-{n}")).unwrap();
+    let h = |n: u32| keel_engine::flow::holder(&run(n), "plan");
+    assert!(acquired(&s.acquire_slot(&slot_req(key, &h(1), parallel(2), &[])).await.unwrap()));
+    assert!(acquired(&s.acquire_slot(&slot_req(key, &h(2), parallel(2), &[])).await.unwrap()));
+    let third = s.acquire_slot(&slot_req(key, &h(3), parallel(2), &[])).await.unwrap();
+    let Slot::Wait { retry_at_ms, paused: false } = third.slot else { panic!("{third:?}") };
+    assert!(retry_at_ms > 0);
+    assert!(!acquired(&s.acquire_slot(&slot_req(key, &h(4), parallel(2), &[])).await.unwrap()));
+    // Asking again while holding is no second slot (a replay after a crash).
+    assert!(acquired(&s.acquire_slot(&slot_req(key, &h(1), parallel(2), &[])).await.unwrap()));
+    let status = s.flow_key(key).await.unwrap().expect("known");
+    assert_eq!((status.in_flight, status.waiting, status.paused), (2, 2, false));
+    assert_eq!(status.requested.as_ref().and_then(|l| l.parallelism), Some(2));
+    assert_eq!(status.limits, None);
+
+    // A release makes room for the first waiter, not the one that came later.
+    let woken = s.release_slots(key, &[h(1)]).await.unwrap();
+    assert_eq!(woken, vec![run(3)], "the head of the queue is woken");
+    assert!(!acquired(&s.acquire_slot(&slot_req(key, &h(4), parallel(2), &[])).await.unwrap()), "4 came after 3");
+    assert!(acquired(&s.acquire_slot(&slot_req(key, &h(3), parallel(2), &[])).await.unwrap()));
+    // A release riding on an ask: 2 gives back, 4 takes it in the same call.
+    let both = s.acquire_slot(&slot_req(key, &h(4), parallel(2), &[h(2)])).await.unwrap();
+    assert!(acquired(&both), "{both:?}");
+    assert_eq!(s.flow_key(key).await.unwrap().unwrap().in_flight, 2);
+
+    // The server's limits win over what steps ask for.
+    s.set_flow_limits(key, Some(parallel(3))).await.unwrap();
+    assert!(acquired(&s.acquire_slot(&slot_req(key, &h(5), parallel(2), &[])).await.unwrap()));
+    assert!(!acquired(&s.acquire_slot(&slot_req(key, &h(6), parallel(100), &[])).await.unwrap()));
+    let status = s.flow_key(key).await.unwrap().unwrap();
+    assert_eq!(status.limits.as_ref().and_then(|l| l.parallelism), Some(3));
+    assert!(s.flow_keys().await.unwrap().iter().any(|k| k.key == key));
+
+    // Paused: nothing starts, even with room; resumed: the waiters with room are woken.
+    s.release_slots(key, &[h(3), h(4), h(5)]).await.unwrap();
+    s.pause_flow_key(key, true).await.unwrap();
+    let paused = s.acquire_slot(&slot_req(key, &h(6), parallel(2), &[])).await.unwrap();
+    assert!(matches!(paused.slot, Slot::Wait { paused: true, .. }), "{paused:?}");
+    assert!(s.flow_key(key).await.unwrap().unwrap().paused);
+    let woken = s.pause_flow_key(key, false).await.unwrap();
+    assert_eq!(woken, vec![run(6)]);
+    assert!(acquired(&s.acquire_slot(&slot_req(key, &h(6), parallel(2), &[])).await.unwrap()));
+    s.set_flow_limits(key, None).await.unwrap();
+    assert_eq!(s.flow_key(key).await.unwrap().unwrap().limits, None);
+
+    // A rate: at most 3 starts in any second.
+    let rate = FlowRule { parallelism: None, rate: Some(3), period_ms: 1000 };
+    let mut starts = 0;
+    let mut first_wait = None;
+    for n in 10..15 {
+        let a = s.acquire_slot(&slot_req("rate-key", &h(n), rate, &[])).await.unwrap();
+        match a.slot {
+            Slot::Acquired => starts += 1,
+            Slot::Wait { retry_at_ms, .. } => {
+                first_wait.get_or_insert(retry_at_ms);
+            }
+        }
+    }
+    assert_eq!(starts, 3);
+    assert_eq!(s.flow_key("rate-key").await.unwrap().unwrap().starts_in_window, 3);
+    sleep_ms(first_wait.unwrap().saturating_sub(now_wall_ms()) + 50).await;
+    let next = s.acquire_slot(&slot_req("rate-key", &h(13), rate, &[])).await.unwrap();
+    assert!(acquired(&next), "the window moved on: {next:?}");
+
+    // A holder that died: its slot lapses with its lease.
+    let dying = h(20);
+    let short = SlotRequest { lease: Duration::from_millis(200), ..slot_req("lapse", &dying, parallel(1), &[]) };
+    assert!(acquired(&s.acquire_slot(&short).await.unwrap()));
+    assert!(!acquired(&s.acquire_slot(&slot_req("lapse", &h(21), parallel(1), &[])).await.unwrap()));
+    sleep_ms(300).await;
+    assert!(acquired(&s.acquire_slot(&slot_req("lapse", &h(21), parallel(1), &[])).await.unwrap()));
+}
+
+fn now_wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A run suspended for a slot shows why; waking it (what a release's caller
+/// does) has its timer fire at once; a run waiting for something else is left be.
+pub async fn a_run_waiting_for_a_flow_control_slot_is_woken_by_a_release(f: Fixture) {
+    let s = f.store.as_ref();
+    let id = s.create_run(start(json!(1))).await.unwrap().run_id;
+    let task = claim_one(s, "w").await;
+    let why = keel_engine::flow::waiting_reason("llm", false);
+    let later = task.now_ms + 60_000;
+    let wait = Suspension { wake_at_ms: Some(later), waits: vec![], blocked: Some(why.clone()) };
+    s.finish(&task.lease, &[], Finish::Suspend(wait)).await.unwrap();
+    let run = s.get_run(&id).await.unwrap().unwrap();
+    assert_eq!((run.status, run.blocked.as_deref()), (RunStatus::Waiting, Some(why.as_str())));
+    assert!(s.fire_due_timers(10).await.unwrap().is_empty(), "not due for a minute");
+    s.wake_flow_waiter(&id).await.unwrap();
+    assert_eq!(s.fire_due_timers(10).await.unwrap(), vec![id.clone()], "due now");
+    let task = claim_one(s, "w").await;
+    assert_eq!(task.run.blocked, None, "no longer waiting");
+
+    // A plain sleep is not a flow-control wait: a wake leaves it asleep.
+    s.finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: Some(later), waits: vec![], blocked: None }))
+        .await
+        .unwrap();
+    s.wake_flow_waiter(&id).await.unwrap();
+    assert!(s.fire_due_timers(10).await.unwrap().is_empty());
+    assert_eq!(status(s, &id).await, RunStatus::Sleeping);
 }

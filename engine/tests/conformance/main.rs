@@ -77,6 +77,8 @@ conformance!(
     schedules_move_on_from_a_tick_once,
     priorities_order_claims_and_the_lowest_still_gets_its_turn,
     a_runs_priority_holds_on_every_way_back_to_its_queue,
+    flow_control_slots_windows_and_waiters,
+    a_run_waiting_for_a_flow_control_slot_is_woken_by_a_release,
     a_run_created_claimed_is_leased_and_outlives_its_worker,
     a_finished_child_wakes_its_waiting_parent,
     parallel_waits_each_get_their_own_event,

@@ -28,6 +28,7 @@ use super::{
 };
 use crate::clock::{Clock, SystemClock};
 
+mod flow;
 mod hooks;
 mod registry;
 mod runs;
@@ -100,6 +101,8 @@ struct State {
     workers: HashMap<String, (WorkerInfo, u64)>,
     /// The deployment's signing keys.
     signing_keys: SigningKeyRing,
+    /// Flow-control keys by name (flow.rs).
+    flow: BTreeMap<String, flow::FlowKey>,
     /// Schedules by id, and their next ticks.
     schedules: BTreeMap<String, crate::store::StoredSchedule>,
     webhooks: BTreeMap<String, WebhookSubscription>,
@@ -115,6 +118,7 @@ struct State {
 }
 
 struct Run {
+    flow_control: Option<keel_proto::FlowControl>,
     workflow: String,
     version: u32,
     priority: u8,
@@ -174,6 +178,7 @@ impl Run {
             labels: self.labels.clone(),
             callback_url: self.callback_url.clone(),
             blocked: self.blocked.clone(),
+            flow_control: self.flow_control.clone(),
         }
     }
 
@@ -284,6 +289,7 @@ impl State {
     fn clear_wait(&mut self, id: &RunId) -> Result<()> {
         let run = self.run_mut(id)?;
         let keys = std::mem::take(&mut run.wait_keys);
+        run.blocked = None;
         run.wait_steps.clear();
         let wake = run.wake.take();
         for key in keys {

@@ -217,7 +217,9 @@ impl RunStore for MemoryStore {
         let run = state.run_mut(id)?;
         run.task = None;
         run.lease = None;
-        run.status = if waits.is_empty() { RunStatus::Sleeping } else { RunStatus::Waiting };
+        run.status =
+            if waits.is_empty() && suspension.blocked.is_none() { RunStatus::Sleeping } else { RunStatus::Waiting };
+        run.blocked = suspension.blocked;
         Ok(Finished::Done)
     }
 
@@ -576,6 +578,7 @@ impl MemoryStore {
             id.clone(),
             Run {
                 priority: req.priority(),
+                flow_control: req.flow_control.clone(),
                 workflow: req.workflow,
                 version: req.version,
                 status: if delay > 0 { RunStatus::Sleeping } else { RunStatus::Pending },

@@ -31,6 +31,7 @@ use crate::{Error, Result, StoreConfig};
 mod claims;
 mod conn;
 mod counters;
+mod flow_control;
 mod hooks;
 mod list;
 mod notify;
@@ -85,6 +86,8 @@ pub struct RedisStore {
     functions: std::sync::atomic::AtomicBool,
     /// Queues whose consumer group this process created or found.
     groups: Mutex<HashSet<String>>,
+    /// Flow-control keys this process noted as in use, and when (flow_control.rs).
+    flow_noted: Mutex<HashMap<String, u64>>,
     /// Long-polls and journal streams, woken through one subscriber connection.
     notifier: notify::Notifier,
     /// The /metrics counts the scripts reported, not yet added to Redis.
@@ -255,6 +258,7 @@ impl RedisStore {
             scripts,
             functions: std::sync::atomic::AtomicBool::new(false),
             groups: Mutex::new(HashSet::new()),
+            flow_noted: Mutex::new(HashMap::new()),
         })
     }
 
@@ -619,6 +623,7 @@ fn summary_from_hash(run_id: &RunId, hash: HashMap<String, String>) -> Result<Ru
         pause_requested: field("pz").is_some_and(|v| v == "1"),
         callback_url: field("cb").cloned(),
         blocked: field("blk").cloned(),
+        flow_control: field("fc").map(|v| from_json::<keel_proto::FlowControl>(&what(), v)).transpose()?,
         output: field("out").map(|v| from_json::<Json>(&what(), v)).transpose()?,
         error: field("err").map(|v| from_json::<ErrorInfo>(&what(), v)).transpose()?,
         parent: field("par").map(|v| from_json::<ParentRef>(&what(), v)).transpose()?,

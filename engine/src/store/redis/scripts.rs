@@ -81,7 +81,7 @@ fn lua_string(text: &str) -> String {
 }
 
 /// The scripts' sources, by file name.
-const SOURCES: [(&str, &str); 20] = [
+const SOURCES: [(&str, &str); 21] = [
     ("append.lua", include_str!("lua/append.lua")),
     ("cancel.lua", include_str!("lua/cancel.lua")),
     ("claim.lua", include_str!("lua/claim.lua")),
@@ -93,6 +93,7 @@ const SOURCES: [(&str, &str); 20] = [
     ("finish.lua", include_str!("lua/finish.lua")),
     ("job_update.lua", include_str!("lua/job_update.lua")),
     ("jobs_due.lua", include_str!("lua/jobs_due.lua")),
+    ("nudge.lua", include_str!("lua/nudge.lua")),
     ("pause.lua", include_str!("lua/pause.lua")),
     ("read.lua", include_str!("lua/read.lua")),
     ("reconcile.lua", include_str!("lua/reconcile.lua")),
@@ -143,6 +144,7 @@ pub(super) struct Scripts {
     pub resume: Op,
     pub retry: Op,
     pub timers: Op,
+    pub nudge: Op,
     pub read: Op,
     pub unpark: Op,
     pub watch: Op,
@@ -171,6 +173,7 @@ impl Scripts {
             &self.resume,
             &self.retry,
             &self.timers,
+            &self.nudge,
             &self.read,
             &self.unpark,
             &self.watch,
@@ -228,6 +231,7 @@ impl Scripts {
             resume: op("resume.lua"),
             retry: op("retry.lua"),
             timers: op("timers.lua"),
+            nudge: op("nudge.lua"),
             read: op("read.lua"),
             unpark: op("unpark.lua"),
             watch: op("watch.lua"),

@@ -2,7 +2,7 @@
 -- and its first task (or start timer), all or nothing.
 -- A: id, wf, ver, fp (fingerprint text), idem?, idem_ttl_ms, delay_ms,
 --    labels? (json), parent? (json), started (entry), client_id (bool),
---    cb?, pp?, pr? (a priority other than the default), (the parent's partition prefix), existing? (the run the
+--    cb?, pp?, pr? (a priority other than the default), fc? (flow control, json), (the parent's partition prefix), existing? (the run the
 --    idempotency key named when the caller read it: its key is declared),
 --    claim? ({ worker, lease_ms }: create it leased to that worker)
 local id, wf, idem = A.id, A.wf, A.idem
@@ -42,6 +42,7 @@ if idem then fields[#fields + 1] = 'idem'; fields[#fields + 1] = idem end
 if A.cb then fields[#fields + 1] = 'cb'; fields[#fields + 1] = A.cb end
 -- The parent's partition, when it has one: its outcome goes there (notify_parent).
 if A.pp then fields[#fields + 1] = 'pp'; fields[#fields + 1] = A.pp end
+if A.fc then fields[#fields + 1] = 'fc'; fields[#fields + 1] = A.fc end
 -- A priority other than the default (the field's absence).
 if A.pr then fields[#fields + 1] = 'pr'; fields[#fields + 1] = tostring(A.pr) end
 PRIORITY_OF[id] = A.pr and tostring(A.pr) or false

@@ -3,7 +3,8 @@
 -- A: id, worker, epoch, patch, entries, how ('complete' | 'fail' | 'cancel' |
 --    'suspend' | 'release'), retention_ms, final? (entry), payload? (output /
 --    error json), cancelled (run_cancelled entry), wake_at? (ms, as text), waits ({ step,
---    key, since } each), lookback_ms, child_outcome? (json, for a parent)
+--    key, since } each), blocked? (why the run waits: its `blk`), lookback_ms,
+--    child_outcome? (json, for a parent)
 local id = A.id
 local h = fenced(id, A.worker, A.epoch)
 if not h then return reply({ r = 'LOST' }) end
@@ -86,6 +87,7 @@ if A.wake_at then
 end
 ack(wf, h[10], tid)
 call('HSET', k_run(id), 'task', '')
+if A.blocked then call('HSET', k_run(id), 'blk', A.blocked) end
 call('DEL', k_lease(id))
-if #waits > 0 then set_status(id, st, 'waiting', created) else set_status(id, st, 'sleeping', created) end
+if #waits > 0 or A.blocked then set_status(id, st, 'waiting', created) else set_status(id, st, 'sleeping', created) end
 return reply({ r = 'DONE' })

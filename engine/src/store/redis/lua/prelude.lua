@@ -308,7 +308,7 @@ end
 local function clear_wait(id, wk)
   for _, key in ipairs(split_lines(wk)) do call('SREM', k_waiters(key), id) end
   call('ZREM', K('timers'), id)
-  call('HDEL', k_run(id), 'wake', 'wk', 'ws')
+  call('HDEL', k_run(id), 'wake', 'wk', 'ws', 'blk')
 end
 
 -- A run no worker holds becomes runnable (one task), or paused (no task) when a

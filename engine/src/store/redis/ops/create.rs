@@ -25,6 +25,9 @@ struct Args<'a> {
     pp: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     existing: Option<&'a str>,
+    /// The run's flow control, as JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fc: Option<String>,
     /// A priority other than the default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pr: Option<u8>,
@@ -122,6 +125,7 @@ pub(in crate::store::redis) async fn call(
             cb: req.callback_url.as_deref(),
             pp: req.parent.as_ref().map(|p| store.keys_of(&p.run_id).prefix()),
             existing: existing.as_ref().map(RunId::as_str),
+            fc: req.flow_control.as_ref().map(super::super::to_json).transpose()?,
             pr: (req.priority() != keel_proto::DEFAULT_PRIORITY).then_some(req.priority()),
             retention_ms: config.retention.as_millis() as u64,
             claim: claim.map(|c| ClaimArgs { worker: &c.worker_id, lease_ms: c.lease.as_millis().max(1) as u64 }),

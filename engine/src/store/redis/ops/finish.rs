@@ -31,6 +31,9 @@ struct Args<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     wake_at: Option<String>,
     waits: Vec<Wait<'a>>,
+    /// Why the run waits (a flow-control key): its `blk`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocked: Option<&'a str>,
     lookback_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     child_outcome: Option<String>,
@@ -76,9 +79,9 @@ pub(in crate::store::redis) async fn call(
         }
         Finish::Release => ("release", None, None),
     };
-    let (wake_at, waits) = match how {
-        Finish::Suspend(s) => (s.wake_at_ms, crate::store::flatten_waits(s)),
-        _ => (None, Vec::new()),
+    let (wake_at, waits, blocked) = match how {
+        Finish::Suspend(s) => (s.wake_at_ms, crate::store::flatten_waits(s), s.blocked.as_deref()),
+        _ => (None, Vec::new(), None),
     };
     let config = &store.config;
     let keys = store.keys_of(&lease.run_id);
@@ -111,6 +114,7 @@ pub(in crate::store::redis) async fn call(
         cancelled: Entry::of(&JournalEvent::RunCancelled { reason: None })?,
         wake_at: wake_at.map(|ms| ms.to_string()),
         waits: waits.iter().map(|&(step, key, since)| Wait { step, key, since }).collect(),
+        blocked,
         lookback_ms: config.event_lookback.as_millis().max(1) as u64,
         child_outcome: crate::store::child_outcome_of(how)?,
     };

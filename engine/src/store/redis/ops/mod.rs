@@ -34,6 +34,7 @@ pub(super) mod fanout;
 pub(super) mod finish;
 pub(super) mod job_update;
 pub(super) mod jobs_due;
+pub(super) mod nudge;
 pub(super) mod pause;
 pub(super) mod read;
 pub(super) mod reconcile;
