@@ -1053,3 +1053,91 @@ async fn a_schedule_on_three_servers_starts_one_run_per_tick() {
     assert_eq!(http.get(url(1, "/v1/schedules/every-2s")).send().await.unwrap().status(), 404);
     assert!(runs_of(http.clone(), servers[0].url.clone()).await.len() > after, "the runs stay");
 }
+
+/// Flow control over HTTP: runs started under a key, the key paused (its runs
+/// wait and say why), its limits set on the server, resumed (they complete);
+/// gauges for the configured key; bad keys and limits refused with problems.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_control_keys_are_set_paused_resumed_and_shown() {
+    let redis = RedisServer::start();
+    let ns = RedisServer::unique_namespace("flow");
+    let keel = Keel::spawn("dev", &redis, &ns, &[]);
+    let http = http();
+    wait_for_workflows(&http, &keel, None).await;
+    let url = |path: &str| format!("{}{path}", keel.url);
+    let problem = |r: &Value| r["type"].as_str().unwrap_or_default().to_owned();
+
+    for (body, says) in [
+        (json!({"flow_control": {"key": "a b", "parallelism": 1}}), "whitespace"),
+        (json!({"flow_control": {"key": "k", "parallelism": 0}}), "parallelism must be"),
+        (json!({"flow_control": {"key": "k"}}), "needs a parallelism, a rate, or both"),
+        (json!({"flow_control": {"key": "k", "rate": 5, "period": "9d"}}), "period must be"),
+        (json!({"priority": 9}), "priority must be 1 to 5"),
+    ] {
+        let mut body = body;
+        body["input"] = json!({"steps": 1});
+        let refused = start(&http, &keel, "demo", body.clone()).await;
+        assert_eq!(refused.status(), 422, "{body}");
+        let text = refused.text().await.unwrap();
+        assert!(text.contains(says), "{body}: {text}");
+    }
+    let bad_put = http.put(url("/v1/flow-control/llm")).json(&json!({"parallelism": 0})).send().await.unwrap();
+    assert_eq!(bad_put.status(), 422);
+    let missing: Value = http.get(url("/v1/flow-control/nobody-used-me")).send().await.unwrap().json().await.unwrap();
+    assert!(problem(&missing).starts_with("urn:keel:problem:"), "{missing}");
+
+    let paused: Value = http.post(url("/v1/flow-control/llm/pause")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(paused["paused"], true);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let body = json!({"input": {"steps": 2}, "priority": 4,
+            "flow_control": {"key": "llm", "parallelism": 2, "rate": 100, "period": "1m"}});
+        let started: Value = start(&http, &keel, "demo", body).await.json().await.unwrap();
+        ids.push(started["run_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let deadline = std::time::Instant::now() + WAIT;
+        let run = loop {
+            let run: Value = http.get(url(&format!("/v1/runs/{id}"))).send().await.unwrap().json().await.unwrap();
+            if run["status"] == "waiting" {
+                break run;
+            }
+            assert!(std::time::Instant::now() < deadline, "{id} never waited: {run}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(run["blocked"], "waiting for flow-control key \"llm\" (paused)");
+        assert_eq!(run["priority"], 4);
+        assert_eq!(run["flow_control"]["key"], "llm");
+    }
+    let shown: Value = http.get(url("/v1/flow-control/llm")).send().await.unwrap().json().await.unwrap();
+    let errors: Vec<String> = schema("http/flow-key.json").iter_errors(&shown).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{shown}: {errors:?}");
+    assert_eq!((shown["waiting"].as_u64(), shown["in_flight"].as_u64()), (Some(3), Some(0)), "{shown}");
+    assert_eq!(shown["requested"]["rate"], 100);
+    assert_eq!(shown["requested"]["period"], "1m");
+
+    let set = http.put(url("/v1/flow-control/llm")).json(&json!({"parallelism": 1})).send().await.unwrap();
+    assert_eq!(set.status(), 200);
+    let set: Value = set.json().await.unwrap();
+    assert_eq!(set["limits"], json!({"parallelism": 1}));
+    let metrics = http.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("keel_flow_waiting{key=\"llm\"} 3"), "{metrics}");
+    assert!(metrics.contains("keel_flow_paused{key=\"llm\"} 1"), "{metrics}");
+
+    let resumed: Value = http.post(url("/v1/flow-control/llm/resume")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(resumed["paused"], false);
+    for id in &ids {
+        let result: Value =
+            http.get(url(&format!("/v1/runs/{id}/result?wait=30s"))).send().await.unwrap().json().await.unwrap();
+        assert_eq!(result["status"], "completed", "{result}");
+    }
+    let list: Value = http.get(url("/v1/flow-control")).send().await.unwrap().json().await.unwrap();
+    let errors: Vec<String> = schema("http/flow-key-list.json").iter_errors(&list).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{list}: {errors:?}");
+    let llm = list["keys"].as_array().unwrap().iter().find(|k| k["key"] == "llm").expect("listed").clone();
+    assert_eq!((llm["in_flight"].as_u64(), llm["waiting"].as_u64()), (Some(0), Some(0)), "{llm}");
+    let cleared = http.delete(url("/v1/flow-control/llm")).send().await.unwrap();
+    assert_eq!(cleared.status(), 204);
+    let after: Value = http.get(url("/v1/flow-control/llm")).send().await.unwrap().json().await.unwrap();
+    assert!(after.get("limits").is_none(), "{after}");
+}

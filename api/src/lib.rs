@@ -173,6 +173,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/schedules/{id}/pause", post(routes::schedules::pause))
         .route("/v1/schedules/{id}/resume", post(routes::schedules::resume))
         .route("/v1/schedules/{id}/trigger", post(routes::schedules::trigger))
+        .route("/v1/flow-control", get(routes::flow_control::list))
+        .route(
+            "/v1/flow-control/{key}",
+            get(routes::flow_control::get_one).put(routes::flow_control::put).delete(routes::flow_control::clear),
+        )
+        .route("/v1/flow-control/{key}/pause", post(routes::flow_control::pause))
+        .route("/v1/flow-control/{key}/resume", post(routes::flow_control::resume))
         .route("/v1/signing-keys/rotate", post(routes::signing_keys::rotate))
         .route("/v1/signing-keys/retire", post(routes::signing_keys::retire))
         .route("/v1/webhooks/{id}", get(routes::webhooks::get_one).delete(routes::webhooks::delete))

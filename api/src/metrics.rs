@@ -32,6 +32,11 @@ pub(crate) struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkflowLabels {
     workflow: String,
 }
@@ -151,6 +156,27 @@ pub async fn scrape(State(state): State<AppState>) -> ApiResult<impl IntoRespons
         by_status.get_or_create(&StatusLabels { status: status.to_string() }).set(*n as i64);
     }
     registry.register("runs", "Runs kept in the store, by status", by_status);
+    // Flow-control keys configured on the server (limits or a pause) only: at
+    // most MAX_CONFIGURED_KEYS, so what runs ask for cannot grow the scrape.
+    let flow = store.flow_keys(true).await?;
+    for (name, help, value) in [
+        (
+            "flow_in_flight",
+            "Steps executing under a configured flow-control key",
+            (|k: &keel_proto::FlowKeyStatus| i64::from(k.in_flight)) as fn(&keel_proto::FlowKeyStatus) -> i64,
+        ),
+        ("flow_waiting", "Runs waiting for a slot of a configured flow-control key", |k| i64::from(k.waiting)),
+        ("flow_starts_in_window", "Step starts in the current rate window of a configured flow-control key", |k| {
+            i64::from(k.starts_in_window)
+        }),
+        ("flow_paused", "1 when a configured flow-control key is paused", |k| i64::from(k.paused)),
+    ] {
+        let family: Family<FlowLabels, ConstGaugeI64> = Family::new_with_constructor(ConstGaugeI64::default);
+        for key in &flow {
+            family.get_or_create(&FlowLabels { key: key.key.clone() }).set(value(key));
+        }
+        registry.register(name, help, family);
+    }
     registry.register(
         "tasks_dead_lettered",
         "Tasks set aside after too many deliveries",

@@ -24,6 +24,8 @@ use crate::routes;
         routes::signing_keys::rotate, routes::signing_keys::retire,
         routes::schedules::put, routes::schedules::list, routes::schedules::get_one, routes::schedules::delete,
         routes::schedules::pause, routes::schedules::resume, routes::schedules::trigger,
+        routes::flow_control::list, routes::flow_control::get_one, routes::flow_control::put,
+        routes::flow_control::clear, routes::flow_control::pause, routes::flow_control::resume,
     ),
     components(schemas(keel_proto::WebhookPayload)),
     modifiers(&BearerAuth),

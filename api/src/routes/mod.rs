@@ -1,6 +1,7 @@
 //! The handlers, one file per resource.
 
 pub mod events;
+pub mod flow_control;
 pub mod health;
 pub mod runs;
 pub mod schedules;

@@ -516,8 +516,9 @@ pub trait FlowStore: Send + Sync {
     /// One key as it stands (None when nothing ever used or configured it).
     async fn flow_key(&self, key: &str) -> Result<Option<FlowKeyStatus>>;
 
-    /// Keys configured on the server or used in the last day, by name.
-    async fn flow_keys(&self) -> Result<Vec<FlowKeyStatus>>;
+    /// Keys configured on the server (limits or a pause) and, unless
+    /// `configured_only`, the 1,000 used most recently in the last day; by name.
+    async fn flow_keys(&self, configured_only: bool) -> Result<Vec<FlowKeyStatus>>;
 }
 
 /// Schedules (the scheduler in schedules.rs decides; the store keeps them and
@@ -607,6 +608,10 @@ pub(crate) fn refusal(code: &str, detail: &str) -> Error {
             Error::SigningKeys("this is the deployment's only signing key: rotate first (keel keys rotate)".into())
         }
         "UNKNOWN" => Error::Invalid(format!("the deployment has no signing key {detail:?}")),
+        "FULL_FLOW_KEYS" => Error::Invalid(format!(
+            "a deployment has at most {} flow-control keys with limits set on the server: clear one first",
+            crate::flow::MAX_CONFIGURED_KEYS
+        )),
         "FULL_SCHEDULES" => Error::Invalid(format!(
             "a deployment has at most {} schedules: delete one first",
             crate::schedules::MAX_SCHEDULES

@@ -12,6 +12,8 @@ use keel_proto::FlowKeyStatus;
 const POLL_MS: u64 = 2000;
 /// How long a key nobody configured is remembered after its last use.
 const FORGET_MS: u64 = 86_400_000;
+/// At most this many keys used lately are listed (configured ones always are).
+const LISTED: usize = 1000;
 
 /// One key's state (flow_control.lua keeps the same in five Redis keys).
 #[derive(Default)]
@@ -209,10 +211,24 @@ impl FlowStore for MemoryStore {
         Ok(state.flow.get(key).filter(|k| !k.forgotten(now)).map(|k| k.status(key, now)))
     }
 
-    async fn flow_keys(&self) -> Result<Vec<FlowKeyStatus>> {
+    async fn flow_keys(&self, configured_only: bool) -> Result<Vec<FlowKeyStatus>> {
         let now = self.now_ms();
         let mut state = self.state();
         state.flow.retain(|_, k| !k.forgotten(now));
-        Ok(state.flow.iter().map(|(key, k)| k.status(key, now)).collect())
+        let mut used: Vec<(u64, &String)> = state
+            .flow
+            .iter()
+            .filter(|(_, k)| k.server.is_none() && !k.paused)
+            .map(|(key, k)| (k.last_used.unwrap_or(0), key))
+            .collect();
+        used.sort_by(|a, b| b.cmp(a));
+        let recent: std::collections::HashSet<&String> =
+            if configured_only { Default::default() } else { used.into_iter().take(LISTED).map(|(_, k)| k).collect() };
+        Ok(state
+            .flow
+            .iter()
+            .filter(|(key, k)| k.server.is_some() || k.paused || recent.contains(key))
+            .map(|(key, k)| k.status(key, now))
+            .collect())
     }
 }

@@ -181,26 +181,28 @@ impl FlowStore for RedisStore {
         Ok(known.then(|| Self::flow_status(key, reply)))
     }
 
-    async fn flow_keys(&self) -> Result<Vec<FlowKeyStatus>> {
+    async fn flow_keys(&self, configured_only: bool) -> Result<Vec<FlowKeyStatus>> {
         let keys = self.keys();
         let mut conn = self.conn.clone();
-        let cutoff = now_wall_ms().saturating_sub(FORGET_MS);
-        let _: () =
-            redis::cmd("ZREMRANGEBYSCORE").arg(keys.flow_keys()).arg("-inf").arg(cutoff).query_async(&mut conn).await?;
-        // The most recently used first, at most LISTED of them.
         let mut names: Vec<String> =
-            redis::cmd("ZREVRANGE").arg(keys.flow_keys()).arg(0).arg(LISTED - 1).query_async(&mut conn).await?;
-        let configured: Vec<String> =
             redis::cmd("SUNION").arg(keys.flow_configured()).arg(keys.flow_paused()).query_async(&mut conn).await?;
-        names.extend(configured);
+        if !configured_only {
+            let cutoff = now_wall_ms().saturating_sub(FORGET_MS);
+            let _: () = redis::cmd("ZREMRANGEBYSCORE")
+                .arg(keys.flow_keys())
+                .arg("-inf")
+                .arg(cutoff)
+                .query_async(&mut conn)
+                .await?;
+            // The most recently used first, at most LISTED of them.
+            let used: Vec<String> =
+                redis::cmd("ZREVRANGE").arg(keys.flow_keys()).arg(0).arg(LISTED - 1).query_async(&mut conn).await?;
+            names.extend(used);
+        }
         names.sort();
         names.dedup();
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            if let Some(status) = self.flow_key(&name).await? {
-                out.push(status);
-            }
-        }
-        Ok(out)
+        // One pipeline-free script call per key, all at once on the multiplexed connection.
+        let statuses = futures::future::try_join_all(names.iter().map(|name| self.flow_key(name))).await?;
+        Ok(statuses.into_iter().flatten().collect())
     }
 }
