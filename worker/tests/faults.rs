@@ -390,3 +390,49 @@ async fn a_rerun_after_a_worker_died_in_a_blocking_step_is_a_new_attempt() {
     );
     assert_eq!(effects(&b, &id, "hold").await, 2);
 }
+
+/// A worker SIGKILLed while its runs hold two slots of a flow-control key
+/// (parallelism 2): the slots stay taken until its lease lapses (nothing is
+/// renewing them), then come back; the runs waiting for the key go on and
+/// every run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_of_a_killed_worker_come_back_after_its_lease() {
+    let b = common::redis().await;
+    let first = WorkerProcess::spawn(&b, 1500);
+    let fc = keel_engine::proto::FlowControl {
+        key: "kill".into(),
+        limits: keel_engine::proto::FlowLimits { parallelism: Some(2), ..Default::default() },
+    };
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let req = keel_engine::CreateRun {
+            workflow: "slow".into(),
+            version: 1,
+            input: json!(4000),
+            flow_control: Some(fc.clone()),
+            ..Default::default()
+        };
+        ids.push(b.store.create_run(req).await.unwrap().run_id);
+    }
+    // Two slow steps under way (their long attempts are journaled as started).
+    eventually(WAIT, "two slow steps holding the key's two slots", || async {
+        let mut started = 0;
+        for id in &ids {
+            let j = journal(&b.store, id).await;
+            started += count(&j, |e| matches!(e, JournalEvent::StepStarted { step_id, .. } if step_id == "slow"));
+        }
+        (started >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(b.store.flow_key("kill").await.unwrap().unwrap().in_flight, 2);
+    first.sigkill();
+    let status = b.store.flow_key("kill").await.unwrap().unwrap();
+    assert_eq!(status.in_flight, 2, "a dead worker's slots count until its lease lapses: {status:?}");
+    let _second = WorkerProcess::spawn(&b, 1500);
+    for id in &ids {
+        let run = wait_final(&b.store, id, Duration::from_secs(60)).await;
+        assert_eq!(run.status, RunStatus::Completed, "{id}: {:?}", run.error);
+    }
+    let status = b.store.flow_key("kill").await.unwrap().unwrap();
+    assert_eq!((status.in_flight, status.waiting), (0, 0), "{status:?}");
+}
