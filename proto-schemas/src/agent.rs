@@ -30,6 +30,28 @@ pub struct AgentHttpInput {
     /// Each call's timeout in seconds (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_timeout_s: Option<u64>,
+    /// Flow-control keys per handler (e.g. the model provider's limits).
+    #[serde(default, skip_serializing_if = "AgentFlowControl::is_empty")]
+    pub flow_control: AgentFlowControl,
+}
+
+/// The flow-control key each of an agent's handlers calls under (none: the
+/// run's own key, if it has one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFlowControl {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::FlowControl>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execute: Option<crate::FlowControl>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reflect: Option<crate::FlowControl>,
+}
+
+impl AgentFlowControl {
+    pub fn is_empty(&self) -> bool {
+        self.plan.is_none() && self.execute.is_none() && self.reflect.is_none()
+    }
 }
 
 /// Input of the `agent-llm` workflow.
@@ -43,6 +65,9 @@ pub struct AgentLlmInput {
     pub max_parallel: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_timeout_s: Option<u64>,
+    /// Flow-control keys per handler (e.g. the model provider's limits).
+    #[serde(default, skip_serializing_if = "AgentFlowControl::is_empty")]
+    pub flow_control: AgentFlowControl,
 }
 
 /// POSTed to the plan endpoint.

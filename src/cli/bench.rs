@@ -51,6 +51,14 @@ pub struct BenchArgs {
     /// `appendfsync` of the private redis-server (always, everysec, no).
     #[arg(long, default_value = "everysec")]
     fsync: String,
+    /// Every step under this flow-control key (what one costs per step):
+    /// with --flow-parallelism, at most that many at once.
+    #[arg(long)]
+    flow_key: Option<String>,
+    /// The flow-control key's parallelism (default: more than the bench can
+    /// reach, so the key is never contended).
+    #[arg(long, default_value_t = 10_000)]
+    flow_parallelism: u32,
 }
 
 /// A child process killed on drop.
@@ -255,11 +263,18 @@ async fn wait_for_bench(http: &reqwest::Client, url: &str) -> anyhow::Result<()>
     }
 }
 
+/// A start's body: the bench input, under the flow-control key if one is asked for.
+fn start_body(args: &BenchArgs, input: Value) -> Value {
+    match &args.flow_key {
+        Some(key) => json!({"input": input, "flow_control": {"key": key, "parallelism": args.flow_parallelism}}),
+        None => json!({"input": input}),
+    }
+}
+
 /// One run, start to finish through the API: its latency, or why it failed.
-async fn one_run(http: &reqwest::Client, url: &str, input: &Value) -> anyhow::Result<Duration> {
+async fn one_run(http: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<Duration> {
     let began = Instant::now();
-    let response =
-        http.post(format!("{url}/v1/workflows/bench/runs?wait=120s")).json(&json!({"input": input})).send().await?;
+    let response = http.post(format!("{url}/v1/workflows/bench/runs?wait=120s")).json(body).send().await?;
     let status = response.status();
     let body: Value = response.json().await?;
     if body["status"] != "completed" {
@@ -292,8 +307,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
 
     if args.overhead {
         // Warm up, then one run of 100 sequential 1 ms steps.
-        one_run(&http, &url, &json!({"steps": 3})).await?;
-        let took = one_run(&http, &url, &json!({"steps": 100, "step_ms": 1})).await?;
+        one_run(&http, &url, &start_body(&args, json!({"steps": 3}))).await?;
+        let took = one_run(&http, &url, &start_body(&args, json!({"steps": 100, "step_ms": 1}))).await?;
         let overhead = (took.as_secs_f64() * 1000.0 - 100.0) / 100.0;
         let line = json!({"steps": 100, "step_ms": 1, "wall_ms": took.as_secs_f64() * 1000.0, "overhead_ms_per_step": overhead});
         if args.json {
@@ -309,7 +324,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
 
     // Warm-up runs (connections, scripts loaded), not counted.
     for _ in 0..args.concurrency.clamp(1, 20) {
-        one_run(&http, &url, &json!({"steps": args.steps})).await?;
+        one_run(&http, &url, &start_body(&args, json!({"steps": args.steps}))).await?;
     }
     // Every process reports its round trips within about a second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -327,7 +342,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let input = json!({"steps": args.steps});
+    let input = start_body(&args, json!({"steps": args.steps}));
     let began = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.runs {
@@ -395,7 +410,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
     let redis_cpu_us_per_step = redis_cpu_per_run.map(|ms| ms * 1000.0 / f64::from(args.steps.max(1)));
     let fmt = |v: Option<f64>, digits: usize| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"));
     let report = json!({
-        "runs": args.runs, "steps": args.steps, "concurrency": args.concurrency,
+        "runs": args.runs, "steps": args.steps, "concurrency": args.concurrency, "flow_key": args.flow_key,
         "workers": if started.is_some() { json!(args.workers) } else { json!(null) },
         "wall_s": wall, "runs_per_s": args.runs as f64 / wall, "steps_per_s": total_steps / wall,
         "p50_ms": percentile(&latencies, 0.5), "p99_ms": percentile(&latencies, 0.99),

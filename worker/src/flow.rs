@@ -29,8 +29,9 @@ pub(crate) struct FlowGate {
 
 #[derive(Default)]
 struct GateState {
-    /// Per key: holders whose attempts ended, not yet sent.
-    releases: HashMap<String, Vec<String>>,
+    /// Per key: holders whose attempts ended, not yet sent, and since when
+    /// the oldest of them waits.
+    releases: HashMap<String, (Vec<String>, std::time::Instant)>,
     /// Per key: holders with a slot now (renewed with the leases).
     held: HashMap<String, HashSet<String>>,
 }
@@ -54,7 +55,7 @@ impl FlowGate {
 
     /// Ask for a slot of `key` for `holder` under `rule` (the server's limits win).
     pub async fn acquire(&self, key: &str, holder: &str, rule: FlowRule) -> keel_engine::Result<Slot> {
-        let releases = self.state().releases.remove(key).unwrap_or_default();
+        let releases = self.state().releases.remove(key).map(|(holders, _)| holders).unwrap_or_default();
         let req = SlotRequest { key, holder, rule, lease: self.lease, releases: &releases };
         match self.store.acquire_slot(&req).await {
             Ok(answer) => {
@@ -66,7 +67,11 @@ impl FlowGate {
             }
             Err(e) => {
                 // Not sent: they go with the next try, or the flush.
-                self.state().releases.entry(key.to_owned()).or_default().extend(releases);
+                let mut state = self.state();
+                let pending =
+                    state.releases.entry(key.to_owned()).or_insert_with(|| (Vec::new(), std::time::Instant::now()));
+                pending.0.extend(releases);
+                drop(state);
                 self.released.notify_one();
                 Err(e)
             }
@@ -83,7 +88,9 @@ impl FlowGate {
                     state.held.remove(key);
                 }
             }
-            state.releases.entry(key.to_owned()).or_default().push(holder.to_owned());
+            let pending =
+                state.releases.entry(key.to_owned()).or_insert_with(|| (Vec::new(), std::time::Instant::now()));
+            pending.0.push(holder.to_owned());
         }
         self.released.notify_one();
     }
@@ -100,16 +107,32 @@ impl FlowGate {
                 () = notified => tokio::time::sleep(FLUSH_AFTER).await,
                 () = tokio::time::sleep(renew_every) => {}
             }
-            let (releases, held) = {
+            let (releases, held, more) = {
                 let mut state = this.state();
+                // Only what waited FLUSH_AFTER already: a fresher release may
+                // still ride on an ask.
+                let due: Vec<String> = state
+                    .releases
+                    .iter()
+                    .filter(|(_, (_, since))| since.elapsed() >= FLUSH_AFTER)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let releases: Vec<(String, Vec<String>)> = due
+                    .into_iter()
+                    .filter_map(|k| state.releases.remove(&k).map(|(holders, _)| (k, holders)))
+                    .collect();
                 let held: Vec<(String, Vec<String>)> = if renewed.elapsed() >= renew_every {
                     renewed = tokio::time::Instant::now();
                     state.held.iter().map(|(k, hs)| (k.clone(), hs.iter().cloned().collect())).collect()
                 } else {
                     Vec::new()
                 };
-                (std::mem::take(&mut state.releases), held)
+                (releases, held, !state.releases.is_empty())
             };
+            if more {
+                // Younger releases wait their turn: look again after them.
+                this.released.notify_one();
+            }
             drop(this);
             for (key, holders) in releases {
                 match store.release_slots(&key, &holders).await {

@@ -3,8 +3,10 @@
 //! key (Standard Webhooks headers) and carrying an `idempotency-key`; timeouts,
 //! 429 and 5xx are retried (honouring Retry-After), other 4xx fail the step.
 
+use keel_proto::FlowControl;
 use keel_proto::agent::{
-    AgentEndpoints, AgentHttpInput, ExecuteRequest, PlanRequest, PlanResponse, ReflectRequest, ReflectResponse,
+    AgentEndpoints, AgentFlowControl, AgentHttpInput, ExecuteRequest, PlanRequest, PlanResponse, ReflectRequest,
+    ReflectResponse,
 };
 use keel_worker::{CallRequest, Context, Error, Result, RetryPolicy, Workflow};
 use serde::Serialize;
@@ -19,6 +21,7 @@ pub struct HttpHandlers {
     endpoints: AgentEndpoints,
     limits: AgentLimits,
     retry: RetryPolicy,
+    flow: AgentFlowControl,
 }
 
 impl HttpHandlers {
@@ -28,9 +31,14 @@ impl HttpHandlers {
         step_id: &str,
         url: &str,
         body: &B,
+        flow: Option<&FlowControl>,
     ) -> Result<R> {
         let body = serde_json::to_value(body).map_err(|e| Error::new("encode_failed", e.to_string()))?;
-        let request = CallRequest::post(url, body).signed().timeout(self.limits.step_timeout).retry(self.retry.clone());
+        let mut request =
+            CallRequest::post(url, body).signed().timeout(self.limits.step_timeout).retry(self.retry.clone());
+        if let Some(fc) = flow {
+            request = request.flow_control(fc.key.clone(), fc.limits.clone());
+        }
         let response = ctx.call(step_id, request).await?;
         serde_json::from_value(response.body.clone()).map_err(|e| {
             Error::new(
@@ -53,7 +61,8 @@ impl AgentHandlers for HttpHandlers {
             round: input.round,
             feedback: input.feedback,
         };
-        let plan: PlanResponse = self.post(ctx, &input.step_id, &self.endpoints.plan, &body).await?;
+        let plan: PlanResponse =
+            self.post(ctx, &input.step_id, &self.endpoints.plan, &body, self.flow.plan.as_ref()).await?;
         Ok(plan.steps)
     }
 
@@ -65,7 +74,7 @@ impl AgentHandlers for HttpHandlers {
             round: input.round,
             step: input.step,
         };
-        self.post(ctx, &input.step_id, &self.endpoints.execute, &body).await
+        self.post(ctx, &input.step_id, &self.endpoints.execute, &body, self.flow.execute.as_ref()).await
     }
 
     async fn reflect(&self, ctx: &Context, input: ReflectInput) -> Result<ReflectResponse> {
@@ -76,7 +85,7 @@ impl AgentHandlers for HttpHandlers {
             round: input.round,
             outcomes: input.outcomes,
         };
-        self.post(ctx, &input.step_id, &self.endpoints.reflect, &body).await
+        self.post(ctx, &input.step_id, &self.endpoints.reflect, &body, self.flow.reflect.as_ref()).await
     }
 }
 
@@ -86,7 +95,7 @@ pub fn workflow(retry: RetryPolicy) -> Workflow {
         let retry = retry.clone();
         async move {
             let limits = AgentLimits::new(input.max_rounds, input.max_parallel, input.step_timeout_s)?;
-            let handlers = HttpHandlers { endpoints: input.endpoints, limits, retry };
+            let handlers = HttpHandlers { endpoints: input.endpoints, limits, retry, flow: input.flow_control };
             run_agent(&ctx, &handlers, input.goal, limits).await
         }
     })

@@ -55,6 +55,7 @@ pub struct LlmHandlers {
     config: LlmConfig,
     limits: AgentLimits,
     retry: RetryPolicy,
+    flow: keel_proto::agent::AgentFlowControl,
 }
 
 const PLAN_PROMPT: &str = "You are the planner of an agent. Break the goal into a few independent steps that can \
@@ -108,10 +109,20 @@ impl LlmHandlers {
         Ok((content.to_owned(), response.body.get("usage").cloned().unwrap_or(Value::Null)))
     }
 
-    fn step<'a>(&'a self, ctx: &'a Context, step_id: &str) -> keel_worker::Step {
-        ctx.step(step_id)
+    fn step<'a>(
+        &'a self,
+        ctx: &'a Context,
+        step_id: &str,
+        flow: Option<&keel_proto::FlowControl>,
+    ) -> keel_worker::Step {
+        let step = ctx
+            .step(step_id)
             .retry(self.retry.clone())
-            .timeout(self.limits.step_timeout + std::time::Duration::from_secs(5))
+            .timeout(self.limits.step_timeout + std::time::Duration::from_secs(5));
+        match flow {
+            Some(fc) => step.flow_control(fc.key.clone(), fc.limits.clone()),
+            None => step,
+        }
     }
 }
 
@@ -120,7 +131,7 @@ impl AgentHandlers for LlmHandlers {
         let user =
             format!("Goal: {}\nRound: {}\nFeedback from the last review: {}", input.goal, input.round, input.feedback);
         let planned: Value = self
-            .step(ctx, &input.step_id)
+            .step(ctx, &input.step_id, self.flow.plan.as_ref())
             .run_with(|info| async move {
                 let (content, usage) = self.complete(ctx, &info, PLAN_PROMPT, user).await?;
                 let parsed = json_in(&content).ok_or_else(|| {
@@ -139,7 +150,7 @@ impl AgentHandlers for LlmHandlers {
 
     async fn execute(&self, ctx: &Context, input: ExecuteInput) -> Result<Value> {
         let user = format!("Goal: {}\nStep: {}", input.goal, input.step);
-        self.step(ctx, &input.step_id)
+        self.step(ctx, &input.step_id, self.flow.execute.as_ref())
             .run_with(|info| async move {
                 let (content, usage) = self.complete(ctx, &info, EXECUTE_PROMPT, user).await?;
                 Ok::<_, StepError>(json!({"result": content, "usage": usage}))
@@ -151,7 +162,7 @@ impl AgentHandlers for LlmHandlers {
         let outcomes = serde_json::to_string(&input.outcomes).unwrap_or_default();
         let user = format!("Goal: {}\nRound: {}\nResults: {outcomes}", input.goal, input.round);
         let reflected: Value = self
-            .step(ctx, &input.step_id)
+            .step(ctx, &input.step_id, self.flow.reflect.as_ref())
             .run_with(|info| async move {
                 let (content, usage) = self.complete(ctx, &info, REFLECT_PROMPT, user).await?;
                 let parsed = json_in(&content).ok_or_else(|| {
@@ -182,7 +193,7 @@ pub fn workflow(config: LlmConfig, retry: RetryPolicy) -> Workflow {
         let (config, retry) = (config.clone(), retry.clone());
         async move {
             let limits = AgentLimits::new(input.max_rounds, input.max_parallel, input.step_timeout_s)?;
-            let handlers = LlmHandlers { config, limits, retry };
+            let handlers = LlmHandlers { config, limits, retry, flow: input.flow_control };
             run_agent(&ctx, &handlers, input.goal, limits).await
         }
     })

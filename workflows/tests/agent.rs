@@ -215,6 +215,29 @@ async fn the_three_phases_complete_and_the_output_holds_them() {
     );
 }
 
+/// Each handler under its own flow-control key: the executes (three in
+/// parallel otherwise) one at a time under theirs, the plan and reflect under another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_handler_calls_under_its_own_flow_control_key() {
+    let env = Env::new(None).await;
+    let (service, url) = service(&env).await;
+    let input = http_input(
+        &url,
+        json!({"flow_control": {
+            "plan": {"key": "model", "rate": 100, "period": "1m"},
+            "execute": {"key": "tools", "parallelism": 1},
+            "reflect": {"key": "model", "rate": 100, "period": "1m"}}}),
+    );
+    let run = env.run("agent-http", input).await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(service.calls.lock().unwrap().values().sum::<usize>(), 5);
+    let tools = env.store.flow_key("tools").await.unwrap().expect("the executes used their key");
+    assert_eq!(tools.requested.and_then(|l| l.parallelism), Some(1));
+    assert_eq!((tools.in_flight, tools.waiting), (0, 0), "every slot came back");
+    let model = env.store.flow_key("model").await.unwrap().expect("plan and reflect used theirs");
+    assert_eq!(model.starts_in_window, 2, "one plan, one reflect");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_is_retried_and_a_400_fails_the_step_at_once() {
     let env = Env::new(None).await;

@@ -133,7 +133,7 @@ impl FlowStore for MemoryStore {
             None => key.queue.push((req.holder.to_owned(), alive)),
         }
         let paused = key.paused;
-        let wake = key.heads(free);
+        let wake = if paused { Vec::new() } else { key.heads(free) };
         Ok(SlotAnswer { slot: Slot::Wait { retry_at_ms: retry, paused }, wake })
     }
 

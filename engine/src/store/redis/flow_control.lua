@@ -33,14 +33,23 @@ local function split(s)
   return out
 end
 
+-- ZREM of many members, in chunks (unpack has a limit).
+local function zrem_all(key, members)
+  for i = 1, #members, 500 do
+    redis.call('ZREM', key, unpack(members, i, math.min(i + 499, #members)))
+  end
+end
+
 -- Forget what lapsed: slots of dead holders, starts out of the window, waiters
 -- that did not come back in time.
 local function purge(period_ms)
   redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
   if period_ms then redis.call('ZREMRANGEBYSCORE', starts, '-inf', now - period_ms) end
   local gone = redis.call('ZRANGEBYSCORE', alive, '-inf', now)
-  for _, h in ipairs(gone) do redis.call('ZREM', queue, h) end
-  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', alive, '-inf', now) end
+  if #gone > 0 then
+    zrem_all(queue, gone)
+    redis.call('ZREMRANGEBYSCORE', alive, '-inf', now)
+  end
 end
 
 -- The limits the last step asked for.
@@ -85,32 +94,59 @@ local function expire_all(lease_ms, period_ms, grace_ms)
 end
 
 if op == 'acquire' then
+  -- The uncontended path (room, nobody waiting) is kept short: it runs
+  -- before every step of every run under a key.
   local holder = ARGV[2]
   local own_p, own_r, own_pm = num(ARGV[3]), num(ARGV[4]), num(ARGV[5])
   local lease_ms, grace_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
-  for _, h in ipairs(split(ARGV[8])) do redis.call('ZREM', slots, h) end
-  local p, r, pm, paused = limits(own_p, own_r, own_pm)
-  purge(pm)
-  -- What the step asked for, for GET /v1/flow-control; and its last use.
-  redis.call('HSET', conf, 'rp', ARGV[3], 'rr', ARGV[4], 'rpm', ARGV[5], 'lu', n2s(now))
-  if not redis.call('HGET', conf, 'p') and not redis.call('HGET', conf, 'r') and redis.call('HGET', conf, 'z') ~= '1' then
-    redis.call('PEXPIRE', conf, DAY)
+  if ARGV[8] ~= '' then
+    zrem_all(slots, split(ARGV[8]))
+  end
+  local c = redis.call('HMGET', conf, 'p', 'r', 'pm', 'z', 'rp', 'rr', 'rpm', 'lu')
+  local paused = c[4] == '1'
+  local p, r, pm
+  if c[1] or c[2] then p, r, pm = num(c[1]), num(c[2]), num(c[3]) or 1000
+  else p, r, pm = own_p, own_r, own_pm or 1000 end
+  -- What the step asked for (for GET /v1/flow-control) when it changed, and
+  -- the key's last use at most once a second.
+  if c[5] ~= ARGV[3] or c[6] ~= ARGV[4] or c[7] ~= ARGV[5] or (num(c[8]) or 0) + 1000 <= now then
+    redis.call('HSET', conf, 'rp', ARGV[3], 'rr', ARGV[4], 'rpm', ARGV[5], 'lu', n2s(now))
+    if not (c[1] or c[2] or paused) then redis.call('PEXPIRE', conf, DAY) end
+  end
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  if r then redis.call('ZREMRANGEBYSCORE', starts, '-inf', now - pm) end
+  local queued = redis.call('ZCARD', queue)
+  if queued > 0 then
+    local gone = redis.call('ZRANGEBYSCORE', alive, '-inf', now)
+    if #gone > 0 then
+      zrem_all(queue, gone)
+      redis.call('ZREMRANGEBYSCORE', alive, '-inf', now)
+      queued = redis.call('ZCARD', queue)
+    end
   end
   -- Already holding (a replay after its worker died, within the lease): keep it.
-  if redis.call('ZSCORE', slots, holder) then
+  if p and redis.call('ZSCORE', slots, holder) then
     redis.call('ZADD', slots, now + lease_ms, holder)
     return cjson.encode({ ok = true, wake = {} })
   end
   local free = room(p, r)
-  local place = redis.call('ZRANK', queue, holder) or redis.call('ZCARD', queue)
+  local place = queued
+  if queued > 0 then place = redis.call('ZRANK', queue, holder) or queued end
   if not paused and (free == nil or place < free) then
-    if p then redis.call('ZADD', slots, now + lease_ms, holder) end
-    if r then redis.call('ZADD', starts, now, holder .. '@' .. n2s(now)) end
-    redis.call('ZREM', queue, holder)
-    redis.call('ZREM', alive, holder)
-    expire_all(p and lease_ms, r and pm, nil)
+    if p then
+      redis.call('ZADD', slots, now + lease_ms, holder)
+      redis.call('PEXPIRE', slots, lease_ms * 2)
+    end
+    if r then
+      redis.call('ZADD', starts, now, holder .. '@' .. n2s(now))
+      redis.call('PEXPIRE', starts, pm + 1000)
+    end
     local wake = {}
-    if free ~= nil then wake = heads(free - 1) end
+    if queued > 0 then
+      redis.call('ZREM', queue, holder)
+      redis.call('ZREM', alive, holder)
+      if free ~= nil then wake = heads(free - 1) else wake = heads(nil) end
+    end
     return cjson.encode({ ok = true, wake = wake })
   end
   -- Wait: in arrival order, for as long as it comes back in time.
@@ -132,9 +168,11 @@ if op == 'acquire' then
   end
   redis.call('ZADD', alive, retry + grace_ms, holder)
   expire_all(nil, nil, (retry - now) + grace_ms)
-  return cjson.encode({ wait = retry, why = why, wake = heads(free) })
+  local wake = {}
+  if not paused then wake = heads(free) end
+  return cjson.encode({ wait = retry, why = why, wake = wake })
 elseif op == 'release' then
-  for _, h in ipairs(split(ARGV[2])) do redis.call('ZREM', slots, h) end
+  zrem_all(slots, split(ARGV[2]))
   local p, r, pm, paused = limits(requested())
   purge(pm)
   if paused then return cjson.encode({ wake = {} }) end
