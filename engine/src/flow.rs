@@ -129,6 +129,14 @@ pub fn waiting_reason(key: &str, paused: bool) -> String {
     }
 }
 
+/// How long after it was told to ask again a waiter keeps its place in a
+/// key's queue (at most): long enough for a woken run to be claimed and
+/// replayed on a busy deployment, short enough that a waiter that never
+/// comes back (its run was cancelled) does not hold the key up for long.
+pub fn place_kept(lease: Duration) -> Duration {
+    lease.min(Duration::from_secs(10))
+}
+
 /// The marker of [`waiting_reason`]: a run blocked on a key can be woken by a release.
 pub const WAITING_MARK: &str = "waiting for flow-control key";
 

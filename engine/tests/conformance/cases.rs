@@ -1993,6 +1993,17 @@ pub async fn flow_control_slots_windows_and_waiters(f: Fixture) {
     assert!(!acquired(&s.acquire_slot(&slot_req("lapse", &h(21), parallel(1), &[])).await.unwrap()));
     sleep_ms(300).await;
     assert!(acquired(&s.acquire_slot(&slot_req("lapse", &h(21), parallel(1), &[])).await.unwrap()));
+
+    // A waiter that never comes back (its run was cancelled) loses its place
+    // and holds nobody up.
+    let (quick, gone, late) = (h(30), h(31), h(32));
+    let short =
+        |holder| SlotRequest { lease: Duration::from_millis(200), ..slot_req("stale", holder, parallel(1), &[]) };
+    assert!(acquired(&s.acquire_slot(&short(&quick)).await.unwrap()));
+    assert!(!acquired(&s.acquire_slot(&short(&gone)).await.unwrap()), "the key is full");
+    sleep_ms(700).await;
+    let next = s.acquire_slot(&slot_req("stale", &late, parallel(1), &[])).await.unwrap();
+    assert!(acquired(&next), "the lapsed slot and the stale waiter are gone: {next:?}");
 }
 
 fn now_wall_ms() -> u64 {

@@ -83,7 +83,7 @@ impl FlowStore for MemoryStore {
     async fn acquire_slot(&self, req: &SlotRequest<'_>) -> Result<SlotAnswer> {
         let now = self.now_ms();
         let lease_ms = req.lease.as_millis().max(1) as u64;
-        let grace_ms = lease_ms;
+        let grace_ms = crate::flow::place_kept(req.lease).as_millis().max(1) as u64;
         let mut state = self.state();
         let key = state.flow.entry(req.key.to_owned()).or_default();
         for h in req.releases {

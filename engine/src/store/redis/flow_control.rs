@@ -117,8 +117,9 @@ impl FlowStore for RedisStore {
         let (p, r, pm) =
             if own { (opt(rule.parallelism), opt(rule.rate), rule.period_ms.to_string()) } else { Default::default() };
         let releases = req.releases.join("\n");
+        let grace_ms = (crate::flow::place_kept(req.lease).as_millis().max(1) as u64).to_string();
         let reply =
-            self.flow_script(req.key, &["acquire", req.holder, &p, &r, &pm, &lease_ms, &lease_ms, &releases]).await?;
+            self.flow_script(req.key, &["acquire", req.holder, &p, &r, &pm, &lease_ms, &grace_ms, &releases]).await?;
         let slot = match reply.wait {
             Some(retry_at_ms) if !reply.ok => Slot::Wait { retry_at_ms, paused: reply.why == "paused" },
             _ => Slot::Acquired,
