@@ -58,6 +58,8 @@ enum Command {
     Keys(cli::client::KeysArgs),
     /// Schedules: list, show, set, pause, resume, trigger, delete.
     Schedules(cli::client::SchedulesArgs),
+    /// Flow-control keys: list, show, set, clear, pause, resume.
+    Flow(cli::client::FlowArgs),
     /// Measure throughput, latency and cost per step.
     Bench(cli::bench::BenchArgs),
     /// Run a mixed workload under injected faults and check that nothing acknowledged was lost.
@@ -121,6 +123,7 @@ fn main() -> std::process::ExitCode {
             Command::Notify(args) => cli::client::notify(args).await.map(|()| 0),
             Command::Keys(args) => cli::client::keys(args).await.map(|()| 0),
             Command::Schedules(args) => cli::client::schedules(args).await.map(|()| 0),
+            Command::Flow(args) => cli::client::flow(args).await.map(|()| 0),
             Command::Bench(args) => cli::bench::bench(args).await,
             Command::Chaos(args) => cli::chaos::chaos(args).await,
         }

@@ -14,10 +14,10 @@ use serde_json::Value;
 #[derive(Debug, Clone, Args)]
 pub struct Server {
     /// The Keel API.
-    #[arg(long, env = "KEEL_URL", default_value = "http://127.0.0.1:7400")]
+    #[arg(long, global = true, env = "KEEL_URL", default_value = "http://127.0.0.1:7400")]
     url: String,
     /// A bearer token, when the server requires one.
-    #[arg(long, env = "KEEL_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "KEEL_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
 
@@ -403,6 +403,121 @@ pub async fn schedules(args: SchedulesArgs) -> anyhow::Result<()> {
                 bail!("the server answered {status}: {}", detail_of(response.text().await.unwrap_or_default()));
             }
             println!("schedule {id} deleted");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FlowArgs {
+    #[command(subcommand)]
+    action: Option<FlowAction>,
+    #[command(flatten)]
+    server: Server,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum FlowAction {
+    /// Keys configured here or used today: limits, in flight, waiting (the default).
+    List,
+    /// One key as it stands.
+    Show { key: String },
+    /// Set the key's limits on the server (they win over what runs ask for).
+    Set {
+        key: String,
+        /// At most this many steps under the key at once.
+        #[arg(long)]
+        parallelism: Option<u32>,
+        /// At most this many step starts per --period.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// The rate's window (1s, 1m, 1h…; default 1s).
+        #[arg(long)]
+        period: Option<String>,
+    },
+    /// Clear the key's server limits (runs' own apply again).
+    Clear { key: String },
+    /// Start no step under the key until resumed.
+    Pause { key: String },
+    /// Let the key's waiting runs go on.
+    Resume { key: String },
+}
+
+/// A flow-control key as one path segment (keys may hold `/`, `?`, `%`…).
+fn key_segment(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+fn flow_line(k: &keel_proto::FlowKeyStatus) -> String {
+    let limits = k.limits.as_ref().map(|l| ("server", l)).or(k.requested.as_ref().map(|l| ("asked", l)));
+    let limits = match limits {
+        Some((whose, l)) => {
+            let mut parts = Vec::new();
+            if let Some(p) = l.parallelism {
+                parts.push(format!("parallelism {p}"));
+            }
+            if let Some(r) = l.rate {
+                parts.push(format!("rate {r}/{}", l.period.as_deref().unwrap_or("1s")));
+            }
+            format!("{} ({whose})", parts.join(", "))
+        }
+        None => "no limits".into(),
+    };
+    let state = if k.paused { "paused" } else { "active" };
+    format!(
+        "{}\t{limits}\t{state}\tin flight {}\twaiting {}\tstarts this window {}",
+        k.key, k.in_flight, k.waiting, k.starts_in_window
+    )
+}
+
+pub async fn flow(args: FlowArgs) -> anyhow::Result<()> {
+    let server = &args.server;
+    let path = |key: &str, tail: &str| format!("/v1/flow-control/{}{tail}", key_segment(key));
+    match args.action.unwrap_or(FlowAction::List) {
+        FlowAction::List => {
+            let list: keel_proto::FlowKeyList =
+                json(server.request(reqwest::Method::GET, "/v1/flow-control").send().await).await?;
+            for k in &list.keys {
+                println!("{}", flow_line(k));
+            }
+        }
+        FlowAction::Show { key } => {
+            let one: keel_proto::FlowKeyStatus =
+                json(server.request(reqwest::Method::GET, &path(&key, "")).send().await).await?;
+            println!("{}", flow_line(&one));
+        }
+        FlowAction::Set { key, parallelism, rate, period } => {
+            let body = keel_proto::FlowLimits { parallelism, rate, period };
+            let one: keel_proto::FlowKeyStatus =
+                json(server.request(reqwest::Method::PUT, &path(&key, "")).json(&body).send().await).await?;
+            println!("{}", flow_line(&one));
+        }
+        FlowAction::Clear { key } => {
+            let response = server
+                .request(reqwest::Method::DELETE, &path(&key, ""))
+                .send()
+                .await
+                .context("could not reach the Keel API (is `keel dev` or `keel server` running? see --url)")?;
+            let status = response.status();
+            if !status.is_success() {
+                bail!("the server answered {status}: {}", detail_of(response.text().await.unwrap_or_default()));
+            }
+            println!("flow-control key {key}: server limits cleared");
+        }
+        FlowAction::Pause { key } => {
+            let one: keel_proto::FlowKeyStatus =
+                json(server.request(reqwest::Method::POST, &path(&key, "/pause")).send().await).await?;
+            println!("{}", flow_line(&one));
+        }
+        FlowAction::Resume { key } => {
+            let one: keel_proto::FlowKeyStatus =
+                json(server.request(reqwest::Method::POST, &path(&key, "/resume")).send().await).await?;
+            println!("{}", flow_line(&one));
         }
     }
     Ok(())
