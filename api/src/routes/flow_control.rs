@@ -43,7 +43,8 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Reply<FlowKeyList>
 #[utoipa::path(get, path = "/v1/flow-control/{key}", operation_id = "getFlowKey", tag = "flow-control",
     params(("key" = String, Path)),
     responses((status = 200, body = FlowKeyStatus),
-        (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"),
+        (status = 422, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn get_one(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Reply<FlowKeyStatus>> {
     checked_key(&key)?;
     Ok(Reply(find(&state, &key).await?))
@@ -88,6 +89,7 @@ pub async fn clear(State(state): State<AppState>, Path(key): Path<String>) -> Ap
 #[utoipa::path(post, path = "/v1/flow-control/{key}/pause", operation_id = "pauseFlowKey", tag = "flow-control",
     params(("key" = String, Path)),
     responses((status = 200, body = FlowKeyStatus),
+        (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"),
         (status = 422, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn pause(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Reply<FlowKeyStatus>> {
     checked_key(&key)?;
@@ -99,6 +101,7 @@ pub async fn pause(State(state): State<AppState>, Path(key): Path<String>) -> Ap
 #[utoipa::path(post, path = "/v1/flow-control/{key}/resume", operation_id = "resumeFlowKey", tag = "flow-control",
     params(("key" = String, Path)),
     responses((status = 200, body = FlowKeyStatus),
+        (status = 404, body = keel_proto::http::Problem, content_type = "application/problem+json"),
         (status = 422, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn resume(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Reply<FlowKeyStatus>> {
     checked_key(&key)?;
