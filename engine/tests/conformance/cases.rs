@@ -1994,6 +1994,15 @@ pub async fn flow_control_slots_windows_and_waiters(f: Fixture) {
     sleep_ms(300).await;
     assert!(acquired(&s.acquire_slot(&slot_req("lapse", &h(21), parallel(1), &[])).await.unwrap()));
 
+    // At most MAX_CONFIGURED_KEYS keys with server limits (each is a gauge).
+    for n in 0..keel_engine::flow::MAX_CONFIGURED_KEYS {
+        s.set_flow_limits(&format!("many-{n}"), Some(parallel(1))).await.unwrap();
+    }
+    let full = s.set_flow_limits("one-too-many", Some(parallel(1))).await;
+    assert!(matches!(full, Err(Error::Invalid(ref m)) if m.contains("at most 1000")), "{full:?}");
+    s.set_flow_limits("many-0", Some(parallel(2))).await.expect("changing a configured key is fine");
+    assert_eq!(s.flow_keys(true).await.unwrap().len(), keel_engine::flow::MAX_CONFIGURED_KEYS);
+
     // A waiter that never comes back (its run was cancelled) loses its place
     // and holds nobody up.
     let (quick, gone, late) = (h(30), h(31), h(32));
