@@ -44,6 +44,20 @@ async fn json<T: serde::de::DeserializeOwned>(response: reqwest::Result<reqwest:
     serde_json::from_str(&text).with_context(|| format!("unexpected answer: {text}"))
 }
 
+/// Send a DELETE; an error that says what the server said unless it succeeded.
+async fn delete(server: &Server, path: &str) -> anyhow::Result<()> {
+    let response = server
+        .request(reqwest::Method::DELETE, path)
+        .send()
+        .await
+        .context("could not reach the Keel API (is `keel dev` or `keel server` running? see --url)")?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!("the server answered {status}: {}", detail_of(response.text().await.unwrap_or_default()));
+    }
+    Ok(())
+}
+
 /// What a problem's `detail` says, or the whole answer.
 fn detail_of(text: String) -> String {
     serde_json::from_str::<Value>(&text).ok().and_then(|v| v["detail"].as_str().map(str::to_owned)).unwrap_or(text)
@@ -393,15 +407,7 @@ pub async fn schedules(args: SchedulesArgs) -> anyhow::Result<()> {
             println!("{}", started["run_id"].as_str().unwrap_or_default());
         }
         SchedulesAction::Delete { id } => {
-            let response = server
-                .request(reqwest::Method::DELETE, &format!("/v1/schedules/{id}"))
-                .send()
-                .await
-                .context("could not reach the Keel API (is `keel dev` or `keel server` running? see --url)")?;
-            let status = response.status();
-            if !status.is_success() {
-                bail!("the server answered {status}: {}", detail_of(response.text().await.unwrap_or_default()));
-            }
+            delete(server, &format!("/v1/schedules/{id}")).await?;
             println!("schedule {id} deleted");
         }
     }
@@ -498,15 +504,7 @@ pub async fn flow(args: FlowArgs) -> anyhow::Result<()> {
             println!("{}", flow_line(&one));
         }
         FlowAction::Clear { key } => {
-            let response = server
-                .request(reqwest::Method::DELETE, &path(&key, ""))
-                .send()
-                .await
-                .context("could not reach the Keel API (is `keel dev` or `keel server` running? see --url)")?;
-            let status = response.status();
-            if !status.is_success() {
-                bail!("the server answered {status}: {}", detail_of(response.text().await.unwrap_or_default()));
-            }
+            delete(server, &path(&key, "")).await?;
             println!("flow-control key {key}: server limits cleared");
         }
         FlowAction::Pause { key } => {

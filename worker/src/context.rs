@@ -349,6 +349,16 @@ impl Drop for Active {
 }
 
 impl Active {
+    /// The step fails for good with `error`: journaled, then the error (or,
+    /// when the write fails, the execution stops).
+    async fn fail_step<T>(self, step_id: String, attempt: u32, error: ErrorInfo, pos: Option<String>) -> Result<T> {
+        let failed = JournalEvent::StepFailed { step_id, attempt, error: error.clone(), retry_at_ms: None, pos };
+        if self.core.append(vec![failed]).await.is_none() {
+            return self.halt().await;
+        }
+        Err(Error::from_info(error))
+    }
+
     /// Block this branch until `at` (store time): the run suspends when every
     /// branch is blocked. Never returns.
     async fn block_until<T>(self, at: u64) -> T {
@@ -1052,17 +1062,7 @@ impl Step {
                 ),
             )
             .in_step(&step_id);
-            let failed = JournalEvent::StepFailed {
-                step_id,
-                attempt: interrupted,
-                error: error.clone(),
-                retry_at_ms: None,
-                pos: None,
-            };
-            if core.append(vec![failed]).await.is_none() {
-                return active.halt().await;
-            }
-            return Err(Error::from_info(error));
+            return active.fail_step(step_id, interrupted, error, None).await;
         }
         // A slot of the step's (or the run's) flow-control key before the
         // attempt; none free: the run waits for one, holding no worker slot.
@@ -1071,17 +1071,7 @@ impl Step {
                 Ok(ask) => Some(ask),
                 Err(e) => {
                     let error = ErrorInfo::new("invalid_flow_control", e.to_string()).in_step(&step_id);
-                    let failed = JournalEvent::StepFailed {
-                        step_id,
-                        attempt,
-                        error: error.clone(),
-                        retry_at_ms: None,
-                        pos: None,
-                    };
-                    if core.append(vec![failed]).await.is_none() {
-                        return active.halt().await;
-                    }
-                    return Err(Error::from_info(error));
+                    return active.fail_step(step_id, attempt, error, None).await;
                 }
             },
             None => core.flow.clone(),
@@ -1167,12 +1157,7 @@ impl Step {
                     Ok(output) => output,
                     Err(error) => {
                         let error = error.in_step(&step_id);
-                        let failed =
-                            JournalEvent::StepFailed { step_id, attempt, error: error.clone(), retry_at_ms: None, pos };
-                        if core.append(vec![failed]).await.is_none() {
-                            return active.halt().await;
-                        }
-                        return Err(Error::from_info(error));
+                        return active.fail_step(step_id, attempt, error, pos).await;
                     }
                 };
                 let done =
@@ -1197,12 +1182,7 @@ impl Step {
                     }
                     active.block_until(retry_at).await
                 } else {
-                    let failed =
-                        JournalEvent::StepFailed { step_id, attempt, error: error.clone(), retry_at_ms: None, pos };
-                    if core.append(vec![failed]).await.is_none() {
-                        return active.halt().await;
-                    }
-                    Err(Error::from_info(error))
+                    active.fail_step(step_id, attempt, error, pos).await
                 }
             }
         }
