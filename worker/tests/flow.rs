@@ -110,8 +110,12 @@ async fn a_key_with_parallelism_4_is_never_exceeded_across_two_workers(b: Backen
     let most = most.load(Ordering::SeqCst);
     assert!(most <= 4, "the service saw {most} requests at once");
     assert!(most >= 2, "the key let work run in parallel ({most})");
-    let status = b.store.flow_key("svc").await.unwrap().expect("the key is known");
-    assert_eq!((status.in_flight, status.waiting), (0, 0), "every slot came back: {status:?}");
+    // The last give-backs go out just after their attempts end, not with the finishes.
+    eventually(Duration::from_secs(10), "every slot back", || async {
+        let status = b.store.flow_key("svc").await.unwrap().expect("the key is known");
+        (status.in_flight == 0 && status.waiting == 0).then_some(())
+    })
+    .await;
     for w in workers {
         w.stop().await;
     }
