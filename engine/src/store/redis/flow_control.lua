@@ -8,14 +8,16 @@
 -- KEYS[5]: alive (zset holder -> ms): until when a waiter keeps its place
 -- A holder is '<run id>/<step id>'. ARGV[1]: the operation, then per operation:
 --   acquire: holder, parallelism, rate, period ms (the step's own: '' = none),
---            lease ms, grace ms, releases ('\n'-joined holders, released first)
+--            lease ms, grace ms (how long past its retry time a waiter keeps
+--            its place), releases ('\n'-joined holders, released first)
 --        -> { ok = true } or { wait = retry at ms, why = text }, and wake
 --           (holders now at the head of the queue with room for them)
 --   release: holders ('\n'-joined) -> { wake }
 --   renew: holders, lease ms -> {}
 --   limits: parallelism, rate, period ms ('' each: none; all '': clear) -> {}
 --   pause: '1' or '0' -> { wake }
---   status: -> { in_flight, waiting, starts, paused, limits?, requested?, lu? }
+--   status: -> { in_flight, waiting, starts, paused, p? r? pm? (the server's
+--            limits), rp? rr? rpm? (what steps asked for), lu? }
 -- Replies are JSON.
 local conf, slots, starts, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local op = ARGV[1]
