@@ -45,6 +45,14 @@ impl Machine {
         machine.script("cargo-clippy", "exit 0");
         machine.script("openapi-spec-validator", "exit 0");
         machine.script("st", "echo 'st, version 4.32.5'");
+        machine.script("node", "exit 0");
+        // An npm whose `ls` finds the SDKs missing, so the script installs them.
+        machine.script(
+            "npm",
+            r#"echo "npm $*" >> "$(dirname "$0")/calls.log"
+               [ "$1" = ls ] && exit 1
+               exit 0"#,
+        );
         machine
     }
 
@@ -63,8 +71,8 @@ impl Machine {
             &format!(
                 r#"echo "apt-get $*" >> "$(dirname "$0")/calls.log"
                    if [ "$1" = install ]; then
-                     ln -s {} "$(dirname "$0")/redis-server"
-                     ln -s {} "$(dirname "$0")/redis-cli"
+                     ln -sf {} "$(dirname "$0")/redis-server"
+                     ln -sf {} "$(dirname "$0")/redis-cli"
                    fi"#,
                 server.display(),
                 cli.display()
@@ -118,6 +126,7 @@ fn without_redis_it_installs_it_then_runs_fmt_clippy_and_the_tests_and_counts() 
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(stdout.contains("installing redis-server redis-tools with apt-get"), "says what it installs: {stdout}");
     assert!(stdout.contains("Redis server v="), "the installed redis-server answers: {stdout}");
+    assert!(stdout.contains("installing them with npm ci in sdk-tests/"), "says it installs the SDKs: {stdout}");
     let calls = machine.calls();
     let order: Vec<&str> = calls.lines().collect();
     assert_eq!(
@@ -125,11 +134,13 @@ fn without_redis_it_installs_it_then_runs_fmt_clippy_and_the_tests_and_counts() 
         [
             "apt-get update -qq",
             "apt-get install -y -qq redis-server redis-tools",
+            "npm ls --silent",
+            "npm ci --no-audit --no-fund --silent",
             "cargo fmt --all --check",
             "cargo clippy --workspace --all-targets --locked -- -D warnings",
             "cargo test --workspace --locked",
         ],
-        "installs first, then fmt, clippy and the whole suite"
+        "installs first (Redis, the pinned SDKs), then fmt, clippy and the whole suite"
     );
     assert!(stdout.trim_end().ends_with("keel: 5 passed, 0 failed"), "closes with the count: {stdout}");
 }
@@ -162,4 +173,18 @@ fn ci_runs_exactly_the_readme_command() {
     let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
     let first_block = readme.split("```sh").nth(1).unwrap().split("```").next().unwrap();
     assert!(first_block.contains("cargo run -- dev") && first_block.contains("scripts/test"), "{first_block}");
+}
+
+#[test]
+fn without_node_it_installs_it_or_stops_before_running_anything() {
+    let machine = Machine::new("no-node").with_apt_get().without_root().with_sudo();
+    std::fs::remove_file(machine.dir.join("node")).unwrap();
+    let (code, stdout, stderr) = machine.run();
+    // The stand-in apt-get "installs" only Redis: node is still missing after.
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(stdout.contains("installing nodejs npm with apt-get"), "{stdout}");
+    assert!(stderr.contains("sudo apt-get install -y nodejs npm"), "{stderr}");
+    let calls = machine.calls();
+    assert!(calls.contains("apt-get install -y -qq nodejs npm"), "{calls}");
+    assert!(!calls.contains("cargo"), "the suite did not half-run: {calls}");
 }

@@ -3,6 +3,7 @@
 //! pinned to the checked address, never following redirects, and signed per
 //! Standard Webhooks with ed25519.
 
+pub mod qstash;
 pub mod signing;
 pub mod ssrf;
 
