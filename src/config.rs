@@ -56,6 +56,17 @@ pub struct Settings {
     /// deployment's key in Redis, made by its first process].
     #[arg(long, env = "KEEL_SIGNING_KEY", global = true, hide_env_values = true)]
     pub signing_key: Option<String>,
+    /// The signing key QStash-protocol deliveries (to Upstash SDK apps) are
+    /// signed with: the app's QSTASH_CURRENT_SIGNING_KEY [default: the
+    /// deployment's pair in Redis, made by its first process; `GET /v2/keys`].
+    #[arg(long, env = "KEEL_QSTASH_CURRENT_SIGNING_KEY", global = true, hide_env_values = true)]
+    pub qstash_current_signing_key: Option<String>,
+    /// The app's QSTASH_NEXT_SIGNING_KEY (set with the current one).
+    #[arg(long, env = "KEEL_QSTASH_NEXT_SIGNING_KEY", global = true, hide_env_values = true)]
+    pub qstash_next_signing_key: Option<String>,
+    /// How long an Upstash SDK app has to answer a delivery [default: 5m].
+    #[arg(long, env = "KEEL_QSTASH_DELIVERY_TIMEOUT", global = true)]
+    pub qstash_delivery_timeout: Option<String>,
     /// Refuse to start where Keel would only warn: a KEEL_SIGNING_KEY that
     /// differs from the deployment's key stored in Redis (1/0, true/false, yes/no).
     #[arg(long, env = "KEEL_STRICT", global = true, value_parser = clap::builder::BoolishValueParser::new())]
@@ -120,6 +131,9 @@ struct File {
     api_tokens: Option<String>,
     read_tokens: Option<String>,
     signing_key: Option<String>,
+    qstash_current_signing_key: Option<String>,
+    qstash_next_signing_key: Option<String>,
+    qstash_delivery_timeout: Option<String>,
     allow_private_targets: Option<bool>,
     max_body_bytes: Option<usize>,
     max_connections: Option<usize>,
@@ -160,6 +174,9 @@ impl Settings {
                 api_tokens,
                 read_tokens,
                 signing_key,
+                qstash_current_signing_key,
+                qstash_next_signing_key,
+                qstash_delivery_timeout,
                 allow_private_targets,
                 max_body_bytes,
                 max_connections,
@@ -214,6 +231,12 @@ impl Settings {
 
     pub fn lease(&self) -> anyhow::Result<Duration> {
         self.lease.as_deref().map_or(Ok(Duration::from_secs(30)), |l| duration(l).context("--lease"))
+    }
+
+    pub fn qstash_delivery_timeout(&self) -> anyhow::Result<Duration> {
+        self.qstash_delivery_timeout
+            .as_deref()
+            .map_or(Ok(Duration::from_secs(300)), |d| duration(d).context("--qstash-delivery-timeout"))
     }
 
     pub fn webhook_retry_base(&self) -> anyhow::Result<Duration> {

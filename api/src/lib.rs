@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use keel_engine::Store;
 
 pub mod auth;
@@ -77,6 +77,8 @@ struct Inner {
     /// Whether `signer` holds the deployment's keys (and follows them), rather
     /// than a KEEL_SIGNING_KEY of this process's own.
     follows_deployment_keys: bool,
+    /// The QStash signing keys (current, next) `upstash` deliveries are signed with.
+    qstash_keys: Option<(Secret, Secret)>,
 }
 
 impl AppState {
@@ -91,6 +93,7 @@ impl AppState {
                 workflows: std::sync::Mutex::new(None),
                 local: None,
                 follows_deployment_keys: false,
+                qstash_keys: None,
             }),
         }
     }
@@ -111,6 +114,16 @@ impl AppState {
             .expect("following_deployment_keys is called before the state is cloned")
             .follows_deployment_keys = true;
         self
+    }
+
+    pub fn with_qstash_keys(mut self, current: Secret, next: Secret) -> Self {
+        Arc::get_mut(&mut self.inner).expect("with_qstash_keys is called before the state is cloned").qstash_keys =
+            Some((current, next));
+        self
+    }
+
+    pub(crate) fn qstash_keys(&self) -> Option<&(Secret, Secret)> {
+        self.inner.qstash_keys.as_ref()
     }
 
     pub(crate) fn follows_deployment_keys(&self) -> bool {
@@ -184,6 +197,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/signing-keys/retire", post(routes::signing_keys::retire))
         .route("/v1/webhooks/{id}", get(routes::webhooks::get_one).delete(routes::webhooks::delete))
         .route("/v1/webhooks/{id}/deliveries", get(routes::webhooks::deliveries))
+        // The QStash protocol, for apps on the @upstash/workflow SDK.
+        .route("/v2/batch", post(routes::qstash::publish::batch))
+        .route("/v2/publish/{*destination}", post(routes::qstash::publish::publish))
+        .route("/v2/workflows/runs", delete(routes::qstash::runs::bulk_cancel))
+        .route("/v2/workflows/runs/{id}", delete(routes::qstash::runs::end))
+        .route("/v2/workflows/events", get(routes::qstash::logs::logs))
+        .route("/v2/wait/{event_id}", post(routes::qstash::events::wait))
+        .route("/v2/notify/{event_id}", post(routes::qstash::events::notify))
+        .route("/v2/notify/{run_id}/{event_id}", post(routes::qstash::events::notify_run))
+        .route("/v2/keys", get(routes::qstash::keys))
         .fallback(routes::health::not_found)
         .method_not_allowed_fallback(routes::health::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))

@@ -317,6 +317,19 @@ impl Keys {
         ["conf", "slots", "starts", "queue", "alive"].map(|part| format!("{tag}:{part}"))
     }
 
+    /// A run's inbox (QStash protocol submissions), under a hash tag of its
+    /// own (`{<namespace>:in:<run>}`: run ids hold no braces): the messages
+    /// (list) and its state (hash: `closed`). See inbox.lua.
+    pub fn inbox(&self, run_id: &str) -> [String; 2] {
+        let tag = format!("{{{}:in:{run_id}}}", self.namespace);
+        [format!("{tag}:messages"), format!("{tag}:state")]
+    }
+
+    /// Hash (global): the QStash signing keys, `current` and `next`.
+    pub fn qstash_signing_keys(&self) -> String {
+        format!("{}:qstash-signing-keys", self.global)
+    }
+
     /// Sorted set (global): flow-control keys by last use (ms), for the listing.
     pub fn flow_keys(&self) -> String {
         format!("{}:flow-keys", self.global)

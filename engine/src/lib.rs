@@ -33,7 +33,8 @@ pub use store::memory::MemoryStore;
 pub use store::redis::{RedisStore, RedisTarget};
 pub use store::{
     Appended, CancelOutcome, Claim, ClaimOnCreate, ClaimedTask, CreateRun, Created, DeadLetter, Delivered, DueSchedule,
-    EventWait, Finish, Finished, HookStore, Lease, MAX_SIGNING_KEYS, OutboxItem, PauseOutcome, RegistryStore,
-    ResumeOutcome, RunQuery, RunStore, SIGNING_KEY_SETTLE, SIGNING_KEYS_REFRESH, STEP_MS_BUCKETS, ScheduleStore, Stats,
-    Store, StoredSchedule, StoredSigningKey, Suspension, child_event_key,
+    EventWait, Finish, Finished, HookStore, InboxPage, InboxPush, InboxStore, Lease, MAX_INBOX_MESSAGES,
+    MAX_SIGNING_KEYS, OutboxItem, PauseOutcome, RegistryStore, ResumeOutcome, RunQuery, RunStore, SIGNING_KEY_SETTLE,
+    SIGNING_KEYS_REFRESH, STEP_MS_BUCKETS, ScheduleStore, Stats, Store, StoredSchedule, StoredSigningKey, Suspension,
+    child_event_key,
 };

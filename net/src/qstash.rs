@@ -35,6 +35,16 @@ pub fn sign(key: &str, url: &str, body: &[u8], now_s: u64, jti: &str) -> String 
     format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
 }
 
+/// [`sign`] now, with a random `jti`.
+pub fn sign_now(key: &str, url: &str, body: &[u8]) -> String {
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut nonce = [0u8; 12];
+    // Without randomness the jti is still unique enough with the time in it.
+    let _ = getrandom::fill(&mut nonce);
+    let jti = format!("jwt_{}{}", now_s, URL_SAFE_NO_PAD.encode(nonce));
+    sign(key, url, body, now_s, &jti)
+}
+
 /// base64url (no padding) of the body's SHA-256: the `body` claim.
 pub fn body_hash(body: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, body).as_ref())

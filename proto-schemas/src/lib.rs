@@ -11,6 +11,7 @@ pub mod flow;
 pub mod http;
 mod ids;
 mod journal;
+pub mod qstash;
 mod run;
 mod schedule;
 mod task;

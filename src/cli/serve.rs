@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use keel_api::{AppState, Signer, dispatcher};
+use keel_api::{AppState, Secret, Signer, dispatcher};
 use keel_engine::{MemoryStore, RedisStore, Store};
 use keel_worker::Worker;
 use keel_worker::signing::SigningKeys;
@@ -111,13 +111,42 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
+/// The QStash signing key pair: the operator's (KEEL_QSTASH_*_SIGNING_KEY,
+/// stored for every process), else the deployment's, made by its first process.
+async fn qstash_keys(settings: &Settings, store: &Arc<dyn Store>) -> anyhow::Result<(String, String)> {
+    match (&settings.qstash_current_signing_key, &settings.qstash_next_signing_key) {
+        (Some(current), Some(next)) => Ok(store.qstash_signing_keys((current, next), true).await?),
+        (None, None) => {
+            let key = || {
+                keel_net::qstash::generate_key().map_err(|e| anyhow::anyhow!("no randomness for a signing key: {e}"))
+            };
+            let offer = (key()?, key()?);
+            Ok(store.qstash_signing_keys((&offer.0, &offer.1), false).await?)
+        }
+        _ => bail!("set both KEEL_QSTASH_CURRENT_SIGNING_KEY and KEEL_QSTASH_NEXT_SIGNING_KEY, or neither"),
+    }
+}
+
+/// The `upstash` workflow (QStash-protocol runs) with this deployment's keys.
+fn upstash_workflow(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    keys: (String, String),
+) -> anyhow::Result<keel_worker::Workflow> {
+    let mut deliverer = keel_workflows::upstash::Deliverer::new(keys, settings.allow_private_targets.unwrap_or(false));
+    deliverer.timeout = settings.qstash_delivery_timeout()?;
+    deliverer.max_response_bytes = settings.store_config()?.max_value_bytes;
+    Ok(keel_workflows::upstash::workflow(store, deliverer))
+}
+
 fn built_in_worker(
     settings: &Settings,
     store: Arc<dyn Store>,
     signer: Signer,
+    qstash_keys: (String, String),
 ) -> anyhow::Result<keel_worker::WorkerBuilder> {
     let mut builder = Worker::builder()
-        .store(store)
+        .store(store.clone())
         .lease(settings.lease()?)
         .concurrency(settings.concurrency.unwrap_or(32))
         .decided_signing_keys(signer)
@@ -125,6 +154,7 @@ fn built_in_worker(
     for workflow in keel_workflows::all() {
         builder = builder.register(workflow);
     }
+    builder = builder.register(upstash_workflow(settings, store, qstash_keys)?);
     if settings.chaos_workflow.unwrap_or(false) {
         builder = builder.register(keel_workflows::chaos());
     }
@@ -137,6 +167,8 @@ async fn serve(
     store: Arc<dyn Store>,
     (signer, follows_deployment_keys): (Signer, bool),
     worker: Option<Worker>,
+    handoff: bool,
+    qstash_keys: (String, String),
 ) -> anyhow::Result<()> {
     let listener = StdListener::bind(settings.addr()).with_context(|| format!("listening on {}", settings.addr()))?;
     listener.set_nonblocking(true)?;
@@ -145,10 +177,11 @@ async fn serve(
     if follows_deployment_keys {
         state = state.following_deployment_keys();
     }
-    if let Some(worker) = &worker {
+    if let Some(worker) = worker.as_ref().filter(|_| handoff) {
         // `keel dev`: a start the caller waits on goes straight to this worker.
         state = state.with_local_worker(worker.handoff());
     }
+    state = state.with_qstash_keys(Secret::new(qstash_keys.0), Secret::new(qstash_keys.1));
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     {
@@ -201,7 +234,17 @@ pub async fn server(settings: Settings) -> anyhow::Result<()> {
     };
     let store = redis_store(&settings, &url).await?;
     let signer = signer(&settings, &store, None).await?;
-    serve(&settings, store, signer, None).await
+    let keys = qstash_keys(&settings, &store).await?;
+    // A server delivers the QStash-protocol runs (`upstash`) itself: an
+    // Upstash SDK app needs no Keel worker of its own.
+    let worker = Worker::builder()
+        .store(store.clone())
+        .lease(settings.lease()?)
+        .concurrency(settings.concurrency.unwrap_or(32))
+        .register(upstash_workflow(&settings, store.clone(), keys.clone())?)
+        .build()
+        .await?;
+    serve(&settings, store, signer, Some(worker), false, keys).await
 }
 
 pub async fn worker(settings: Settings) -> anyhow::Result<()> {
@@ -213,7 +256,8 @@ pub async fn worker(settings: Settings) -> anyhow::Result<()> {
     // The agent signs its calls with the deployment's key, which services
     // verify with /v1/webhooks/signing-key of any server.
     let (signer, _) = signer(&settings, &store, None).await?;
-    built_in_worker(&settings, store, signer)?.build().await?.run_until_signal().await?;
+    let keys = qstash_keys(&settings, &store).await?;
+    built_in_worker(&settings, store, signer, keys)?.build().await?.run_until_signal().await?;
     Ok(())
 }
 
@@ -277,7 +321,8 @@ pub async fn dev(settings: Settings) -> anyhow::Result<()> {
         },
     };
     let signer = signer(&settings, &store, Some(&dir)).await?;
-    let worker = built_in_worker(&settings, store.clone(), signer.0.clone())?.build().await?;
+    let keys = qstash_keys(&settings, &store).await?;
+    let worker = built_in_worker(&settings, store.clone(), signer.0.clone(), keys.clone())?.build().await?;
     let url = format!("http://{}", settings.addr());
     println!("Keel dev: API on {url}, store: {store_note}");
     println!("Workflows: {}", worker.workflows().keys().cloned().collect::<Vec<_>>().join(", "));
@@ -286,7 +331,7 @@ pub async fn dev(settings: Settings) -> anyhow::Result<()> {
         "  curl -s -X POST '{url}/v1/workflows/demo/runs?wait=30s' -H 'content-type: application/json' -d '{{\"input\": {{\"steps\": 3}}}}'"
     );
     println!("or: keel run demo --input '{{\"steps\": 3}}' --wait");
-    let result = serve(&settings, store, signer, Some(worker)).await;
+    let result = serve(&settings, store, signer, Some(worker), true, keys).await;
     drop(private_redis);
     result
 }

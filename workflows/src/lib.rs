@@ -13,6 +13,7 @@ use std::time::Duration;
 pub mod agent;
 pub mod http_agent;
 pub mod llm_agent;
+pub mod upstash;
 
 /// The guide in README.md, compiled and run as a doc test.
 #[cfg(doctest)]

@@ -3,6 +3,7 @@
 pub mod events;
 pub mod flow_control;
 pub mod health;
+pub mod qstash;
 pub mod runs;
 pub mod schedules;
 pub mod signing_keys;

@@ -298,7 +298,9 @@ pub struct DeadLetter {
 /// The engine's storage: every concern below, on one backend. See the module
 /// documentation.
 #[async_trait]
-pub trait Store: RunStore + HookStore + RegistryStore + ScheduleStore + FlowStore + fmt::Debug + 'static {
+pub trait Store:
+    RunStore + HookStore + RegistryStore + ScheduleStore + FlowStore + InboxStore + fmt::Debug + 'static
+{
     fn config(&self) -> &StoreConfig;
 
     /// The store's clock, ms since the epoch: the wall clock, or a test's
@@ -519,6 +521,50 @@ pub trait FlowStore: Send + Sync {
     /// Keys configured on the server (limits or a pause) and, unless
     /// `configured_only`, the 1,000 used most recently in the last day; by name.
     async fn flow_keys(&self, configured_only: bool) -> Result<Vec<FlowKeyStatus>>;
+}
+
+/// The most messages one run's inbox holds: a client cannot grow it without bound.
+pub const MAX_INBOX_MESSAGES: u64 = 10_000;
+
+/// What [`InboxStore::inbox_push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxPush {
+    /// Appended; the position of the last message (positions start at 1).
+    Added(u64),
+    /// The inbox was closed (its run finished or was cancelled): nothing appended.
+    Closed,
+}
+
+/// Messages of an inbox after a position.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboxPage {
+    pub messages: Vec<String>,
+    /// How many messages the inbox holds in all.
+    pub total: u64,
+    pub closed: bool,
+}
+
+/// A run's inbox: messages sent to a run from outside while it runs, appended
+/// by the API and read by position by whoever holds the run (the QStash
+/// protocol's step submissions for the `upstash` workflow). Positions are
+/// stable: the reader journals how far it has read.
+#[async_trait]
+pub trait InboxStore: Send + Sync {
+    /// Append `messages` (and with `close`, refuse any after them) unless the
+    /// inbox is closed. More than [`MAX_INBOX_MESSAGES`] in all is refused.
+    async fn inbox_push(&self, run_id: &RunId, messages: &[String], close: bool) -> Result<InboxPush>;
+
+    /// At most `limit` messages after position `after`. An inbox that was read
+    /// past and is gone (it expired) is an error, not an empty page.
+    async fn inbox_read(&self, run_id: &RunId, after: u64, limit: usize) -> Result<InboxPage>;
+
+    /// Refuse further messages; keep the inbox for `keep`, then drop it.
+    async fn inbox_close(&self, run_id: &RunId, keep: Duration) -> Result<()>;
+
+    /// The QStash signing key pair (current, next) of the deployment: the one
+    /// stored, or `offer` stored as it when there is none yet (or, with
+    /// `replace`, in any case: an operator's keys).
+    async fn qstash_signing_keys(&self, offer: (&str, &str), replace: bool) -> Result<(String, String)>;
 }
 
 /// Schedules (the scheduler in schedules.rs decides; the store keeps them and

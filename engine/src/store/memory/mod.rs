@@ -30,6 +30,7 @@ use crate::clock::{Clock, SystemClock};
 
 mod flow;
 mod hooks;
+mod inbox;
 mod registry;
 mod runs;
 mod schedules;
@@ -103,6 +104,9 @@ struct State {
     signing_keys: SigningKeyRing,
     /// Flow-control keys by name (flow.rs).
     flow: BTreeMap<String, flow::FlowKey>,
+    /// Run inboxes (inbox.rs) and the QStash signing key pair.
+    inboxes: HashMap<RunId, inbox::Inbox>,
+    qstash_keys: Option<(String, String)>,
     /// Schedules by id, and their next ticks.
     schedules: BTreeMap<String, crate::store::StoredSchedule>,
     webhooks: BTreeMap<String, WebhookSubscription>,

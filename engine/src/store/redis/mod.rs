@@ -33,6 +33,7 @@ mod conn;
 mod counters;
 mod flow_control;
 mod hooks;
+mod inbox;
 mod list;
 mod notify;
 mod ops;
@@ -48,7 +49,7 @@ pub use conn::{RedisTarget, redact};
 mod values;
 
 use scripts::Scripts;
-use values::{array, int, pairs, text};
+use values::{array, int, opt_text, pairs, text};
 
 /// Blocking reads get this much beyond their BLOCK time before the watchdog
 /// drops their connection (a read that hangs after a peer reset must not hang us).

@@ -1,0 +1,168 @@
+//! `GET /v2/workflows/events` (`client.logs`): `upstash` runs as the SDK's
+//! `WorkflowRunLog`s, their steps read back from the runner's journal (what
+//! the app submitted in each delivery).
+
+use axum::Json as Reply;
+use axum::extract::{RawQuery, State};
+use keel_engine::RunQuery;
+use keel_proto::qstash::{LABEL_LABEL, StepView, Submission, UPSTASH_WORKFLOW, URL_LABEL, UpstashRun};
+use keel_proto::{JournalEvent, RunStatus, RunSummary};
+use serde_json::{Map, Value, json};
+
+use super::runs::query_pairs;
+use super::sdk_run_id;
+use crate::AppState;
+use crate::error::ApiResult;
+
+/// Journal entries read per run for its steps.
+const JOURNAL_READ: usize = 2000;
+
+fn state_of(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Completed => "RUN_SUCCESS",
+        RunStatus::Failed => "RUN_FAILED",
+        RunStatus::Cancelled => "RUN_CANCELED",
+        _ => "RUN_STARTED",
+    }
+}
+
+pub async fn logs(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult<Reply<Value>> {
+    let pairs = query_pairs(query.as_deref());
+    let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+    let count = get("count").and_then(|c| c.parse::<usize>().ok()).unwrap_or(10).clamp(1, 100);
+    let wanted_state = get("state");
+    let label = get("label");
+    let from = get("fromDate").and_then(|d| d.parse::<u64>().ok());
+    let to = get("toDate").and_then(|d| d.parse::<u64>().ok());
+    let created = get("workflowCreatedAt").and_then(|d| d.parse::<u64>().ok());
+    let keep = |run: &RunSummary| {
+        run.workflow == UPSTASH_WORKFLOW
+            && wanted_state.as_deref().is_none_or(|s| s == state_of(run.status))
+            && label
+                .as_deref()
+                .is_none_or(|l| run.labels.get(LABEL_LABEL).is_some_and(|v| v.split(',').any(|x| x == l)))
+            && from.is_none_or(|f| run.created_at_ms >= f)
+            && to.is_none_or(|t| run.created_at_ms <= t)
+            && created.is_none_or(|c| run.created_at_ms == c)
+    };
+    let mut runs = Vec::new();
+    let mut next_cursor = None;
+    if let Some(id) = get("workflowRunId") {
+        if let Some(run) = state.store().get_run(&sdk_run_id(&id)?).await?.filter(|r| keep(r)) {
+            runs.push(run);
+        }
+    } else {
+        let url = get("workflowUrl");
+        let mut cursor = get("cursor");
+        // Filters the store does not index are applied here, page after page,
+        // until `count` runs match or 20 pages were read (the cursor goes on).
+        for _ in 0..20 {
+            let query = RunQuery {
+                workflow: Some(UPSTASH_WORKFLOW.to_owned()),
+                label: url.clone().map(|u| (URL_LABEL.to_owned(), u)),
+                limit: count,
+                cursor: cursor.take(),
+                ..Default::default()
+            };
+            let page = state.store().list_runs(&query).await?;
+            runs.extend(page.runs.into_iter().filter(|r| keep(r)));
+            next_cursor = page.next_cursor;
+            if runs.len() >= count || next_cursor.is_none() {
+                break;
+            }
+            cursor = next_cursor.clone();
+        }
+        runs.truncate(count);
+    }
+    let mut logs = Vec::with_capacity(runs.len());
+    for run in &runs {
+        logs.push(run_log(&state, run).await?);
+    }
+    let mut answer = json!({"runs": logs});
+    if let Some(cursor) = next_cursor {
+        answer["cursor"] = Value::String(cursor);
+    }
+    Ok(Reply(answer))
+}
+
+async fn run_log(state: &AppState, run: &RunSummary) -> ApiResult<Value> {
+    let records = state.store().read_journal(&run.run_id, None, JOURNAL_READ).await?;
+    let mut input: Option<UpstashRun> = None;
+    let mut groups: Vec<Value> = Vec::new();
+    let mut parallel: Vec<Value> = Vec::new();
+    for record in &records {
+        match &record.entry.event {
+            JournalEvent::RunStarted { input: value, .. } => {
+                input = serde_json::from_value(value.clone()).ok();
+                if let Some(started) = &input {
+                    let step = json!({"stepId": 0, "stepName": "init", "stepType": "Initial", "callType": "step",
+                        "messageId": started.message_id, "out": started.body, "concurrent": 1,
+                        "state": "STEP_SUCCESS", "createdAt": record.at_ms, "headers": {}});
+                    groups.push(json!({"type": "sequential", "steps": [step]}));
+                }
+            }
+            JournalEvent::StepCompleted { output, .. } => {
+                let Some(inbox) = output.get("inbox").and_then(Value::as_array) else { continue };
+                for text in inbox.iter().filter_map(Value::as_str) {
+                    let Ok(Submission::Publish { id, message, at_ms }) = serde_json::from_str(text) else { continue };
+                    if message.headers.get("upstash-workflow-calltype").is_some_and(|t| t != "step") {
+                        continue;
+                    }
+                    let body = message.body.unwrap_or_default();
+                    let Ok(view) = serde_json::from_str::<StepView>(&body) else { continue };
+                    if view.target_step.is_some() {
+                        continue; // a parallel plan, not a step's result
+                    }
+                    let full: Map<String, Value> = serde_json::from_str(&body).unwrap_or_default();
+                    let mut step = json!({"stepId": view.step_id, "stepName": view.step_name, "stepType": view.step_type,
+                        "callType": "step", "messageId": id, "concurrent": view.concurrent.max(1),
+                        "state": "STEP_SUCCESS", "createdAt": at_ms, "headers": {}});
+                    for field in ["out", "sleepFor", "sleepUntil", "callUrl", "callMethod"] {
+                        if let Some(v) = full.get(field) {
+                            step[field] = v.clone();
+                        }
+                    }
+                    if view.concurrent > 1 {
+                        parallel.push(step);
+                        if parallel.len() as u64 >= view.concurrent {
+                            groups.push(json!({"type": "parallel", "steps": std::mem::take(&mut parallel)}));
+                        }
+                    } else {
+                        groups.push(json!({"type": "sequential", "steps": [step]}));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !parallel.is_empty() {
+        groups.push(json!({"type": "parallel", "steps": parallel}));
+    }
+    let url = input.as_ref().map(|i| i.url.clone()).or_else(|| run.labels.get(URL_LABEL).cloned()).unwrap_or_default();
+    let mut log = json!({
+        "workflowRunId": run.run_id,
+        "workflowUrl": url,
+        "workflowState": state_of(run.status),
+        "workflowRunCreatedAt": input.as_ref().map_or(run.created_at_ms, |i| i.created_ms),
+        "steps": groups,
+    });
+    if let Some(done) = run.finished_at_ms {
+        log["workflowRunCompletedAt"] = json!(done);
+    }
+    if run.status == RunStatus::Completed {
+        let response = match &run.output {
+            None | Some(Value::Null) => String::new(),
+            Some(value) => value.to_string(),
+        };
+        log["workflowRunResponse"] = Value::String(response);
+    }
+    if let Some(label) = run.labels.get(LABEL_LABEL) {
+        log["label"] = json!(label.split(',').next().unwrap_or_default());
+        log["labels"] = json!(label.split(',').collect::<Vec<_>>());
+    }
+    if let Some(invoker) = input.as_ref().and_then(|i| i.invoker.as_ref()) {
+        log["invoker"] = json!({"workflowRunId": invoker.workflow_run_id, "workflowUrl": invoker.workflow_url,
+            "workflowRunCreatedAt": invoker.workflow_run_created_at});
+    }
+    Ok(log)
+}

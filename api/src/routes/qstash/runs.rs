@@ -1,0 +1,143 @@
+//! `DELETE /v2/workflows/runs/{id}`: the route returned (`cancel=false`, the
+//! body is the result) or called `context.cancel()` (`cancel=true`); and
+//! `DELETE /v2/workflows/runs`: `client.cancel` of runs by id or by filter.
+
+use std::time::Duration;
+
+use axum::Json as Reply;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use keel_engine::RunQuery;
+use keel_proto::qstash::{Submission, UPSTASH_WORKFLOW, URL_LABEL};
+use keel_proto::{RunId, RunStatus};
+use serde_json::{Value, json};
+
+use super::sdk_run_id;
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Path;
+
+/// How long a finished run's inbox is kept (late submissions get their 400).
+const CLOSED_INBOX_KEPT: Duration = Duration::from_secs(86_400);
+/// The most runs one bulk cancel by filter cancels.
+const MAX_BULK: usize = 1000;
+
+/// The query's pairs, decoded (repeated names kept).
+pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let s = s.replace('+', " ");
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%'
+                && let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+async fn cancel(state: &AppState, run_id: &RunId, reason: &str) -> ApiResult<bool> {
+    let outcome = state.store().request_cancel(run_id, Some(reason)).await;
+    state.store().inbox_close(run_id, CLOSED_INBOX_KEPT).await?;
+    match outcome {
+        Ok(_) => Ok(true),
+        Err(keel_engine::Error::RunNotFound(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn end(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> ApiResult<Reply<Value>> {
+    let run_id = sdk_run_id(&id)?;
+    let cancelled = query_pairs(query.as_deref()).iter().any(|(k, v)| k == "cancel" && v == "true");
+    let run = state
+        .store()
+        .get_run(&run_id)
+        .await?
+        .filter(|r| r.workflow == UPSTASH_WORKFLOW)
+        .ok_or_else(|| ApiError::RunNotFound(format!("there is no workflow run {run_id}")))?;
+    if cancelled {
+        cancel(&state, &run_id, "cancelled by the workflow (context.cancel)").await?;
+        return Ok(Reply(json!({"workflowRunId": run_id})));
+    }
+    if !run.status.is_final() {
+        let body = String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::InvalidRequest("a workflow's result must be UTF-8 text".into()))?;
+        let text =
+            serde_json::to_string(&Submission::Finish { body }).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        // A second DELETE (a delivery retried) finds the inbox closed: the same answer.
+        state.store().inbox_push(&run_id, &[text], true).await?;
+    }
+    Ok(Reply(json!({"workflowRunId": run_id})))
+}
+
+/// `client.cancel({ids})`, `client.cancel({urlStartingWith | workflowUrl})`, `client.cancel({all: true})`.
+pub async fn bulk_cancel(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult<Reply<Value>> {
+    let pairs = query_pairs(query.as_deref());
+    let ids: Vec<&str> = pairs.iter().filter(|(k, _)| k == "workflowRunIds").map(|(_, v)| v.as_str()).collect();
+    let mut cancelled = 0u64;
+    if !ids.is_empty() {
+        for id in ids {
+            if cancel(&state, &sdk_run_id(id)?, "cancelled by client.cancel").await? {
+                cancelled += 1;
+            }
+        }
+        return Ok(Reply(json!({"cancelled": cancelled})));
+    }
+    let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let url = get("workflowUrl");
+    let exact = get("workflowUrlExactMatch").as_deref() == Some("true");
+    let limit = get("count").and_then(|c| c.parse::<usize>().ok()).unwrap_or(MAX_BULK).min(MAX_BULK);
+    let mut cursor = None;
+    let mut seen = 0;
+    loop {
+        let query = RunQuery {
+            workflow: Some(UPSTASH_WORKFLOW.to_owned()),
+            label: url.clone().filter(|_| exact).map(|u| (URL_LABEL.to_owned(), u)),
+            limit: 100,
+            cursor: cursor.take(),
+            ..Default::default()
+        };
+        let page = state.store().list_runs(&query).await?;
+        for run in page.runs {
+            seen += 1;
+            let matches = match (&url, exact) {
+                (Some(u), false) => run.labels.get(URL_LABEL).is_some_and(|l| l.starts_with(u.as_str())),
+                _ => true,
+            };
+            if matches && !run.status.is_final() && run.status != RunStatus::Cancelled {
+                if cancel(&state, &run.run_id, "cancelled by client.cancel").await? {
+                    cancelled += 1;
+                }
+                if cancelled as usize >= limit {
+                    return Ok(Reply(json!({"cancelled": cancelled})));
+                }
+            }
+        }
+        match page.next_cursor {
+            Some(next) if seen < 100 * MAX_BULK => cursor = Some(next),
+            _ => return Ok(Reply(json!({"cancelled": cancelled}))),
+        }
+    }
+}
