@@ -34,6 +34,34 @@ const note = (runId, what, value) => {
   seen.set(runId, entry);
 };
 const flaky = new Map();
+// The traffic of each run, both ways: what Keel delivered to the app and what
+// the SDK sent to Keel (QSTASH_URL), by run id (the recorded fixture).
+const traffic = new Map();
+const record = (runId, entry) => {
+  if (!runId) return;
+  const list = traffic.get(runId) ?? [];
+  list.push(entry);
+  traffic.set(runId, list);
+};
+const pick = (headers, name) => (typeof headers.get === "function" ? headers.get(name) : headers[name]) ?? null;
+const headerObject = (headers) =>
+  Object.fromEntries(typeof headers.entries === "function" ? [...headers.entries()] : Object.entries(headers ?? {}));
+const sdkFetch = globalThis.fetch;
+globalThis.fetch = async (input, init = {}) => {
+  const url = typeof input === "string" ? input : input.url;
+  const response = await sdkFetch(input, init);
+  if (url.startsWith(process.env.QSTASH_URL ?? "\0")) {
+    const headers = headerObject(new Headers(init.headers ?? {}));
+    let runId = headers["upstash-workflow-runid"] ?? null;
+    const body = typeof init.body === "string" ? init.body : null;
+    if (!runId && body?.startsWith("[")) {
+      try { runId = JSON.parse(body)[0]?.headers?.["upstash-workflow-runid"] ?? null; } catch {}
+    }
+    if (!runId) runId = url.match(/\/v2\/workflows\/runs\/([^/?]+)/)?.[1] ?? null;
+    record(runId, { direction: "to-keel", method: init.method ?? "GET", path: url.slice(process.env.QSTASH_URL.length), headers, body, status: response.status });
+  }
+  return response;
+};
 const attempts = new Map();
 
 // The workflows, by name; each is served by every adapter.
@@ -97,6 +125,15 @@ const workflows = {
     await ctx.run("before", () => "x");
     await ctx.cancel();
     await ctx.run("after", () => { note(ctx.workflowRunId, "ran", "after"); return "never"; });
+  },
+  // A slow step (for flow control): when it ran, from the app's clock.
+  slow: async (ctx) => {
+    return await ctx.run("slow", async () => {
+      const start = Date.now();
+      await new Promise((r) => setTimeout(r, 300));
+      note(ctx.workflowRunId, "span", { start, end: Date.now() });
+      return "done";
+    });
   },
   // A step that throws until its third delivery (retries with a retryDelay expression).
   retry: async (ctx) => {
@@ -176,6 +213,7 @@ async function control(req, res, url) {
     if (url.pathname === "/control/cancel") return json(res, 200, await client.cancel({ ids: body.ids }));
     if (url.pathname === "/control/logs") return json(res, 200, await client.logs(Object.fromEntries(url.searchParams)));
     if (url.pathname.startsWith("/control/seen/")) return json(res, 200, seen.get(url.pathname.slice("/control/seen/".length)) ?? null);
+    if (url.pathname.startsWith("/control/traffic/")) return json(res, 200, traffic.get(url.pathname.slice("/control/traffic/".length)) ?? []);
     return json(res, 404, { error: "no such control" });
   } catch (e) {
     return json(res, 500, { error: String(e?.message ?? e), status: e?.status ?? null });
@@ -202,6 +240,8 @@ http.createServer(async (req, res) => {
     const handler = url.pathname.startsWith("/plain/") ? plain[name] : undefined;
     if (!handler) return json(res, 404, { error: `no workflow at ${url.pathname}` });
     const body = req.method === "GET" || req.method === "HEAD" ? undefined : await readBody(req);
+    // What Keel delivered, as it came (plain routes; the adapters read their own bodies).
+    record(req.headers["upstash-workflow-runid"], { direction: "to-app", method: req.method, path: url.pathname, headers: { ...req.headers }, body: body?.toString() ?? null });
     const response = await handler(new Request(url, { method: req.method, headers: req.headers, body }));
     res.writeHead(response.status, Object.fromEntries(response.headers));
     res.end(Buffer.from(await response.arrayBuffer()));

@@ -66,10 +66,10 @@ enum Command {
     Chaos(cli::chaos::ChaosArgs),
 }
 
-/// Settings only a process that runs workflows reads: `keel server` refuses them
-/// as flags (it would ignore them) and says so when they come from the environment.
-const WORKER_ONLY: [(&str, &str); 3] =
-    [("concurrency", "KEEL_CONCURRENCY"), ("lease", "KEEL_LEASE"), ("chaos_workflow", "KEEL_CHAOS_WORKFLOW")];
+/// Settings only a worker reads: `keel server` (which runs only the runs of
+/// Upstash SDK apps, the `upstash` workflow, under its lease and concurrency)
+/// refuses them as flags and says so when they come from the environment.
+const WORKER_ONLY: [(&str, &str); 1] = [("chaos_workflow", "KEEL_CHAOS_WORKFLOW")];
 
 fn main() -> std::process::ExitCode {
     let matches = Cli::command().get_matches();
@@ -82,13 +82,15 @@ fn main() -> std::process::ExitCode {
             match matches.value_source(id) {
                 Some(ValueSource::CommandLine) => {
                     eprintln!(
-                        "keel: keel server runs no workflows and would ignore --{}; give it to keel worker (or keel dev)",
+                        "keel: keel server runs no workflows of its own and would ignore --{}; give it to keel worker (or keel dev)",
                         id.replace('_', "-")
                     );
                     return std::process::ExitCode::from(2);
                 }
                 Some(ValueSource::EnvVariable) => {
-                    eprintln!("keel: note: keel server ignores {env} (it runs no workflows; workers read it)");
+                    eprintln!(
+                        "keel: note: keel server ignores {env} (it runs no workflows of its own; workers read it)"
+                    );
                 }
                 _ => {}
             }

@@ -318,7 +318,7 @@ async fn the_rust_client_starts_awaits_notifies_and_cancels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keel_server_refuses_worker_flags_and_reads_booleans_loosely() {
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["server", "--concurrency", "5"])
+        .args(["server", "--chaos-workflow", "true"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .output()

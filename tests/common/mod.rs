@@ -29,7 +29,12 @@ pub struct Keel {
 impl Keel {
     /// `keel <command>` with `env`, waiting (bounded) until /healthz answers when it serves.
     pub fn spawn(command: &str, redis: &dyn TestRedis, namespace: &str, env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        // A KEEL_ADDR in `env` (a restart on the same port) wins.
+        let port = env
+            .iter()
+            .find(|(k, _)| *k == "KEEL_ADDR")
+            .and_then(|(_, addr)| addr.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(free_port);
         let log = std::env::temp_dir().join(format!("keel-e2e-{}-{port}.log", std::process::id()));
         let out = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));

@@ -307,7 +307,10 @@ impl Runner {
         headers.push(("upstash-workflow-runid".into(), self.run_id()));
         headers.push(("upstash-message-id".into(), message_id.to_owned()));
         headers.push(("upstash-workflow-createdat".into(), self.run.created_ms.to_string()));
-        if let Some(label) = &self.config.label {
+        // The SDK forwards its label itself (`upstash-forward-upstash-label`) on a trigger.
+        if let Some(label) = &self.config.label
+            && !headers.iter().any(|(n, _)| n == "upstash-label")
+        {
             headers.push(("upstash-label".into(), label.clone()));
         }
     }
