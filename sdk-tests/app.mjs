@@ -120,6 +120,27 @@ const workflows = {
     note(ctx.workflowRunId, "result", notifyResponse.length);
     return notifyResponse.length;
   },
+  // createWebhook / waitForWebhook: a third party calls the URL.
+  webhook: async (ctx) => {
+    const webhook = await ctx.createWebhook("make-hook");
+    await ctx.run("announce", () => { note(ctx.workflowRunId, "webhook", webhook.webhookUrl); return webhook.webhookUrl; });
+    const { request, timeout } = await ctx.waitForWebhook("hook-called", webhook, "20s");
+    if (timeout) return { timeout };
+    const result = { method: request.method, body: await request.text(), header: request.headers.get("x-hook") };
+    note(ctx.workflowRunId, "result", result);
+    return result;
+  },
+  // Fails while the flaky service fails for its key (once): for the DLQ.
+  dlq: async (ctx) => {
+    const key = ctx.requestPayload.key;
+    const status = await ctx.run("flaky", async () => {
+      const response = await fetch(`${base}/flaky?key=${key}&fail=1`);
+      if (!response.ok) throw new Error(`the service answered ${response.status}`);
+      return response.status;
+    });
+    note(ctx.workflowRunId, "result", status);
+    return status;
+  },
   // context.cancel() in the middle.
   cancel: async (ctx) => {
     await ctx.run("before", () => "x");
@@ -211,6 +232,9 @@ async function control(req, res, url) {
     }
     if (url.pathname === "/control/notify") return json(res, 200, await client.notify({ eventId: body.eventId, eventData: body.data, workflowRunId: body.runId }));
     if (url.pathname === "/control/cancel") return json(res, 200, await client.cancel({ ids: body.ids }));
+    if (url.pathname === "/control/dlq/list") return json(res, 200, await client.dlq.list({ filter: body.filter }));
+    if (url.pathname === "/control/dlq/resume") return json(res, 200, await client.dlq.resume({ dlqId: body.dlqId }));
+    if (url.pathname === "/control/dlq/restart") return json(res, 200, await client.dlq.restart({ dlqId: body.dlqId }));
     if (url.pathname === "/control/logs") return json(res, 200, await client.logs(Object.fromEntries(url.searchParams)));
     if (url.pathname.startsWith("/control/seen/")) return json(res, 200, seen.get(url.pathname.slice("/control/seen/".length)) ?? null);
     if (url.pathname.startsWith("/control/traffic/")) return json(res, 200, traffic.get(url.pathname.slice("/control/traffic/".length)) ?? []);
@@ -227,6 +251,12 @@ http.createServer(async (req, res) => {
     if (url.pathname === "/third-party") {
       const got = (await readBody(req)).toString();
       return json(res, 200, { got, method: req.method, header: req.headers["x-call"] ?? null });
+    }
+    if (url.pathname === "/failure-sink") {
+      // A failureUrl that is not a workflow: records what Keel sent.
+      const got = JSON.parse((await readBody(req)).toString() || "null");
+      note(req.headers["upstash-workflow-runid"], "failure-url", { status: got?.status, sourceBody: got?.sourceBody, isFailure: req.headers["upstash-workflow-is-failure"] ?? null });
+      return json(res, 200, {});
     }
     if (url.pathname === "/flaky") {
       const key = url.searchParams.get("key");

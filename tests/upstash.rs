@@ -16,7 +16,9 @@ use common::{Keel, free_port};
 use keel_engine::testing::RedisServer;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "keel-upstash-test-token";
+/// A Keel API token that is also what `context.createWebhook` needs of a
+/// QSTASH_TOKEN: base64 of JSON with a `UserID` (`{"UserID":"keel-test"}`).
+const TOKEN: &str = "eyJVc2VySUQiOiJrZWVsLXRlc3QifQ==";
 
 fn sdk_tests() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sdk-tests");
@@ -330,6 +332,38 @@ async fn invoke_through_serve_many_returns_the_childs_result_or_failure() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_webhook_and_wait_for_webhook_take_a_third_partys_request() {
+    let s = Setup::start().await;
+    let id = s.trigger("/plain/webhook", Value::Null, json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let url = loop {
+        let seen = s.seen(&id).await;
+        let made = seen["events"].as_array().and_then(|e| e.iter().find(|e| e["what"] == "webhook").cloned());
+        if let Some(made) = made {
+            break made["value"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no webhook made: {seen}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(url.starts_with(&format!("{}/v2/workflows/hooks/keel-test/{id}/", s.keel.url)), "{url}");
+    // A stranger's event id, or another run's, is refused (nothing is stored).
+    let wrong = s
+        .http
+        .post(format!("{}/v2/workflows/hooks/keel-test/{id}/evt_guess", s.keel.url))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 404);
+    // The third party needs no token.
+    let called = s.http.put(&url).header("x-hook", "yes").body("payload-7").send().await.unwrap();
+    assert!(called.status().is_success(), "{}", called.status());
+    let run = s.finished(&id).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], json!({"method": "PUT", "body": "payload-7", "header": "yes"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_from_the_workflow_and_from_the_client() {
     let s = Setup::start().await;
     let id = s.trigger("/plain/cancel", Value::Null, json!({})).await;
@@ -399,6 +433,84 @@ async fn a_failing_run_calls_the_failure_function_and_fails() {
     let failure = seen["events"].as_array().unwrap().iter().find(|e| e["what"] == "failure").cloned().unwrap();
     assert_eq!(failure["value"]["failStatus"], 500);
     assert_eq!(failure["value"]["failResponse"], "my-error");
+
+    // A failureUrl elsewhere gets QStash's failure callback body.
+    let sink = format!("{}/failure-sink", s.app.url);
+    let id = s.trigger("/plain/failing", json!({"x": 1}), json!({"retries": 0, "failureUrl": sink})).await;
+    assert_eq!(s.finished(&id).await["status"], "failed");
+    let seen = s.seen(&id).await;
+    let called = seen["events"].as_array().unwrap().iter().find(|e| e["what"] == "failure-url").cloned();
+    let called = called.unwrap_or_else(|| panic!("the failure URL was not called: {seen}"));
+    assert_eq!(called["value"]["status"], 500);
+    assert_eq!(called["value"]["isFailure"], "true");
+    use base64::Engine;
+    let source =
+        base64::engine::general_purpose::STANDARD.decode(called["value"]["sourceBody"].as_str().unwrap()).unwrap();
+    assert_eq!(source, br#"{"x":1}"#, "the initial payload");
+}
+
+/// Upstash runs are Keel runs: Keel's webhooks and metrics cover them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keel_webhooks_and_metrics_cover_upstash_runs() {
+    let s = Setup::start().await;
+    let receiver = common::Receiver::start(vec![]).await;
+    let subscribe = json!({"url": receiver.url, "event_types": ["run.completed", "run.failed"], "workflow": "upstash"});
+    let created =
+        s.http.post(format!("{}/v1/webhooks", s.keel.url)).bearer_auth(TOKEN).json(&subscribe).send().await.unwrap();
+    assert!(created.status().is_success(), "{}", created.text().await.unwrap());
+    let ok = s.trigger("/plain/sequential", json!({"n": 1}), json!({})).await;
+    let failed = s.trigger("/plain/nonretryable", Value::Null, json!({})).await;
+    s.finished(&ok).await;
+    s.finished(&failed).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let bodies: Vec<Value> = receiver.received().iter().map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+        let has = |kind: &str, id: &str| bodies.iter().any(|b| b["type"] == kind && b["run_id"] == id);
+        if has("run.completed", &ok) && has("run.failed", &failed) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "webhooks: {bodies:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics =
+        s.http.get(format!("{}/metrics", s.keel.url)).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("workflow=\"upstash\""), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_runs_are_the_dlq_and_resume_or_restart_from_it() {
+    let s = Setup::start().await;
+    let resumed = s.trigger("/plain/dlq", json!({"key": "k-resume"}), json!({"retries": 0, "label": "dlq-test"})).await;
+    let restarted = s.trigger("/plain/dlq", json!({"key": "k-restart"}), json!({"retries": 0})).await;
+    for id in [&resumed, &restarted] {
+        let run = s.finished(id).await;
+        assert_eq!(run["status"], "failed", "{run}");
+    }
+    let listed = s.control("dlq/list", json!({})).await;
+    let messages = listed["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{listed}");
+    let entry = messages.iter().find(|m| m["workflowRunId"] == json!(resumed)).unwrap();
+    assert_eq!(entry["dlqId"], json!(resumed));
+    assert_eq!(entry["responseStatus"], 500, "{entry}");
+    assert!(entry["responseBody"].as_str().unwrap().contains("the service answered 503"), "{entry}");
+    assert_eq!(entry["label"], "dlq-test");
+    let filtered = s.control("dlq/list", json!({"filter": {"label": "dlq-test"}})).await;
+    assert_eq!(filtered["messages"].as_array().unwrap().len(), 1, "{filtered}");
+
+    // Resume: the same run goes on from the delivery that failed.
+    let answer = s.control("dlq/resume", json!({"dlqId": resumed})).await;
+    assert_eq!(answer["workflowRunId"], json!(resumed), "{answer}");
+    let run = s.finished(&resumed).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], 200);
+    // Restart: a new run with the same payload.
+    let answer = s.control("dlq/restart", json!({"dlqId": restarted})).await;
+    let new_id = answer["workflowRunId"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, restarted);
+    let run = s.finished(&new_id).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(s.app_result(&new_id).await, 200);
+    assert_eq!(s.run(&restarted).await["status"], "failed", "the old run stays as it was");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,8 +116,10 @@ impl StepError {
         Self { message: message.into(), kind: StepErrorKind::RetryAfter(delay), named: None }
     }
 
-    /// A terminal error of a kind Keel names (journaled as that kind).
-    pub(crate) fn terminal_kind(kind: &'static str, message: impl Into<String>) -> Self {
+    /// A terminal error journaled as `kind` (instead of `step_failed`): the
+    /// run's error then says which failure it was (`payload_too_large`,
+    /// `delivery_failed`).
+    pub fn terminal_kind(kind: &'static str, message: impl Into<String>) -> Self {
         Self { message: message.into(), kind: StepErrorKind::Terminal, named: Some(kind) }
     }
 

@@ -236,10 +236,12 @@ impl Runner {
         let url = self.run.url.clone();
         let body = self.run.body.clone().into_bytes();
         let request = Outgoing { method, url: url.clone(), headers, body, sign: true, timeout: None };
-        let delivered = self.send_with_retries("deliver", request, false).await?;
-        match delivered.failed {
-            Some(answer) => self.fail(&url, answer).await.map(|()| Value::Null),
-            None => Ok(Value::Null),
+        loop {
+            let delivered = self.send_with_retries("deliver", request.clone(), false).await?;
+            match delivered.failed {
+                None => return Ok(Value::Null),
+                Some(answer) => self.fail(&url, answer).await?,
+            }
         }
     }
 
@@ -330,11 +332,14 @@ impl Runner {
         self.common_headers(&mut headers, &message_id);
         let body = serde_json::to_vec(&self.log[..=upto]).map_err(|e| Error::new("encode_failed", e.to_string()))?;
         let request = Outgoing { method: "POST".into(), url: url.to_owned(), headers, body, sign: true, timeout: None };
-        let delivered = self.send_with_retries("deliver", request, true).await?;
-        if let Some(answer) = delivered.failed {
-            return self.fail(url, answer).await;
+        loop {
+            let delivered = self.send_with_retries("deliver", request.clone(), true).await?;
+            match delivered.failed {
+                None => return self.absorb(delivered.inbox),
+                // Resumed by an operator (the DLQ's resume, or `keel retry`): deliver again.
+                Some(answer) => self.fail(url, answer).await?,
+            }
         }
-        self.absorb(delivered.inbox)
     }
 
     /// One request as a step: retried per the run's settings; the answer that
@@ -473,11 +478,13 @@ impl Runner {
         let body = serde_json::to_vec(&payload).map_err(|e| Error::new("encode_failed", e.to_string()))?;
         let request =
             Outgoing { method: "POST".into(), url: callback.clone(), headers, body, sign: true, timeout: None };
-        let delivered = self.send_with_retries("deliver-callback", request, true).await?;
-        if let Some(answer) = delivered.failed {
-            return self.fail(&callback, answer).await;
+        loop {
+            let delivered = self.send_with_retries("deliver-callback", request.clone(), true).await?;
+            match delivered.failed {
+                None => return self.absorb(delivered.inbox),
+                Some(answer) => self.fail(&callback, answer).await?,
+            }
         }
-        self.absorb(delivered.inbox)
     }
 
     /// The run's forwarded headers without the SDK's protocol version (a
@@ -661,7 +668,9 @@ impl Runner {
     }
 
     /// A request failed for good: the failure callback (if the run has a
-    /// failure URL), then the run fails.
+    /// failure URL), then the run fails in the step `give-up`. An operator's
+    /// retry of the failed run (the DLQ's resume) gives that step a second
+    /// attempt, which succeeds: `Ok`, and the caller tries its request again.
     async fn fail(&mut self, url: &str, answer: Answer) -> Result<()> {
         let reason = answer.describe(url);
         if let Some(failure_url) = self.config.failure_url.clone() {
@@ -697,7 +706,13 @@ impl Runner {
                 tracing::warn!(run_id = %self.ctx.run_id(), "the failure callback failed too: {}", answer.describe(url));
             }
         }
-        Err(Error::new("delivery_failed", reason))
+        self.ctx
+            .step("give-up")
+            .retry(RetryPolicy::none())
+            .run_with(move |info: StepInfo| async move {
+                if info.attempt == 1 { Err(StepError::terminal_kind("delivery_failed", reason)) } else { Ok(()) }
+            })
+            .await
     }
 }
 

@@ -4,6 +4,7 @@
 //! (every other message); keel-workflows' `upstash` workflow delivers them.
 //! Not in /openapi.json: the SDK's protocol is Upstash's, not Keel's API.
 
+pub mod dlq;
 pub mod events;
 pub mod logs;
 pub mod publish;

@@ -172,7 +172,7 @@ async fn start(state: &AppState, message: BatchMessage, now: u64) -> ApiResult<P
 }
 
 /// Create the run; false when its id was taken (the same run, deduplicated).
-async fn create(
+pub(crate) async fn create(
     state: &AppState,
     run_id: RunId,
     run: UpstashRun,

@@ -1,0 +1,166 @@
+//! The workflow DLQ (`client.dlq`): the `upstash` runs that failed for good.
+//! A DLQ id is the run's id. `resume` runs the failed run again from the
+//! delivery that failed (Keel's retry of a failed run); `restart` starts a new
+//! run with the same initial payload and settings.
+
+use axum::Json as Reply;
+use axum::extract::{RawQuery, State};
+use keel_engine::RunQuery;
+use keel_proto::qstash::{LABEL_LABEL, UPSTASH_WORKFLOW, URL_LABEL, UpstashRun};
+use keel_proto::{JournalEvent, RunId, RunStatus, RunSummary};
+use serde_json::{Value, json};
+
+use super::runs::query_pairs;
+use super::{message_id, now_ms, sdk_run_id};
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+
+/// The runs a DLQ call names: by `dlqIds`, or every failed run (`count` at most).
+async fn targets(state: &AppState, pairs: &[(String, String)]) -> ApiResult<(Vec<RunSummary>, Option<String>)> {
+    let ids: Vec<&str> = pairs.iter().filter(|(k, _)| k == "dlqIds").map(|(_, v)| v.as_str()).collect();
+    if !ids.is_empty() {
+        let mut runs = Vec::new();
+        for id in ids {
+            let run = state.store().get_run(&sdk_run_id(id)?).await?;
+            match run.filter(|r| r.workflow == UPSTASH_WORKFLOW && r.status == RunStatus::Failed) {
+                Some(run) => runs.push(run),
+                None => return Err(ApiError::NotFound(format!("no failed workflow run {id} in the DLQ"))),
+            }
+        }
+        return Ok((runs, None));
+    }
+    failed_runs(state, pairs).await
+}
+
+/// A page of failed `upstash` runs, with the list's filters.
+async fn failed_runs(state: &AppState, pairs: &[(String, String)]) -> ApiResult<(Vec<RunSummary>, Option<String>)> {
+    let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+    let count = get("count").and_then(|c| c.parse::<usize>().ok()).unwrap_or(100).clamp(1, 100);
+    let url = get("workflowUrl").or_else(|| get("url"));
+    let run_id = get("workflowRunId");
+    let label = get("label");
+    let from = get("fromDate").and_then(|d| d.parse::<u64>().ok());
+    let to = get("toDate").and_then(|d| d.parse::<u64>().ok());
+    let query = RunQuery {
+        workflow: Some(UPSTASH_WORKFLOW.to_owned()),
+        status: Some(RunStatus::Failed),
+        label: url.map(|u| (URL_LABEL.to_owned(), u)),
+        limit: count,
+        cursor: get("cursor"),
+    };
+    let page = state.store().list_runs(&query).await?;
+    let runs = page
+        .runs
+        .into_iter()
+        .filter(|r| run_id.as_deref().is_none_or(|id| r.run_id.as_str() == id))
+        .filter(|r| {
+            label.as_deref().is_none_or(|l| r.labels.get(LABEL_LABEL).is_some_and(|v| v.split(',').any(|x| x == l)))
+        })
+        .filter(|r| from.is_none_or(|f| r.created_at_ms >= f) && to.is_none_or(|t| r.created_at_ms <= t))
+        .collect();
+    Ok((runs, page.next_cursor))
+}
+
+/// The run's input and the answer of the delivery that failed, from its journal.
+async fn failure_of(state: &AppState, run_id: &RunId) -> ApiResult<(Option<UpstashRun>, Value)> {
+    let records = state.store().read_journal(run_id, None, 5000).await?;
+    let mut input = None;
+    let mut answer = Value::Null;
+    for record in records {
+        match record.entry.event {
+            JournalEvent::RunStarted { input: value, .. } => input = serde_json::from_value(value).ok(),
+            JournalEvent::StepCompleted { output, .. } if output.get("failed").is_some() => {
+                answer = output["failed"].clone()
+            }
+            _ => {}
+        }
+    }
+    Ok((input, answer))
+}
+
+/// `GET /v2/dlq?source=workflow`: the failed runs as DLQ messages.
+pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult<Reply<Value>> {
+    let pairs = query_pairs(query.as_deref());
+    let (runs, cursor) = failed_runs(&state, &pairs).await?;
+    let mut messages = Vec::with_capacity(runs.len());
+    for run in runs {
+        let (input, answer) = failure_of(&state, &run.run_id).await?;
+        let url = input.as_ref().map(|i| i.url.clone()).unwrap_or_default();
+        let mut message = json!({
+            "messageId": input.as_ref().map(|i| i.message_id.clone()).unwrap_or_default(),
+            "dlqId": run.run_id,
+            "url": url,
+            "workflowUrl": url,
+            "method": "POST",
+            "header": {},
+            "body": input.as_ref().map(|i| i.body.clone()).unwrap_or_default(),
+            "maxRetries": input.as_ref().and_then(|i| i.headers.get("upstash-retries")).and_then(|r| r.parse::<u32>().ok()).unwrap_or(3),
+            "notBefore": 0,
+            "createdAt": run.finished_at_ms.unwrap_or(run.updated_at_ms),
+            "callerIP": "",
+            "workflowRunId": run.run_id,
+            "workflowCreatedAt": input.as_ref().map_or(run.created_at_ms, |i| i.created_ms),
+            "responseStatus": answer["status"].as_u64().unwrap_or(0),
+            "responseHeader": answer.get("header").cloned().unwrap_or(json!({})),
+            "responseBody": decode_b64(answer["body"].as_str().unwrap_or_default()),
+        });
+        if let Some(failure) = input.as_ref().and_then(|i| i.headers.get("upstash-failure-callback")) {
+            message["failureCallback"] = json!(failure);
+        }
+        if let Some(label) = run.labels.get(LABEL_LABEL) {
+            message["label"] = json!(label.split(',').next().unwrap_or_default());
+            message["labels"] = json!(label.split(',').collect::<Vec<_>>());
+        }
+        messages.push(message);
+    }
+    let mut answer = json!({"messages": messages});
+    if let Some(cursor) = cursor {
+        answer["cursor"] = json!(cursor);
+    }
+    Ok(Reply(answer))
+}
+
+fn decode_b64(text: &str) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `POST /v2/workflows/dlq/resume`: each failed run goes on from the delivery that failed.
+pub async fn resume(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult<Reply<Value>> {
+    let pairs = query_pairs(query.as_deref());
+    let (runs, cursor) = targets(&state, &pairs).await?;
+    let mut resumed = Vec::with_capacity(runs.len());
+    for run in runs {
+        state.store().retry(&run.run_id).await?;
+        resumed.push(json!({"workflowRunId": run.run_id, "workflowCreatedAt": run.created_at_ms.to_string()}));
+    }
+    Ok(Reply(with_cursor(json!({"workflowRuns": resumed}), cursor)))
+}
+
+/// `POST /v2/workflows/dlq/restart`: a new run from each failed run's Init message.
+pub async fn restart(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult<Reply<Value>> {
+    let pairs = query_pairs(query.as_deref());
+    let (runs, cursor) = targets(&state, &pairs).await?;
+    let mut restarted = Vec::with_capacity(runs.len());
+    for run in runs {
+        let (input, _) = failure_of(&state, &run.run_id).await?;
+        let Some(mut input) = input else {
+            return Err(ApiError::Conflict(format!("run {} has no Init message to restart from", run.run_id)));
+        };
+        let run_id = sdk_run_id(&format!("wfr_{}", uuid::Uuid::now_v7().simple()))?;
+        input.created_ms = now_ms();
+        input.message_id = message_id();
+        input.headers.insert("upstash-workflow-runid".into(), run_id.to_string());
+        super::publish::create(&state, run_id.clone(), input, None, None).await?;
+        restarted.push(json!({"workflowRunId": run_id, "workflowCreatedAt": now_ms().to_string()}));
+    }
+    Ok(Reply(with_cursor(json!({"workflowRuns": restarted}), cursor)))
+}
+
+fn with_cursor(mut answer: Value, cursor: Option<String>) -> Value {
+    if let Some(cursor) = cursor {
+        answer["cursor"] = json!(cursor);
+    }
+    answer
+}
