@@ -159,6 +159,51 @@ impl Setup {
     }
 }
 
+/// Every message of a run's recorded traffic fits its schema in
+/// proto-schemas/json-schema/qstash/: what the SDK sent Keel and what Keel
+/// delivered to the app. Returns how many were checked.
+async fn assert_traffic_fits_the_schemas(s: &Setup, id: &str) -> usize {
+    let traffic: Value =
+        s.http.get(format!("{}/control/traffic/{id}", s.app.url)).send().await.unwrap().json().await.unwrap();
+    let mut checked = 0;
+    for entry in traffic.as_array().unwrap() {
+        let path = entry["path"].as_str().unwrap_or_default();
+        let Some(body) = entry["body"].as_str().and_then(|b| serde_json::from_str::<Value>(b).ok()) else { continue };
+        let schema = match (entry["direction"].as_str(), path) {
+            (Some("to-keel"), "/v2/batch") => "qstash/batch.json",
+            (Some("to-keel"), p) if p.starts_with("/v2/wait/") => "qstash/wait-request.json",
+            (Some("to-keel"), p)
+                if p.starts_with("/v2/publish/") && entry["headers"]["upstash-workflow-invoke"] == "true" =>
+            {
+                "qstash/invoke-request.json"
+            }
+            (Some("to-app"), _) if body.is_array() => "qstash/delivery.json",
+            (Some("to-app"), _) if body.get("sourceMessageId").is_some() => "qstash/callback-body.json",
+            _ => continue,
+        };
+        let validator = common::schema(schema);
+        let errors: Vec<String> = validator.iter_errors(&body).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{path} does not fit {schema}: {errors:?}\n{body}");
+        checked += 1;
+    }
+    // And what Keel keeps: the run's input and its inbox entries.
+    let journal = s.get(format!("{}/v1/runs/{id}/journal", s.keel.url)).await;
+    let (input, submission) = (common::schema("qstash/upstash-run.json"), common::schema("qstash/submission.json"));
+    for record in journal["entries"].as_array().into_iter().flatten() {
+        let entry = &record["entry"];
+        if entry["type"] == "run_started" {
+            assert!(input.is_valid(&entry["input"]), "{entry}");
+            checked += 1;
+        }
+        for message in entry["output"]["inbox"].as_array().into_iter().flatten() {
+            let message: Value = serde_json::from_str(message.as_str().unwrap()).unwrap();
+            assert!(submission.is_valid(&message), "{message}");
+            checked += 1;
+        }
+    }
+    checked
+}
+
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
@@ -272,6 +317,7 @@ async fn context_call_is_made_by_keel_with_retries_and_its_answer_comes_back() {
     assert_eq!(result["ok"]["body"]["header"], "yes", "the call's headers too");
     assert_eq!(result["retried"], 200, "a 503 then 200 with retries: 2: {result}");
     assert_eq!(result["notFound"], 404, "a failing call's status goes back to the app, the run goes on");
+    assert_traffic_fits_the_schemas(&s, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,6 +354,7 @@ async fn wait_for_event_is_notified_times_out_and_notify_works_from_a_workflow()
     assert_eq!(s.finished(&notifier).await["output"], 1, "context.notify reached one waiter");
     let run = s.finished(&lookback).await;
     assert_eq!(run["output"]["eventData"], "first", "{run}");
+    assert_traffic_fits_the_schemas(&s, &notified).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,6 +371,7 @@ async fn invoke_through_serve_many_returns_the_childs_result_or_failure() {
     let child = child.unwrap_or_else(|| panic!("no child run of {id}: {page}"));
     assert_eq!(child["status"], "completed");
     assert_eq!(child["labels"]["upstash.url"], json!(format!("{}/many/child", s.app.url)));
+    assert_traffic_fits_the_schemas(&s, &id).await;
 
     let id = s.trigger("/many/parent", json!({"fail": true}), json!({})).await;
     let run = s.finished(&id).await;

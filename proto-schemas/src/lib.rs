@@ -68,5 +68,15 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("agent/reflect-request.json", schemars::schema_for!(agent::ReflectRequest)),
         ("agent/reflect-response.json", schemars::schema_for!(agent::ReflectResponse)),
         ("agent/output.json", schemars::schema_for!(agent::AgentOutput)),
+        ("qstash/batch.json", schemars::schema_for!(Vec<qstash::BatchMessage>)),
+        ("qstash/publish-answer.json", schemars::schema_for!(qstash::PublishAnswer)),
+        ("qstash/delivery.json", schemars::schema_for!(Vec<qstash::RawStep>)),
+        ("qstash/step.json", schemars::schema_for!(qstash::StepView)),
+        ("qstash/wait-request.json", schemars::schema_for!(qstash::WaitRequest)),
+        ("qstash/invoke-request.json", schemars::schema_for!(qstash::InvokeRequest)),
+        ("qstash/callback-body.json", schemars::schema_for!(qstash::CallbackBody)),
+        ("qstash/notify-response.json", schemars::schema_for!(Vec<qstash::NotifyResponse>)),
+        ("qstash/submission.json", schemars::schema_for!(qstash::Submission)),
+        ("qstash/upstash-run.json", schemars::schema_for!(qstash::UpstashRun)),
     ]
 }

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::fixture::{Fixture, Opts};
 use keel_engine::flow::{FlowRule, Slot, SlotAnswer, SlotRequest};
+use keel_engine::{InboxPage, InboxPush, MAX_INBOX_MESSAGES};
 
 const WF: &str = "orders";
 
@@ -2044,4 +2045,42 @@ pub async fn a_run_waiting_for_a_flow_control_slot_is_woken_by_a_release(f: Fixt
     s.wake_flow_waiter(&id).await.unwrap();
     assert!(s.fire_due_timers(10).await.unwrap().is_empty());
     assert_eq!(status(s, &id).await, RunStatus::Sleeping);
+}
+
+/// A run's inbox (the QStash protocol's submissions): appended in order, read
+/// by position, closed atomically with its last message, bounded; and the
+/// QStash signing key pair, the first offer's unless replaced.
+pub async fn a_runs_inbox_keeps_order_is_closed_once_and_is_bounded(f: Fixture) {
+    let s = f.store.as_ref();
+    let run = RunId::new("wfr_inbox-1").unwrap();
+    assert_eq!(s.inbox_read(&run, 0, 10).await.unwrap(), InboxPage::default());
+    assert_eq!(s.inbox_push(&run, &["a".into(), "b".into()], false).await.unwrap(), InboxPush::Added(2));
+    assert_eq!(s.inbox_push(&run, &["c".into()], false).await.unwrap(), InboxPush::Added(3));
+    let page = s.inbox_read(&run, 1, 10).await.unwrap();
+    assert_eq!(page, InboxPage { messages: vec!["b".into(), "c".into()], total: 3, closed: false });
+    assert_eq!(s.inbox_read(&run, 0, 2).await.unwrap().messages, ["a", "b"]);
+    assert!(s.inbox_read(&run, 3, 10).await.unwrap().messages.is_empty());
+    // The route's result closes the inbox with it; nothing comes after.
+    assert_eq!(s.inbox_push(&run, &["finish".into()], true).await.unwrap(), InboxPush::Added(4));
+    assert_eq!(s.inbox_push(&run, &["late".into()], false).await.unwrap(), InboxPush::Closed);
+    let page = s.inbox_read(&run, 3, 10).await.unwrap();
+    assert_eq!(page, InboxPage { messages: vec!["finish".into()], total: 4, closed: true });
+    // A cancel closes an inbox too, kept for a while for late readers.
+    let cancelled = RunId::new("wfr_inbox-2").unwrap();
+    s.inbox_push(&cancelled, &["x".into()], false).await.unwrap();
+    s.inbox_close(&cancelled, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(s.inbox_push(&cancelled, &["y".into()], false).await.unwrap(), InboxPush::Closed);
+    assert_eq!(s.inbox_read(&cancelled, 0, 10).await.unwrap().messages, ["x"]);
+    // A client cannot grow one without bound.
+    let full = RunId::new("wfr_inbox-3").unwrap();
+    let many: Vec<String> = (0..MAX_INBOX_MESSAGES).map(|i| i.to_string()).collect();
+    assert_eq!(s.inbox_push(&full, &many, false).await.unwrap(), InboxPush::Added(MAX_INBOX_MESSAGES));
+    assert!(matches!(s.inbox_push(&full, &["one more".into()], false).await, Err(Error::Invalid(_))));
+    assert_eq!(s.inbox_read(&full, 0, 1).await.unwrap().total, MAX_INBOX_MESSAGES);
+    // An inbox read past and gone is an error, never an empty page.
+    assert!(s.inbox_read(&RunId::new("wfr_inbox-gone").unwrap(), 5, 10).await.is_err());
+
+    assert_eq!(s.qstash_signing_keys(("c1", "n1"), false).await.unwrap(), ("c1".into(), "n1".into()));
+    assert_eq!(s.qstash_signing_keys(("c2", "n2"), false).await.unwrap(), ("c1".into(), "n1".into()));
+    assert_eq!(s.qstash_signing_keys(("c3", "n3"), true).await.unwrap(), ("c3".into(), "n3".into()));
 }

@@ -94,4 +94,5 @@ conformance!(
     reconcile_reaches_every_run_over_successive_passes,
     a_repeated_key_must_repeat_the_whole_request,
     fanning_out_one_outbox_entry_twice_adds_its_jobs_once,
+    a_runs_inbox_keeps_order_is_closed_once_and_is_bounded,
 );

@@ -30,8 +30,10 @@ pub struct BatchMessage {
     pub destination: String,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// The body as text (a JSON value sent instead of text is kept as its JSON).
+    /// The body as text; `context.call` with an object body sends the JSON
+    /// value itself, kept as its JSON text.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "text_or_json")]
+    #[schemars(with = "Option<Value>")]
     pub body: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,

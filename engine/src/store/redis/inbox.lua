@@ -18,8 +18,9 @@ if op == 'push' then
   local n = tonumber(redis.call('HGET', state, 'n') or '0')
   local count = #ARGV - 4
   if n + count > tonumber(ARGV[3]) then return 'full' end
-  if count > 0 then
-    redis.call('RPUSH', list, unpack(ARGV, 5))
+  -- In chunks: unpack() of thousands of values overflows Lua's stack.
+  for first = 5, #ARGV, 1000 do
+    redis.call('RPUSH', list, unpack(ARGV, first, math.min(first + 999, #ARGV)))
   end
   n = n + count
   redis.call('HSET', state, 'n', n)
