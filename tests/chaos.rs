@@ -3,7 +3,8 @@
 //! `appendfsync always`, must lose nothing, record nothing twice and leave
 //! nothing stuck; steps that panic or block their thread past the lease, and
 //! bodies that panic, end as they should; runs pinned to a missing version wait
-//! and say why.
+//! and say why. An app on the unmodified Upstash SDK (sdk-tests/app.mjs, node)
+//! runs 10 runs alongside, through the QStash protocol: all must complete right.
 
 // Test helpers outside #[test] functions unwrap too (clippy.toml allows it only inside them).
 #![allow(clippy::unwrap_used)]
@@ -41,6 +42,7 @@ fn chaos(extra: &[&str], kind: &str) {
         "failed=0",
         "over_attempts=0",
         "blocked=2/2",
+        "sdk_completed=10/10/10",
     ] {
         assert!(line.contains(&format!(" {healthy} ")), "{healthy} expected in: {line}");
     }

@@ -16,6 +16,10 @@
 //! waits for a replica's acknowledgement of every write; the Redis fault kills
 //! a master, waits for its replica to take over, and restarts the old master
 //! (it rejoins as a replica).
+//!
+//! When node is installed, an app on the unmodified `@upstash/workflow` SDK
+//! (sdk-tests/app.mjs) runs alongside (chaos_sdk.rs): its runs go through the
+//! QStash protocol under the same faults and must all complete, right.
 
 use keel_engine::{RegistryStore, RunStore};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -65,6 +69,13 @@ pub struct ChaosArgs {
     /// fault is then a master's failover.
     #[arg(long)]
     redis_cluster: bool,
+    /// Runs of the Upstash SDK app (when node is installed) [default: a
+    /// quarter of --runs; 0: none].
+    #[arg(long)]
+    sdk_runs: Option<usize>,
+    /// Where the SDK app (app.mjs, with the pinned SDKs installed) is [default: ./sdk-tests].
+    #[arg(long)]
+    sdk_app: Option<PathBuf>,
 }
 
 /// Masters and replicas per master of the `--redis-cluster` mode.
@@ -387,6 +398,17 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
         }
     }
 
+    // The Upstash SDK app's workload, beside the chaos workflow's.
+    let sdk_runs = args.sdk_runs.unwrap_or(args.runs / 4);
+    let sdk = if sdk_runs > 0 {
+        super::chaos_sdk::SdkWorkload::start(&super::chaos_sdk::app_dir(args.sdk_app.as_ref()), &bases[0], &http)
+            .await?
+    } else {
+        None
+    };
+    let sdk_gap = Duration::from_secs_f64(args.runs as f64 / args.rate.max(0.1) / sdk_runs.max(1) as f64);
+    let sdk_load = sdk.as_ref().map(|w| w.load(sdk_runs, sdk_gap, seed, &http));
+
     // The workload: runs started at a steady rate, each followed to its end.
     let acknowledged: Arc<Mutex<BTreeMap<usize, RunId>>> = Arc::default();
     let observed: Arc<Mutex<HashMap<RunId, Value>>> = Arc::default();
@@ -540,6 +562,14 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     while let Some(done) = tokio::time::timeout_at(settle.into(), load.join_next()).await.ok().flatten() {
         done?;
     }
+    if let Some(sdk_load) = sdk_load {
+        let _ = tokio::time::timeout_at(settle.into(), sdk_load).await;
+    }
+    if let Some(sdk) = &sdk {
+        while sdk.unfinished(&store).await > 0 && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     // (The pinned runs never finish: they wait for a worker with their version.)
     while unfinished(&store).await > pinned.len() && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -641,24 +671,32 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
         }
         for (step, n) in &results {
             duplicated += n.saturating_sub(1);
-            if step.starts_with('s') && effects_seen.get(&format!("{id}:{step}")).copied().unwrap_or(0) == 0 {
+            if run.workflow == "chaos"
+                && step.starts_with('s')
+                && effects_seen.get(&format!("{id}:{step}")).copied().unwrap_or(0) == 0
+            {
                 effects_missing += 1;
             }
         }
     }
     // The pinned runs wait on purpose (and say why).
     let stuck = unfinished(&store).await.saturating_sub(blocked);
-    let stats = store.stats(&["chaos".to_owned()]).await?;
+    let stats = store.stats(&["chaos".to_owned(), "upstash".to_owned()]).await?;
     let stuck_tasks = stats.queued.values().sum::<u64>() + stats.in_flight.values().sum::<u64>();
     if stuck > 0 || stuck_tasks > 0 {
         report_stuck(&store, &stats).await;
     }
     let webhooks_missing = count_missing_hooks(&store, &seen, &acknowledged).await;
+    let sdk_outcome = match &sdk {
+        Some(sdk) => sdk.check(&store).await?,
+        None => Default::default(),
+    };
+    let sdk_expected = if sdk.is_some() { sdk_runs } else { 0 };
     let unacknowledged = args.runs - acked.len();
     let total_faults =
         faults.workers_killed + faults.servers_killed + faults.redis_restarts + faults.stops + faults.pauses;
     println!(
-        "keel-chaos redis={} runs={} faults={total_faults} (workers_killed={} servers_killed={} redis_restarts={} stops={} pauses={}) fsync={} completed={completed}/{} panicked={panicked} exhausted={exhausted} blocked={blocked}/{} lost={lost} duplicated_results={duplicated} stuck={} over_attempts={over_attempts} webhooks_missing={webhooks_missing} effects_missing={effects_missing} failed={failed} unacknowledged={unacknowledged} seed={seed}",
+        "keel-chaos redis={} runs={} faults={total_faults} (workers_killed={} servers_killed={} redis_restarts={} stops={} pauses={}) fsync={} completed={completed}/{} panicked={panicked} exhausted={exhausted} blocked={blocked}/{} lost={lost} duplicated_results={duplicated} stuck={} over_attempts={over_attempts} webhooks_missing={webhooks_missing} effects_missing={effects_missing} failed={failed} unacknowledged={unacknowledged} sdk_completed={}/{}/{sdk_expected} seed={seed}",
         if cluster.is_cluster() { "cluster" } else { "single" },
         args.runs,
         faults.workers_killed,
@@ -670,6 +708,8 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
         checked_runs.len(),
         pinned.len(),
         stuck + stuck_tasks as usize,
+        sdk_outcome.completed,
+        sdk_outcome.acknowledged,
     );
     drop(cluster);
     receiver_task.abort();
@@ -684,14 +724,16 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
         && webhooks_missing == 0
         && effects_missing == 0
         && unacknowledged == 0
+        && sdk_outcome.completed == sdk_expected
+        && sdk_outcome.acknowledged == sdk_expected
         && (args.fsync != "always" || lost == 0);
     Ok(if healthy { 0 } else { 1 })
 }
 
-/// Tasks of the chaos workflow queued or delivered and not yet finished.
+/// Tasks of the chaos and upstash workflows queued or delivered and not yet finished.
 async fn open_tasks(store: &RedisStore) -> u64 {
     store
-        .stats(&["chaos".to_owned()])
+        .stats(&["chaos".to_owned(), "upstash".to_owned()])
         .await
         .map_or(0, |s| s.queued.values().sum::<u64>() + s.in_flight.values().sum::<u64>())
 }

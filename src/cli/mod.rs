@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod chaos;
+mod chaos_sdk;
 pub mod client;
 pub mod serve;
