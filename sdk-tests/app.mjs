@@ -235,6 +235,7 @@ async function control(req, res, url) {
     if (url.pathname === "/control/dlq/list") return json(res, 200, await client.dlq.list({ filter: body.filter }));
     if (url.pathname === "/control/dlq/resume") return json(res, 200, await client.dlq.resume({ dlqId: body.dlqId }));
     if (url.pathname === "/control/dlq/restart") return json(res, 200, await client.dlq.restart({ dlqId: body.dlqId }));
+    if (url.pathname === "/control/dlq/delete") return json(res, 200, await client.dlq.delete(body.dlqIds));
     if (url.pathname === "/control/logs") return json(res, 200, await client.logs(Object.fromEntries(url.searchParams)));
     if (url.pathname.startsWith("/control/seen/")) return json(res, 200, seen.get(url.pathname.slice("/control/seen/".length)) ?? null);
     if (url.pathname.startsWith("/control/traffic/")) return json(res, 200, traffic.get(url.pathname.slice("/control/traffic/".length)) ?? []);

@@ -337,6 +337,10 @@ async fn wait_for_event_is_notified_times_out_and_notify_works_from_a_workflow()
         assert!(Instant::now() < deadline, "never waited: {run}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The SDK's LazyFetch: a live run's log, as a delivery would carry it.
+    let log = s.get(format!("{}/v2/workflows/runs/{notified}", s.keel.url)).await;
+    let entries = log.as_array().unwrap_or_else(|| panic!("{log}"));
+    assert!(!entries.is_empty() && entries.iter().all(|e| e["callType"] == "step"), "{log}");
     let answer = s.control("notify", json!({"eventId": "order-1", "data": {"paid": true}})).await;
     assert_eq!(answer.as_array().map(Vec::len), Some(1), "one waiter reached: {answer}");
     assert_eq!(answer[0]["workflowRunId"], json!(notified));
@@ -346,6 +350,24 @@ async fn wait_for_event_is_notified_times_out_and_notify_works_from_a_workflow()
 
     let run = s.finished(&notified).await;
     assert_eq!(run["output"], json!({"eventData": {"paid": true}, "timedOut": false}), "{run}");
+    let ended =
+        s.http.get(format!("{}/v2/workflows/runs/{notified}", s.keel.url)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(ended.status(), 404, "an ended run's log is gone for the SDK");
+    // client.logs shows the step Keel made itself (the event's arrival).
+    let logs: Value = s
+        .http
+        .get(format!("{}/control/logs?workflowRunId={notified}", s.app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let steps: Vec<&Value> =
+        logs["runs"][0]["steps"].as_array().unwrap().iter().flat_map(|g| g["steps"].as_array().unwrap()).collect();
+    let wait = steps.iter().find(|st| st["stepType"] == "Wait").unwrap_or_else(|| panic!("{logs}"));
+    assert_eq!(wait["stepName"], "wait-evt");
+    assert_eq!(wait["waitTimeout"], false);
     assert_eq!(s.app_result(&notified).await["eventData"], json!({"paid": true}));
     let run = s.finished(&timed_out).await;
     assert_eq!(run["output"], json!({"timedOut": true}), "{run}");
@@ -559,6 +581,12 @@ async fn failed_runs_are_the_dlq_and_resume_or_restart_from_it() {
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(s.app_result(&new_id).await, 200);
     assert_eq!(s.run(&restarted).await["status"], "failed", "the old run stays as it was");
+    // Delete takes it off the DLQ; it stays failed.
+    let answer = s.control("dlq/delete", json!({"dlqIds": [restarted]})).await;
+    assert_eq!(answer["deleted"], 1, "{answer}");
+    let listed = s.control("dlq/list", json!({})).await;
+    assert_eq!(listed["messages"], json!([]), "{listed}");
+    assert_eq!(s.run(&restarted).await["status"], "failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -586,6 +614,12 @@ async fn delay_label_and_a_deduplicated_trigger() {
     assert_eq!(headers["value"]["labels"], json!(["nightly"]), "context.labels: {seen}");
     let page = s.get(format!("{}/v1/runs?workflow=upstash", s.keel.url)).await;
     assert_eq!(page["runs"].as_array().unwrap().len(), 1, "one run: {page}");
+    // notBefore: a Unix time to start at.
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 2;
+    let later = s.trigger("/plain/sequential", json!({"n": 3}), json!({"notBefore": at})).await;
+    let run = s.finished(&later).await;
+    let first_step = run["steps"][0]["started_at_ms"].as_u64().unwrap();
+    assert!(first_step >= (at - 1) * 1000 + 900, "not before {at}: {first_step}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -325,6 +325,11 @@ impl Keys {
         [format!("{tag}:messages"), format!("{tag}:state")]
     }
 
+    /// Sorted set (global): runs taken off the QStash DLQ, by when they are forgotten (ms).
+    pub fn qstash_dlq_deleted(&self) -> String {
+        format!("{}:qstash-dlq-deleted", self.global)
+    }
+
     /// Hash (global): the QStash signing keys, `current` and `next`.
     pub fn qstash_signing_keys(&self) -> String {
         format!("{}:qstash-signing-keys", self.global)

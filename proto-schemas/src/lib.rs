@@ -78,5 +78,6 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("qstash/notify-response.json", schemars::schema_for!(Vec<qstash::NotifyResponse>)),
         ("qstash/submission.json", schemars::schema_for!(qstash::Submission)),
         ("qstash/upstash-run.json", schemars::schema_for!(qstash::UpstashRun)),
+        ("qstash/delivery-outcome.json", schemars::schema_for!(qstash::DeliveryOutcome)),
     ]
 }

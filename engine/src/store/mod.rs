@@ -561,6 +561,14 @@ pub trait InboxStore: Send + Sync {
     /// Refuse further messages; keep the inbox for `keep`, then drop it.
     async fn inbox_close(&self, run_id: &RunId, keep: Duration) -> Result<()>;
 
+    /// Take failed runs off the QStash DLQ (`client.dlq.delete`): they stay
+    /// failed but are no longer listed there; remembered for `keep`. How many
+    /// were not off it already.
+    async fn dlq_delete(&self, run_ids: &[RunId], keep: Duration) -> Result<u64>;
+
+    /// Which of these runs were taken off the DLQ.
+    async fn dlq_deleted(&self, run_ids: &[RunId]) -> Result<Vec<bool>>;
+
     /// The QStash signing key pair (current, next) of the deployment: the one
     /// stored, or `offer` stored as it when there is none yet (or, with
     /// `replace`, in any case: an operator's keys).

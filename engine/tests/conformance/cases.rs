@@ -2083,4 +2083,11 @@ pub async fn a_runs_inbox_keeps_order_is_closed_once_and_is_bounded(f: Fixture) 
     assert_eq!(s.qstash_signing_keys(("c1", "n1"), false).await.unwrap(), ("c1".into(), "n1".into()));
     assert_eq!(s.qstash_signing_keys(("c2", "n2"), false).await.unwrap(), ("c1".into(), "n1".into()));
     assert_eq!(s.qstash_signing_keys(("c3", "n3"), true).await.unwrap(), ("c3".into(), "n3".into()));
+
+    // The DLQ's deletions: remembered per run, counted once.
+    let (a, b) = (RunId::new("wfr_dlq-a").unwrap(), RunId::new("wfr_dlq-b").unwrap());
+    assert_eq!(s.dlq_deleted(&[a.clone(), b.clone()]).await.unwrap(), [false, false]);
+    assert_eq!(s.dlq_delete(std::slice::from_ref(&a), Duration::from_secs(60)).await.unwrap(), 1);
+    assert_eq!(s.dlq_delete(&[a.clone(), b.clone()], Duration::from_secs(60)).await.unwrap(), 1);
+    assert_eq!(s.dlq_deleted(&[a, b, RunId::new("wfr_dlq-c").unwrap()]).await.unwrap(), [true, true, false]);
 }

@@ -188,6 +188,35 @@ pub enum Submission {
     Finish { body: String },
 }
 
+/// The journaled outcome of one request of an `upstash` run (the output of
+/// its `deliver…` step): the log entry it delivered, what the app submitted
+/// meanwhile, or the answer that made it fail for good.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryOutcome {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<FailedAnswer>,
+    /// Inbox messages (`Submission` JSON) read after the app answered.
+    #[serde(default)]
+    pub inbox: Vec<String>,
+    /// The log entry this delivery ended with (a step delivery's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<RawStep>,
+}
+
+/// The last answer to a request that failed for good (what a failure callback
+/// and the DLQ report).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FailedAnswer {
+    /// 0: no answer at all (`error` says why).
+    pub status: u16,
+    pub header: BTreeMap<String, Vec<String>>,
+    /// base64 of the body.
+    pub body: String,
+    pub retried: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The input of an `upstash` run: its Init message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UpstashRun {

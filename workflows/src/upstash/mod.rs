@@ -21,13 +21,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use keel_proto::qstash::{
-    BatchMessage, CallbackBody, InvokeRequest, MAX_RETRIES, RawStep, RunConfig, StepView, Submission, UPSTASH_WORKFLOW,
-    UpstashRun, WaitRequest, event_key, parse_duration, prefixed, run_event_key,
+    BatchMessage, CallbackBody, DeliveryOutcome, FailedAnswer, InvokeRequest, MAX_RETRIES, RawStep, RunConfig,
+    StepView, Submission, UPSTASH_WORKFLOW, UpstashRun, WaitRequest, event_key, parse_duration, prefixed,
+    run_event_key,
 };
 use keel_proto::{ChildOutcome, RunId};
 use keel_worker::engine::Store;
 use keel_worker::{Context, Error, Lookback, Result, RetryPolicy, StepError, StepInfo, Workflow};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub use delivery::{Deliverer, Incoming, NoResponse, Outgoing};
@@ -56,59 +56,38 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The last answer to a request that failed for good (what a failure callback reports).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Answer {
-    /// 0: no answer at all (`error` says why).
-    status: u16,
-    header: BTreeMap<String, Vec<String>>,
-    /// base64
-    body: String,
-    retried: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
+type Answer = FailedAnswer;
+type Delivered = DeliveryOutcome;
 
-impl Answer {
-    fn of(response: &Incoming, retried: u32) -> Self {
-        Self {
-            status: response.status,
-            header: response.headers.clone(),
-            body: B64.encode(&response.body),
-            retried,
-            error: None,
-        }
-    }
-
-    fn none(why: &NoResponse, retried: u32) -> Self {
-        Self { status: 0, header: BTreeMap::new(), body: String::new(), retried, error: Some(why.message.clone()) }
-    }
-
-    fn describe(&self, url: &str) -> String {
-        match &self.error {
-            Some(e) => format!("{e} (after {} retries)", self.retried),
-            None => {
-                let body = B64.decode(&self.body).unwrap_or_default();
-                let excerpt: String = String::from_utf8_lossy(&body).chars().take(300).collect();
-                format!(
-                    "{} answered {} after {} retries: {excerpt}",
-                    keel_worker::net::redact_url(url),
-                    self.status,
-                    self.retried
-                )
-            }
-        }
+fn answer_of(response: &Incoming, retried: u32) -> Answer {
+    Answer {
+        status: response.status,
+        header: response.headers.clone(),
+        body: B64.encode(&response.body),
+        retried,
+        error: None,
     }
 }
 
-/// A delivery's journaled outcome: the app's answer if it failed for good,
-/// and what the app submitted meanwhile.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Delivered {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    failed: Option<Answer>,
-    #[serde(default)]
-    inbox: Vec<String>,
+fn no_answer(message: &str, retried: u32) -> Answer {
+    Answer { status: 0, header: BTreeMap::new(), body: String::new(), retried, error: Some(message.to_owned()) }
+}
+
+/// What went wrong, for the run's error.
+fn describe(answer: &Answer, url: &str) -> String {
+    match &answer.error {
+        Some(e) => format!("{e} (after {} retries)", answer.retried),
+        None => {
+            let body = B64.decode(&answer.body).unwrap_or_default();
+            let excerpt: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+            format!(
+                "{} answered {} after {} retries: {excerpt}",
+                keel_worker::net::redact_url(url),
+                answer.status,
+                answer.retried
+            )
+        }
+    }
 }
 
 /// Something the run will do when its turn comes.
@@ -237,7 +216,7 @@ impl Runner {
         let body = self.run.body.clone().into_bytes();
         let request = Outgoing { method, url: url.clone(), headers, body, sign: true, timeout: None };
         loop {
-            let delivered = self.send_with_retries("deliver", request.clone(), false).await?;
+            let delivered = self.send_with_retries("deliver", request.clone(), false, None).await?;
             match delivered.failed {
                 None => return Ok(Value::Null),
                 Some(answer) => self.fail(&url, answer).await?,
@@ -332,8 +311,9 @@ impl Runner {
         self.common_headers(&mut headers, &message_id);
         let body = serde_json::to_vec(&self.log[..=upto]).map_err(|e| Error::new("encode_failed", e.to_string()))?;
         let request = Outgoing { method: "POST".into(), url: url.to_owned(), headers, body, sign: true, timeout: None };
+        let entry = Some(self.log[upto].clone());
         loop {
-            let delivered = self.send_with_retries("deliver", request.clone(), true).await?;
+            let delivered = self.send_with_retries("deliver", request.clone(), true, entry.clone()).await?;
             match delivered.failed {
                 None => return self.absorb(delivered.inbox),
                 // Resumed by an operator (the DLQ's resume, or `keel retry`): deliver again.
@@ -343,8 +323,16 @@ impl Runner {
     }
 
     /// One request as a step: retried per the run's settings; the answer that
-    /// ended it when it failed for good; with `read`, the inbox read after it.
-    async fn send_with_retries(&self, name: &str, request: Outgoing, read: bool) -> Result<Delivered> {
+    /// ended it when it failed for good; with `read`, the inbox read after it;
+    /// `entry`, the log entry it delivers, journaled with it (`client.logs`
+    /// and `GET /v2/workflows/runs/{id}` read the log back from there).
+    async fn send_with_retries(
+        &self,
+        name: &str,
+        request: Outgoing,
+        read: bool,
+        entry: Option<RawStep>,
+    ) -> Result<Delivered> {
         let (retries, config) = (self.config.retries, self.config.clone());
         let (deliverer, store) = (self.deliverer.clone(), self.store.clone());
         let (run_id, after) = (self.ctx.run_id().clone(), self.read);
@@ -365,7 +353,7 @@ impl Runner {
                 } else {
                     Vec::new()
                 };
-                Ok(Delivered { failed, inbox })
+                Ok(Delivered { failed, inbox, entry })
             })
             .await;
         match outcome {
@@ -380,7 +368,7 @@ impl Runner {
                     retried: retries,
                     error: Some(e.message().to_owned()),
                 }),
-                inbox: Vec::new(),
+                ..Default::default()
             }),
             Err(e) => Err(e),
         }
@@ -431,12 +419,12 @@ impl Runner {
                 // A call's answer goes back to the app whatever its status: the
                 // last attempt's, or a success.
                 match deliverer.send(&request).await {
-                    Ok(response) if response.is_success() || retried >= retries => Ok(Answer::of(&response, retried)),
+                    Ok(response) if response.is_success() || retried >= retries => Ok(answer_of(&response, retried)),
                     Ok(response) => Err(StepError::retry_after(
                         format!("{} answered {}", keel_worker::net::redact_url(&request.url), response.status),
                         retry_after(&response).unwrap_or_else(|| delay(retried)),
                     )),
-                    Err(no) if no.terminal || retried >= retries => Ok(Answer::none(&no, retried)),
+                    Err(no) if no.terminal || retried >= retries => Ok(no_answer(&no.message, retried)),
                     Err(no) => Err(StepError::retry_after(no.message, delay(retried))),
                 }
             })
@@ -479,7 +467,7 @@ impl Runner {
         let request =
             Outgoing { method: "POST".into(), url: callback.clone(), headers, body, sign: true, timeout: None };
         loop {
-            let delivered = self.send_with_retries("deliver-callback", request.clone(), true).await?;
+            let delivered = self.send_with_retries("deliver-callback", request.clone(), true, None).await?;
             match delivered.failed {
                 None => return self.absorb(delivered.inbox),
                 Some(answer) => self.fail(&callback, answer).await?,
@@ -672,7 +660,7 @@ impl Runner {
     /// retry of the failed run (the DLQ's resume) gives that step a second
     /// attempt, which succeeds: `Ok`, and the caller tries its request again.
     async fn fail(&mut self, url: &str, answer: Answer) -> Result<()> {
-        let reason = answer.describe(url);
+        let reason = describe(&answer, url);
         if let Some(failure_url) = self.config.failure_url.clone() {
             let payload = CallbackBody {
                 status: answer.status,
@@ -700,10 +688,10 @@ impl Runner {
             let mut failure_config = self.config.clone();
             failure_config.retries = self.config.failure_retries;
             let runner_config = std::mem::replace(&mut self.config, failure_config);
-            let outcome = self.send_with_retries("failure-callback", request, false).await;
+            let outcome = self.send_with_retries("failure-callback", request, false, None).await;
             self.config = runner_config;
             if let Some(answer) = outcome?.failed {
-                tracing::warn!(run_id = %self.ctx.run_id(), "the failure callback failed too: {}", answer.describe(url));
+                tracing::warn!(run_id = %self.ctx.run_id(), "the failure callback failed too: {}", describe(&answer, url));
             }
         }
         self.ctx
@@ -754,15 +742,15 @@ async fn attempt(
             let non_retryable = response.status == 489
                 || response.header("upstash-nonretryable-error").is_some_and(|v| v.eq_ignore_ascii_case("true"));
             if non_retryable || retried >= retries {
-                return Ok(Some(Answer::of(&response, retried)));
+                return Ok(Some(answer_of(&response, retried)));
             }
-            let answer = Answer::of(&response, retried);
+            let answer = answer_of(&response, retried);
             Err(StepError::retry_after(
-                answer.describe(&request.url),
+                describe(&answer, &request.url),
                 retry_after(&response).unwrap_or_else(|| delay(retried)),
             ))
         }
-        Err(no) if no.terminal || retried >= retries => Ok(Some(Answer::none(&no, retried))),
+        Err(no) if no.terminal || retried >= retries => Ok(Some(no_answer(&no.message, retried))),
         Err(no) => Err(StepError::retry_after(no.message, delay(retried))),
     }
 }

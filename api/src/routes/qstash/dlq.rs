@@ -1,16 +1,19 @@
 //! The workflow DLQ (`client.dlq`): the `upstash` runs that failed for good.
 //! A DLQ id is the run's id. `resume` runs the failed run again from the
 //! delivery that failed (Keel's retry of a failed run); `restart` starts a new
-//! run with the same initial payload and settings.
+//! run with the same initial payload and settings; `delete` takes runs off it.
 
 use axum::Json as Reply;
 use axum::extract::{RawQuery, State};
 use keel_engine::RunQuery;
-use keel_proto::qstash::{LABEL_LABEL, UPSTASH_WORKFLOW, URL_LABEL, UpstashRun};
-use keel_proto::{JournalEvent, RunId, RunStatus, RunSummary};
+use keel_proto::qstash::{LABEL_LABEL, UPSTASH_WORKFLOW, URL_LABEL};
+use keel_proto::{RunStatus, RunSummary};
 use serde_json::{Value, json};
 
 use super::runs::query_pairs;
+
+/// How long a deletion from the DLQ is remembered (longer than runs are kept).
+const DELETED_KEPT: std::time::Duration = std::time::Duration::from_secs(60 * 86_400);
 use super::{message_id, now_ms, sdk_run_id};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -22,7 +25,11 @@ async fn targets(state: &AppState, pairs: &[(String, String)]) -> ApiResult<(Vec
         let mut runs = Vec::new();
         for id in ids {
             let run = state.store().get_run(&sdk_run_id(id)?).await?;
-            match run.filter(|r| r.workflow == UPSTASH_WORKFLOW && r.status == RunStatus::Failed) {
+            let listed = match &run {
+                Some(r) => !state.store().dlq_deleted(std::slice::from_ref(&r.run_id)).await?[0],
+                None => false,
+            };
+            match run.filter(|r| listed && r.workflow == UPSTASH_WORKFLOW && r.status == RunStatus::Failed) {
                 Some(run) => runs.push(run),
                 None => return Err(ApiError::NotFound(format!("no failed workflow run {id} in the DLQ"))),
             }
@@ -49,9 +56,14 @@ async fn failed_runs(state: &AppState, pairs: &[(String, String)]) -> ApiResult<
         cursor: get("cursor"),
     };
     let page = state.store().list_runs(&query).await?;
+    let ids: Vec<_> = page.runs.iter().map(|r| r.run_id.clone()).collect();
+    let deleted = state.store().dlq_deleted(&ids).await?;
     let runs = page
         .runs
         .into_iter()
+        .zip(deleted)
+        .filter(|(_, deleted)| !deleted)
+        .map(|(run, _)| run)
         .filter(|r| run_id.as_deref().is_none_or(|id| r.run_id.as_str() == id))
         .filter(|r| {
             label.as_deref().is_none_or(|l| r.labels.get(LABEL_LABEL).is_some_and(|v| v.split(',').any(|x| x == l)))
@@ -61,30 +73,14 @@ async fn failed_runs(state: &AppState, pairs: &[(String, String)]) -> ApiResult<
     Ok((runs, page.next_cursor))
 }
 
-/// The run's input and the answer of the delivery that failed, from its journal.
-async fn failure_of(state: &AppState, run_id: &RunId) -> ApiResult<(Option<UpstashRun>, Value)> {
-    let records = state.store().read_journal(run_id, None, 5000).await?;
-    let mut input = None;
-    let mut answer = Value::Null;
-    for record in records {
-        match record.entry.event {
-            JournalEvent::RunStarted { input: value, .. } => input = serde_json::from_value(value).ok(),
-            JournalEvent::StepCompleted { output, .. } if output.get("failed").is_some() => {
-                answer = output["failed"].clone()
-            }
-            _ => {}
-        }
-    }
-    Ok((input, answer))
-}
-
 /// `GET /v2/dlq?source=workflow`: the failed runs as DLQ messages.
 pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult<Reply<Value>> {
     let pairs = query_pairs(query.as_deref());
     let (runs, cursor) = failed_runs(&state, &pairs).await?;
     let mut messages = Vec::with_capacity(runs.len());
     for run in runs {
-        let (input, answer) = failure_of(&state, &run.run_id).await?;
+        let record = super::journal::read(&state, &run.run_id).await?;
+        let (input, answer) = (record.input, record.failed.unwrap_or_default());
         let url = input.as_ref().map(|i| i.url.clone()).unwrap_or_default();
         let mut message = json!({
             "messageId": input.as_ref().map(|i| i.message_id.clone()).unwrap_or_default(),
@@ -100,9 +96,9 @@ pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> A
             "callerIP": "",
             "workflowRunId": run.run_id,
             "workflowCreatedAt": input.as_ref().map_or(run.created_at_ms, |i| i.created_ms),
-            "responseStatus": answer["status"].as_u64().unwrap_or(0),
-            "responseHeader": answer.get("header").cloned().unwrap_or(json!({})),
-            "responseBody": decode_b64(answer["body"].as_str().unwrap_or_default()),
+            "responseStatus": answer.status,
+            "responseHeader": answer.header,
+            "responseBody": decode_b64(&answer.body),
         });
         if let Some(failure) = input.as_ref().and_then(|i| i.headers.get("upstash-failure-callback")) {
             message["failureCallback"] = json!(failure);
@@ -144,8 +140,7 @@ pub async fn restart(State(state): State<AppState>, RawQuery(query): RawQuery) -
     let (runs, cursor) = targets(&state, &pairs).await?;
     let mut restarted = Vec::with_capacity(runs.len());
     for run in runs {
-        let (input, _) = failure_of(&state, &run.run_id).await?;
-        let Some(mut input) = input else {
+        let Some(mut input) = super::journal::read(&state, &run.run_id).await?.input else {
             return Err(ApiError::Conflict(format!("run {} has no Init message to restart from", run.run_id)));
         };
         let run_id = sdk_run_id(&format!("wfr_{}", uuid::Uuid::now_v7().simple()))?;
@@ -156,6 +151,16 @@ pub async fn restart(State(state): State<AppState>, RawQuery(query): RawQuery) -
         restarted.push(json!({"workflowRunId": run_id, "workflowCreatedAt": now_ms().to_string()}));
     }
     Ok(Reply(with_cursor(json!({"workflowRuns": restarted}), cursor)))
+}
+
+/// `DELETE /v2/workflows/dlq`: take failed runs off the DLQ (they stay
+/// failed, and leave with the retention like any run).
+pub async fn delete(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult<Reply<Value>> {
+    let pairs = query_pairs(query.as_deref());
+    let (runs, cursor) = targets(&state, &pairs).await?;
+    let ids: Vec<_> = runs.into_iter().map(|r| r.run_id).collect();
+    let deleted = state.store().dlq_delete(&ids, DELETED_KEPT).await?;
+    Ok(Reply(with_cursor(json!({"deleted": deleted}), cursor)))
 }
 
 fn with_cursor(mut answer: Value, cursor: Option<String>) -> Value {

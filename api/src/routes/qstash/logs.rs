@@ -1,21 +1,20 @@
 //! `GET /v2/workflows/events` (`client.logs`): `upstash` runs as the SDK's
-//! `WorkflowRunLog`s, their steps read back from the runner's journal (what
-//! the app submitted in each delivery).
+//! `WorkflowRunLog`s, their steps read back from the runner's journal (the
+//! log entry each delivery ended with).
 
 use axum::Json as Reply;
 use axum::extract::{RawQuery, State};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use keel_engine::RunQuery;
-use keel_proto::qstash::{LABEL_LABEL, StepView, Submission, UPSTASH_WORKFLOW, URL_LABEL, UpstashRun};
-use keel_proto::{JournalEvent, RunStatus, RunSummary};
+use keel_proto::qstash::{LABEL_LABEL, StepView, UPSTASH_WORKFLOW, URL_LABEL};
+use keel_proto::{RunStatus, RunSummary};
 use serde_json::{Map, Value, json};
 
 use super::runs::query_pairs;
 use super::sdk_run_id;
 use crate::AppState;
 use crate::error::ApiResult;
-
-/// Journal entries read per run for its steps.
-const JOURNAL_READ: usize = 2000;
 
 fn state_of(status: RunStatus) -> &'static str {
     match status {
@@ -86,53 +85,44 @@ pub async fn logs(State(state): State<AppState>, RawQuery(query): RawQuery) -> A
 }
 
 async fn run_log(state: &AppState, run: &RunSummary) -> ApiResult<Value> {
-    let records = state.store().read_journal(&run.run_id, None, JOURNAL_READ).await?;
-    let mut input: Option<UpstashRun> = None;
+    let record = super::journal::read(state, &run.run_id).await?;
+    let input = record.input;
     let mut groups: Vec<Value> = Vec::new();
+    if let Some(started) = &input {
+        let step = json!({"stepId": 0, "stepName": "init", "stepType": "Initial", "callType": "step",
+            "messageId": started.message_id, "out": started.body, "concurrent": 1,
+            "state": "STEP_SUCCESS", "createdAt": run.created_at_ms, "headers": {}});
+        groups.push(json!({"type": "sequential", "steps": [step]}));
+    }
     let mut parallel: Vec<Value> = Vec::new();
-    for record in &records {
-        match &record.entry.event {
-            JournalEvent::RunStarted { input: value, .. } => {
-                input = serde_json::from_value(value.clone()).ok();
-                if let Some(started) = &input {
-                    let step = json!({"stepId": 0, "stepName": "init", "stepType": "Initial", "callType": "step",
-                        "messageId": started.message_id, "out": started.body, "concurrent": 1,
-                        "state": "STEP_SUCCESS", "createdAt": record.at_ms, "headers": {}});
-                    groups.push(json!({"type": "sequential", "steps": [step]}));
-                }
+    // Every entry the run's deliveries ended with, after the initial payload:
+    // the steps' results (parallel plans left out), the app's and the server's
+    // (a wait's event, an invoked child's outcome) alike.
+    for (entry, at_ms) in record.log.iter().skip(1) {
+        if entry.call_type != "step" {
+            continue;
+        }
+        let body = String::from_utf8(B64.decode(&entry.body).unwrap_or_default()).unwrap_or_default();
+        let Ok(full) = serde_json::from_str::<Map<String, Value>>(&body) else { continue };
+        let view: StepView = serde_json::from_value(Value::Object(full.clone())).unwrap_or_default();
+        if view.target_step.is_some() {
+            continue;
+        }
+        let mut step = json!({"stepId": view.step_id, "stepName": view.step_name, "stepType": view.step_type,
+            "callType": "step", "messageId": entry.message_id, "concurrent": view.concurrent.max(1),
+            "state": "STEP_SUCCESS", "createdAt": at_ms, "headers": {}});
+        for field in ["out", "sleepFor", "sleepUntil", "callUrl", "callMethod", "waitEventId", "waitTimeout"] {
+            if let Some(v) = full.get(field) {
+                step[field] = v.clone();
             }
-            JournalEvent::StepCompleted { output, .. } => {
-                let Some(inbox) = output.get("inbox").and_then(Value::as_array) else { continue };
-                for text in inbox.iter().filter_map(Value::as_str) {
-                    let Ok(Submission::Publish { id, message, at_ms }) = serde_json::from_str(text) else { continue };
-                    if message.headers.get("upstash-workflow-calltype").is_some_and(|t| t != "step") {
-                        continue;
-                    }
-                    let body = message.body.unwrap_or_default();
-                    let Ok(view) = serde_json::from_str::<StepView>(&body) else { continue };
-                    if view.target_step.is_some() {
-                        continue; // a parallel plan, not a step's result
-                    }
-                    let full: Map<String, Value> = serde_json::from_str(&body).unwrap_or_default();
-                    let mut step = json!({"stepId": view.step_id, "stepName": view.step_name, "stepType": view.step_type,
-                        "callType": "step", "messageId": id, "concurrent": view.concurrent.max(1),
-                        "state": "STEP_SUCCESS", "createdAt": at_ms, "headers": {}});
-                    for field in ["out", "sleepFor", "sleepUntil", "callUrl", "callMethod"] {
-                        if let Some(v) = full.get(field) {
-                            step[field] = v.clone();
-                        }
-                    }
-                    if view.concurrent > 1 {
-                        parallel.push(step);
-                        if parallel.len() as u64 >= view.concurrent {
-                            groups.push(json!({"type": "parallel", "steps": std::mem::take(&mut parallel)}));
-                        }
-                    } else {
-                        groups.push(json!({"type": "sequential", "steps": [step]}));
-                    }
-                }
+        }
+        if view.concurrent > 1 {
+            parallel.push(step);
+            if parallel.len() as u64 >= view.concurrent {
+                groups.push(json!({"type": "parallel", "steps": std::mem::take(&mut parallel)}));
             }
-            _ => {}
+        } else {
+            groups.push(json!({"type": "sequential", "steps": [step]}));
         }
     }
     if !parallel.is_empty() {

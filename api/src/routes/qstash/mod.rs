@@ -6,6 +6,7 @@
 
 pub mod dlq;
 pub mod events;
+mod journal;
 pub mod logs;
 pub mod publish;
 pub mod runs;

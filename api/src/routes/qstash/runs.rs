@@ -8,7 +8,7 @@ use axum::Json as Reply;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use keel_engine::RunQuery;
-use keel_proto::qstash::{Submission, UPSTASH_WORKFLOW, URL_LABEL};
+use keel_proto::qstash::{RawStep, Submission, UPSTASH_WORKFLOW, URL_LABEL};
 use keel_proto::{RunId, RunStatus};
 use serde_json::{Value, json};
 
@@ -90,6 +90,29 @@ pub async fn end(
         state.store().inbox_push(&run_id, &[text], true).await?;
     }
     Ok(Reply(json!({"workflowRunId": run_id})))
+}
+
+/// `GET /v2/workflows/runs/{id}`: a live run's log (what the SDK fetches
+/// when a delivery comes with an empty body, its LazyFetch); 404 once the
+/// run has ended, which the SDK takes as "ended". Keel sends every log
+/// inline, so apps only call this if they choose to.
+pub async fn log(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Reply<Vec<RawStep>>> {
+    let run_id = sdk_run_id(&id)?;
+    let live = state.store().get_run(&run_id).await?.filter(|r| r.workflow == UPSTASH_WORKFLOW && !r.status.is_final());
+    if live.is_none() {
+        return Err(ApiError::RunNotFound(format!("workflow run {run_id} does not exist or has ended")));
+    }
+    let record = super::journal::read(&state, &run_id).await?;
+    let mut log: Vec<RawStep> = record.log.into_iter().map(|(entry, _)| entry).collect();
+    if log.is_empty()
+        && let Some(input) = record.input
+    {
+        // Not delivered yet: the log is the initial payload.
+        use base64::Engine;
+        let body = base64::engine::general_purpose::STANDARD.encode(&input.body);
+        log.push(RawStep { message_id: input.message_id, body, call_type: "step".into() });
+    }
+    Ok(Reply(log))
 }
 
 /// `client.cancel({ids})`, `client.cancel({urlStartingWith | workflowUrl})`, `client.cancel({all: true})`.

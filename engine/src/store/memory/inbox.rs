@@ -59,6 +59,26 @@ impl InboxStore for MemoryStore {
         Ok(())
     }
 
+    async fn dlq_delete(&self, run_ids: &[RunId], keep: Duration) -> Result<u64> {
+        let now = self.clock.now_ms();
+        let mut state = self.state();
+        state.dlq_deleted.retain(|_, until| *until > now);
+        let mut added = 0;
+        for id in run_ids {
+            if !state.dlq_deleted.contains_key(id) {
+                state.dlq_deleted.insert(id.clone(), now.saturating_add(keep.as_millis() as u64));
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    async fn dlq_deleted(&self, run_ids: &[RunId]) -> Result<Vec<bool>> {
+        let now = self.clock.now_ms();
+        let state = self.state();
+        Ok(run_ids.iter().map(|id| state.dlq_deleted.get(id).is_some_and(|until| *until > now)).collect())
+    }
+
     async fn qstash_signing_keys(&self, offer: (&str, &str), replace: bool) -> Result<(String, String)> {
         let mut state = self.state();
         if replace || state.qstash_keys.is_none() {

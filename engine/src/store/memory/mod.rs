@@ -107,6 +107,8 @@ struct State {
     /// Run inboxes (inbox.rs) and the QStash signing key pair.
     inboxes: HashMap<RunId, inbox::Inbox>,
     qstash_keys: Option<(String, String)>,
+    /// Runs taken off the QStash DLQ, until when.
+    dlq_deleted: HashMap<RunId, u64>,
     /// Schedules by id, and their next ticks.
     schedules: BTreeMap<String, crate::store::StoredSchedule>,
     webhooks: BTreeMap<String, WebhookSubscription>,

@@ -5,7 +5,27 @@
 --   read  <open_ttl_ms> <after> <limit>                 -> {n, closed, message...} | "lost"
 --   close <keep_ms>                                     -> "ok"
 --   keys  <current> <next> <replace 0|1>  (KEYS[1]: the global key hash) -> {current, next}
+--   dlq-delete <keep_ms> <run>...  (KEYS[1]: the global DLQ-deleted zset) -> how many were new
+--   dlq-deleted <run>...           (KEYS[1]: the same) -> {0|1, ...}
 local op = ARGV[1]
+if op == 'dlq-delete' or op == 'dlq-deleted' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if op == 'dlq-deleted' then
+    local out = {}
+    for i = 2, #ARGV do
+      local until_ms = redis.call('ZSCORE', KEYS[1], ARGV[i])
+      out[#out + 1] = (until_ms and tonumber(until_ms) > now) and 1 or 0
+    end
+    return out
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  local added = 0
+  for i = 3, #ARGV do
+    added = added + redis.call('ZADD', KEYS[1], 'NX', now + tonumber(ARGV[2]), ARGV[i])
+  end
+  return added
+end
 if op == 'keys' then
   if ARGV[4] == '1' or not redis.call('HGET', KEYS[1], 'current') then
     redis.call('HSET', KEYS[1], 'current', ARGV[2], 'next', ARGV[3])

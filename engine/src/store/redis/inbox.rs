@@ -73,6 +73,22 @@ impl InboxStore for RedisStore {
         Ok(())
     }
 
+    async fn dlq_delete(&self, run_ids: &[RunId], keep: Duration) -> Result<u64> {
+        let mut args = vec!["dlq-delete".to_owned(), (keep.as_millis().max(1) as u64).to_string()];
+        args.extend(run_ids.iter().map(ToString::to_string));
+        Ok(int(&self.inbox_script(&[self.keys().qstash_dlq_deleted()], &args).await?)? as u64)
+    }
+
+    async fn dlq_deleted(&self, run_ids: &[RunId]) -> Result<Vec<bool>> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec!["dlq-deleted".to_owned()];
+        args.extend(run_ids.iter().map(ToString::to_string));
+        let reply = self.inbox_script(&[self.keys().qstash_dlq_deleted()], &args).await?;
+        array(&reply)?.iter().map(|v| Ok(int(v)? == 1)).collect()
+    }
+
     async fn qstash_signing_keys(&self, offer: (&str, &str), replace: bool) -> Result<(String, String)> {
         let args = ["keys".to_owned(), offer.0.to_owned(), offer.1.to_owned(), u8::from(replace).to_string()];
         let reply = self.inbox_script(&[self.keys().qstash_signing_keys()], &args).await?;
