@@ -6,7 +6,7 @@
 // The tests drive it over HTTP on PORT:
 //   POST /control/trigger {path, body?, options?}   client.trigger from this app
 //   POST /control/notify {eventId, data, runId?}    client.notify
-//   POST /control/cancel {ids}                      client.cancel
+//   POST /control/cancel {ids} | {request}          client.cancel (by ids, or as given: {filter}, {all})
 //   GET  /control/logs?<filter>                     client.logs
 //   GET  /control/seen/<runId>                      what the workflow code saw (its side of the outcome)
 //   ANY  /third-party                               a service `context.call` calls (answers with what it got)
@@ -231,7 +231,7 @@ async function control(req, res, url) {
       return json(res, 200, result);
     }
     if (url.pathname === "/control/notify") return json(res, 200, await client.notify({ eventId: body.eventId, eventData: body.data, workflowRunId: body.runId }));
-    if (url.pathname === "/control/cancel") return json(res, 200, await client.cancel({ ids: body.ids }));
+    if (url.pathname === "/control/cancel") return json(res, 200, await client.cancel(body.request ?? { ids: body.ids }));
     if (url.pathname === "/control/dlq/list") return json(res, 200, await client.dlq.list({ filter: body.filter }));
     if (url.pathname === "/control/dlq/resume") return json(res, 200, await client.dlq.resume({ dlqId: body.dlqId }));
     if (url.pathname === "/control/dlq/restart") return json(res, 200, await client.dlq.restart({ dlqId: body.dlqId }));

@@ -461,6 +461,35 @@ async fn cancel_from_the_workflow_and_from_the_client() {
     let answer = s.control("cancel", json!({"ids": [waiting]})).await;
     assert_eq!(answer["cancelled"], 1, "{answer}");
     assert_eq!(s.finished(&waiting).await["status"], "cancelled");
+
+    // By filter: only the runs it names; a filter Keel cannot apply cancels nothing.
+    let mut batch = Vec::new();
+    for label in ["batch-a", "batch-a", "batch-b"] {
+        batch.push(s.trigger("/plain/wait", json!({"eventId": "never-1"}), json!({"label": label})).await);
+    }
+    for id in &batch {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.run(id).await["status"] != "waiting" {
+            assert!(Instant::now() < deadline, "never waited");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let refused = s
+        .http
+        .post(format!("{}/control/cancel", s.app.url))
+        .json(&json!({"request": {"filter": {"callerIp": "10.0.0.1"}}}))
+        .send()
+        .await
+        .unwrap();
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["status"], 422, "a problem, not a wider cancel: {refused}");
+    let answer = s.control("cancel", json!({"request": {"filter": {"label": "batch-a"}}})).await;
+    assert_eq!(answer["cancelled"], 2, "{answer}");
+    assert_eq!(s.finished(&batch[0]).await["status"], "cancelled");
+    assert_eq!(s.finished(&batch[1]).await["status"], "cancelled");
+    assert_eq!(s.run(&batch[2]).await["status"], "waiting", "the other label's run goes on");
+    let answer = s.control("cancel", json!({"request": {"all": true}})).await;
+    assert_eq!(answer["cancelled"], 1, "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -675,6 +704,31 @@ async fn client_logs_shows_runs_as_upstash_would() {
     assert_eq!(failed_only["runs"].as_array().unwrap().len(), 1, "{failed_only}");
     let by_label = logs("label=ok-runs".into()).await;
     assert_eq!(by_label["runs"][0]["workflowRunId"], json!(ok), "{by_label}");
+    // Paging a filtered list never skips a run: five more labelled runs among
+    // others, read two at a time.
+    let mut labelled = vec![ok.clone()];
+    for i in 0..10 {
+        let options = if i % 2 == 0 { json!({"label": "ok-runs"}) } else { json!({}) };
+        let id = s.trigger("/plain/sequential", json!({"n": i}), options).await;
+        s.finished(&id).await;
+        if i % 2 == 0 {
+            labelled.push(id);
+        }
+    }
+    let mut seen_ids = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..20 {
+        let page = logs(format!("label=ok-runs&count=2&cursor={cursor}")).await;
+        seen_ids
+            .extend(page["runs"].as_array().unwrap().iter().map(|r| r["workflowRunId"].as_str().unwrap().to_owned()));
+        match page["cursor"].as_str() {
+            Some(next) if !next.is_empty() => cursor = next.to_owned(),
+            _ => break,
+        }
+    }
+    seen_ids.sort();
+    labelled.sort();
+    assert_eq!(seen_ids, labelled, "every labelled run exactly once");
 }
 
 /// The traffic of one run both ways, with what changes from run to run

@@ -5,18 +5,17 @@
 
 use axum::Json as Reply;
 use axum::extract::{RawQuery, State};
-use keel_engine::RunQuery;
-use keel_proto::qstash::{LABEL_LABEL, UPSTASH_WORKFLOW, URL_LABEL};
+use keel_proto::qstash::{LABEL_LABEL, UPSTASH_WORKFLOW};
 use keel_proto::{RunStatus, RunSummary};
 use serde_json::{Value, json};
 
 use super::runs::query_pairs;
+use super::{RunFilter, filtered_runs, message_id, now_ms, sdk_run_id};
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
 
 /// How long a deletion from the DLQ is remembered (longer than runs are kept).
 const DELETED_KEPT: std::time::Duration = std::time::Duration::from_secs(60 * 86_400);
-use super::{message_id, now_ms, sdk_run_id};
-use crate::AppState;
-use crate::error::{ApiError, ApiResult};
 
 /// The runs a DLQ call names: by `dlqIds`, or every failed run (`count` at most).
 async fn targets(state: &AppState, pairs: &[(String, String)]) -> ApiResult<(Vec<RunSummary>, Option<String>)> {
@@ -39,38 +38,17 @@ async fn targets(state: &AppState, pairs: &[(String, String)]) -> ApiResult<(Vec
     failed_runs(state, pairs).await
 }
 
-/// A page of failed `upstash` runs, with the list's filters.
+/// A page of failed `upstash` runs not taken off the DLQ, with the list's
+/// filters (a filter Keel cannot apply is a 400).
 async fn failed_runs(state: &AppState, pairs: &[(String, String)]) -> ApiResult<(Vec<RunSummary>, Option<String>)> {
-    let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
-    let count = get("count").and_then(|c| c.parse::<usize>().ok()).unwrap_or(100).clamp(1, 100);
-    let url = get("workflowUrl").or_else(|| get("url"));
-    let run_id = get("workflowRunId");
-    let label = get("label");
-    let from = get("fromDate").and_then(|d| d.parse::<u64>().ok());
-    let to = get("toDate").and_then(|d| d.parse::<u64>().ok());
-    let query = RunQuery {
-        workflow: Some(UPSTASH_WORKFLOW.to_owned()),
-        status: Some(RunStatus::Failed),
-        label: url.map(|u| (URL_LABEL.to_owned(), u)),
-        limit: count,
-        cursor: get("cursor"),
-    };
-    let page = state.store().list_runs(&query).await?;
-    let ids: Vec<_> = page.runs.iter().map(|r| r.run_id.clone()).collect();
+    let allowed = ["workflowUrl", "url", "workflowRunId", "workflowCreatedAt", "label", "fromDate", "toDate"];
+    let filter = RunFilter::of(pairs, &allowed, true)?;
+    let count = filter.count.unwrap_or(100).min(100);
+    let (runs, cursor) = filtered_runs(state, &filter, Some(RunStatus::Failed), count, |_| "").await?;
+    let ids: Vec<_> = runs.iter().map(|r| r.run_id.clone()).collect();
     let deleted = state.store().dlq_deleted(&ids).await?;
-    let runs = page
-        .runs
-        .into_iter()
-        .zip(deleted)
-        .filter(|(_, deleted)| !deleted)
-        .map(|(run, _)| run)
-        .filter(|r| run_id.as_deref().is_none_or(|id| r.run_id.as_str() == id))
-        .filter(|r| {
-            label.as_deref().is_none_or(|l| r.labels.get(LABEL_LABEL).is_some_and(|v| v.split(',').any(|x| x == l)))
-        })
-        .filter(|r| from.is_none_or(|f| r.created_at_ms >= f) && to.is_none_or(|t| r.created_at_ms <= t))
-        .collect();
-    Ok((runs, page.next_cursor))
+    let listed = runs.into_iter().zip(deleted).filter(|(_, deleted)| !deleted).map(|(run, _)| run).collect();
+    Ok((listed, cursor))
 }
 
 /// `GET /v2/dlq?source=workflow`: the failed runs as DLQ messages.
@@ -95,7 +73,7 @@ pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> A
             "createdAt": run.finished_at_ms.unwrap_or(run.updated_at_ms),
             "callerIP": "",
             "workflowRunId": run.run_id,
-            "workflowCreatedAt": input.as_ref().map_or(run.created_at_ms, |i| i.created_ms),
+            "workflowCreatedAt": run.created_at_ms,
             "responseStatus": answer.status,
             "responseHeader": answer.header,
             "responseBody": decode_b64(&answer.body),

@@ -6,13 +6,12 @@ use axum::Json as Reply;
 use axum::extract::{RawQuery, State};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use keel_engine::RunQuery;
-use keel_proto::qstash::{LABEL_LABEL, StepView, UPSTASH_WORKFLOW, URL_LABEL};
+use keel_proto::qstash::{LABEL_LABEL, StepView, URL_LABEL};
 use keel_proto::{RunStatus, RunSummary};
 use serde_json::{Map, Value, json};
 
 use super::runs::query_pairs;
-use super::sdk_run_id;
+use super::{RunFilter, filtered_runs};
 use crate::AppState;
 use crate::error::ApiResult;
 
@@ -27,52 +26,10 @@ fn state_of(status: RunStatus) -> &'static str {
 
 pub async fn logs(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult<Reply<Value>> {
     let pairs = query_pairs(query.as_deref());
-    let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
-    let count = get("count").and_then(|c| c.parse::<usize>().ok()).unwrap_or(10).clamp(1, 100);
-    let wanted_state = get("state");
-    let label = get("label");
-    let from = get("fromDate").and_then(|d| d.parse::<u64>().ok());
-    let to = get("toDate").and_then(|d| d.parse::<u64>().ok());
-    let created = get("workflowCreatedAt").and_then(|d| d.parse::<u64>().ok());
-    let keep = |run: &RunSummary| {
-        run.workflow == UPSTASH_WORKFLOW
-            && wanted_state.as_deref().is_none_or(|s| s == state_of(run.status))
-            && label
-                .as_deref()
-                .is_none_or(|l| run.labels.get(LABEL_LABEL).is_some_and(|v| v.split(',').any(|x| x == l)))
-            && from.is_none_or(|f| run.created_at_ms >= f)
-            && to.is_none_or(|t| run.created_at_ms <= t)
-            && created.is_none_or(|c| run.created_at_ms == c)
-    };
-    let mut runs = Vec::new();
-    let mut next_cursor = None;
-    if let Some(id) = get("workflowRunId") {
-        if let Some(run) = state.store().get_run(&sdk_run_id(&id)?).await?.filter(|r| keep(r)) {
-            runs.push(run);
-        }
-    } else {
-        let url = get("workflowUrl");
-        let mut cursor = get("cursor");
-        // Filters the store does not index are applied here, page after page,
-        // until `count` runs match or 20 pages were read (the cursor goes on).
-        for _ in 0..20 {
-            let query = RunQuery {
-                workflow: Some(UPSTASH_WORKFLOW.to_owned()),
-                label: url.clone().map(|u| (URL_LABEL.to_owned(), u)),
-                limit: count,
-                cursor: cursor.take(),
-                ..Default::default()
-            };
-            let page = state.store().list_runs(&query).await?;
-            runs.extend(page.runs.into_iter().filter(|r| keep(r)));
-            next_cursor = page.next_cursor;
-            if runs.len() >= count || next_cursor.is_none() {
-                break;
-            }
-            cursor = next_cursor.clone();
-        }
-        runs.truncate(count);
-    }
+    let allowed = ["workflowRunId", "workflowUrl", "workflowCreatedAt", "state", "label", "fromDate", "toDate"];
+    let filter = RunFilter::of(&pairs, &allowed, true)?;
+    let count = filter.count.unwrap_or(10).min(100);
+    let (runs, next_cursor) = filtered_runs(&state, &filter, None, count, |r| state_of(r.status)).await?;
     let mut logs = Vec::with_capacity(runs.len());
     for run in &runs {
         logs.push(run_log(&state, run).await?);
@@ -133,7 +90,7 @@ async fn run_log(state: &AppState, run: &RunSummary) -> ApiResult<Value> {
         "workflowRunId": run.run_id,
         "workflowUrl": url,
         "workflowState": state_of(run.status),
-        "workflowRunCreatedAt": input.as_ref().map_or(run.created_at_ms, |i| i.created_ms),
+        "workflowRunCreatedAt": run.created_at_ms,
         "steps": groups,
     });
     if let Some(done) = run.finished_at_ms {

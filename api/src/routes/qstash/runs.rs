@@ -7,12 +7,11 @@ use std::time::Duration;
 use axum::Json as Reply;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use keel_engine::RunQuery;
-use keel_proto::qstash::{RawStep, Submission, UPSTASH_WORKFLOW, URL_LABEL};
+use keel_proto::qstash::{RawStep, Submission, UPSTASH_WORKFLOW};
 use keel_proto::{RunId, RunStatus};
 use serde_json::{Value, json};
 
-use super::sdk_run_id;
+use super::{RunFilter, filtered_runs, sdk_run_id};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
@@ -115,7 +114,10 @@ pub async fn log(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
     Ok(Reply(log))
 }
 
-/// `client.cancel({ids})`, `client.cancel({urlStartingWith | workflowUrl})`, `client.cancel({all: true})`.
+/// `client.cancel`: by ids (`workflowRunIds`), by filter (`workflowUrl`,
+/// as a prefix unless `workflowUrlExactMatch=true`, `label`, `fromDate`,
+/// `toDate`), or every live run (`all`: no filter), `count` at a time (at
+/// most 1,000); a filter Keel cannot apply is a 400, never a wider cancel.
 pub async fn bulk_cancel(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult<Reply<Value>> {
     let pairs = query_pairs(query.as_deref());
     let ids: Vec<&str> = pairs.iter().filter(|(k, _)| k == "workflowRunIds").map(|(_, v)| v.as_str()).collect();
@@ -128,39 +130,22 @@ pub async fn bulk_cancel(State(state): State<AppState>, RawQuery(query): RawQuer
         }
         return Ok(Reply(json!({"cancelled": cancelled})));
     }
-    let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let url = get("workflowUrl");
-    let exact = get("workflowUrlExactMatch").as_deref() == Some("true");
-    let limit = get("count").and_then(|c| c.parse::<usize>().ok()).unwrap_or(MAX_BULK).min(MAX_BULK);
-    let mut cursor = None;
-    let mut seen = 0;
-    loop {
-        let query = RunQuery {
-            workflow: Some(UPSTASH_WORKFLOW.to_owned()),
-            label: url.clone().filter(|_| exact).map(|u| (URL_LABEL.to_owned(), u)),
-            limit: 100,
-            cursor: cursor.take(),
-            ..Default::default()
-        };
-        let page = state.store().list_runs(&query).await?;
-        for run in page.runs {
-            seen += 1;
-            let matches = match (&url, exact) {
-                (Some(u), false) => run.labels.get(URL_LABEL).is_some_and(|l| l.starts_with(u.as_str())),
-                _ => true,
-            };
-            if matches && !run.status.is_final() && run.status != RunStatus::Cancelled {
-                if cancel(&state, &run.run_id, "cancelled by client.cancel").await? {
-                    cancelled += 1;
-                }
-                if cancelled as usize >= limit {
-                    return Ok(Reply(json!({"cancelled": cancelled})));
-                }
-            }
+    let allowed = ["workflowUrl", "workflowUrlExactMatch", "label", "fromDate", "toDate"];
+    let filter = RunFilter::of(&pairs, &allowed, false)?;
+    let count = filter.count.unwrap_or(100).min(MAX_BULK);
+    // Live runs only: every status but the final ones, newest first.
+    let mut live = Vec::new();
+    for status in [RunStatus::Pending, RunStatus::Running, RunStatus::Sleeping, RunStatus::Waiting, RunStatus::Paused] {
+        if live.len() >= count {
+            break;
         }
-        match page.next_cursor {
-            Some(next) if seen < 100 * MAX_BULK => cursor = Some(next),
-            _ => return Ok(Reply(json!({"cancelled": cancelled}))),
+        let (runs, _) = filtered_runs(&state, &filter, Some(status), count - live.len(), |_| "").await?;
+        live.extend(runs);
+    }
+    for run in live {
+        if cancel(&state, &run.run_id, "cancelled by client.cancel").await? {
+            cancelled += 1;
         }
     }
+    Ok(Reply(json!({"cancelled": cancelled})))
 }
