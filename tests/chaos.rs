@@ -44,7 +44,10 @@ fn chaos(extra: &[&str], kind: &str) {
         "blocked=2/2",
         "sdk_completed=10/10/10",
     ] {
-        assert!(line.contains(&format!(" {healthy} ")), "{healthy} expected in: {line}");
+        // What chaos printed of runs left unfinished goes with the failure.
+        let tail: String =
+            stderr.lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        assert!(line.contains(&format!(" {healthy} ")), "{healthy} expected in: {line}\n{tail}");
     }
     assert!(line.contains(kind), "{line}");
     let faults = extra[extra.iter().position(|a| *a == "--faults").unwrap() + 1];

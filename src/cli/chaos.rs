@@ -268,6 +268,9 @@ impl Cluster {
                 .env("KEEL_WEBHOOK_RETRY_BASE", "200ms")
                 .env("KEEL_RECONCILE_EVERY", "3s")
                 .env("KEEL_WEBHOOK_VISIBILITY", "5s")
+                // An SDK app that hangs (its own request to a server that is
+                // down) is given up on and delivered to again, as the lease is.
+                .env("KEEL_QSTASH_DELIVERY_TIMEOUT", "10s")
                 .envs(self.is_cluster().then_some(("KEEL_PARTITIONS", CLUSTER_PARTITIONS)))
                 .envs(self.is_cluster().then_some(("KEEL_REDIS_WAIT_REPLICAS", "1")))
                 .stdout(Stdio::null())
@@ -401,8 +404,7 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     // The Upstash SDK app's workload, beside the chaos workflow's.
     let sdk_runs = args.sdk_runs.unwrap_or(args.runs / 4);
     let sdk = if sdk_runs > 0 {
-        super::chaos_sdk::SdkWorkload::start(&super::chaos_sdk::app_dir(args.sdk_app.as_ref()), &bases[0], &http)
-            .await?
+        super::chaos_sdk::SdkWorkload::start(&super::chaos_sdk::app_dir(args.sdk_app.as_ref()), &bases, &http).await?
     } else {
         None
     };

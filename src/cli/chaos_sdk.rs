@@ -17,10 +17,11 @@ use serde_json::{Value, json};
 
 use super::bench::{Proc, free_port};
 
-/// The SDK app and the runs it started.
+/// The SDK app (one process per Keel server, its QSTASH_URL that server's)
+/// and the runs it started.
 pub(crate) struct SdkWorkload {
-    _app: Proc,
-    url: String,
+    _apps: Vec<Proc>,
+    urls: Vec<String>,
     /// Run index -> the run id `client.trigger` acknowledged.
     acknowledged: Arc<Mutex<BTreeMap<usize, RunId>>>,
 }
@@ -42,9 +43,10 @@ fn node_available() -> bool {
 }
 
 impl SdkWorkload {
-    /// The app on `dir`, its QSTASH_URL the first server; None (and why, on
-    /// stderr) when node or the pinned SDK is not here.
-    pub(crate) async fn start(dir: &Path, base: &str, http: &reqwest::Client) -> anyhow::Result<Option<Self>> {
+    /// The app on `dir`, one process per server in `bases` (each its
+    /// QSTASH_URL); None (and why, on stderr) when node or the pinned SDK is
+    /// not here.
+    pub(crate) async fn start(dir: &Path, bases: &[String], http: &reqwest::Client) -> anyhow::Result<Option<Self>> {
         if !node_available() {
             eprintln!("keel chaos: node is not installed: no Upstash SDK workload");
             return Ok(None);
@@ -56,27 +58,31 @@ impl SdkWorkload {
             );
             return Ok(None);
         }
-        let keys: Value = http.get(format!("{base}/v2/keys")).send().await?.json().await?;
-        let port = free_port()?;
-        let app = Command::new("node")
-            .arg("app.mjs")
-            .current_dir(dir)
-            .env("PORT", port.to_string())
-            .env("QSTASH_URL", base)
-            .env("QSTASH_TOKEN", "chaos")
-            .env("QSTASH_CURRENT_SIGNING_KEY", keys["current"].as_str().unwrap_or_default())
-            .env("QSTASH_NEXT_SIGNING_KEY", keys["next"].as_str().unwrap_or_default())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the SDK app (node app.mjs)")?;
-        let app = Proc(app);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "the SDK app did not listen within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let keys: Value = http.get(format!("{}/v2/keys", bases[0])).send().await?.json().await?;
+        let (mut apps, mut urls) = (Vec::new(), Vec::new());
+        for base in bases {
+            let port = free_port()?;
+            let app = Command::new("node")
+                .arg("app.mjs")
+                .current_dir(dir)
+                .env("PORT", port.to_string())
+                .env("QSTASH_URL", base)
+                .env("QSTASH_TOKEN", "chaos")
+                .env("QSTASH_CURRENT_SIGNING_KEY", keys["current"].as_str().unwrap_or_default())
+                .env("QSTASH_NEXT_SIGNING_KEY", keys["next"].as_str().unwrap_or_default())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting the SDK app (node app.mjs)")?;
+            apps.push(Proc(app));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                anyhow::ensure!(Instant::now() < deadline, "the SDK app did not listen within 30 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            urls.push(format!("http://127.0.0.1:{port}"));
         }
-        Ok(Some(Self { _app: app, url: format!("http://127.0.0.1:{port}"), acknowledged: Arc::default() }))
+        Ok(Some(Self { _apps: apps, urls, acknowledged: Arc::default() }))
     }
 
     /// Start `runs` runs of the app's three-step workflow, one per `gap`, each
@@ -88,19 +94,24 @@ impl SdkWorkload {
         seed: u64,
         http: &reqwest::Client,
     ) -> tokio::task::JoinHandle<()> {
-        let (url, acknowledged, http) = (self.url.clone(), self.acknowledged.clone(), http.clone());
+        let (urls, acknowledged, http) = (self.urls.clone(), self.acknowledged.clone(), http.clone());
         tokio::spawn(async move {
             let started_at = Instant::now();
             let mut triggers = tokio::task::JoinSet::new();
             for i in 0..runs {
                 tokio::time::sleep_until((started_at + gap * i as u32).into()).await;
-                let (url, acknowledged, http) = (url.clone(), acknowledged.clone(), http.clone());
+                let (urls, acknowledged, http) = (urls.clone(), acknowledged.clone(), http.clone());
                 triggers.spawn(async move {
                     let options =
                         json!({"workflowRunId": format!("chaos-{seed}-{i}"), "retries": 20, "retryDelay": "500"});
                     let request = json!({"path": "/plain/sequential", "body": {"n": i}, "options": options});
                     let deadline = Instant::now() + Duration::from_secs(120);
+                    // The apps in turn (each behind its own server), as a
+                    // client would fail over; the run id makes a repeat the same run.
+                    let mut turn = i;
                     while Instant::now() < deadline {
+                        let url = &urls[turn % urls.len()];
+                        turn += 1;
                         let answer = http.post(format!("{url}/control/trigger")).json(&request).send().await;
                         if let Ok(answer) = answer
                             && answer.status().is_success()

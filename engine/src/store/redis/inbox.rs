@@ -22,7 +22,9 @@ impl RedisStore {
         for arg in args {
             invocation.arg(arg);
         }
-        Ok(invocation.invoke_async(&mut self.conn.clone()).await?)
+        // Through `invoke_on`: with KEEL_REDIS_WAIT_REPLICAS a push is
+        // acknowledged (to the app, as a 2xx) only once a replica has it.
+        invocation.invoke_on(self).await
     }
 }
 
