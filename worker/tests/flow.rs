@@ -244,6 +244,15 @@ async fn higher_priorities_go_first_and_priority_1_still_completes_under_a_flood
         assert!(Instant::now() < deadline, "priority 1 never got a turn under the flood");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(flood.len() > 5, "the flood went on while priority 1 waited ({} runs)", flood.len());
+    // It overtook priority-5 runs queued before it finished. (How many of the
+    // flood went first depends on where the one-in-ten lowest-first claim
+    // falls, which may be the very first: not a count to assert.)
     w.stop().await;
+    let mut overtaken = 0;
+    for id in &flood {
+        if b.store.get_run(id).await.unwrap().unwrap().status != RunStatus::Completed {
+            overtaken += 1;
+        }
+    }
+    assert!(overtaken > 0, "priority 1 completed only once the flood had drained ({} runs)", flood.len());
 }
