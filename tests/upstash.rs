@@ -144,9 +144,27 @@ impl Setup {
         }
     }
 
+    /// A GET of the app's control endpoints (`seen/…`, `traffic/…`, `logs?…`).
+    async fn app_get(&self, path: &str) -> Value {
+        self.http.get(format!("{}/control/{path}", self.app.url)).send().await.unwrap().json().await.unwrap()
+    }
+
     /// What the app's workflow code saw of a run.
     async fn seen(&self, id: &str) -> Value {
-        self.http.get(format!("{}/control/seen/{id}", self.app.url)).send().await.unwrap().json().await.unwrap()
+        self.app_get(&format!("seen/{id}")).await
+    }
+
+    /// Until the run shows `status` (bounded).
+    async fn until_status(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let run = self.run(id).await;
+            if run["status"] == status {
+                return;
+            }
+            assert!(Instant::now() < deadline, "run {id} never was {status}: {run}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The app's result event for a run.
@@ -163,8 +181,7 @@ impl Setup {
 /// proto-schemas/json-schema/qstash/: what the SDK sent Keel and what Keel
 /// delivered to the app. Returns how many were checked.
 async fn assert_traffic_fits_the_schemas(s: &Setup, id: &str) -> usize {
-    let traffic: Value =
-        s.http.get(format!("{}/control/traffic/{id}", s.app.url)).send().await.unwrap().json().await.unwrap();
+    let traffic: Value = s.app_get(&format!("traffic/{id}")).await;
     let mut checked = 0;
     for entry in traffic.as_array().unwrap() {
         let path = entry["path"].as_str().unwrap_or_default();
@@ -328,15 +345,7 @@ async fn wait_for_event_is_notified_times_out_and_notify_works_from_a_workflow()
     let by_workflow = s.trigger("/plain/wait", json!({"eventId": "from-wf"}), json!({})).await;
     let lookback = s.trigger("/plain/wait", json!({"eventId": "early"}), json!({"delay": "2s"})).await;
     // The run waits (its step waits for the event), then the event comes.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let run = s.run(&notified).await;
-        if run["status"] == "waiting" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never waited: {run}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    s.until_status(&notified, "waiting").await;
     // The SDK's LazyFetch: a live run's log, as a delivery would carry it.
     let log = s.get(format!("{}/v2/workflows/runs/{notified}", s.keel.url)).await;
     let entries = log.as_array().unwrap_or_else(|| panic!("{log}"));
@@ -354,15 +363,7 @@ async fn wait_for_event_is_notified_times_out_and_notify_works_from_a_workflow()
         s.http.get(format!("{}/v2/workflows/runs/{notified}", s.keel.url)).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(ended.status(), 404, "an ended run's log is gone for the SDK");
     // client.logs shows the step Keel made itself (the event's arrival).
-    let logs: Value = s
-        .http
-        .get(format!("{}/control/logs?workflowRunId={notified}", s.app.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let logs = s.app_get(&format!("logs?workflowRunId={notified}")).await;
     let steps: Vec<&Value> =
         logs["runs"][0]["steps"].as_array().unwrap().iter().flat_map(|g| g["steps"].as_array().unwrap()).collect();
     let wait = steps.iter().find(|st| st["stepType"] == "Wait").unwrap_or_else(|| panic!("{logs}"));
@@ -453,11 +454,7 @@ async fn cancel_from_the_workflow_and_from_the_client() {
     assert_eq!(late.status(), 400);
 
     let waiting = s.trigger("/plain/wait", json!({"eventId": "forever"}), json!({})).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.run(&waiting).await["status"] != "waiting" {
-        assert!(Instant::now() < deadline, "never waited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    s.until_status(&waiting, "waiting").await;
     let answer = s.control("cancel", json!({"ids": [waiting]})).await;
     assert_eq!(answer["cancelled"], 1, "{answer}");
     assert_eq!(s.finished(&waiting).await["status"], "cancelled");
@@ -468,11 +465,7 @@ async fn cancel_from_the_workflow_and_from_the_client() {
         batch.push(s.trigger("/plain/wait", json!({"eventId": "never-1"}), json!({"label": label})).await);
     }
     for id in &batch {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while s.run(id).await["status"] != "waiting" {
-            assert!(Instant::now() < deadline, "never waited");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        s.until_status(id, "waiting").await;
     }
     let refused = s
         .http
@@ -685,9 +678,7 @@ async fn client_logs_shows_runs_as_upstash_would() {
     }
     let logs = |q: String| {
         let s = &s;
-        async move {
-            s.http.get(format!("{}/control/logs?{q}", s.app.url)).send().await.unwrap().json::<Value>().await.unwrap()
-        }
+        async move { s.app_get(&format!("logs?{q}")).await }
     };
     let one = logs(format!("workflowRunId={ok}")).await;
     let run = &one["runs"][0];
@@ -739,8 +730,7 @@ async fn the_traffic_of_one_run_matches_the_recorded_fixture() {
     let s = Setup::start().await;
     let id = s.trigger("/plain/sequential", json!({"n": 7}), json!({})).await;
     assert_eq!(s.finished(&id).await["status"], "completed");
-    let traffic: Value =
-        s.http.get(format!("{}/control/traffic/{id}", s.app.url)).send().await.unwrap().json().await.unwrap();
+    let traffic: Value = s.app_get(&format!("traffic/{id}")).await;
     let names = [(id.as_str(), "<run>"), (s.app.url.as_str(), "<app>"), (s.keel.url.as_str(), "<keel>")];
     let normalized: Vec<Value> = traffic
         .as_array()
@@ -866,11 +856,7 @@ async fn a_server_killed_mid_run_loses_nothing() {
     let mut s = Setup { app: App::start(&keel, Some((&keys.0, &keys.1))), keel, http, _redis: redis };
     let sleeper = s.trigger("/plain/sleep", Value::Null, json!({})).await;
     let waiter = s.trigger("/plain/wait", json!({"eventId": "after-restart"}), json!({})).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.run(&waiter).await["status"] != "waiting" {
-        assert!(Instant::now() < deadline, "never waited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    s.until_status(&waiter, "waiting").await;
     let pid = s.keel.pid();
     let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
     // The app's QSTASH_URL must stay the same: the new server takes the old port.
@@ -890,4 +876,41 @@ async fn a_server_killed_mid_run_loses_nothing() {
     let run = s.finished(&sleeper).await;
     assert_eq!(run["status"], "completed", "{run}");
     assert!(run["output"]["elapsed"].as_u64().unwrap() >= 2000, "{run}");
+}
+
+/// A careless or hostile client of the `/v2` API gets a problem and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_protocol_input_is_refused_and_starts_nothing() {
+    let s = Setup::start().await;
+    let post = |path: &str, body: String| {
+        s.http
+            .post(format!("{}{path}", s.keel.url))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(post("/v2/batch", "not json".into()).send().await.unwrap()), 400);
+    assert_eq!(status(post("/v2/batch", r#"[{"nope": 1}]"#.into()).send().await.unwrap()), 422);
+    let one =
+        json!({"destination": format!("{}/plain/sequential", s.app.url), "headers": {"upstash-workflow-init": "true"}});
+    let too_many: Vec<Value> = (0..101).map(|_| one.clone()).collect();
+    assert_eq!(status(post("/v2/batch", Value::Array(too_many).to_string()).send().await.unwrap()), 422);
+    let not_http = json!([{"destination": "file:///etc/passwd", "headers": {"upstash-workflow-init": "true"}}]);
+    assert_eq!(status(post("/v2/batch", not_http.to_string()).send().await.unwrap()), 422);
+    let bad_id = json!([{"destination": format!("{}/plain/x", s.app.url),
+        "headers": {"upstash-workflow-init": "true", "upstash-workflow-runid": "wfr_{bad id}"}}]);
+    assert_eq!(status(post("/v2/batch", bad_id.to_string()).send().await.unwrap()), 422);
+    let bad_delay = json!([{"destination": format!("{}/plain/x", s.app.url),
+        "headers": {"upstash-workflow-init": "true", "upstash-retry-delay": "pow("}}]);
+    assert_eq!(status(post("/v2/batch", bad_delay.to_string()).send().await.unwrap()), 422);
+    // A step for a run that does not exist: the 400 the SDK reads as "ended".
+    let orphan = json!([{"destination": format!("{}/plain/x", s.app.url),
+        "headers": {"upstash-workflow-runid": "wfr_nobody", "upstash-workflow-init": "false"}, "body": "{}"}]);
+    assert_eq!(status(post("/v2/batch", orphan.to_string()).send().await.unwrap()), 400);
+    assert_eq!(status(post("/v2/wait/evt", "{}".into()).send().await.unwrap()), 422, "a wait names its run");
+    let anonymous = s.http.post(format!("{}/v2/batch", s.keel.url)).body(one.to_string()).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let page = s.get(format!("{}/v1/runs?workflow=upstash", s.keel.url)).await;
+    assert_eq!(page["runs"], json!([]), "nothing was started: {page}");
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{RetryDelay, default_retry_delay, parse_flow_control_value};
+use super::{RetryDelay, parse_flow_control_value, retry_delay};
 use crate::FlowControl;
 
 /// QStash's default number of retries (the SDK omits `Upstash-Retries: 3`).
@@ -83,10 +83,7 @@ impl RunConfig {
 
     /// How long to wait before the next attempt after `retried` retries.
     pub fn delay(&self, retried: u32) -> std::time::Duration {
-        match &self.retry_delay {
-            Some(expr) => expr.delay(retried),
-            None => default_retry_delay(retried),
-        }
+        retry_delay(self.retry_delay.as_ref(), retried)
     }
 
     /// The app's own forwarded headers, without the SDK's protocol ones (which

@@ -48,6 +48,11 @@ impl RetryDelay {
     }
 }
 
+/// The delay after `retried` retries: `expression`'s, else QStash's default.
+pub fn retry_delay(expression: Option<&RetryDelay>, retried: u32) -> Duration {
+    expression.map_or_else(|| default_retry_delay(retried), |e| e.delay(retried))
+}
+
 /// QStash's default: `min(86400, e^(2.5·retried))` seconds.
 pub fn default_retry_delay(retried: u32) -> Duration {
     clamp_ms((2.5 * f64::from(retried)).exp() * 1000.0)

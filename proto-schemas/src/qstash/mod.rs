@@ -15,7 +15,7 @@ use serde_json::Value;
 mod config;
 mod delay;
 pub use config::{DEFAULT_RETRIES, MAX_RETRIES, RunConfig, forwardable, prefixed};
-pub use delay::{MAX_RETRY_DELAY, RetryDelay, default_retry_delay};
+pub use delay::{MAX_RETRY_DELAY, RetryDelay, default_retry_delay, retry_delay};
 
 /// The workflow every run started through the QStash protocol belongs to.
 pub const UPSTASH_WORKFLOW: &str = "upstash";

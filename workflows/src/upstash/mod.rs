@@ -56,11 +56,8 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-type Answer = FailedAnswer;
-type Delivered = DeliveryOutcome;
-
-fn answer_of(response: &Incoming, retried: u32) -> Answer {
-    Answer {
+fn answer_of(response: &Incoming, retried: u32) -> FailedAnswer {
+    FailedAnswer {
         status: response.status,
         header: response.headers.clone(),
         body: B64.encode(&response.body),
@@ -69,12 +66,12 @@ fn answer_of(response: &Incoming, retried: u32) -> Answer {
     }
 }
 
-fn no_answer(message: &str, retried: u32) -> Answer {
-    Answer { status: 0, header: BTreeMap::new(), body: String::new(), retried, error: Some(message.to_owned()) }
+fn no_answer(message: &str, retried: u32) -> FailedAnswer {
+    FailedAnswer { status: 0, header: BTreeMap::new(), body: String::new(), retried, error: Some(message.to_owned()) }
 }
 
 /// What went wrong, for the run's error.
-fn describe(answer: &Answer, url: &str) -> String {
+fn describe(answer: &FailedAnswer, url: &str) -> String {
     match &answer.error {
         Some(e) => format!("{e} (after {} retries)", answer.retried),
         None => {
@@ -245,8 +242,9 @@ impl Runner {
                     if !self.seen.insert((view.step_id, view.target_step.unwrap_or(0))) {
                         continue;
                     }
-                    let pending = Pending::Step { id, message: message.clone() };
-                    match due_at(&message.headers, at_ms) {
+                    let due = due_at(&message.headers, at_ms);
+                    let pending = Pending::Step { id, message };
+                    match due {
                         Some(due) => self.timed.push((due, pending)),
                         None => self.ready.push_back(pending),
                     }
@@ -266,7 +264,10 @@ impl Runner {
                 }
                 Submission::Invoked { child_run_id, request } => {
                     let child = RunId::new(child_run_id).map_err(|e| Error::new("corrupt_inbox", e.to_string()))?;
-                    self.children.push((child, request));
+                    // An invoke published again (its answer was lost) names the same child.
+                    if !self.children.iter().any(|(c, _)| *c == child) {
+                        self.children.push((child, request));
+                    }
                 }
                 Submission::Finish { body } => self.finished = Some(body),
             }
@@ -332,7 +333,7 @@ impl Runner {
         request: Outgoing,
         read: bool,
         entry: Option<RawStep>,
-    ) -> Result<Delivered> {
+    ) -> Result<DeliveryOutcome> {
         let (retries, config) = (self.config.retries, self.config.clone());
         let (deliverer, store) = (self.deliverer.clone(), self.store.clone());
         let (run_id, after) = (self.ctx.run_id().clone(), self.read);
@@ -353,23 +354,16 @@ impl Runner {
                 } else {
                     Vec::new()
                 };
-                Ok(Delivered { failed, inbox, entry })
+                Ok(DeliveryOutcome { failed, inbox, entry })
             })
             .await;
         match outcome {
             Ok(delivered) => Ok(delivered),
             // Every attempt was cut off (the workers running it died): the
             // request failed for good without an answer.
-            Err(e) if e.kind() == "attempts_exhausted" => Ok(Delivered {
-                failed: Some(Answer {
-                    status: 0,
-                    header: BTreeMap::new(),
-                    body: String::new(),
-                    retried: retries,
-                    error: Some(e.message().to_owned()),
-                }),
-                ..Default::default()
-            }),
+            Err(e) if e.kind() == "attempts_exhausted" => {
+                Ok(DeliveryOutcome { failed: Some(no_answer(e.message(), retries)), ..Default::default() })
+            }
             Err(e) => Err(e),
         }
     }
@@ -409,13 +403,10 @@ impl Runner {
                 step = step.flow_control(key.clone(), limits);
             }
         }
-        let answer: Answer = step
+        let answer: FailedAnswer = step
             .run_with(move |info: StepInfo| async move {
                 let retried = info.attempt.saturating_sub(1);
-                let delay = |n: u32| match &delay_expr {
-                    Some(expr) => expr.delay(n),
-                    None => keel_proto::qstash::default_retry_delay(n),
-                };
+                let delay = |n: u32| keel_proto::qstash::retry_delay(delay_expr.as_ref(), n);
                 // A call's answer goes back to the app whatever its status: the
                 // last attempt's, or a success.
                 match deliverer.send(&request).await {
@@ -429,19 +420,7 @@ impl Runner {
                 }
             })
             .await
-            .or_else(|e| {
-                if e.kind() == "attempts_exhausted" {
-                    Ok(Answer {
-                        status: 0,
-                        header: BTreeMap::new(),
-                        body: String::new(),
-                        retried: retries,
-                        error: Some(e.message().to_owned()),
-                    })
-                } else {
-                    Err(e)
-                }
-            })?;
+            .or_else(|e| if e.kind() == "attempts_exhausted" { Ok(no_answer(e.message(), retries)) } else { Err(e) })?;
         let Some(callback) = h.get("upstash-callback").cloned() else { return Ok(()) };
         let payload = CallbackBody {
             status: answer.status,
@@ -659,7 +638,7 @@ impl Runner {
     /// failure URL), then the run fails in the step `give-up`. An operator's
     /// retry of the failed run (the DLQ's resume) gives that step a second
     /// attempt, which succeeds: `Ok`, and the caller tries its request again.
-    async fn fail(&mut self, url: &str, answer: Answer) -> Result<()> {
+    async fn fail(&mut self, url: &str, answer: FailedAnswer) -> Result<()> {
         let reason = describe(&answer, url);
         if let Some(failure_url) = self.config.failure_url.clone() {
             let payload = CallbackBody {
@@ -734,7 +713,7 @@ async fn attempt(
     retried: u32,
     retries: u32,
     delay: impl Fn(u32) -> Duration,
-) -> std::result::Result<Option<Answer>, StepError> {
+) -> std::result::Result<Option<FailedAnswer>, StepError> {
     request.headers.push(("upstash-retried".into(), retried.to_string()));
     match deliverer.send(&request).await {
         Ok(response) if response.is_success() => Ok(None),

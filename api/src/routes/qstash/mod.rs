@@ -50,17 +50,21 @@ pub(crate) fn sdk_run_id(text: &str) -> ApiResult<RunId> {
     RunId::new(text).map_err(|e| ApiError::InvalidRequest(format!("workflow run id {text:?}: {e}")))
 }
 
+/// A live `upstash` run, or the 400 the SDK takes as "the run has ended".
+pub(crate) async fn checked_live(state: &AppState, run_id: &RunId) -> ApiResult<()> {
+    match state.store().get_run(run_id).await? {
+        Some(run) if run.workflow == UPSTASH_WORKFLOW && !run.status.is_final() => Ok(()),
+        Some(run) if run.status.is_final() => {
+            Err(ApiError::BadRequest(format!("workflow run {run_id} has ended ({:?})", run.status)))
+        }
+        _ => Err(ApiError::BadRequest(format!("there is no workflow run {run_id}"))),
+    }
+}
+
 /// Put `submission` in the inbox of a live `upstash` run; a finished (or
 /// unknown) run is a 400, which the SDK takes as "the run has ended".
 pub(crate) async fn submit(state: &AppState, run_id: &RunId, submission: &Submission) -> ApiResult<()> {
-    let run = state.store().get_run(run_id).await?;
-    match run {
-        Some(run) if run.workflow == keel_proto::qstash::UPSTASH_WORKFLOW && !run.status.is_final() => {}
-        Some(run) if run.status.is_final() => {
-            return Err(ApiError::BadRequest(format!("workflow run {run_id} has ended ({:?})", run.status)));
-        }
-        _ => return Err(ApiError::BadRequest(format!("there is no workflow run {run_id}"))),
-    }
+    checked_live(state, run_id).await?;
     let text = serde_json::to_string(submission).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     match state.store().inbox_push(run_id, &[text], false).await? {
         InboxPush::Added(_) => Ok(()),

@@ -18,7 +18,7 @@ use keel_proto::qstash::{
 use keel_proto::{ParentRef, RunId};
 use serde_json::Value;
 
-use super::{message_id, now_ms, sdk_run_id, submit, upstash_headers};
+use super::{checked_live, message_id, now_ms, sdk_run_id, submit, upstash_headers};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 
@@ -147,17 +147,16 @@ async fn start(state: &AppState, message: BatchMessage, now: u64) -> ApiResult<P
     let id = message_id();
     let parent = match &invoker {
         Some(request) => {
-            // The invoker hears of its child before the child exists: a child
-            // never ends unnoticed.
-            let parent = sdk_run_id(&request.workflow_run_id)?;
-            let invoked = Submission::Invoked { child_run_id: run_id.to_string(), request: request.clone() };
-            if state.store().get_run(&run_id).await?.is_none() {
-                submit(state, &parent, &invoked).await?;
-            }
-            Some(ParentRef { run_id: parent, step_id: format!("invoke/{run_id}") })
+            Some(ParentRef { run_id: sdk_run_id(&request.workflow_run_id)?, step_id: format!("invoke/{run_id}") })
         }
         None => None,
     };
+    let invoked = invoker.as_ref().zip(parent.as_ref()).map(|(request, parent)| {
+        (parent.run_id.clone(), Submission::Invoked { child_run_id: run_id.to_string(), request: request.clone() })
+    });
+    if let Some((parent, _)) = &invoked {
+        checked_live(state, parent).await?;
+    }
     let run = UpstashRun {
         url: message.destination.clone(),
         body,
@@ -168,6 +167,13 @@ async fn start(state: &AppState, message: BatchMessage, now: u64) -> ApiResult<P
         plain: false,
     };
     let created = create(state, run_id, run, delay, parent).await?;
+    // The invoker hears of its child only once the child exists (an inbox
+    // never names a run that is not there). A crash between the two leaves a
+    // child nobody waits for, and the SDK, without an answer, publishes its
+    // invoke again: told again (the runner takes a child once), never lost.
+    if let Some((parent, invoked)) = invoked {
+        submit(state, &parent, &invoked).await?;
+    }
     Ok(PublishAnswer { message_id: id, deduplicated: !created })
 }
 
