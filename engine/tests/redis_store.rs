@@ -608,3 +608,150 @@ async fn a_signing_key_of_the_older_layout_becomes_the_first_of_the_ring() {
     assert_eq!((ring[0].id.as_str(), ring[0].secret.as_str()), ("k1", "older-secret"));
     assert_eq!(store.signing_keys(Some("another")).await.unwrap(), ring);
 }
+
+/// The commands a connection watching with MONITOR saw, each as its words
+/// (MONITOR quotes them the way Redis's `sdscatrepr` does). A thread reads.
+struct Monitor {
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    fn start(server: &RedisServer) -> Self {
+        use std::io::{BufRead, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).expect("connect");
+        stream.write_all(b"MONITOR\r\n").expect("MONITOR");
+        let mut reader = std::io::BufReader::new(stream);
+        let mut ok = String::new();
+        reader.read_line(&mut ok).expect("MONITOR answers");
+        assert_eq!(ok.trim_end(), "+OK");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { lines }
+    }
+
+    /// The next command whose first word is FCALL or EVALSHA and whose
+    /// arguments mention `needle` (bounded: 10 s).
+    fn next_script_call(&mut self, needle: &str) -> Vec<Vec<u8>> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no script call mentioning {needle} within 10 s"));
+            let words = monitor_words(&line);
+            let first = words.first().map(|w| String::from_utf8_lossy(w).to_uppercase());
+            if matches!(first.as_deref(), Some("FCALL" | "EVALSHA"))
+                && words.iter().any(|w| String::from_utf8_lossy(w).contains(needle))
+            {
+                return words;
+            }
+        }
+    }
+}
+
+/// The quoted words of one MONITOR line (`+<time> [<db> <addr>] "w" "w" …`).
+fn monitor_words(line: &str) -> Vec<Vec<u8>> {
+    let Some(start) = line.find("] ") else { return Vec::new() };
+    let bytes = &line.as_bytes()[start + 2..];
+    let (mut words, mut i) = (Vec::new(), 0);
+    while i < bytes.len() {
+        if bytes[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let mut word = Vec::new();
+        i += 1;
+        while i < bytes.len() && bytes[i] != b'"' {
+            if bytes[i] == b'\\' {
+                i += 1;
+                match bytes[i] {
+                    b'n' => word.push(b'\n'),
+                    b'r' => word.push(b'\r'),
+                    b't' => word.push(b'\t'),
+                    b'a' => word.push(7),
+                    b'b' => word.push(8),
+                    b'x' => {
+                        let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("hex");
+                        word.push(u8::from_str_radix(hex, 16).expect("hex digits"));
+                        i += 2;
+                    }
+                    other => word.push(other),
+                }
+            } else {
+                word.push(bytes[i]);
+            }
+            i += 1;
+        }
+        words.push(word);
+        i += 1;
+    }
+    words
+}
+
+/// Send `words` again, as a cluster client does after the connection that
+/// carried them dropped: the script's text answer.
+async fn resend(raw: &mut redis::aio::MultiplexedConnection, words: &[Vec<u8>]) -> String {
+    let mut cmd = redis::cmd(std::str::from_utf8(&words[0]).unwrap());
+    for word in &words[1..] {
+        cmd.arg(word.as_slice());
+    }
+    cmd.query_async(raw).await.expect("the re-sent script answers")
+}
+
+/// Regression (found by `keel chaos` on a cluster with a master failover: one
+/// step journaled twice): the cluster client re-sends a script whose
+/// connection dropped, though the script may have run. A lease's writes carry
+/// a token; the same write again answers what it answered and journals
+/// nothing more, the run's end included.
+#[tokio::test]
+async fn a_lease_write_sent_twice_is_journaled_once() {
+    let server = RedisServer::start();
+    let (store, mut raw) = connect(&server).await;
+    let req = CreateRun { workflow: "wire".into(), version: 1, input: json!(1), ..Default::default() };
+    let id = store.create_run(req).await.unwrap().run_id;
+    let task = store.claim(&claim_req("w")).await.unwrap().pop().expect("claimed");
+    let journal_key = store.keys().journal(&id);
+    let mut monitor = Monitor::start(&server);
+
+    let step = |name: &str| JournalEvent::StepCompleted {
+        step_id: name.into(),
+        attempt: 1,
+        output: json!(name),
+        pos: None,
+        duration_ms: None,
+    };
+    let first = store.append(&task.lease, &[step("a")]).await.unwrap();
+    let sent = monitor.next_script_call("step_completed");
+    let before = raw_journal(&mut raw, &journal_key).await;
+    let again: Value = serde_json::from_str(resend(&mut raw, &sent).await.lines().next().unwrap()).unwrap();
+    assert_eq!(again["r"], "OK", "{again}");
+    assert_eq!(again["seqs"], json!(first.seqs), "the first answer again");
+    assert_eq!(raw_journal(&mut raw, &journal_key).await, before, "nothing journaled twice");
+
+    // The lease's next write is a new one.
+    store.append(&task.lease, &[step("b")]).await.unwrap();
+    let steps = |journal: &[Value]| journal.iter().filter(|e| e["type"] == "step_completed").count();
+    assert_eq!(steps(&raw_journal(&mut raw, &journal_key).await), 2);
+
+    // The run's end, sent twice: the second answers DONE too, not LOST.
+    let done = store.finish(&task.lease, &[step("c")], Finish::Complete { output: json!("out") }).await.unwrap();
+    assert!(matches!(done, Finished::Done));
+    let sent = monitor.next_script_call("run_completed");
+    let before = raw_journal(&mut raw, &journal_key).await;
+    let again: Value = serde_json::from_str(resend(&mut raw, &sent).await.lines().next().unwrap()).unwrap();
+    assert_eq!(again["r"], "DONE", "{again}");
+    let after = raw_journal(&mut raw, &journal_key).await;
+    assert_eq!(after, before);
+    assert_eq!(steps(&after), 3);
+    assert_eq!(after.iter().filter(|e| e["type"] == "run_completed").count(), 1);
+    let run = store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!((run.status, run.completed_steps), (RunStatus::Completed, 3));
+}

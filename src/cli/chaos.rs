@@ -673,6 +673,9 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
         }
         for (step, n) in &results {
             duplicated += n.saturating_sub(1);
+            if *n > 1 {
+                eprintln!("keel chaos: run {id} ({}) journaled step {step} {n} times", run.workflow);
+            }
             if run.workflow == "chaos"
                 && step.starts_with('s')
                 && effects_seen.get(&format!("{id}:{step}")).copied().unwrap_or(0) == 0

@@ -366,6 +366,25 @@ local function fenced(id, worker, epoch)
   return h
 end
 
+-- A lease's write sent twice. A cluster client re-sends a script whose
+-- connection dropped, and the first send may have run (and reached the
+-- replica that is now master): the second must not journal the entries
+-- again. Each fenced write carries a token (`A.w`: the lease's epoch and the
+-- writer's count, so unique for the run); the run keeps the last one and its
+-- reply, and the same token again gets that reply and changes nothing.
+local function replayed(id)
+  if not A.w then return nil end
+  local last = call('HMGET', k_run(id), 'lw', 'lr')
+  if last[1] == A.w then return last[2] end
+  return nil
+end
+
+-- The reply of a fenced write, kept for `replayed`.
+local function remembered(id, text)
+  if A.w then call('HSET', k_run(id), 'lw', A.w, 'lr', text) end
+  return text
+end
+
 -- Append the entries Rust encoded; returns their ids.
 local function append_entries(id, entries)
   local seqs = {}

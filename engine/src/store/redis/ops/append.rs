@@ -25,6 +25,8 @@ struct Args<'a> {
     id: &'a str,
     worker: &'a str,
     epoch: u64,
+    /// This write's token: a re-sent copy changes nothing.
+    w: String,
     patch: Patch,
     entries: Vec<Entry>,
 }
@@ -53,6 +55,7 @@ pub(in crate::store::redis) async fn call(
         id: lease.run_id.as_str(),
         worker: &lease.worker_id,
         epoch: lease.epoch,
+        w: write_token(lease),
         patch: Patch::of(events),
         entries: Entry::all(events)?,
     };

@@ -313,6 +313,16 @@ pub(super) async fn run_script<R: DeserializeOwned>(
     serde_json::from_str(reply).map_err(|e| Error::corrupt("script reply", format!("{e}: {reply}")))
 }
 
+/// The token of one lease-fenced write (`w`; see `replayed` in prelude.lua):
+/// the lease's epoch, which one holder has, and this process's count of
+/// writes. A cluster client re-sends a script whose connection dropped after
+/// it may have run; the script knows the token again and answers what it
+/// answered the first time, so a step's result is journaled once.
+pub(super) fn write_token(lease: &crate::store::Lease) -> String {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("{}.{}", lease.epoch, WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 /// The one argument an operation gets, as JSON text.
 fn argument(declared: &Declared<'_>, args: impl Serialize) -> Result<String> {
     serde_json::to_string(&Argument { args, k: declared, ch: declared.keys.notify_channel() })
