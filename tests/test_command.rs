@@ -46,6 +46,7 @@ impl Machine {
         machine.script("openapi-spec-validator", "exit 0");
         machine.script("st", "echo 'st, version 4.32.5'");
         machine.script("node", "exit 0");
+        machine.script("chromium", "exit 0");
         // An npm whose `ls` finds the SDKs missing, so the script installs them.
         machine.script(
             "npm",
@@ -73,9 +74,11 @@ impl Machine {
                    if [ "$1" = install ]; then
                      ln -sf {} "$(dirname "$0")/redis-server"
                      ln -sf {} "$(dirname "$0")/redis-cli"
+                     case "$*" in *chromium*) ln -sf {} "$(dirname "$0")/chromium";; esac
                    fi"#,
                 server.display(),
-                cli.display()
+                cli.display(),
+                real("true").display()
             ),
         );
         self
@@ -99,6 +102,8 @@ impl Machine {
             .env_clear()
             .env("PATH", &self.dir)
             .env("HOME", &self.dir)
+            // The browser test's Chromium: this machine's stand-in.
+            .env("CHROMIUM", self.dir.join("chromium"))
             .output()
             .unwrap();
         (
@@ -136,12 +141,15 @@ fn without_redis_it_installs_it_then_runs_fmt_clippy_and_the_tests_and_counts() 
             "apt-get install -y -qq redis-server redis-tools",
             "npm ls --silent",
             "npm ci --no-audit --no-fund --silent",
+            "npm ls --silent",
+            "npm ci --no-audit --no-fund --silent",
             "cargo fmt --all --check",
             "cargo clippy --workspace --all-targets --locked -- -D warnings",
             "cargo test --workspace --locked",
         ],
-        "installs first (Redis, the pinned SDKs), then fmt, clippy and the whole suite"
+        "installs first (Redis, the pinned SDKs, playwright-core), then fmt, clippy and the whole suite"
     );
+    assert!(stdout.contains("installing it with npm ci in ui-tests/"), "says it installs playwright-core: {stdout}");
     assert!(stdout.trim_end().ends_with("keel: 5 passed, 0 failed"), "closes with the count: {stdout}");
 }
 
@@ -187,4 +195,16 @@ fn without_node_it_installs_it_or_stops_before_running_anything() {
     let calls = machine.calls();
     assert!(calls.contains("apt-get install -y -qq nodejs npm"), "{calls}");
     assert!(!calls.contains("cargo"), "the suite did not half-run: {calls}");
+}
+
+#[test]
+fn without_chromium_it_installs_it_for_the_browser_test() {
+    let machine = Machine::new("no-chromium").with_apt_get().without_root().with_sudo();
+    std::fs::remove_file(machine.dir.join("chromium")).unwrap();
+    let (code, stdout, stderr) = machine.run();
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("installing chromium chromium-driver with apt-get"), "{stdout}");
+    let calls = machine.calls();
+    let install = calls.find("apt-get install -y -qq chromium chromium-driver").expect("installed chromium");
+    assert!(install < calls.find("cargo test").unwrap(), "before the suite: {calls}");
 }

@@ -11,6 +11,7 @@ use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::ui::Access;
 
 /// A secret whose Debug output is redacted, so it never reaches a log.
 #[derive(Clone, PartialEq, Eq)]
@@ -40,12 +41,15 @@ impl fmt::Debug for Secret {
 fn is_public(path: &str) -> bool {
     // A webhook `context.createWebhook` made is called by third parties: its
     // URL (a live run's id and a random event id) is the credential.
-    matches!(path, "/healthz" | "/readyz" | "/openapi.json") || path.starts_with("/v2/workflows/hooks/")
+    // The dashboard's shell holds no data: its views are fetched with a token.
+    matches!(path, "/healthz" | "/readyz" | "/openapi.json")
+        || path.starts_with("/v2/workflows/hooks/")
+        || crate::ui::is_public(path)
 }
 
 pub(crate) async fn require_token(
     State(state): State<AppState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let config = state.config();
@@ -67,6 +71,7 @@ pub(crate) async fn require_token(
     }
     if read {
         return if req.method() == Method::GET || req.method() == Method::HEAD {
+            req.extensions_mut().insert(Access::Read);
             Ok(next.run(req).await)
         } else {
             Err(ApiError::Forbidden)

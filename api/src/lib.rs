@@ -21,6 +21,7 @@ mod metrics;
 mod openapi;
 mod routes;
 mod serve;
+pub mod ui;
 mod util;
 
 pub use auth::Secret;
@@ -79,6 +80,8 @@ struct Inner {
     follows_deployment_keys: bool,
     /// The QStash signing keys (current, next) `upstash` deliveries are signed with.
     qstash_keys: Option<(Secret, Secret)>,
+    /// The dashboard's readings of the counters (a bounded ring).
+    samples: ui::Samples,
 }
 
 impl AppState {
@@ -94,6 +97,7 @@ impl AppState {
                 local: None,
                 follows_deployment_keys: false,
                 qstash_keys: None,
+                samples: ui::Samples::default(),
             }),
         }
     }
@@ -148,6 +152,10 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    pub(crate) fn samples(&self) -> &ui::Samples {
+        &self.inner.samples
     }
 }
 
@@ -212,6 +220,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/workflows/dlq/restart", post(routes::qstash::dlq::restart))
         .route("/v2/workflows/dlq", delete(routes::qstash::dlq::delete))
         .route("/v2/workflows/hooks/{user}/{run_id}/{event_id}", axum::routing::any(routes::qstash::events::hook))
+        .merge(ui::routes())
         .fallback(routes::health::not_found)
         .method_not_allowed_fallback(routes::health::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))

@@ -158,6 +158,8 @@ struct Cluster {
     redis: Vec<RedisNode>,
     servers: Vec<(u16, Option<Proc>)>,
     workers: Vec<Option<Proc>>,
+    /// Where the servers' and workers' stderr go (`server-0.log`, …).
+    logs: PathBuf,
 }
 
 impl Cluster {
@@ -248,7 +250,8 @@ impl Cluster {
             .collect()
     }
 
-    fn spawn(&self, command: &str, port: u16) -> anyhow::Result<Proc> {
+    fn spawn(&self, command: &str, port: u16, name: &str) -> anyhow::Result<Proc> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.logs.join(format!("{name}.log")))?;
         Ok(Proc(
             Command::new(&self.exe)
                 .arg(command)
@@ -274,20 +277,62 @@ impl Cluster {
                 .envs(self.is_cluster().then_some(("KEEL_PARTITIONS", CLUSTER_PARTITIONS)))
                 .envs(self.is_cluster().then_some(("KEEL_REDIS_WAIT_REPLICAS", "1")))
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()?,
         ))
     }
 
     fn start_server(&mut self, i: usize) -> anyhow::Result<()> {
         let port = self.servers[i].0;
-        self.servers[i].1 = Some(self.spawn("server", port)?);
+        self.servers[i].1 = Some(self.spawn("server", port, &format!("server-{i}"))?);
         Ok(())
     }
 
     fn start_worker(&mut self, i: usize) -> anyhow::Result<()> {
-        self.workers[i] = Some(self.spawn("worker", 0)?);
+        self.workers[i] = Some(self.spawn("worker", 0, &format!("worker-{i}"))?);
         Ok(())
+    }
+
+    /// Start again a server or worker that exited while the cluster came up
+    /// (a server whose port another process took between `free_port` and its
+    /// bind gets a new one). Whether any had exited.
+    fn restart_exited(&mut self) -> anyhow::Result<bool> {
+        let mut any = false;
+        for i in 0..self.servers.len() {
+            if let Some(proc) = &mut self.servers[i].1
+                && let Some(status) = proc.0.try_wait()?
+            {
+                eprintln!("keel chaos: server {i} exited at start ({status}): starting it again on another port");
+                self.servers[i].0 = free_port()?;
+                self.start_server(i)?;
+                any = true;
+            }
+        }
+        for i in 0..self.workers.len() {
+            if let Some(proc) = &mut self.workers[i]
+                && let Some(status) = proc.0.try_wait()?
+            {
+                eprintln!("keel chaos: worker {i} exited at start ({status}): starting it again");
+                self.start_worker(i)?;
+                any = true;
+            }
+        }
+        Ok(any)
+    }
+
+    /// The last lines each server and worker wrote to stderr, for a report.
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        let names = (0..self.servers.len())
+            .map(|i| format!("server-{i}"))
+            .chain((0..self.workers.len()).map(|i| format!("worker-{i}")));
+        for name in names {
+            let text = std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+            out.push_str(&format!("--- {name}.log (last lines)\n{tail}\n"));
+        }
+        out
     }
 
     fn signal(proc: &Proc, signal: &str) {
@@ -354,6 +399,7 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
         redis,
         servers: vec![(free_port()?, None), (free_port()?, None)],
         workers: (0..args.workers.max(1)).map(|_| None).collect(),
+        logs: dir.clone(),
     };
     for i in 0..nodes {
         cluster.start_redis(i)?;
@@ -367,11 +413,14 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
     for i in 0..cluster.workers.len() {
         cluster.start_worker(i)?;
     }
-    let bases: Vec<String> = cluster.servers.iter().map(|(port, _)| format!("http://127.0.0.1:{port}")).collect();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut restarts = 0;
     loop {
-        let ready = http.get(format!("{}/v1/workflows", bases[0])).send().await.ok();
+        if restarts < 5 && cluster.restart_exited()? {
+            restarts += 1;
+        }
+        let ready = http.get(format!("http://127.0.0.1:{}/v1/workflows", cluster.servers[0].0)).send().await.ok();
         let body = match ready {
             Some(r) => r.json::<Value>().await.unwrap_or(Value::Null),
             None => Value::Null,
@@ -380,10 +429,14 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<u8> {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the cluster did not come up");
+            bail!(
+                "the cluster did not come up within 60 s (no worker's `chaos` listed by server 0)\n{}",
+                cluster.log_tails()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let bases: Vec<String> = cluster.servers.iter().map(|(port, _)| format!("http://127.0.0.1:{port}")).collect();
     send(&bases, |b| {
         http.post(format!("{b}/v1/webhooks"))
             .json(&json!({"url": format!("{receiver}/hook"), "event_types": ["run.completed"]}))

@@ -85,6 +85,9 @@ pub struct RunArgs {
     /// 1 to 5 (default 3): among queued runs of the workflow, higher is claimed first.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
     priority: Option<u8>,
+    /// A label (repeatable): the run can be listed by it (`keel runs --label`, the dashboard).
+    #[arg(long = "label", value_name = "NAME=VALUE")]
+    labels: Vec<String>,
     #[command(flatten)]
     server: Server,
 }
@@ -100,12 +103,20 @@ fn read_json_arg(arg: &str) -> anyhow::Result<Value> {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let input = read_json_arg(&args.input)?;
+    let labels = args
+        .labels
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+            _ => Err(anyhow::anyhow!("--label takes NAME=VALUE, not {l:?}")),
+        })
+        .collect::<anyhow::Result<_>>()?;
     let body = StartRunRequest {
         input,
         run_id: args.run_id,
         delay: args.delay,
         callback_url: None,
-        labels: Default::default(),
+        labels,
         priority: args.priority,
         flow_control: None,
     };
@@ -201,6 +212,9 @@ pub struct RunsArgs {
     workflow: Option<String>,
     #[arg(long)]
     status: Option<String>,
+    /// Only runs with this label.
+    #[arg(long, value_name = "NAME=VALUE")]
+    label: Option<String>,
     #[arg(long, default_value_t = 20)]
     limit: usize,
     #[command(flatten)]
@@ -211,6 +225,7 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<()> {
     let mut query = vec![("limit", args.limit.to_string())];
     query.extend(args.workflow.map(|w| ("workflow", w)));
     query.extend(args.status.map(|s| ("status", s)));
+    query.extend(args.label.map(|l| ("label", l)));
     let page: RunPage = json(args.server.request(reqwest::Method::GET, "/v1/runs").query(&query).send().await).await?;
     println!("{:<38} {:<16} {:<10} {:>9}", "RUN", "WORKFLOW", "STATUS", "STEPS");
     for run in page.runs {

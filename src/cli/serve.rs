@@ -196,6 +196,8 @@ async fn serve(
         };
         tasks.spawn(dispatcher::run(state.clone(), config, stop.clone()));
     }
+    // The dashboard's overview charts: the counters, sampled.
+    tasks.spawn(keel_api::ui::sample(state.clone(), stop.clone()));
     if let Some(worker) = worker {
         let stop = stop.clone();
         tasks.spawn(async move {
