@@ -136,6 +136,30 @@ async fn the_shell_is_public_and_the_views_are_behind_the_token() {
     assert_eq!(page(FULL, url("/ui/f/whoami")).await, "full");
     let listed = page(READ, url("/ui/f/runs?label=team%3D%3Cb%3Eui%3C%2Fb%3E")).await;
     assert!(listed.contains(&format!(r#"data-run="{id}""#)), "{listed}");
+    // A creation-time range: the run is in [created, …) and not in [0, created).
+    let detail: serde_json::Value =
+        http.get(url(&format!("/v1/runs/{id}"))).bearer_auth(READ).send().await.unwrap().json().await.unwrap();
+    let created = detail["created_at_ms"].as_u64().expect("created_at_ms");
+    let since = page(READ, url(&format!("/ui/f/runs?created_after={created}"))).await;
+    assert!(since.contains(&format!(r#"data-run="{id}""#)), "{since}");
+    assert!(since.contains(&format!(r#"data-ms="{created}""#)), "the form keeps the range: {since}");
+    let until = page(READ, url(&format!("/ui/f/runs?created_before={created}"))).await;
+    assert!(!until.contains(&format!(r#"data-run="{id}""#)) && until.contains("No runs."), "{until}");
+    let api: serde_json::Value = http
+        .get(url(&format!("/v1/runs?created_after={created}&created_before={}", created + 1)))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api["runs"][0]["run_id"], id, "{api}");
+    let backwards = http.get(url("/v1/runs?created_after=10&created_before=5")).bearer_auth(READ).send().await.unwrap();
+    assert_eq!(backwards.status(), 422);
+    let backwards =
+        http.get(url("/ui/f/runs?created_after=10&created_before=5")).bearer_auth(READ).send().await.unwrap();
+    assert_eq!(backwards.status(), 400);
     let bad = http.get(url("/ui/f/runs?status=sideways")).bearer_auth(READ).send().await.unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("sideways"));

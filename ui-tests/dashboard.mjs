@@ -103,6 +103,15 @@ try {
   assert.equal(await page.locator("table.runs tbody tr").count(), 1, "only the labelled run");
   assert.equal(await page.locator(`tr[data-run="${failing}"]`).count(), 0);
 
+  step("filter by creation time (the browser's local time)");
+  await page.getByLabel("Created from").fill("2099-01-01T00:00");
+  await page.getByRole("button", { name: "Filter" }).click();
+  await page.waitForURL(/created_after=\d+/, { timeout: WAIT });
+  await page.locator("p.empty", { hasText: "No runs." }).waitFor({ timeout: WAIT });
+  assert.equal(await page.getByLabel("Created from").inputValue(), "2099-01-01T00:00", "the form keeps the range");
+  const after = Number(new URL(page.url().replace("#", "")).searchParams.get("created_after"));
+  assert.equal(after, await page.evaluate(() => new Date("2099-01-01T00:00").getTime()), "sent as Unix ms");
+
   step("a bad filter says what is wrong");
   await page.goto(`${url}/ui/#/runs?label=nolabel`);
   await page.locator(".problem", { hasText: "name=value" }).waitFor({ timeout: WAIT });

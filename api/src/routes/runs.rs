@@ -173,6 +173,10 @@ pub struct ListQuery {
     label: Option<String>,
     /// A schedule's id: its runs (the same as `label=schedule=<id>`)
     schedule: Option<String>,
+    /// Only runs created at or after this (Unix ms)
+    created_after: Option<u64>,
+    /// Only runs created before this (Unix ms)
+    created_before: Option<u64>,
     /// 1–1000, default 50
     limit: Option<usize>,
     cursor: Option<String>,
@@ -199,12 +203,21 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>)
     if query.limit.is_some_and(|l| l == 0 || l > 1000) {
         return Err(ApiError::InvalidRequest("limit must be 1 to 1000".into()));
     }
+    if let (Some(after), Some(before)) = (query.created_after, query.created_before)
+        && after >= before
+    {
+        return Err(ApiError::InvalidRequest(format!(
+            "created_after ({after}) must be before created_before ({before})"
+        )));
+    }
     let mut page = state
         .store()
         .list_runs(&RunQuery {
             workflow: query.workflow,
             status,
             label,
+            created_after_ms: query.created_after,
+            created_before_ms: query.created_before,
             limit: query.limit.unwrap_or(50),
             cursor: query.cursor,
         })

@@ -35,6 +35,9 @@ pub(super) struct Filters {
     /// `name=value`
     label: Option<String>,
     schedule: Option<String>,
+    /// Created at or after / before (Unix ms; the script turns the form's local times into these).
+    created_after: Option<u64>,
+    created_before: Option<u64>,
     /// A run id to find.
     q: Option<String>,
     cursor: Option<String>,
@@ -66,10 +69,17 @@ impl Filters {
         if !(1..=1000).contains(&limit) {
             return Err("limit must be 1 to 1000".into());
         }
+        if let (Some(after), Some(before)) = (self.created_after, self.created_before)
+            && after >= before
+        {
+            return Err("the start of the time range must be before its end".into());
+        }
         Ok(RunQuery {
             workflow: Self::nonempty(&self.workflow).map(str::to_owned),
             status,
             label,
+            created_after_ms: self.created_after,
+            created_before_ms: self.created_before,
             limit,
             cursor: Self::nonempty(&self.cursor).map(str::to_owned),
         })
@@ -84,6 +94,8 @@ impl Filters {
                 ("status", Self::nonempty(&self.status)),
                 ("label", Self::nonempty(&self.label)),
                 ("schedule", Self::nonempty(&self.schedule)),
+                ("created_after", self.created_after.map(|t| t.to_string()).as_deref()),
+                ("created_before", self.created_before.map(|t| t.to_string()).as_deref()),
                 ("cursor", cursor),
             ])
         )
@@ -98,6 +110,8 @@ impl Filters {
                 ("status", status.as_deref()),
                 ("label", Self::nonempty(&self.label)),
                 ("schedule", Self::nonempty(&self.schedule)),
+                ("created_after", self.created_after.map(|t| t.to_string()).as_deref()),
+                ("created_before", self.created_before.map(|t| t.to_string()).as_deref()),
             ])
         )
     }
@@ -173,6 +187,8 @@ fn form(filters: &Filters) -> Markup {
             }
             label { "Label " input name="label" value=(v(&filters.label)) placeholder="name=value" size="14"; }
             label { "Schedule " input name="schedule" value=(v(&filters.schedule)) size="10"; }
+            label { "Created from " input type="datetime-local" name="created_after" data-ms=[filters.created_after]; }
+            label { "to " input type="datetime-local" name="created_before" data-ms=[filters.created_before]; }
             label { "Run id " input name="q" value=(v(&filters.q)) size="20"; }
             button type="submit" { "Filter" }
             a href="#/runs" { "Clear" }

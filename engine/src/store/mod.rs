@@ -280,6 +280,10 @@ pub struct RunQuery {
     pub status: Option<RunStatus>,
     /// Only runs with this label name and value.
     pub label: Option<(String, String)>,
+    /// Only runs created at or after this (Unix ms).
+    pub created_after_ms: Option<u64>,
+    /// Only runs created before this (Unix ms).
+    pub created_before_ms: Option<u64>,
     pub limit: usize,
     pub cursor: Option<String>,
 }

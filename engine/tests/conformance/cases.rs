@@ -843,7 +843,7 @@ pub async fn listing_filters_by_workflow_and_status(f: Fixture) {
     let task = s.claim(&req).await.unwrap().remove(0);
     s.finish(&task.lease, &[], Finish::Complete { output: json!(1) }).await.unwrap();
     let list = |workflow: Option<&str>, status: Option<RunStatus>| {
-        let query = RunQuery { workflow: workflow.map(str::to_owned), status, limit: 2, cursor: None, label: None };
+        let query = RunQuery { workflow: workflow.map(str::to_owned), status, limit: 2, ..Default::default() };
         async move {
             let mut all = Vec::new();
             let mut query = query;
@@ -1487,7 +1487,7 @@ pub async fn filtered_lists_return_every_match_behind_thousands_of_runs(f: Fixtu
         status,
         label: label.map(|(k, v)| (k.to_owned(), v.to_owned())),
         limit: 2,
-        cursor: None,
+        ..Default::default()
     };
     let ids = |runs: Vec<keel_engine::proto::RunSummary>| {
         let mut ids: Vec<RunId> = runs.into_iter().map(|r| r.run_id).collect();
@@ -2090,4 +2090,51 @@ pub async fn a_runs_inbox_keeps_order_is_closed_once_and_is_bounded(f: Fixture) 
     assert_eq!(s.dlq_delete(std::slice::from_ref(&a), Duration::from_secs(60)).await.unwrap(), 1);
     assert_eq!(s.dlq_delete(&[a.clone(), b.clone()], Duration::from_secs(60)).await.unwrap(), 1);
     assert_eq!(s.dlq_deleted(&[a, b, RunId::new("wfr_dlq-c").unwrap()]).await.unwrap(), [true, true, false]);
+}
+
+/// A creation-time range (after: inclusive, before: exclusive), alone and with
+/// the other filters, pages through exactly the runs created in it.
+pub async fn listing_filters_by_creation_time(f: Fixture) {
+    let s = f.store.as_ref();
+    let mut batches: Vec<Vec<keel_engine::proto::RunSummary>> = Vec::new();
+    for batch in 0..3 {
+        let mut runs = Vec::new();
+        for i in 0..5 {
+            let labels = [("batch".to_owned(), batch.to_string())].into_iter().collect();
+            let id = s.create_run(CreateRun { labels, ..start(json!(i)) }).await.unwrap().run_id;
+            runs.push(s.get_run(&id).await.unwrap().unwrap());
+        }
+        batches.push(runs);
+        // The next batch starts on a later millisecond than this one ended.
+        let last = batches[batch].iter().map(|r| r.created_at_ms).max().unwrap();
+        while s.wall_ms() <= last + 1 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let from = batches[1].iter().map(|r| r.created_at_ms).min().unwrap();
+    let to = batches[2].iter().map(|r| r.created_at_ms).min().unwrap();
+    assert!(batches[0].iter().all(|r| r.created_at_ms < from) && batches[1].iter().all(|r| r.created_at_ms < to));
+    let ids = |runs: &[keel_engine::proto::RunSummary]| {
+        let mut ids: Vec<RunId> = runs.iter().map(|r| r.run_id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let range = RunQuery { created_after_ms: Some(from), created_before_ms: Some(to), limit: 2, ..Default::default() };
+    let middle = list_all(s, range.clone()).await;
+    assert_eq!(ids(&middle), ids(&batches[1]), "the middle batch, page by page");
+    let mut newest_first = middle.iter().map(|r| (r.created_at_ms, r.run_id.clone())).collect::<Vec<_>>();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(middle.iter().map(|r| (r.created_at_ms, r.run_id.clone())).collect::<Vec<_>>(), newest_first);
+    let since = list_all(s, RunQuery { created_after_ms: Some(from), limit: 4, ..Default::default() }).await;
+    assert_eq!(ids(&since), ids(&[batches[1].clone(), batches[2].clone()].concat()));
+    let until = list_all(s, RunQuery { created_before_ms: Some(from), limit: 3, ..Default::default() }).await;
+    assert_eq!(ids(&until), ids(&batches[0]));
+    // With the other filters: every index is ordered by creation time.
+    let pending =
+        list_all(s, RunQuery { status: Some(RunStatus::Pending), workflow: Some(WF.into()), ..range.clone() }).await;
+    assert_eq!(ids(&pending), ids(&batches[1]));
+    let labelled = list_all(s, RunQuery { label: Some(("batch".into(), "1".into())), ..range.clone() }).await;
+    assert_eq!(ids(&labelled), ids(&batches[1]));
+    let other = list_all(s, RunQuery { label: Some(("batch".into(), "0".into())), ..range }).await;
+    assert!(other.is_empty(), "batch 0 is outside the range");
 }

@@ -66,6 +66,7 @@ conformance!(
     suspend_after_cancel_request_cancels,
     listing_pages_through_every_run_exactly_once,
     listing_filters_by_workflow_and_status,
+    listing_filters_by_creation_time,
     task_delivered_too_often_is_dead_lettered,
     expired_runs_leave_nothing_behind,
     reconcile_requeues_runs_that_lost_their_task,

@@ -170,6 +170,9 @@ pub(crate) async fn filtered_runs(
             workflow: Some(UPSTASH_WORKFLOW.to_owned()),
             status,
             label: filter.indexed_url(),
+            // QStash's `toDate` is inclusive.
+            created_after_ms: filter.from,
+            created_before_ms: filter.to.map(|t| t.saturating_add(1)),
             limit: count - runs.len(),
             cursor: cursor.take(),
         };

@@ -109,6 +109,11 @@ function enhance(root) {
     t.title = t.textContent;
     t.textContent = d.toLocaleString();
   }
+  for (const input of root.querySelectorAll("input[type=datetime-local][data-ms]")) {
+    const d = new Date(Number(input.dataset.ms));
+    d.setMinutes(d.getMinutes() - d.getTimezoneOffset());
+    input.value = d.toISOString().slice(0, 16);
+  }
   for (const d of root.querySelectorAll("details[data-fetch]")) {
     d.addEventListener("toggle", async () => {
       if (!d.open || d.dataset.loaded) return;
@@ -221,7 +226,12 @@ view.addEventListener("submit", async (event) => {
   if (form.id === "run-filters") {
     event.preventDefault();
     const params = new URLSearchParams();
-    for (const [k, v] of new FormData(form)) if (String(v).trim()) params.set(k, String(v).trim());
+    for (const [k, v] of new FormData(form)) {
+      let value = String(v).trim();
+      // The time range: this browser's local time, sent as Unix ms.
+      if (value && form.elements[k].type === "datetime-local") value = String(new Date(value).getTime());
+      if (value) params.set(k, value);
+    }
     const q = params.toString();
     location.hash = "#/runs" + (q ? "?" + q : "");
   } else if (form.id === "send-event") {

@@ -327,6 +327,8 @@ impl RunStore for MemoryStore {
             .filter(|(_, run)| query.workflow.as_ref().is_none_or(|wf| &run.workflow == wf))
             .filter(|(_, run)| query.status.is_none_or(|st| run.status == st))
             .filter(|(_, run)| query.label.as_ref().is_none_or(|(k, v)| run.labels.get(k) == Some(v)))
+            .filter(|(_, run)| query.created_after_ms.is_none_or(|after| run.created >= after))
+            .filter(|(_, run)| query.created_before_ms.is_none_or(|before| run.created < before))
             .map(|(id, run)| (run.created, id, run))
             .collect();
         matching.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));

@@ -36,16 +36,29 @@ impl RedisStore {
         // index, else just after its place in the order (score, then id, both
         // descending): a run that left the index meanwhile, or the cursor of
         // another partition.
+        // A creation-time range reads by score from its upper end (every
+        // index is scored by creation time); `before` is exclusive, hence the
+        // empty id there (no id sorts below it).
         let mut pos = 0usize;
         let mut below: Option<(u64, &str)> = None;
-        if let Some((score, id)) = cursor {
-            let rank: Option<usize> =
-                redis::cmd("ZREVRANK").arg(&index).arg(id.as_str()).query_async(&mut conn).await?;
-            match rank {
-                Some(rank) => pos = rank + 1,
-                None => below = Some((*score, id.as_str())),
+        let bounded = query.created_after_ms.is_some() || query.created_before_ms.is_some();
+        let before = query.created_before_ms.unwrap_or(u64::MAX);
+        match cursor {
+            Some((score, id)) if bounded => {
+                below = Some(if *score < before { (*score, id.as_str()) } else { (before, "") })
             }
+            Some((score, id)) => {
+                let rank: Option<usize> =
+                    redis::cmd("ZREVRANK").arg(&index).arg(id.as_str()).query_async(&mut conn).await?;
+                match rank {
+                    Some(rank) => pos = rank + 1,
+                    None => below = Some((*score, id.as_str())),
+                }
+            }
+            None if bounded => below = Some((before, "")),
+            None => {}
         }
+        let floor = query.created_after_ms.map_or_else(|| "-inf".to_owned(), |after| after.to_string());
 
         let batch = (limit + 1).clamp(100, SCAN_BUDGET);
         let mut runs = Vec::new();
@@ -58,7 +71,7 @@ impl RedisStore {
             let cmd = match below {
                 Some((score, _)) => {
                     let mut cmd = redis::cmd("ZREVRANGEBYSCORE");
-                    cmd.arg(&index).arg(score).arg("-inf").arg("WITHSCORES").arg("LIMIT").arg(pos).arg(batch);
+                    cmd.arg(&index).arg(score).arg(&floor).arg("WITHSCORES").arg("LIMIT").arg(pos).arg(batch);
                     cmd
                 }
                 None => {
