@@ -230,6 +230,14 @@ async fn signed_webhooks_arrive_retry_with_the_same_id_and_410_disables(redis: &
     let outcomes: Vec<&str> =
         log["deliveries"].as_array().unwrap().iter().map(|d| d["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, ["delivered", "retrying", "retrying"], "the delivery log, newest first");
+    for d in log["deliveries"].as_array().unwrap() {
+        let next = d["next_attempt_at_ms"].as_u64();
+        if d["outcome"] == "retrying" {
+            assert!(next.is_some_and(|n| n > d["at_ms"].as_u64().unwrap()), "a retry says when: {d}");
+        } else {
+            assert_eq!(next, None, "{d}");
+        }
+    }
 
     // The 410 receiver got the first event (run.started) and was disabled: nothing more.
     let mut disabled = Value::Null;

@@ -112,6 +112,36 @@ async fn the_shell_is_public_and_the_views_are_behind_the_token() {
         assert_eq!(r.status(), 401, "{path} without a token");
         assert_eq!(r.headers()["content-type"], "application/problem+json");
     }
+    // What the system page shows: a webhook whose receiver is down (so its
+    // log says when it tries again), a schedule (paused, so it starts
+    // nothing), a flow-control key with limits.
+    let closed = common::free_port();
+    let hook = http
+        .post(url("/v1/webhooks"))
+        .bearer_auth(FULL)
+        .json(&json!({"url": format!("http://127.0.0.1:{closed}/hook"), "event_types": ["run.completed"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hook.status(), 201);
+    let schedule = http
+        .post(url("/v1/schedules"))
+        .bearer_auth(FULL)
+        .json(&json!({"id": "nightly", "workflow": "demo", "cron": "0 3 * * *", "timezone": "Europe/Paris"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(schedule.status(), 201);
+    let paused = http.post(url("/v1/schedules/nightly/pause")).bearer_auth(FULL).send().await.unwrap();
+    assert_eq!(paused.status(), 200);
+    let flow = http
+        .put(url("/v1/flow-control/search-api"))
+        .bearer_auth(FULL)
+        .json(&json!({"parallelism": 3, "rate": 10, "period": "1m"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(flow.status().is_success(), "{}", flow.status());
     let run: serde_json::Value = http
         .post(url("/v1/workflows/demo/runs?wait=20s"))
         .bearer_auth(FULL)
@@ -166,6 +196,28 @@ async fn the_shell_is_public_and_the_views_are_behind_the_token() {
     let missing =
         http.get(url("/ui/f/runs/01a23a00-0000-7000-8000-000000000000")).bearer_auth(READ).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let system = loop {
+        let system = page(READ, url("/ui/f/system")).await;
+        if system.contains("o-retrying") {
+            break system;
+        }
+        assert!(Instant::now() < deadline, "no failed delivery shown within 30 s:\n{system}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for shown in [
+        format!("http://127.0.0.1:{closed}/hook"),
+        "run.completed".into(),
+        "nightly".into(),
+        "Europe/Paris".into(),
+        "search-api".into(),
+        "3 at once".into(),
+        "10 per 1m".into(),
+        ">demo<".into(),
+        "Last heartbeat".into(),
+    ] {
+        assert!(system.contains(&shown), "the system page shows {shown}:\n{system}");
+    }
     let log = keel.log_text();
     assert!(!log.contains(FULL) && !log.contains(READ), "a token reached the log");
 }

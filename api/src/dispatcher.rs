@@ -238,6 +238,7 @@ async fn deliver(
         }
     };
     state.metrics().webhook(outcome);
+    let at_ms = now_ms();
     let delivery = WebhookDelivery {
         webhook_id: job.webhook_id.clone(),
         event_type: job.event_type,
@@ -245,10 +246,11 @@ async fn deliver(
         // The log is shown back (GET /v1/webhooks/{id}/deliveries): no credentials.
         url: keel_net::redact_url(&url),
         attempt: attempts,
-        at_ms: now_ms(),
+        at_ms,
         status,
         outcome: outcome.into(),
         error,
+        next_attempt_at_ms: next.map(|delay| at_ms + delay.as_millis() as u64),
     };
     if let Err(e) = store.log_delivery(&log, &delivery).await {
         tracing::warn!(error = %e, "logging a webhook delivery failed");

@@ -103,6 +103,9 @@ pub struct WebhookDelivery {
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When `retrying`: when the next attempt is due (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at_ms: Option<u64>,
 }
 
 /// Where a delivery job goes.

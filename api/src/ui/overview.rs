@@ -37,14 +37,25 @@ struct Sample {
 #[derive(Debug, Default)]
 pub struct Samples(Mutex<VecDeque<Sample>>);
 
-impl Samples {
-    fn push(&self, stats: &Stats, at_ms: u64) {
+impl Sample {
+    fn of(stats: &Stats, at_ms: u64) -> Self {
         let mut counters: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for ((workflow, stat), n) in &stats.counters {
             counters.entry(workflow.clone()).or_default().insert(stat.clone(), *n);
         }
+        Self { at_ms, counters, step_ms_buckets: stats.step_ms_buckets.clone() }
+    }
+}
+
+impl Samples {
+    /// Keep a reading, unless the newest is younger than `SAMPLE_EVERY`: the
+    /// ring holds an hour however often the overview is asked for.
+    fn push(&self, stats: &Stats, at_ms: u64) {
         let mut ring = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        ring.push_back(Sample { at_ms, counters, step_ms_buckets: stats.step_ms_buckets.clone() });
+        if ring.back().is_some_and(|last| at_ms < last.at_ms + SAMPLE_EVERY.as_millis() as u64) {
+            return;
+        }
+        ring.push_back(Sample::of(stats, at_ms));
         while ring.len() > KEPT {
             ring.pop_front();
         }
@@ -136,14 +147,17 @@ fn percentiles(first: &Sample, last: &Sample) -> Option<[Option<u64>; 3]> {
 pub(super) async fn page(State(state): State<AppState>) -> ApiResult<Response> {
     let now = state.store().wall_ms();
     let stats = state.store().stats(&[]).await?;
-    // A reading now too, so a server that just started has something to show.
-    state.samples().push(&stats, now);
-    let samples: Vec<Sample> = state
+    // The readings of the last hour, then this one (kept only when due).
+    let mut samples: Vec<Sample> = state
         .samples()
         .snapshot()
         .into_iter()
         .filter(|s| s.at_ms + 3_600_000 + SAMPLE_EVERY.as_millis() as u64 >= now)
         .collect();
+    if samples.last().is_none_or(|last| last.at_ms < now) {
+        samples.push(Sample::of(&stats, now));
+    }
+    state.samples().push(&stats, now);
     let workflows: Vec<String> =
         stats.counters.keys().map(|(w, _)| w.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     let live = state.store().stats(&workflows).await?;
@@ -256,11 +270,14 @@ mod tests {
     }
 
     #[test]
-    fn the_ring_keeps_an_hour_and_no_more() {
+    fn the_ring_keeps_an_hour_and_no_more_however_often_it_is_asked() {
         let samples = Samples::default();
-        for i in 0..1000 {
-            samples.push(&Stats::default(), i);
+        let every = SAMPLE_EVERY.as_millis() as u64;
+        for i in 0..10_000 {
+            samples.push(&Stats::default(), i * every / 10);
         }
-        assert_eq!(samples.snapshot().len(), KEPT);
+        let kept = samples.snapshot();
+        assert_eq!(kept.len(), KEPT);
+        assert!(kept.windows(2).all(|w| w[1].at_ms - w[0].at_ms >= every), "readings 15 s apart");
     }
 }

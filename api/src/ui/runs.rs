@@ -16,6 +16,9 @@ use crate::AppState;
 use crate::error::ApiResult;
 use crate::routes::runs::steps_of;
 
+/// Steps listed on a run's page at most (a run's journal holds up to 100,000 entries).
+const MAX_STEP_ROWS: usize = 500;
+
 const STATUSES: [RunStatus; 8] = [
     RunStatus::Pending,
     RunStatus::Running,
@@ -331,7 +334,7 @@ pub(super) async fn detail(State(state): State<AppState>, Path(id): Path<String>
                     table class="steps" {
                         thead { tr { th { "Step" } th { "Status" } th { "Attempts" } th { "Started" } th { "Took" } th { "Output or error" } } }
                         tbody {
-                            @for step in &steps {
+                            @for step in steps.iter().take(MAX_STEP_ROWS) {
                                 tr data-step=(step.step_id) {
                                     td { code { (step.step_id) } }
                                     td { (step_badge(&step.status)) }
@@ -349,6 +352,9 @@ pub(super) async fn detail(State(state): State<AppState>, Path(id): Path<String>
                         }
                     }
                 }
+            }
+            @if steps.len() > MAX_STEP_ROWS {
+                p class="muted" { "The first " (MAX_STEP_ROWS) " of " (steps.len()) " steps are listed; the API's journal pages through all of them." }
             }
             details class="journal" {
                 summary { "Journal (" (journal.len()) " entries)" }

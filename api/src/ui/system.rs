@@ -81,7 +81,7 @@ pub(super) async fn page(State(state): State<AppState>) -> ApiResult<Response> {
                     @if log.is_empty() { p class="empty" { "No deliveries yet." } }
                     @else {
                         table class="deliveries" {
-                            thead { tr { th { "At" } th { "Event" } th { "Run" } th { "Attempt" } th { "Status" } th { "Outcome" } } }
+                            thead { tr { th { "At" } th { "Event" } th { "Run" } th { "Attempt" } th { "Status" } th { "Outcome" } th { "Next try" } } }
                             tbody { @for d in log {
                                 tr {
                                     td { (time(d.at_ms)) }
@@ -90,6 +90,7 @@ pub(super) async fn page(State(state): State<AppState>) -> ApiResult<Response> {
                                     td { (d.attempt) }
                                     td { @if let Some(s) = d.status { (s) } }
                                     td { span class={ "badge o-" (d.outcome) } { (d.outcome) } @if let Some(e) = &d.error { " " span class="muted" { (e) } } }
+                                    td { @if let Some(at) = d.next_attempt_at_ms { (time(at)) } }
                                 }
                             } }
                         }

@@ -1355,6 +1355,7 @@ pub async fn webhook_events_flow_from_outbox_to_jobs_and_logs(f: Fixture) {
         status: Some(500),
         outcome: "retrying".into(),
         error: None,
+        next_attempt_at_ms: Some(2),
     };
     for attempt in 1..=3 {
         s.log_delivery("wh_1", &delivery(attempt)).await.unwrap();
