@@ -167,23 +167,16 @@ async fn the_shell_is_public_and_the_views_are_behind_the_token() {
     let listed = page(READ, url("/ui/f/runs?label=team%3D%3Cb%3Eui%3C%2Fb%3E")).await;
     assert!(listed.contains(&format!(r#"data-run="{id}""#)), "{listed}");
     // A creation-time range: the run is in [created, …) and not in [0, created).
-    let detail: serde_json::Value =
-        http.get(url(&format!("/v1/runs/{id}"))).bearer_auth(READ).send().await.unwrap().json().await.unwrap();
+    let json =
+        |path: String| async move { serde_json::from_str::<serde_json::Value>(&page(READ, path).await).unwrap() };
+    let detail = json(url(&format!("/v1/runs/{id}"))).await;
     let created = detail["created_at_ms"].as_u64().expect("created_at_ms");
     let since = page(READ, url(&format!("/ui/f/runs?created_after={created}"))).await;
     assert!(since.contains(&format!(r#"data-run="{id}""#)), "{since}");
     assert!(since.contains(&format!(r#"data-ms="{created}""#)), "the form keeps the range: {since}");
     let until = page(READ, url(&format!("/ui/f/runs?created_before={created}"))).await;
     assert!(!until.contains(&format!(r#"data-run="{id}""#)) && until.contains("No runs."), "{until}");
-    let api: serde_json::Value = http
-        .get(url(&format!("/v1/runs?created_after={created}&created_before={}", created + 1)))
-        .bearer_auth(READ)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = json(url(&format!("/v1/runs?created_after={created}&created_before={}", created + 1))).await;
     assert_eq!(api["runs"][0]["run_id"], id, "{api}");
     let backwards = http.get(url("/v1/runs?created_after=10&created_before=5")).bearer_auth(READ).send().await.unwrap();
     assert_eq!(backwards.status(), 422);

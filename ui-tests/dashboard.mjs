@@ -94,13 +94,32 @@ try {
   await page.locator("dd", { hasText: "2 claims by a worker" }).waitFor({ timeout: WAIT });
   await page.screenshot({ path: `${shots}/failed.png`, fullPage: true });
 
+  step("send the event a waiting run waits for");
+  const waiting = start({ steps: 1, wait_for: "ui-approve" });
+  await page.goto(`${url}/ui/#/runs/${waiting}`);
+  await page.locator(".run-head .badge", { hasText: "waiting" }).waitFor({ timeout: WAIT });
+  // (The form is filled in when the page loads: load it again now that the run waits.)
+  await page.reload();
+  await page.locator(".run-head .badge", { hasText: "waiting" }).waitFor({ timeout: WAIT });
+  assert.equal(await page.getByLabel("Key").inputValue(), "ui-approve", "the key it waits for, filled in");
+  await page.getByLabel("Data (JSON)").fill("{not json");
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.locator("#action-result", { hasText: "The data is not JSON" }).waitFor({ timeout: WAIT });
+  await page.getByLabel("Data (JSON)").fill('{"approved": "yes"}');
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.locator("#action-result", { hasText: "1 run(s) woken" }).waitFor({ timeout: WAIT });
+  await page.locator(".run-head .badge", { hasText: "completed" }).waitFor({ timeout: WAIT });
+  assert.match(await page.locator("section[aria-label=output]").innerText(), /approved/);
+
   step("filter by label");
   await page.goto(`${url}/ui/#/runs`);
   await page.getByLabel("Label").fill("team=ui");
   await page.getByRole("button", { name: "Filter" }).click();
   await page.waitForURL(/label=team%3Dui/, { timeout: WAIT });
+  // The unfiltered list shows that run too: wait for the filtered one.
+  await page.locator("input[name=label][value='team=ui']").waitFor({ timeout: WAIT });
+  await page.waitForFunction(() => document.querySelectorAll("table.runs tbody tr").length === 1, null, { timeout: WAIT });
   await page.locator(`tr[data-run="${sleeper}"]`).waitFor({ timeout: WAIT });
-  assert.equal(await page.locator("table.runs tbody tr").count(), 1, "only the labelled run");
   assert.equal(await page.locator(`tr[data-run="${failing}"]`).count(), 0);
 
   step("filter by creation time (the browser's local time)");

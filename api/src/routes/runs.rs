@@ -163,65 +163,67 @@ async fn wait_final(state: &AppState, id: &RunId, wait: Duration) -> ApiResult<R
         .ok_or_else(|| ApiError::RunNotFound(format!("run {id} does not exist")))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    workflow: Option<String>,
+    pub(crate) workflow: Option<String>,
     /// pending, running, sleeping, waiting, paused, completed, failed, cancelled
-    status: Option<String>,
+    pub(crate) status: Option<String>,
     /// `name=value`
-    label: Option<String>,
+    pub(crate) label: Option<String>,
     /// A schedule's id: its runs (the same as `label=schedule=<id>`)
-    schedule: Option<String>,
+    pub(crate) schedule: Option<String>,
     /// Only runs created at or after this (Unix ms)
-    created_after: Option<u64>,
+    pub(crate) created_after: Option<u64>,
     /// Only runs created before this (Unix ms)
-    created_before: Option<u64>,
+    pub(crate) created_before: Option<u64>,
     /// 1–1000, default 50
-    limit: Option<usize>,
-    cursor: Option<String>,
+    pub(crate) limit: Option<usize>,
+    pub(crate) cursor: Option<String>,
+}
+
+impl ListQuery {
+    /// The store's query, or what is wrong with the filters (the API's list
+    /// and the dashboard's share it).
+    pub(crate) fn into_store_query(self) -> Result<RunQuery, String> {
+        let status = self.status.as_deref().map(str::parse::<RunStatus>).transpose()?;
+        let label = self
+            .label
+            .as_deref()
+            .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .map(|l| l.ok_or_else(|| "label filters look like name=value".to_owned()))
+            .transpose()?;
+        let label = match (label, self.schedule) {
+            (Some(_), Some(_)) => return Err("filter by label or by schedule, not both".into()),
+            (label, None) => label,
+            (None, Some(id)) => Some(("schedule".to_owned(), id)),
+        };
+        if self.limit.is_some_and(|l| l == 0 || l > 1000) {
+            return Err("limit must be 1 to 1000".into());
+        }
+        if let (Some(after), Some(before)) = (self.created_after, self.created_before)
+            && after >= before
+        {
+            return Err(format!("created_after ({after}) must be before created_before ({before})"));
+        }
+        Ok(RunQuery {
+            workflow: self.workflow,
+            status,
+            label,
+            created_after_ms: self.created_after,
+            created_before_ms: self.created_before,
+            limit: self.limit.unwrap_or(50),
+            cursor: self.cursor,
+        })
+    }
 }
 
 /// List runs, newest first, filtered, cursor-paginated.
 #[utoipa::path(get, path = "/v1/runs", operation_id = "listRuns", tag = "runs", params(ListQuery),
     responses((status = 400, body = keel_proto::http::Problem, content_type = "application/problem+json"), (status = 200, body = RunPage), (status = 422, body = keel_proto::http::Problem, content_type = "application/problem+json")))]
 pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult<Reply<RunPage>> {
-    let status = query.status.as_deref().map(str::parse::<RunStatus>).transpose().map_err(ApiError::InvalidRequest)?;
-    let label = query
-        .label
-        .as_deref()
-        .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .map(|l| l.ok_or_else(|| ApiError::InvalidRequest("label filters look like name=value".into())))
-        .transpose()?;
-    let label = match (label, query.schedule) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::InvalidRequest("filter by label or by schedule, not both".into()));
-        }
-        (label, None) => label,
-        (None, Some(id)) => Some(("schedule".to_owned(), id)),
-    };
-    if query.limit.is_some_and(|l| l == 0 || l > 1000) {
-        return Err(ApiError::InvalidRequest("limit must be 1 to 1000".into()));
-    }
-    if let (Some(after), Some(before)) = (query.created_after, query.created_before)
-        && after >= before
-    {
-        return Err(ApiError::InvalidRequest(format!(
-            "created_after ({after}) must be before created_before ({before})"
-        )));
-    }
-    let mut page = state
-        .store()
-        .list_runs(&RunQuery {
-            workflow: query.workflow,
-            status,
-            label,
-            created_after_ms: query.created_after,
-            created_before_ms: query.created_before,
-            limit: query.limit.unwrap_or(50),
-            cursor: query.cursor,
-        })
-        .await?;
+    let query = query.into_store_query().map_err(ApiError::InvalidRequest)?;
+    let mut page = state.store().list_runs(&query).await?;
     page.runs.iter_mut().for_each(shown);
     Ok(Reply(page))
 }

@@ -14,7 +14,7 @@ use super::page::{self, fragment, problem, query, status_badge, step_badge, time
 use super::{Access, timeline};
 use crate::AppState;
 use crate::error::ApiResult;
-use crate::routes::runs::steps_of;
+use crate::routes::runs::{ListQuery, steps_of};
 
 /// Steps listed on a run's page at most (a run's journal holds up to 100,000 entries).
 const MAX_STEP_ROWS: usize = 500;
@@ -52,40 +52,21 @@ impl Filters {
         v.as_deref().map(str::trim).filter(|v| !v.is_empty())
     }
 
-    /// The store's query, or what is wrong with the filters.
+    /// The store's query, or what is wrong with the filters (the API's rules:
+    /// an empty form field is no filter).
     fn to_query(&self) -> Result<RunQuery, String> {
-        let status = Self::nonempty(&self.status).map(str::parse::<RunStatus>).transpose()?;
-        let mut label = match Self::nonempty(&self.label) {
-            None => None,
-            Some(l) => match l.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Some((k.to_owned(), v.to_owned())),
-                _ => return Err(format!("a label filter looks like name=value, not {l:?}")),
-            },
-        };
-        if let Some(schedule) = Self::nonempty(&self.schedule) {
-            if label.is_some() {
-                return Err("filter by label or by schedule, not both".into());
-            }
-            label = Some(("schedule".to_owned(), schedule.to_owned()));
+        let text = |v: &Option<String>| Self::nonempty(v).map(str::to_owned);
+        ListQuery {
+            workflow: text(&self.workflow),
+            status: text(&self.status),
+            label: text(&self.label),
+            schedule: text(&self.schedule),
+            created_after: self.created_after,
+            created_before: self.created_before,
+            limit: self.limit,
+            cursor: text(&self.cursor),
         }
-        let limit = self.limit.unwrap_or(50);
-        if !(1..=1000).contains(&limit) {
-            return Err("limit must be 1 to 1000".into());
-        }
-        if let (Some(after), Some(before)) = (self.created_after, self.created_before)
-            && after >= before
-        {
-            return Err("the start of the time range must be before its end".into());
-        }
-        Ok(RunQuery {
-            workflow: Self::nonempty(&self.workflow).map(str::to_owned),
-            status,
-            label,
-            created_after_ms: self.created_after,
-            created_before_ms: self.created_before,
-            limit,
-            cursor: Self::nonempty(&self.cursor).map(str::to_owned),
-        })
+        .into_store_query()
     }
 
     /// The address of this list with another cursor (`None`: the first page).
