@@ -3,7 +3,8 @@
 //! operator would (runs appearing live, a run's timeline, cancel, retry, label
 //! filters, the overview and system pages, a narrow dark screen, a read token
 //! that cannot act). Screenshots go to target/ui-screenshots/ (not committed).
-//! Also, without a browser: what the dashboard's HTTP surface gives whom.
+//! Also, without a browser: what the dashboard's HTTP surface gives whom, on a
+//! single Redis and on a cluster.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Keel, wait_for_workflows};
-use keel_engine::testing::RedisServer;
+use keel_engine::testing::{RedisServer, TestRedis};
 use serde_json::json;
 
 const FULL: &str = "ui-full-token-0123456789abcdef";
@@ -89,11 +90,11 @@ async fn an_operator_watches_and_acts_on_runs_in_a_real_browser() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shell_is_public_and_the_views_are_behind_the_token() {
-    let redis = RedisServer::start();
+on_both!(the_shell_is_public_and_the_views_are_behind_the_token);
+
+async fn the_shell_is_public_and_the_views_are_behind_the_token(redis: &dyn TestRedis) {
     let ns = RedisServer::unique_namespace("ui-auth");
-    let keel = Keel::spawn("dev", &redis, &ns, &[("KEEL_API_TOKENS", FULL), ("KEEL_READ_TOKENS", READ)]);
+    let keel = Keel::spawn("dev", redis, &ns, &[("KEEL_API_TOKENS", FULL), ("KEEL_READ_TOKENS", READ)]);
     let http = http();
     wait_for_workflows(&http, &keel, Some(FULL)).await;
     let url = |path: &str| format!("{}{path}", keel.url);
