@@ -755,3 +755,40 @@ async fn a_lease_write_sent_twice_is_journaled_once() {
     let run = store.get_run(&id).await.unwrap().unwrap();
     assert_eq!((run.status, run.completed_steps), (RunStatus::Completed, 3));
 }
+
+/// The same for an event: a delivery sent twice (a cluster client's re-send
+/// after a dropped connection) is added to the key's stream once and wakes
+/// once, and the second send answers what the first did. (A duplicate left
+/// in the stream would be taken by the run's next wait on the key.)
+#[tokio::test]
+async fn an_event_delivery_sent_twice_is_added_once() {
+    let server = RedisServer::start();
+    let (store, mut raw) = connect(&server).await;
+    let req = CreateRun { workflow: "wire".into(), version: 1, input: json!(1), ..Default::default() };
+    let id = store.create_run(req).await.unwrap().run_id;
+    let task = store.claim(&claim_req("w")).await.unwrap().pop().expect("claimed");
+    let wait = EventWait { step_id: "approve".into(), keys: vec!["approval".into()], since_ms: task.now_ms };
+    let suspended = store
+        .finish(&task.lease, &[], Finish::Suspend(Suspension { wake_at_ms: None, waits: vec![wait], blocked: None }))
+        .await
+        .unwrap();
+    assert!(matches!(suspended, Finished::Done), "{suspended:?}");
+    let mut monitor = Monitor::start(&server);
+    let first = store.deliver("approval", &json!({"resend": "me"}), None).await.unwrap();
+    assert_eq!(first.woken, vec![id.clone()]);
+    let sent = monitor.next_script_call("resend");
+    let again: Value = serde_json::from_str(resend(&mut raw, &sent).await.lines().next().unwrap()).unwrap();
+    assert_eq!(again["r"], "OK", "{again}");
+    assert_eq!(again["id"], first.event_id.as_str());
+    assert_eq!(again["woken"], json!([id.as_str()]), "the first answer again");
+    assert_eq!(again["duplicate"], false);
+    let keys = store.keys().clone();
+    let kept: u64 = redis::cmd("XLEN").arg(keys.events("approval")).query_async(&mut raw).await.unwrap();
+    assert_eq!(kept, 1, "the event is in the lookback stream once");
+    let journal = raw_journal(&mut raw, &keys.journal(&id)).await;
+    assert_eq!(journal.iter().filter(|e| e["type"] == "event_received").count(), 1);
+    // A client's repeat (its own event id) is still answered as a duplicate.
+    let keyed = store.deliver("approval", &json!(2), Some("evt-1")).await.unwrap();
+    let repeat = store.deliver("approval", &json!(2), Some("evt-1")).await.unwrap();
+    assert!(!keyed.duplicate && repeat.duplicate && repeat.event_id == keyed.event_id);
+}

@@ -4,12 +4,18 @@
 -- id there); the others keep that id beside their own stream id (field `g`),
 -- so journals say the same id everywhere; `evf` floors stay local stream ids.
 -- With a client's event id (`once`, its key declared as `event_id`), a repeat
--- is answered with the first delivery's id and delivered to nobody.
+-- is answered with the first delivery's id and delivered to nobody. Without
+-- one the call carries an id of its own (`resent`), kept 30 s, so that a
+-- cluster client's re-send of the call gets the first answer instead of
+-- adding the event again (which a later wait on the key could take).
 -- A: key, data (json), lookback_ms, max_len, gid?, once (bool), once_ttl_ms,
 --    runs ({ [id] = { wf?, wk?, pr? } }: the waiters the caller read; their keys
 --    are declared. A waiter it did not see, or that changed: RETRY.)
 if A.once then
   local first = call('GET', K('event_id'))
+  -- This very call sent again (`resent`: the id is our own, see deliver.rs):
+  -- what it answered; a client's repeat: delivered to nobody again.
+  if first and A.resent then return first end
   if first then return reply({ r = 'OK', id = first, woken = {}, duplicate = true }) end
 end
 
@@ -53,5 +59,6 @@ for _, w in ipairs(plan) do
     call('SREM', k_waiters(A.key), w.id)
   end
 end
-if A.once then call('SET', K('event_id'), eid, 'PX', A.once_ttl_ms) end
-return reply({ r = 'OK', id = eid, woken = woken, duplicate = false })
+local answer = reply({ r = 'OK', id = eid, woken = woken, duplicate = false })
+if A.once then call('SET', K('event_id'), A.resent and answer or eid, 'PX', A.once_ttl_ms) end
+return answer
