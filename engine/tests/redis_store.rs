@@ -736,10 +736,20 @@ async fn a_lease_write_sent_twice_is_journaled_once() {
     assert_eq!(again["seqs"], json!(first.seqs), "the first answer again");
     assert_eq!(raw_journal(&mut raw, &journal_key).await, before, "nothing journaled twice");
 
-    // The lease's next write is a new one.
-    store.append(&task.lease, &[step("b")]).await.unwrap();
+    // Several entries in one write: the same answer again too.
+    let several = store.append(&task.lease, &[step("x1"), step("x2")]).await.unwrap();
+    let sent = monitor.next_script_call("x2");
+    let again: Value = serde_json::from_str(resend(&mut raw, &sent).await.lines().next().unwrap()).unwrap();
+    assert_eq!(again["seqs"], json!(several.seqs));
+
+    // The lease's next write is a new one (three entries: answered in short,
+    // so the run hash stays a compact listpack).
+    store.append(&task.lease, &[step("b"), step("b2"), step("b3")]).await.unwrap();
+    let encoding: String =
+        redis::cmd("OBJECT").arg("ENCODING").arg(store.keys().run(&id)).query_async(&mut raw).await.unwrap();
+    assert_eq!(encoding, "listpack", "a write's kept answer keeps the run hash compact");
     let steps = |journal: &[Value]| journal.iter().filter(|e| e["type"] == "step_completed").count();
-    assert_eq!(steps(&raw_journal(&mut raw, &journal_key).await), 2);
+    assert_eq!(steps(&raw_journal(&mut raw, &journal_key).await), 6);
 
     // The run's end, sent twice: the second answers DONE too, not LOST.
     let done = store.finish(&task.lease, &[step("c")], Finish::Complete { output: json!("out") }).await.unwrap();
@@ -750,10 +760,14 @@ async fn a_lease_write_sent_twice_is_journaled_once() {
     assert_eq!(again["r"], "DONE", "{again}");
     let after = raw_journal(&mut raw, &journal_key).await;
     assert_eq!(after, before);
-    assert_eq!(steps(&after), 3);
+    assert_eq!(steps(&after), 7);
     assert_eq!(after.iter().filter(|e| e["type"] == "run_completed").count(), 1);
     let run = store.get_run(&id).await.unwrap().unwrap();
-    assert_eq!((run.status, run.completed_steps), (RunStatus::Completed, 3));
+    assert_eq!((run.status, run.completed_steps), (RunStatus::Completed, 7));
+    // A finished run keeps the token of its end, not a write's answer.
+    let kept: (Option<String>, Option<String>) =
+        redis::cmd("HMGET").arg(store.keys().run(&id)).arg("lw").arg("lr").query_async(&mut raw).await.unwrap();
+    assert!(kept.0.is_some() && kept.1.is_none(), "{kept:?}");
 }
 
 /// The same for an event: a delivery sent twice (a cluster client's re-send
@@ -791,4 +805,30 @@ async fn an_event_delivery_sent_twice_is_added_once() {
     let keyed = store.deliver("approval", &json!(2), Some("evt-1")).await.unwrap();
     let repeat = store.deliver("approval", &json!(2), Some("evt-1")).await.unwrap();
     assert!(!keyed.duplicate && repeat.duplicate && repeat.event_id == keyed.event_id);
+}
+
+/// A suspension that found its event already there (finish answers EVENT,
+/// and the lease goes on), sent twice: the same event, taken once.
+#[tokio::test]
+async fn a_suspension_that_took_an_event_sent_twice_takes_it_once() {
+    let server = RedisServer::start();
+    let (store, mut raw) = connect(&server).await;
+    let req = CreateRun { workflow: "wire".into(), version: 1, input: json!(1), ..Default::default() };
+    let id = store.create_run(req).await.unwrap().run_id;
+    let task = store.claim(&claim_req("w")).await.unwrap().pop().expect("claimed");
+    store.deliver_event("early-bird", &json!({"worm": 1})).await.unwrap();
+    let mut monitor = Monitor::start(&server);
+    let wait = EventWait { step_id: "early".into(), keys: vec!["early-bird".into()], since_ms: task.now_ms };
+    let suspension = Suspension { wake_at_ms: None, waits: vec![wait], blocked: None };
+    let Finished::EventArrived(record) = store.finish(&task.lease, &[], Finish::Suspend(suspension)).await.unwrap()
+    else {
+        panic!("the event was there");
+    };
+    let sent = monitor.next_script_call("early-bird");
+    let again: Value = serde_json::from_str(resend(&mut raw, &sent).await.lines().next().unwrap()).unwrap();
+    assert_eq!((again["r"].as_str(), again["seq"].as_str()), (Some("EVENT"), Some(record.seq.as_str())), "{again}");
+    let entry: Value = serde_json::from_str(again["entry"].as_str().unwrap()).unwrap();
+    assert_eq!(entry["data"], json!({"worm": 1}), "{entry}");
+    let journal = raw_journal(&mut raw, &store.keys().journal(&id)).await;
+    assert_eq!(journal.iter().filter(|e| e["type"] == "event_received").count(), 1, "taken once");
 }

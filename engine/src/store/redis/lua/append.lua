@@ -1,10 +1,12 @@
 -- append: journal entries + summary patch under the lease. Fenced.
--- A: id, worker, epoch, w (the write's token: see `replayed`), patch
+-- A: id, worker, epoch, w (the write's token: see `fenced`), patch
 --    ({ delta, cur?, total? }), entries
-local again = replayed(A.id)
+local h, again = fenced(A.id, A.worker, A.epoch)
 if again then return again end
-local h = fenced(A.id, A.worker, A.epoch)
 if not h then return reply({ r = 'LOST' }) end
 local seqs = append_entries(A.id, A.entries)
-apply_patch(A.id, A.patch, now_ms(), h)
-return remembered(A.id, reply({ r = 'OK', seqs = seqs, cancel = h[5] == '1', pause = h[7] == '1' }))
+local cancel, pause = h[5] == '1', h[7] == '1'
+-- The summary, the token and the answer: one HSET.
+local short = short_append(seqs, cancel, pause)
+call('HSET', k_run(A.id), unpack(remember(patch_fields(A.patch, now_ms(), h), short)))
+return reply({ r = 'OK', seqs = seqs, cancel = cancel, pause = pause })

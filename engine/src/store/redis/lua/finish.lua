@@ -1,14 +1,13 @@
 -- finish: the last entries of a lease, then complete / fail / cancel / suspend /
 -- release the run, and ack its task, together. Fenced.
--- A: id, worker, epoch, w (the write's token: see `replayed`), patch, entries, how ('complete' | 'fail' | 'cancel' |
+-- A: id, worker, epoch, w (the write's token: see `fenced`), patch, entries, how ('complete' | 'fail' | 'cancel' |
 --    'suspend' | 'release'), retention_ms, final? (entry), payload? (output /
 --    error json), cancelled (run_cancelled entry), wake_at? (ms, as text), waits ({ step,
 --    key, since } each), blocked? (why the run waits: its `blk`), lookback_ms,
 --    child_outcome? (json, for a parent)
 local id = A.id
-local again = replayed(id)
+local h, again = fenced(id, A.worker, A.epoch)
 if again then return again end
-local h = fenced(id, A.worker, A.epoch)
 if not h then return reply({ r = 'LOST' }) end
 local st, wf, created, cr, tid = h[2], h[3], h[4], h[5], h[6]
 local how = A.how
@@ -23,10 +22,11 @@ local function final(status, field)
     patch[#patch + 1] = field
     patch[#patch + 1] = A.payload
   end
-  finalize(id, st, status, created, now, patch)
+  -- The token goes with the run's end; a repeat is answered DONE (see `fenced`).
+  finalize(id, st, status, created, now, remember(patch, nil))
   ack(wf, h[10], tid)
   notify_parent(id, A.child_outcome)
-  return remembered(id, reply({ r = 'DONE' }))
+  return reply({ r = 'DONE' })
 end
 
 if how == 'complete' then return final('completed', 'out') end
@@ -40,7 +40,7 @@ if how == 'release' then
   call('HSET', k_run(id), 'task', '')
   -- Handed back at a step boundary: paused there if a pause was asked for.
   runnable(id, wf, st, created, h[7] == '1')
-  return remembered(id, reply({ r = 'DONE' }))
+  return remembered(id, reply({ r = 'DONE' }), 'D')
 end
 
 -- suspend
@@ -49,7 +49,7 @@ if cr == '1' then
   finalize(id, st, 'cancelled', created, now)
   ack(wf, h[10], tid)
   notify_parent(id, CHILD_CANCELLED)
-  return remembered(id, reply({ r = 'CANCELLED' }))
+  return remembered(id, reply({ r = 'CANCELLED' }), 'C')
 end
 
 local waits = A.waits or {}
@@ -74,7 +74,7 @@ if #waits > 0 then
     local seq = journal_add(id, entry)
     call('HINCRBY', k_run(id), 'cs', 1)
     call('HSET', k_run(id), 'evf:' .. best_w.key, best, 'cur', best_w.step)
-    return remembered(id, reply({ r = 'EVENT', seq = seq, entry = entry.e }))
+    return remembered(id, reply({ r = 'EVENT', seq = seq, entry = entry.e }), 'E' .. seq)
   end
   local keys, steps = {}, {}
   for i, w in ipairs(waits) do
@@ -92,4 +92,4 @@ call('HSET', k_run(id), 'task', '')
 if A.blocked then call('HSET', k_run(id), 'blk', A.blocked) end
 call('DEL', k_lease(id))
 if #waits > 0 or A.blocked then set_status(id, st, 'waiting', created) else set_status(id, st, 'sleeping', created) end
-return remembered(id, reply({ r = 'DONE' }))
+return remembered(id, reply({ r = 'DONE' }), 'D')

@@ -345,7 +345,8 @@ local function finalize(id, st, new, created, now, fields)
   fields[#fields + 1] = 'task'
   fields[#fields + 1] = ''
   call('HSET', k_run(id), unpack(fields))
-  call('HDEL', k_run(id), 'cr', 'pz', 'blk')
+  -- (`lr`: a finished run keeps no lease write's answer; see `fenced`.)
+  call('HDEL', k_run(id), 'cr', 'pz', 'blk', 'lr')
   call('DEL', k_lease(id))
   call('ZADD', K('retention'), now + A.retention_ms, id)
   notify_watchers(id, 'e')
@@ -357,8 +358,18 @@ end
 -- The lease key itself need not be read: only a claim sets a lease, and it
 -- bumps the epoch in the same script, so a lease of this epoch is this
 -- worker's (`worker` names the holder in the lease key, for operators).
+--
+-- A lease's write sent twice: a cluster client re-sends a script whose
+-- connection dropped, and the first send may have run (and reached the
+-- replica that is now master). Each fenced write carries a token (`A.w`: the
+-- lease's epoch and the writer's count, so unique for the run); the run keeps
+-- the last one (`lw`) and, while it runs, its answer in short (`lr`, see
+-- `short_answer`; a run's end keeps only the token, and its answer is DONE).
+-- The same token again: nil and that answer, and the caller changes nothing.
+local answer_of
 local function fenced(id, worker, epoch)
-  local h = call('HMGET', k_run(id), 'ep', 'st', 'wf', 'ca', 'cr', 'task', 'pz', 'cb', 'cs', 'pr')
+  local h = call('HMGET', k_run(id), 'ep', 'st', 'wf', 'ca', 'cr', 'task', 'pz', 'cb', 'cs', 'pr', 'lw', 'lr')
+  if A.w and h[11] == A.w then return nil, answer_of(id, h[12] or 'D') end
   if h[1] ~= tostring(epoch) or h[2] ~= 'running' then return nil end
   WORKFLOW_OF[id] = h[3]
   PRIORITY_OF[id] = h[10]
@@ -366,23 +377,61 @@ local function fenced(id, worker, epoch)
   return h
 end
 
--- A lease's write sent twice. A cluster client re-sends a script whose
--- connection dropped, and the first send may have run (and reached the
--- replica that is now master): the second must not journal the entries
--- again. Each fenced write carries a token (`A.w`: the lease's epoch and the
--- writer's count, so unique for the run); the run keeps the last one and its
--- reply, and the same token again gets that reply and changes nothing.
-local function replayed(id)
-  if not A.w then return nil end
-  local last = call('HMGET', k_run(id), 'lw', 'lr')
-  if last[1] == A.w then return last[2] end
-  return nil
+-- A write's answer kept short: a run hash stays a compact listpack only
+-- while every value is under 64 bytes (hash-max-listpack-value), and one
+-- longer value would make every run that ever wrote one twice the size.
+-- 'D' DONE, 'C' CANCELLED, 'E<seq>' EVENT (its entry is in the journal at
+-- seq), 'A<cancel><pause>:<seqs>' an append's answer, its entry ids separated
+-- by ';', an id of the same millisecond as the one before written `-<n>`.
+local function short_append(seqs, cancel, pause)
+  local out, last_ms = {}, nil
+  for _, s in ipairs(seqs) do
+    local ms, n = string.match(s, '^(%d+)%-(%d+)$')
+    out[#out + 1] = ms == last_ms and ('-' .. n) or s
+    last_ms = ms
+  end
+  return 'A' .. (cancel and '1' or '0') .. (pause and '1' or '0') .. ':' .. table.concat(out, ';')
 end
 
--- The reply of a fenced write, kept for `replayed`.
-local function remembered(id, text)
-  if A.w then call('HSET', k_run(id), 'lw', A.w, 'lr', text) end
-  return text
+answer_of = function(id, short)
+  local kind = string.sub(short, 1, 1)
+  if kind == 'C' then return reply({ r = 'CANCELLED' }) end
+  if kind == 'E' then
+    local seq = string.sub(short, 2)
+    local found = call('XRANGE', k_journal(id), seq, seq)
+    return reply({ r = 'EVENT', seq = seq, entry = found[1][2][2] })
+  end
+  if kind ~= 'A' then return reply({ r = 'DONE' }) end
+  local seqs, last_ms = {}, nil
+  for part in string.gmatch(string.sub(short, 5), '[^;]+') do
+    if string.sub(part, 1, 1) == '-' then
+      seqs[#seqs + 1] = last_ms .. part
+    else
+      seqs[#seqs + 1] = part
+      last_ms = string.match(part, '^(%d+)')
+    end
+  end
+  return reply({ r = 'OK', seqs = seqs, cancel = string.sub(short, 2, 2) == '1', pause = string.sub(short, 3, 3) == '1' })
+end
+
+-- This write's token, and its answer in short unless the run ends with it,
+-- added to the run's field/value list (see `fenced`).
+local function remember(fields, answer)
+  if A.w then
+    fields[#fields + 1] = 'lw'
+    fields[#fields + 1] = A.w
+    if answer then
+      fields[#fields + 1] = 'lr'
+      fields[#fields + 1] = answer
+    end
+  end
+  return fields
+end
+
+-- `answer`, after keeping it in short with this write's token (see `fenced`).
+local function remembered(id, answer, short)
+  if A.w then call('HSET', k_run(id), unpack(remember({}, short))) end
+  return answer
 end
 
 -- Append the entries Rust encoded; returns their ids.
@@ -406,10 +455,6 @@ local function patch_fields(patch, now, h)
   if patch.cur then fields[#fields + 1] = 'cur'; fields[#fields + 1] = patch.cur end
   if patch.total then fields[#fields + 1] = 'ts'; fields[#fields + 1] = tostring(patch.total) end
   return fields
-end
-
-local function apply_patch(id, patch, now, h)
-  call('HSET', k_run(id), unpack(patch_fields(patch, now, h)))
 end
 
 local function parse_id(s)
