@@ -229,7 +229,7 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>)
 }
 
 /// A run as answered: credentials in its callback URL are never shown back.
-fn shown(run: &mut RunSummary) {
+pub(crate) fn shown(run: &mut RunSummary) {
     run.callback_url = run.callback_url.as_deref().map(keel_net::redact_url);
 }
 

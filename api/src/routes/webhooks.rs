@@ -63,7 +63,7 @@ pub async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> A
 }
 
 /// A subscription as answered: credentials in its URL are never shown back.
-fn shown(mut subscription: WebhookSubscription) -> WebhookSubscription {
+pub(crate) fn shown(mut subscription: WebhookSubscription) -> WebhookSubscription {
     subscription.url = keel_net::ssrf::redact_url(&subscription.url);
     subscription
 }

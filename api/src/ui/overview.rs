@@ -146,21 +146,29 @@ fn percentiles(first: &Sample, last: &Sample) -> Option<[Option<u64>; 3]> {
 /// `GET /ui/f/overview`.
 pub(super) async fn page(State(state): State<AppState>) -> ApiResult<Response> {
     let now = state.store().wall_ms();
-    let stats = state.store().stats(&[]).await?;
-    // The readings of the last hour, then this one (kept only when due).
     let mut samples: Vec<Sample> = state
         .samples()
         .snapshot()
         .into_iter()
         .filter(|s| s.at_ms + 3_600_000 + SAMPLE_EVERY.as_millis() as u64 >= now)
         .collect();
+    // One read of the counters and the queues, of the workflows the last
+    // reading knew; again only when a new workflow shows up in it.
+    let workflows_of = |stats: &Stats| -> Vec<String> {
+        stats.counters.keys().map(|(w, _)| w.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect()
+    };
+    let known: Vec<String> = samples.last().map(|s| s.counters.keys().cloned().collect()).unwrap_or_default();
+    let mut stats = state.store().stats(&known).await?;
+    let workflows = workflows_of(&stats);
+    if workflows != known {
+        stats = state.store().stats(&workflows).await?;
+    }
+    // The readings of the last hour, then this one (kept only when due).
     if samples.last().is_none_or(|last| last.at_ms < now) {
         samples.push(Sample::of(&stats, now));
     }
     state.samples().push(&stats, now);
-    let workflows: Vec<String> =
-        stats.counters.keys().map(|(w, _)| w.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-    let live = state.store().stats(&workflows).await?;
+    let live = &stats;
     let window = samples.first().zip(samples.last());
     let since = window.map_or(0, |(f, l)| l.at_ms - f.at_ms);
     let totals = window.map(|(f, l)| totals(f, l)).unwrap_or_default();

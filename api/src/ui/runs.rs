@@ -14,21 +14,10 @@ use super::page::{self, fragment, problem, query, status_badge, step_badge, time
 use super::{Access, timeline};
 use crate::AppState;
 use crate::error::ApiResult;
-use crate::routes::runs::{ListQuery, steps_of};
+use crate::routes::runs::{ListQuery, shown, steps_of};
 
 /// Steps listed on a run's page at most (a run's journal holds up to 100,000 entries).
 const MAX_STEP_ROWS: usize = 500;
-
-const STATUSES: [RunStatus; 8] = [
-    RunStatus::Pending,
-    RunStatus::Running,
-    RunStatus::Sleeping,
-    RunStatus::Waiting,
-    RunStatus::Paused,
-    RunStatus::Completed,
-    RunStatus::Failed,
-    RunStatus::Cancelled,
-];
 
 /// The list's filters, as the shell passes them on from its address.
 #[derive(Debug, Default, Deserialize)]
@@ -133,7 +122,7 @@ pub(super) async fn list(State(state): State<AppState>, Query(filters): Query<Fi
                 a href=(filters.with_status(None)) aria-current=[current.is_none().then_some("true")] {
                     "all " span class="n" { (total) }
                 }
-                @for status in STATUSES {
+                @for status in RunStatus::ALL {
                     a href=(filters.with_status(Some(status)))
                         aria-current=[(current == Some(status.as_str())).then_some("true")] {
                         (status_badge(status)) " " span class="n" { (counts.get(&status).copied().unwrap_or(0)) }
@@ -164,7 +153,7 @@ fn form(filters: &Filters) -> Markup {
             label { "Status "
                 select name="status" {
                     option value="" { "any" }
-                    @for status in STATUSES {
+                    @for status in RunStatus::ALL {
                         option value=(status) selected[filters.status.as_deref() == Some(status.as_str())] { (status) }
                     }
                 }
@@ -229,7 +218,7 @@ pub(super) async fn detail(State(state): State<AppState>, Path(id): Path<String>
     let Some(mut run) = state.store().get_run(&id).await? else {
         return Ok((StatusCode::NOT_FOUND, fragment(problem("No run", &format!("with id {id}.")))).into_response());
     };
-    run.callback_url = run.callback_url.as_deref().map(keel_net::redact_url);
+    shown(&mut run);
     let journal = state.store().read_journal(&id, None, 100_000).await?;
     let steps = steps_of(&journal);
     let input = journal.iter().find_map(|r| match &r.entry.event {

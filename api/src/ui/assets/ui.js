@@ -218,7 +218,9 @@ view.addEventListener("click", async (event) => {
   } else {
     slot.textContent = VERBS[action] + " refused: " + await problemText(r);
   }
-  refresh(generation, fragmentPath()).catch(() => {});
+  // Follow the run again: a retried run's stream had ended with its failure.
+  if (stream) stream.abort();
+  follow(generation, fragmentPath(), run);
 });
 
 view.addEventListener("submit", async (event) => {
